@@ -1,0 +1,44 @@
+# The one test command is `make test`; the demo is `make demo`.
+# Both build what they need into $ATTACH_CACHE (default ~/.cache/attach).
+SHELL := /bin/bash
+PHASE := scripts/phase
+
+.PHONY: test tools fmt clippy unit e2e orphans demo deps
+
+## Every check CI runs, each phase timed.
+test: deps
+	@export ATTACH_PHASE_LOG=$$(mktemp); \
+	  trap 'echo; echo "phase times:"; cat $$ATTACH_PHASE_LOG; rm -f $$ATTACH_PHASE_LOG' EXIT; \
+	  $(PHASE) fmt     cargo fmt --all --check && \
+	  $(PHASE) tools   tests/tools/build.sh && \
+	  $(PHASE) clippy  cargo clippy --locked --workspace --all-targets -- -D warnings && \
+	  $(PHASE) unit    cargo test --locked --workspace --lib --bins && \
+	  $(PHASE) e2e     scripts/e2e && \
+	  $(PHASE) orphans scripts/check-orphans
+
+## Install what a fresh machine lacks (apt packages, a JDK for Keycloak).
+deps:
+	scripts/install-deps
+
+## Build or reuse etcd, kube-apiserver, kube-controller-manager, helm and Keycloak.
+tools:
+	tests/tools/build.sh
+
+fmt:
+	cargo fmt --all --check
+
+clippy:
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+
+unit:
+	cargo test --locked --workspace --lib --bins
+
+e2e:
+	scripts/e2e
+
+orphans:
+	scripts/check-orphans
+
+## Bring the world up, show each part working, tear it down.
+demo: deps tools
+	scripts/demo

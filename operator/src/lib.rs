@@ -1,0 +1,7 @@
+//! attach-operator: watches `IdentityProvider` and `LLMBackend` resources
+//! (API group `attach.dev`), renders each backend's sidecar config and injects
+//! attach-gateway into matching model pods.
+#![forbid(unsafe_code)]
+
+/// The binary's name, as shown in `--help` and in logs.
+pub const BINARY_NAME: &str = "attach-operator";

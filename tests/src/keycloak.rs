@@ -1,0 +1,229 @@
+//! A real Keycloak, the OIDC provider of the test world.
+//!
+//! Each world copies the cached server distribution into its own state dir
+//! (so parallel worlds never share files), drops the committed realm fixtures
+//! into `data/import`, and runs `kc.sh start-dev --import-realm` on a loopback
+//! port with an in-memory database.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::HarnessError;
+use crate::ports::free_port;
+use crate::process::{self, Supervised};
+use crate::tools::Tools;
+use crate::wait::until_ready;
+
+/// Keycloak boots in 20-60 s on two cores.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The realm the fixtures define for the gateway's tests.
+pub const REALM: &str = "attach";
+/// A second realm with its own keys: its tokens must never pass for `attach`'s.
+pub const OTHER_REALM: &str = "other";
+/// The audience the fixture's audience mappers put in access tokens.
+pub const AUDIENCE: &str = "attach-gateway";
+/// The public client users log in with (password grant).
+pub const USER_CLIENT: &str = "attach-cli";
+/// The confidential machine-to-machine client (`client_credentials`).
+pub const M2M_CLIENT: &str = "attach-m2m";
+/// `attach-m2m`'s secret in the fixture.
+pub const M2M_SECRET: &str = "attach-m2m-secret";
+/// The confidential client allowed RFC 8693 token exchange.
+pub const EXCHANGE_CLIENT: &str = "attach-gateway";
+/// `attach-gateway`'s secret in the fixture.
+pub const EXCHANGE_SECRET: &str = "attach-gateway-secret";
+
+/// Where the committed realm fixtures live.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("keycloak")
+}
+
+/// The running Keycloak. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Keycloak {
+    process: Supervised,
+    /// How to reach it; also what tests receive through `world.json`.
+    pub info: KeycloakInfo,
+}
+
+/// Everything a test needs to talk to Keycloak.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeycloakInfo {
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    /// The temporary admin account in the master realm.
+    pub admin_user: String,
+    pub admin_password: String,
+}
+
+impl Keycloak {
+    /// Starts Keycloak under `dir` and waits for the `attach` realm's
+    /// discovery document.
+    pub async fn start(tools: &Tools, dir: &Path) -> Result<Self, HarnessError> {
+        std::fs::create_dir_all(dir).map_err(HarnessError::io(dir))?;
+        let home = dir.join("home");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&tools.keycloak_home)
+            .arg(&home)
+            .status()
+            .map_err(|source| HarnessError::Spawn {
+                program: "cp".into(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(HarnessError::Other(format!(
+                "copying {} failed",
+                tools.keycloak_home.display()
+            )));
+        }
+        let import = home.join("data").join("import");
+        std::fs::create_dir_all(&import).map_err(HarnessError::io(&import))?;
+        let fixtures = fixtures_dir();
+        for realm in [REALM, OTHER_REALM] {
+            let file = format!("{realm}-realm.json");
+            std::fs::copy(fixtures.join(&file), import.join(&file))
+                .map_err(HarnessError::io(fixtures.join(&file)))?;
+        }
+
+        let port = free_port()?;
+        let management_port = free_port()?;
+        let admin_password = format!("admin-{:016x}", rand::random::<u64>());
+        let mut cmd = process::command(home.join("bin").join("kc.sh"));
+        cmd.arg("start-dev")
+            .arg("--http-host=127.0.0.1")
+            .arg(format!("--http-port={port}"))
+            .arg(format!("--http-management-port={management_port}"))
+            .arg("--import-realm")
+            .arg("--db=dev-mem")
+            .env("JAVA_HOME", &tools.java_home)
+            .env("JAVA_OPTS_KC_HEAP", "-Xms128m -Xmx768m")
+            .env("KC_BOOTSTRAP_ADMIN_USERNAME", "admin")
+            .env("KC_BOOTSTRAP_ADMIN_PASSWORD", &admin_password);
+        let mut process = Supervised::spawn("keycloak", cmd, dir.join("keycloak.log"))?;
+
+        let info = KeycloakInfo {
+            base_url: format!("http://127.0.0.1:{port}"),
+            admin_user: "admin".into(),
+            admin_password,
+        };
+        let discovery = format!("{}/.well-known/openid-configuration", info.issuer(REALM));
+        let http = reqwest::Client::new();
+        until_ready(
+            &mut process,
+            READY_TIMEOUT,
+            Duration::from_millis(500),
+            async || {
+                http.get(&discovery)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await?;
+        Ok(Self { process, info })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Stops the server.
+    pub fn stop(&mut self) {
+        self.process.stop(process::DEFAULT_GRACE);
+    }
+}
+
+/// A token response from Keycloak's token endpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub expires_in: u64,
+    #[serde(default)]
+    pub token_type: String,
+}
+
+impl KeycloakInfo {
+    /// The issuer URL of `realm`, exactly as it appears in `iss`.
+    pub fn issuer(&self, realm: &str) -> String {
+        format!("{}/realms/{realm}", self.base_url)
+    }
+
+    /// The token endpoint of `realm`.
+    pub fn token_endpoint(&self, realm: &str) -> String {
+        format!("{}/protocol/openid-connect/token", self.issuer(realm))
+    }
+
+    /// The JWKS endpoint of `realm`.
+    pub fn jwks_uri(&self, realm: &str) -> String {
+        format!("{}/protocol/openid-connect/certs", self.issuer(realm))
+    }
+
+    /// An access token for a fixture user of the `attach` realm (password grant;
+    /// each user's password is `<name>-password`).
+    pub async fn token_for(&self, user: &str) -> Result<String, HarnessError> {
+        self.password_token(REALM, user).await
+    }
+
+    /// An access token for `user` of any fixture realm.
+    pub async fn password_token(&self, realm: &str, user: &str) -> Result<String, HarnessError> {
+        let password = format!("{user}-password");
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", USER_CLIENT),
+            ("username", user),
+            ("password", password.as_str()),
+            ("scope", "openid"),
+        ];
+        self.token(realm, &form).await.map(|t| t.access_token)
+    }
+
+    /// A `client_credentials` token for the machine-to-machine client.
+    pub async fn m2m_token(&self) -> Result<String, HarnessError> {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", M2M_CLIENT),
+            ("client_secret", M2M_SECRET),
+        ];
+        self.token(REALM, &form).await.map(|t| t.access_token)
+    }
+
+    /// Posts `form` to `realm`'s token endpoint.
+    pub async fn token(
+        &self,
+        realm: &str,
+        form: &[(&str, &str)],
+    ) -> Result<TokenResponse, HarnessError> {
+        let endpoint = self.token_endpoint(realm);
+        let http_err = |source| HarnessError::Http {
+            what: endpoint.clone(),
+            source,
+        };
+        let response = reqwest::Client::new()
+            .post(&endpoint)
+            .form(form)
+            .send()
+            .await
+            .map_err(http_err)?;
+        let status = response.status();
+        let body = response.text().await.map_err(http_err)?;
+        if !status.is_success() {
+            return Err(HarnessError::Status {
+                what: endpoint,
+                status: status.as_u16(),
+                body,
+            });
+        }
+        serde_json::from_str(&body).map_err(|source| HarnessError::Json {
+            what: "token response".into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,25 @@
+//! The test world: a real Kubernetes control plane (etcd, kube-apiserver,
+//! kube-controller-manager), a real OIDC provider (Keycloak) and a real Redis,
+//! started on loopback by the project's own code.
+//!
+//! Tests reach it through [`World::shared`], which attaches to a world that
+//! `tests/cluster up` already started (the `ATTACH_WORLD` variable names its
+//! `world.json`), or else starts a private one through the `attach-harness`
+//! supervisor that stops everything when the test process exits, however it
+//! exits.
+#![forbid(unsafe_code)]
+
+pub mod control_plane;
+pub mod error;
+pub mod keycloak;
+pub mod pki;
+pub mod ports;
+pub mod process;
+pub mod redis_server;
+pub mod supervisor;
+pub mod tools;
+pub mod wait;
+pub mod world;
+
+pub use error::HarnessError;
+pub use world::{World, WorldInfo};

