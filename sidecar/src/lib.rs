@@ -7,5 +7,21 @@
 //! depends on it for the config types only.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod body;
+pub mod claims;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod idp_client;
+pub mod jwt;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod rescue;
+pub mod runtime;
+pub mod server;
+pub mod standalone;
+
 /// The binary's name, as shown in `--help` and in logs.
 pub const BINARY_NAME: &str = "attach-gateway";

@@ -1,0 +1,615 @@
+//! The gateway's typed configuration: the contract between the operator,
+//! which renders it into a ConfigMap, and the gateway, which loads it.
+//!
+//! The file is YAML (JSON is accepted too, being YAML) with
+//! `apiVersion: attach.dev/v1alpha1` and `kind: GatewayConfig`. Field names
+//! are camelCase. Durations are written as `30s`, `500ms`, `5m`.
+//!
+//! A config is parsed once into these types and checked by
+//! [`GatewayConfig::validate`]; nothing downstream re-reads the raw file.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::claims::{ClaimMapping, Preset};
+
+/// The only `apiVersion` this gateway reads.
+pub const API_VERSION: &str = "attach.dev/v1alpha1";
+/// The only `kind` this gateway reads.
+pub const KIND: &str = "GatewayConfig";
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse the config: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    #[error("apiVersion must be {API_VERSION:?}, found {0:?}")]
+    ApiVersion(String),
+    #[error("kind must be {KIND:?}, found {0:?}")]
+    Kind(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Always `attach.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `GatewayConfig`.
+    pub kind: String,
+    /// Where clients connect: the model's original port once injected.
+    #[serde(default = "Listen::default_proxy")]
+    pub listen: Listen,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default = "Listen::default_admin")]
+    pub admin: Listen,
+    /// The model server the gateway forwards to.
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// The token issuers this gateway trusts. A token is checked against the
+    /// issuer named by its `iss` claim; tokens from any other issuer fail.
+    /// With no issuers, every request that needs a token is refused.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// What the model is told about the caller.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Paths forwarded without a token, matched exactly after normalisation
+    /// (for probes such as Ollama's `/` or vLLM's `/health`). Only `GET` and
+    /// `HEAD` requests qualify.
+    #[serde(default)]
+    pub unauthenticated_paths: Vec<String>,
+    /// RFC 9728 protected-resource metadata.
+    #[serde(default)]
+    pub resource: ResourceMetadata,
+    /// Size limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// When `true`, every authenticated request is refused with 403: what the
+    /// operator renders for a backend whose references cannot be resolved, so
+    /// that it fails closed.
+    #[serde(default)]
+    pub deny_all: bool,
+    /// How often the config file is checked for changes.
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+/// A listening socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listen {
+    /// The address to bind; `0.0.0.0` for every interface.
+    pub address: IpAddr,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl Listen {
+    fn default_proxy() -> Self {
+        Self {
+            address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 8080,
+        }
+    }
+    fn default_admin() -> Self {
+        Self {
+            address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 9090,
+        }
+    }
+}
+
+/// The model server behind the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Upstream {
+    /// `http://host:port` of the model; injected pods use `http://127.0.0.1:<internal>`.
+    pub url: String,
+    /// How long to wait for a TCP connection to the model. Past it: 504.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long to wait for the model's response headers. Past it: 504.
+    /// Bodies, streams included, have no total timeout.
+    #[serde(default = "default_response_header_timeout", with = "humantime_serde")]
+    pub response_header_timeout: Duration,
+    /// How long an idle pooled connection to the model is kept.
+    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_UPSTREAM.to_owned(),
+            connect_timeout: default_connect_timeout(),
+            response_header_timeout: default_response_header_timeout(),
+            pool_idle_timeout: default_pool_idle_timeout(),
+        }
+    }
+}
+
+/// Ollama's default address.
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:11434";
+
+/// The algorithms allowed when none are configured: every asymmetric JWS
+/// algorithm the gateway implements. `none` and HMAC are never allowed.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// An asymmetric JWS algorithm. HMAC algorithms cannot be named here, so a
+/// shared-secret token can never be accepted, whatever the config says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    /// The matching `jsonwebtoken` algorithm.
+    pub fn to_jwt(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as J;
+        match self {
+            Self::RS256 => J::RS256,
+            Self::RS384 => J::RS384,
+            Self::RS512 => J::RS512,
+            Self::PS256 => J::PS256,
+            Self::PS384 => J::PS384,
+            Self::PS512 => J::PS512,
+            Self::ES256 => J::ES256,
+            Self::ES384 => J::ES384,
+            Self::EdDSA => J::EdDSA,
+        }
+    }
+
+    /// Parses an algorithm name as written in configs and env vars.
+    pub fn parse(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(name.trim().to_owned())).ok()
+    }
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The issuer URL, compared exactly with the token's `iss`.
+    pub issuer: String,
+    /// Where the signing keys are. Without it, OIDC discovery
+    /// (`<issuer>/.well-known/openid-configuration`) finds `jwks_uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// A local JWKS file used instead of fetching keys (air-gapped setups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted `aud` values: a token must carry at least one. Required.
+    pub audiences: Vec<String>,
+    /// Accepted signing algorithms; defaults to every asymmetric one.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Scopes every token must carry (all of them).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Where the caller's identity is in the token.
+    #[serde(default)]
+    pub claims: ClaimMapping,
+    /// How often the keys are refreshed in the background.
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
+    /// The least time between two fetches caused by unknown `kid`s.
+    #[serde(default = "default_jwks_cooldown", with = "humantime_serde")]
+    pub jwks_cooldown: Duration,
+    /// Allow an `http://` issuer or JWKS URL that is not on loopback.
+    /// For local testing only: keys fetched over plain HTTP can be forged.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+impl IssuerConfig {
+    /// An issuer with defaults for everything but its URL, audiences and preset.
+    pub fn new(issuer: impl Into<String>, audiences: Vec<String>, preset: Preset) -> Self {
+        Self {
+            issuer: issuer.into(),
+            jwks_uri: None,
+            jwks_file: None,
+            audiences,
+            algorithms: default_algorithms(),
+            leeway: default_leeway(),
+            required_scopes: Vec::new(),
+            claims: ClaimMapping::preset(preset),
+            jwks_refresh_interval: default_jwks_refresh(),
+            jwks_cooldown: default_jwks_cooldown(),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// What the gateway tells the model about the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Raw token claims copied into `X-Attach-Claims` under `claims`, beside
+    /// the mapped identity (for example `email`, `name`).
+    #[serde(default = "default_forward_claims")]
+    pub forward_claims: Vec<String>,
+    /// Forward the caller's `Authorization` header to the model. Off by
+    /// default: the model needs the identity headers, not the bearer token.
+    #[serde(default)]
+    pub forward_authorization: bool,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            forward_claims: default_forward_claims(),
+            forward_authorization: false,
+        }
+    }
+}
+
+/// RFC 9728 protected-resource metadata, served at
+/// `/.well-known/oauth-protected-resource` and named in 401 challenges.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceMetadata {
+    /// The resource identifier (its public URL). Without it, the URL is
+    /// derived from each request's `Host` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Scopes to advertise; defaults to the issuers' required scopes.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+}
+
+/// Size limits and timeouts on the client side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// The largest request body accepted (images make chat requests big).
+    /// Over it: 413.
+    #[serde(default = "default_max_body")]
+    pub max_request_body_bytes: u64,
+    /// How long a client may take to send its request headers (slowloris).
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may run after SIGTERM before they are cut.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// The most verified tokens remembered, so repeated tokens skip the
+    /// signature check until they expire.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: default_max_body(),
+            header_read_timeout: default_header_read_timeout(),
+            drain_timeout: default_drain_timeout(),
+            token_cache_entries: default_token_cache_size(),
+        }
+    }
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_response_header_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_algorithms() -> Vec<Algorithm> {
+    DEFAULT_ALGORITHMS.to_vec()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_forward_claims() -> Vec<String> {
+    vec!["email".into(), "name".into(), "preferred_username".into()]
+}
+fn default_max_body() -> u64 {
+    32 * 1024 * 1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_token_cache_size() -> usize {
+    10_000
+}
+
+impl GatewayConfig {
+    /// A config with defaults everywhere, trusting `issuers`.
+    pub fn new(issuers: Vec<IssuerConfig>) -> Self {
+        Self {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            listen: Listen::default_proxy(),
+            admin: Listen::default_admin(),
+            upstream: Upstream::default(),
+            issuers,
+            identity: IdentityConfig::default(),
+            unauthenticated_paths: Vec::new(),
+            resource: ResourceMetadata::default(),
+            limits: Limits::default(),
+            deny_all: false,
+            reload_interval: default_reload_interval(),
+        }
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_yaml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks everything serde cannot: versions, URLs, non-empty lists.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.api_version != API_VERSION {
+            return Err(ConfigError::ApiVersion(self.api_version.clone()));
+        }
+        if self.kind != KIND {
+            return Err(ConfigError::Kind(self.kind.clone()));
+        }
+        let upstream = parse_url("upstream.url", &self.upstream.url)?;
+        if upstream.scheme_str() != Some("http") {
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "must be an http:// URL (the model listens on loopback inside the pod)",
+            ));
+        }
+        if upstream.path() != "/" && !upstream.path().is_empty() {
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "must not have a path: requests keep their own",
+            ));
+        }
+        if self.listen.port == self.admin.port && self.listen.address == self.admin.address {
+            return Err(ConfigError::invalid(
+                "admin.port",
+                "must differ from listen.port",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let field = |name: &str| format!("issuers[{i}].{name}");
+            if !seen.insert(issuer.issuer.as_str()) {
+                return Err(ConfigError::invalid(field("issuer"), "listed twice"));
+            }
+            check_fetch_url(&field("issuer"), &issuer.issuer, issuer.allow_insecure_http)?;
+            if let Some(uri) = &issuer.jwks_uri {
+                check_fetch_url(&field("jwksUri"), uri, issuer.allow_insecure_http)?;
+            }
+            if issuer.audiences.iter().all(|a| a.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    field("audiences"),
+                    "at least one audience is required: a token for another service must not pass",
+                ));
+            }
+            if issuer.algorithms.is_empty() {
+                return Err(ConfigError::invalid(
+                    field("algorithms"),
+                    "at least one algorithm is required",
+                ));
+            }
+            issuer
+                .claims
+                .validate()
+                .map_err(|message| ConfigError::invalid(field("claims"), message))?;
+        }
+        for (i, path) in self.unauthenticated_paths.iter().enumerate() {
+            if !path.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("unauthenticatedPaths[{i}]"),
+                    "must start with /",
+                ));
+            }
+        }
+        if self.limits.token_cache_entries == 0 {
+            return Err(ConfigError::invalid(
+                "limits.tokenCacheEntries",
+                "must be at least 1",
+            ));
+        }
+        if self.reload_interval.is_zero() {
+            return Err(ConfigError::invalid("reloadInterval", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+fn parse_url(field: &str, url: &str) -> Result<http::Uri, ConfigError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| ConfigError::invalid(field, format!("not a URL: {e}")))?;
+    if uri.host().is_none() {
+        return Err(ConfigError::invalid(field, "has no host"));
+    }
+    Ok(uri)
+}
+
+/// Keys must come over HTTPS, except from loopback or with an explicit opt-in.
+fn check_fetch_url(field: &str, url: &str, allow_insecure_http: bool) -> Result<(), ConfigError> {
+    let uri = parse_url(field, url)?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if allow_insecure_http || is_loopback(uri.host().unwrap_or_default()) => {
+            Ok(())
+        }
+        Some("http") => Err(ConfigError::invalid(
+            field,
+            "must be https:// (http:// is allowed for loopback hosts, or with allowInsecureHttp)",
+        )),
+        _ => Err(ConfigError::invalid(field, "must be an https:// URL")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> String {
+        r#"
+apiVersion: attach.dev/v1alpha1
+kind: GatewayConfig
+issuers:
+  - issuer: https://idp.example.com/
+    audiences: [llm]
+"#
+        .to_owned()
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = GatewayConfig::parse(&minimal()).unwrap();
+        assert_eq!(c.listen.port, 8080);
+        assert_eq!(c.admin.port, 9090);
+        assert_eq!(c.upstream.url, DEFAULT_UPSTREAM);
+        let issuer = &c.issuers[0];
+        assert_eq!(issuer.algorithms, DEFAULT_ALGORITHMS.to_vec());
+        assert_eq!(issuer.leeway, Duration::from_secs(60));
+        assert!(!c.identity.forward_authorization);
+        assert_eq!(c.limits.max_request_body_bytes, 32 * 1024 * 1024);
+        assert!(!c.deny_all);
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let c = GatewayConfig::parse(&minimal()).unwrap();
+        let text = serde_yaml::to_string(&c).unwrap();
+        assert_eq!(GatewayConfig::parse(&text).unwrap(), c);
+    }
+
+    fn refused(yaml: &str) -> String {
+        GatewayConfig::parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn hmac_and_none_cannot_be_allowed() {
+        for alg in ["HS256", "HS384", "HS512", "none"] {
+            let yaml = minimal() + &format!("    algorithms: [{alg}]\n");
+            let err = refused(&yaml);
+            assert!(err.contains("unknown variant"), "{alg}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_refused_naming_the_field() {
+        let cases = [
+            (minimal().replace("attach.dev/v1alpha1", "v2"), "apiVersion"),
+            (minimal().replace("GatewayConfig", "Other"), "kind"),
+            (
+                minimal().replace("audiences: [llm]", "audiences: []"),
+                "issuers[0].audiences",
+            ),
+            (
+                minimal().replace("https://idp", "http://idp"),
+                "issuers[0].issuer",
+            ),
+            (
+                minimal().replace("https://idp.example.com/", "not a url"),
+                "issuers[0].issuer",
+            ),
+            (
+                minimal() + "upstream:\n  url: https://model:443\n",
+                "upstream.url",
+            ),
+            (
+                minimal() + "upstream:\n  url: http://model:1/v1\n",
+                "upstream.url",
+            ),
+            (
+                minimal() + "unauthenticatedPaths: [health]\n",
+                "unauthenticatedPaths[0]",
+            ),
+            (minimal() + "surprise: true\n", "unknown field"),
+            (
+                minimal() + "admin: {address: 0.0.0.0, port: 8080}\n",
+                "admin.port",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let err = refused(&yaml);
+            assert!(err.contains(field), "expected {field:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn plain_http_issuers_are_allowed_on_loopback_or_when_asked() {
+        let loopback =
+            minimal().replace("https://idp.example.com/", "http://127.0.0.1:8080/realms/x");
+        assert!(GatewayConfig::parse(&loopback).is_ok());
+        let localhost = minimal().replace("https://idp.example.com/", "http://localhost:8080/");
+        assert!(GatewayConfig::parse(&localhost).is_ok());
+        let opted_in =
+            minimal().replace("https://idp", "http://idp") + "    allowInsecureHttp: true\n";
+        assert!(GatewayConfig::parse(&opted_in).is_ok());
+    }
+}

@@ -1,0 +1,46 @@
+//! Every way the gateway refuses or fails a request. The rescue layer turns
+//! each into exactly one HTTP answer; nothing else writes error responses.
+
+use crate::jwt::AuthError;
+
+/// A request the gateway did not forward, or could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The caller is not authenticated: 401 (403 for insufficient scope,
+    /// 503 while no keys are loaded).
+    #[error("{error}")]
+    Auth {
+        error: AuthError,
+        /// The RFC 9728 metadata URL for the `WWW-Authenticate` challenge.
+        resource_metadata: Option<String>,
+    },
+    /// The backend is configured to deny everything (fail closed): 403.
+    #[error("this backend denies all requests: {0}")]
+    DenyAll(&'static str),
+    /// The request body is over the limit: 413.
+    #[error("request body over {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    /// The model could not be reached or failed mid-request: 502.
+    #[error("the model is unavailable")]
+    UpstreamUnavailable,
+    /// The model did not connect or answer in time: 504.
+    #[error("the model did not answer in time")]
+    UpstreamTimeout,
+    /// A bug or an impossible state: 500.
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// The label used in metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Auth { error, .. } => error.reason(),
+            Self::DenyAll(_) => "deny_all",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::Internal => "internal",
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Verification keys parsed out of a JWKS document.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use serde_json::Value;
+
+/// One public key that may verify token signatures.
+pub struct VerifyingKey {
+    pub kid: Option<String>,
+    pub family: AlgorithmFamily,
+    /// The `alg` the JWKS pins the key to, if any.
+    pub alg: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyingKey {
+    /// Whether this key may verify a token signed with `alg`: same key type,
+    /// and the key's own `alg`, when it names one, is exactly `alg`.
+    pub fn fits(&self, alg: Algorithm) -> bool {
+        self.family == alg.family() && self.alg.is_none_or(|pinned| pinned == alg)
+    }
+}
+
+/// The usable keys of one JWKS document.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyingKey>>,
+    without_kid: Vec<Arc<VerifyingKey>>,
+    /// Entries skipped: symmetric, encryption-only, or unparseable keys.
+    pub skipped: usize,
+}
+
+impl KeySet {
+    /// Parses a JWKS (`{"keys": [...]}`), keeping only asymmetric signature
+    /// keys. Symmetric (`oct`) keys are dropped: a shared secret published in
+    /// a JWKS would let anyone mint tokens.
+    pub fn from_jwks(doc: &Value) -> Self {
+        let mut set = Self::default();
+        let Some(keys) = doc.get("keys").and_then(Value::as_array) else {
+            return set;
+        };
+        for raw in keys {
+            match serde_json::from_value::<Jwk>(raw.clone())
+                .ok()
+                .and_then(|jwk| parse_key(&jwk))
+            {
+                Some(key) => set.insert(key),
+                None => set.skipped += 1,
+            }
+        }
+        set
+    }
+
+    fn insert(&mut self, key: VerifyingKey) {
+        let key = Arc::new(key);
+        match &key.kid {
+            Some(kid) => {
+                self.by_kid.insert(kid.clone(), key);
+            }
+            None => self.without_kid.push(key),
+        }
+    }
+
+    /// How many usable keys there are.
+    pub fn len(&self) -> usize {
+        self.by_kid.len() + self.without_kid.len()
+    }
+
+    /// Whether there are no usable keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key named `kid`.
+    pub fn get(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {
+        self.by_kid.get(kid)
+    }
+
+    /// Candidates for a token without `kid`: every key that fits `alg`.
+    pub fn candidates(&self, alg: Algorithm) -> impl Iterator<Item = &Arc<VerifyingKey>> {
+        self.by_kid
+            .values()
+            .chain(self.without_kid.iter())
+            .filter(move |k| k.fits(alg))
+    }
+}
+
+fn parse_key(jwk: &Jwk) -> Option<VerifyingKey> {
+    if matches!(
+        jwk.common.public_key_use,
+        Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+    ) {
+        return None;
+    }
+    let family = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
+        AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
+        AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed,
+        // Symmetric (`oct`) and unknown key types never verify anything.
+        _ => return None,
+    };
+    let alg = match jwk.common.key_algorithm {
+        None => None,
+        Some(declared) => Some(signature_algorithm(declared)?),
+    };
+    if alg.is_some_and(|a| a.family() != family) {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(VerifyingKey {
+        kid: jwk.common.key_id.clone(),
+        family,
+        alg,
+        key,
+    })
+}
+
+/// The asymmetric signature algorithm a JWK declares; `None` for HMAC and
+/// encryption algorithms, whose keys are dropped.
+fn signature_algorithm(declared: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match declared {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}

@@ -1,0 +1,706 @@
+//! Every way a token must be refused, each shown refused with 401 (or the
+//! documented 403/503), and the ways it must pass.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::StatusCode;
+use http::header::WWW_AUTHENTICATE;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::claims::Preset;
+use crate::config::IssuerConfig;
+use crate::error::GatewayError;
+use crate::idp_client::IdpClient;
+use crate::jwt::verifier::unix_now;
+use crate::metrics::Metrics;
+use crate::rescue::rescue;
+
+const ISSUER: &str = "https://idp.test/realms/attach";
+const AUDIENCE: &str = "attach-gateway";
+
+fn pem(name: &str) -> Vec<u8> {
+    let path = format!("{}/testdata/keys/{name}.pem", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn rsa_key() -> EncodingKey {
+    EncodingKey::from_rsa_pem(&pem("rsa-trusted")).unwrap()
+}
+fn attacker_key() -> EncodingKey {
+    EncodingKey::from_rsa_pem(&pem("rsa-attacker")).unwrap()
+}
+fn ec_key() -> EncodingKey {
+    EncodingKey::from_ec_pem(&pem("ec-p256")).unwrap()
+}
+fn ed_key() -> EncodingKey {
+    EncodingKey::from_ed_pem(&pem("ed25519")).unwrap()
+}
+
+fn jwk(key: &EncodingKey, alg: Algorithm, kid: &str) -> Value {
+    let mut jwk = Jwk::from_encoding_key(key, alg).unwrap();
+    jwk.common.key_id = Some(kid.to_owned());
+    serde_json::to_value(jwk).unwrap()
+}
+
+fn jwks() -> Value {
+    json!({"keys": [
+        jwk(&rsa_key(), Algorithm::RS256, "rsa-1"),
+        jwk(&ec_key(), Algorithm::ES256, "ec-1"),
+        jwk(&ed_key(), Algorithm::EdDSA, "ed-1"),
+        // An encryption key, as Keycloak publishes: never used to verify.
+        {"kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "kid": "enc-1",
+         "n": jwk(&attacker_key(), Algorithm::RS256, "x")["n"], "e": "AQAB"},
+        // A symmetric key in a JWKS: dropped, never a verifier.
+        {"kty": "oct", "kid": "oct-1", "k": "c2VjcmV0"},
+    ]})
+}
+
+fn verifier_with(jwks: Arc<JwksCache>, required_scopes: &[&str]) -> Verifier {
+    let mut config = IssuerConfig::new(ISSUER, vec![AUDIENCE.into()], Preset::Keycloak);
+    config.required_scopes = required_scopes.iter().map(|s| (*s).to_owned()).collect();
+    let policy = IssuerPolicy::new(&config, jwks).unwrap();
+    Verifier::new(
+        vec![(ISSUER.into(), policy)],
+        100,
+        vec![],
+        Arc::new(Metrics::new()),
+    )
+}
+
+fn verifier() -> Verifier {
+    let cache = JwksCache::with_keys(ISSUER.into(), &jwks(), Arc::new(Metrics::new()));
+    verifier_with(Arc::new(cache), &[])
+}
+
+fn claims() -> Value {
+    let now = unix_now();
+    json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "exp": now + 300,
+        "iat": now, "nbf": now - 5, "azp": "attach-cli",
+        "groups": ["staff"], "realm_access": {"roles": ["llm-user"]},
+        "scope": "openid llm", "tenant": "acme",
+    })
+}
+
+fn header(alg: Algorithm, kid: Option<&str>) -> Header {
+    let mut h = Header::new(alg);
+    h.kid = kid.map(str::to_owned);
+    h
+}
+
+fn sign(claims: &Value, alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+    encode(&header(alg, kid), claims, key).unwrap()
+}
+
+fn good() -> String {
+    sign(&claims(), Algorithm::RS256, Some("rsa-1"), &rsa_key())
+}
+
+fn with(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+    let mut c = claims();
+    f(c.as_object_mut().unwrap());
+    sign(&c, Algorithm::RS256, Some("rsa-1"), &rsa_key())
+}
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+}
+
+/// A token with a hand-written header and payload and any signature.
+fn raw(header: Value, payload: Value, signature: &str) -> String {
+    format!("{}.{}.{signature}", b64(&header), b64(&payload))
+}
+
+fn segments(token: &str) -> Vec<String> {
+    token.split('.').map(str::to_owned).collect()
+}
+
+/// Every bad token, named, with the refusal it must get.
+fn bad_tokens() -> Vec<(&'static str, String, AuthError)> {
+    let now = unix_now();
+    let good = good();
+    let [h, p, s] = <[String; 3]>::try_from(segments(&good)).unwrap();
+    let public_pem = pem("rsa-trusted.pub");
+    let hmac = |alg| {
+        let key = EncodingKey::from_secret(&public_pem);
+        sign(&claims(), alg, Some("rsa-1"), &key)
+    };
+    let tampered = {
+        let mut c = claims();
+        c["groups"] = json!(["admins"]);
+        format!("{h}.{}.{s}", b64(&c))
+    };
+    vec![
+        (
+            "alg none, no signature",
+            raw(json!({"alg": "none"}), claims(), ""),
+            AuthError::Malformed,
+        ),
+        (
+            "alg none with a signature",
+            raw(json!({"alg": "none"}), claims(), "c2ln"),
+            AuthError::AlgorithmNotAllowed,
+        ),
+        (
+            "alg None, odd case",
+            raw(json!({"alg": "None", "kid": "rsa-1"}), claims(), "c2ln"),
+            AuthError::AlgorithmNotAllowed,
+        ),
+        (
+            "HS256 signed with the RSA public key",
+            hmac(Algorithm::HS256),
+            AuthError::AlgorithmNotAllowed,
+        ),
+        (
+            "HS384 signed with the RSA public key",
+            hmac(Algorithm::HS384),
+            AuthError::AlgorithmNotAllowed,
+        ),
+        (
+            "HS512 signed with the RSA public key",
+            hmac(Algorithm::HS512),
+            AuthError::AlgorithmNotAllowed,
+        ),
+        (
+            "an unknown alg",
+            raw(json!({"alg": "RS1024", "kid": "rsa-1"}), claims(), "c2ln"),
+            AuthError::AlgorithmNotAllowed,
+        ),
+        (
+            "signed by another key under the trusted kid",
+            sign(&claims(), Algorithm::RS256, Some("rsa-1"), &attacker_key()),
+            AuthError::BadSignature,
+        ),
+        (
+            "an unknown kid",
+            sign(
+                &claims(),
+                Algorithm::RS256,
+                Some("rotated-away"),
+                &attacker_key(),
+            ),
+            AuthError::UnknownKey,
+        ),
+        (
+            "the kid of an encryption key",
+            sign(&claims(), Algorithm::RS256, Some("enc-1"), &attacker_key()),
+            AuthError::UnknownKey,
+        ),
+        (
+            "the kid of a symmetric key",
+            raw(json!({"alg": "HS256", "kid": "oct-1"}), claims(), &s),
+            AuthError::AlgorithmNotAllowed,
+        ),
+        (
+            "ES256 claimed with an RSA key's kid",
+            sign(&claims(), Algorithm::ES256, Some("rsa-1"), &ec_key()),
+            AuthError::KeyMismatch,
+        ),
+        (
+            "RS512 with a key pinned to RS256",
+            sign(&claims(), Algorithm::RS512, Some("rsa-1"), &rsa_key()),
+            AuthError::KeyMismatch,
+        ),
+        (
+            "RS256 claimed with an EC key's kid",
+            sign(&claims(), Algorithm::RS256, Some("ec-1"), &rsa_key()),
+            AuthError::KeyMismatch,
+        ),
+        (
+            "a payload changed after signing",
+            tampered,
+            AuthError::BadSignature,
+        ),
+        (
+            "the signature truncated",
+            format!("{h}.{p}.{}", &s[..s.len() - 12]),
+            AuthError::Malformed,
+        ),
+        (
+            "another token's signature",
+            format!(
+                "{h}.{p}.{}",
+                segments(&with(|c| {
+                    c.insert("sub".into(), json!("x"));
+                }))[2]
+            ),
+            AuthError::BadSignature,
+        ),
+        (
+            "expired an hour ago",
+            with(|c| {
+                c.insert("exp".into(), json!(now - 3600));
+            }),
+            AuthError::Expired,
+        ),
+        (
+            "expired just past the leeway",
+            with(|c| {
+                c.insert("exp".into(), json!(now - 90));
+            }),
+            AuthError::Expired,
+        ),
+        (
+            "not valid for another hour",
+            with(|c| {
+                c.insert("nbf".into(), json!(now + 3600));
+            }),
+            AuthError::NotYetValid,
+        ),
+        (
+            "issued in the future",
+            with(|c| {
+                c.insert("iat".into(), json!(now + 3600));
+            }),
+            AuthError::IssuedInFuture,
+        ),
+        (
+            "no exp",
+            with(|c| {
+                c.remove("exp");
+            }),
+            AuthError::MissingClaim("exp"),
+        ),
+        (
+            "exp as a string",
+            with(|c| {
+                c.insert("exp".into(), json!("tomorrow"));
+            }),
+            AuthError::InvalidClaim("exp"),
+        ),
+        (
+            "another issuer",
+            with(|c| {
+                c.insert("iss".into(), json!("https://evil.example/"));
+            }),
+            AuthError::UntrustedIssuer,
+        ),
+        (
+            "the issuer with a trailing slash",
+            with(|c| {
+                c.insert("iss".into(), json!(format!("{ISSUER}/")));
+            }),
+            AuthError::UntrustedIssuer,
+        ),
+        (
+            "no iss",
+            with(|c| {
+                c.remove("iss");
+            }),
+            AuthError::MissingClaim("iss"),
+        ),
+        (
+            "iss not a string",
+            with(|c| {
+                c.insert("iss".into(), json!(["x"]));
+            }),
+            AuthError::InvalidClaim("iss"),
+        ),
+        (
+            "another audience",
+            with(|c| {
+                c.insert("aud".into(), json!("other-api"));
+            }),
+            AuthError::WrongAudience,
+        ),
+        (
+            "audiences that are all others",
+            with(|c| {
+                c.insert("aud".into(), json!(["a", "b"]));
+            }),
+            AuthError::WrongAudience,
+        ),
+        (
+            "no aud",
+            with(|c| {
+                c.remove("aud");
+            }),
+            AuthError::WrongAudience,
+        ),
+        (
+            "no sub",
+            with(|c| {
+                c.remove("sub");
+            }),
+            AuthError::NoUser,
+        ),
+        (
+            "an empty sub",
+            with(|c| {
+                c.insert("sub".into(), json!(""));
+            }),
+            AuthError::NoUser,
+        ),
+        ("two segments", format!("{h}.{p}"), AuthError::Malformed),
+        ("four segments", format!("{good}.{s}"), AuthError::Malformed),
+        (
+            "an empty payload",
+            format!("{h}..{s}"),
+            AuthError::Malformed,
+        ),
+        (
+            "bad base64 in the header",
+            format!("!!!.{p}.{s}"),
+            AuthError::Malformed,
+        ),
+        (
+            "bad base64 in the payload",
+            format!("{h}.%%%.{s}"),
+            AuthError::Malformed,
+        ),
+        (
+            "a padded header",
+            format!("{h}=.{p}.{s}"),
+            AuthError::Malformed,
+        ),
+        (
+            "a payload that is not JSON",
+            format!("{h}.{}.{s}", URL_SAFE_NO_PAD.encode("not json")),
+            AuthError::Malformed,
+        ),
+        (
+            "a payload that is a JSON list",
+            format!("{h}.{}.{s}", b64(&json!([1, 2]))),
+            AuthError::Malformed,
+        ),
+        (
+            "a header that is a JSON string",
+            format!("{}.{p}.{s}", b64(&json!("RS256"))),
+            AuthError::Malformed,
+        ),
+        (
+            "a numeric kid",
+            raw(json!({"alg": "RS256", "kid": 7}), claims(), &s),
+            AuthError::Malformed,
+        ),
+        (
+            "a crit header",
+            sign(&claims(), Algorithm::RS256, Some("rsa-1"), &rsa_key()).replacen(
+                &h,
+                &b64(&json!({"alg": "RS256", "kid": "rsa-1", "crit": ["exp"], "exp": 1})),
+                1,
+            ),
+            AuthError::UnsupportedCritical,
+        ),
+        (
+            "an embedded jwk of the attacker's key",
+            {
+                let mut hd = header(Algorithm::RS256, Some("attacker"));
+                hd.jwk = Some(
+                    serde_json::from_value(jwk(&attacker_key(), Algorithm::RS256, "attacker"))
+                        .unwrap(),
+                );
+                encode(&hd, &claims(), &attacker_key()).unwrap()
+            },
+            AuthError::UnknownKey,
+        ),
+        (
+            "a jku pointing at the attacker's keys",
+            {
+                let mut hd = header(Algorithm::RS256, Some("attacker"));
+                hd.jku = Some("https://evil.example/jwks.json".into());
+                hd.x5u = Some("https://evil.example/cert.pem".into());
+                encode(&hd, &claims(), &attacker_key()).unwrap()
+            },
+            AuthError::UnknownKey,
+        ),
+        (
+            "no kid, signed by the attacker",
+            sign(&claims(), Algorithm::RS256, None, &attacker_key()),
+            AuthError::BadSignature,
+        ),
+        (
+            "a huge token",
+            format!("{h}.{}.{s}", "A".repeat(20_000)),
+            AuthError::TooLarge,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_with_401_and_a_challenge() {
+    let verifier = verifier();
+    let cases = bad_tokens();
+    assert!(cases.len() >= 25, "only {} cases", cases.len());
+    for (name, token, expected) in cases {
+        let err = verifier
+            .verify(&token)
+            .await
+            .expect_err(&format!("{name}: accepted"));
+        assert_eq!(err, expected, "{name}");
+        let response = rescue(&GatewayError::Auth {
+            error: err,
+            resource_metadata: None,
+        });
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
+        let challenge = response.headers()[WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(challenge.starts_with("Bearer "), "{name}: {challenge}");
+        assert!(!challenge.contains(&token), "{name}: the token is echoed");
+    }
+}
+
+#[tokio::test]
+async fn good_tokens_pass_for_every_key_type() {
+    let verifier = verifier();
+    for (alg, kid, key) in [
+        (Algorithm::RS256, "rsa-1", rsa_key()),
+        (Algorithm::ES256, "ec-1", ec_key()),
+        (Algorithm::EdDSA, "ed-1", ed_key()),
+    ] {
+        let token = sign(&claims(), alg, Some(kid), &key);
+        let identity = verifier
+            .verify(&token)
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert_eq!(identity.user, "user-1");
+        assert_eq!(identity.groups, ["staff"]);
+        assert_eq!(identity.roles, ["llm-user"]);
+        assert_eq!(identity.tenant.as_deref(), Some("acme"));
+        assert_eq!(identity.client.as_deref(), Some("attach-cli"));
+    }
+}
+
+#[tokio::test]
+async fn leeway_forgives_small_clock_skew_only() {
+    let verifier = verifier();
+    let now = unix_now();
+    let skewed = with(|c| {
+        c.insert("exp".into(), json!(now - 30));
+        c.insert("nbf".into(), json!(now + 30));
+        c.insert("iat".into(), json!(now + 30));
+    });
+    assert!(verifier.verify(&skewed).await.is_ok());
+    let audience_list = with(|c| {
+        c.insert("aud".into(), json!(["other", AUDIENCE]));
+    });
+    assert!(
+        verifier.verify(&audience_list).await.is_ok(),
+        "aud is any-of"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_token_is_served_from_the_cache_until_it_expires() {
+    let verifier = verifier();
+    let token = good();
+    verifier.verify(&token).await.unwrap();
+    assert_eq!(verifier.cached_tokens(), 1);
+    verifier.verify(&token).await.unwrap();
+    assert_eq!(verifier.cached_tokens(), 1, "one entry per token");
+    // A refused token is never cached.
+    let _ = verifier
+        .verify(&with(|c| {
+            c.remove("sub");
+        }))
+        .await;
+    assert_eq!(verifier.cached_tokens(), 1);
+}
+
+#[test]
+fn the_token_cache_forgets_expired_entries_and_stays_bounded() {
+    let cache = super::token_cache::TokenCache::new(10);
+    let identity = Arc::new(
+        crate::claims::ClaimMapping::default()
+            .resolve()
+            .unwrap()
+            .identity(json!({"sub": "u"}).as_object().unwrap(), 100, &[])
+            .unwrap(),
+    );
+    let hash = super::token_cache::hash_token("t");
+    cache.insert(hash, identity.clone(), 160);
+    assert!(cache.get(&hash, 160).is_some());
+    assert!(cache.get(&hash, 161).is_none(), "dead after exp + leeway");
+    for i in 0..1000 {
+        cache.insert(
+            super::token_cache::hash_token(&i.to_string()),
+            identity.clone(),
+            u64::MAX,
+        );
+    }
+    assert!(cache.len() <= 10, "{} entries", cache.len());
+}
+
+#[tokio::test]
+async fn a_missing_required_scope_is_403_insufficient_scope() {
+    let cache = JwksCache::with_keys(ISSUER.into(), &jwks(), Arc::new(Metrics::new()));
+    let verifier = verifier_with(Arc::new(cache), &["llm", "llm.admin"]);
+    let err = verifier.verify(&good()).await.unwrap_err();
+    assert_eq!(
+        err,
+        AuthError::InsufficientScope {
+            required: vec!["llm".into(), "llm.admin".into()]
+        }
+    );
+    let response = rescue(&GatewayError::Auth {
+        error: err,
+        resource_metadata: None,
+    });
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let cache = JwksCache::with_keys(ISSUER.into(), &jwks(), Arc::new(Metrics::new()));
+    let verifier = verifier_with(Arc::new(cache), &["llm"]);
+    assert!(verifier.verify(&good()).await.is_ok());
+}
+
+/// A JWKS endpoint on loopback that counts fetches and can be made to fail.
+struct JwksServer {
+    url: String,
+    fetches: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+}
+
+async fn jwks_server(doc: Value) -> JwksServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let (f, fail) = (fetches.clone(), failing.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (f, fail, doc) = (f.clone(), fail.clone(), doc.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let failing = fail.load(Ordering::SeqCst);
+                    let doc = doc.to_string();
+                    async move {
+                        let mut r =
+                            http::Response::new(http_body_util::Full::new(bytes::Bytes::from(doc)));
+                        if failing {
+                            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    JwksServer {
+        url,
+        fetches,
+        failing,
+    }
+}
+
+fn fetching_cache(url: &str, cooldown: Duration) -> Arc<JwksCache> {
+    Arc::new(JwksCache::new(
+        ISSUER.into(),
+        KeySource::Uri(url.to_owned()),
+        Duration::from_secs(3600),
+        cooldown,
+        IdpClient::new(),
+        Arc::new(Metrics::new()),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_unknown_kids_costs_one_fetch_per_cooldown() {
+    let server = jwks_server(jwks()).await;
+    let cache = fetching_cache(&server.url, Duration::from_secs(3600));
+    cache.refresh("initial").await.unwrap();
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 1);
+    let verifier = Arc::new(verifier_with(cache.clone(), &[]));
+
+    let storm: Vec<_> = (0..200)
+        .map(|i| {
+            let verifier = verifier.clone();
+            let token = sign(
+                &claims(),
+                Algorithm::RS256,
+                Some(&format!("made-up-{i}")),
+                &attacker_key(),
+            );
+            tokio::spawn(async move { verifier.verify(&token).await })
+        })
+        .collect();
+    for task in storm {
+        assert_eq!(task.await.unwrap().unwrap_err(), AuthError::UnknownKey);
+    }
+    assert_eq!(
+        server.fetches.load(Ordering::SeqCst),
+        2,
+        "one refresh for the whole storm"
+    );
+    // Known keys keep working throughout.
+    assert!(verifier.verify(&good()).await.is_ok());
+}
+
+#[tokio::test]
+async fn without_a_cooldown_each_unknown_kid_refreshes_and_new_keys_are_found() {
+    // The IdP rotates: the new key is served, and the first token signed
+    // with it triggers a refresh that finds it.
+    let server = jwks_server(json!({"keys": [
+        jwk(&rsa_key(), Algorithm::RS256, "rsa-1"),
+        jwk(&attacker_key(), Algorithm::RS256, "rotated-in"),
+    ]}))
+    .await;
+    let cache = fetching_cache(&server.url, Duration::ZERO);
+    let verifier = verifier_with(cache.clone(), &[]);
+    assert_eq!(
+        verifier.verify(&good()).await.unwrap_err(),
+        AuthError::KeysUnavailable
+    );
+    cache.refresh("initial").await.unwrap();
+    let rotated = sign(
+        &claims(),
+        Algorithm::RS256,
+        Some("rotated-in"),
+        &attacker_key(),
+    );
+    assert!(verifier.verify(&rotated).await.is_ok());
+    let before = server.fetches.load(Ordering::SeqCst);
+    for i in 0..3 {
+        let t = sign(
+            &claims(),
+            Algorithm::RS256,
+            Some(&format!("nope-{i}")),
+            &attacker_key(),
+        );
+        assert_eq!(
+            verifier.verify(&t).await.unwrap_err(),
+            AuthError::UnknownKey
+        );
+    }
+    assert_eq!(server.fetches.load(Ordering::SeqCst), before + 3);
+}
+
+#[tokio::test]
+async fn the_last_good_keys_survive_an_unreachable_idp_and_no_keys_fails_closed() {
+    let server = jwks_server(jwks()).await;
+    let cache = fetching_cache(&server.url, Duration::ZERO);
+    let verifier = verifier_with(cache.clone(), &[]);
+    cache.refresh("initial").await.unwrap();
+    server.failing.store(true, Ordering::SeqCst);
+    assert!(cache.refresh("background").await.is_err());
+    assert_eq!(cache.status().keys, 3);
+    assert!(
+        verifier.verify(&good()).await.is_ok(),
+        "kept keys still verify"
+    );
+
+    // An issuer whose keys never loaded answers 503, never lets a token by.
+    let dead = fetching_cache("http://127.0.0.1:9/jwks", Duration::ZERO);
+    let verifier = verifier_with(dead.clone(), &[]);
+    assert!(dead.refresh("initial").await.is_err());
+    let err = verifier.verify(&good()).await.unwrap_err();
+    assert_eq!(err, AuthError::KeysUnavailable);
+    let response = rescue(&GatewayError::Auth {
+        error: err,
+        resource_metadata: None,
+    });
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!verifier.is_ready());
+}

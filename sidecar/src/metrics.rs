@@ -1,0 +1,144 @@
+//! Prometheus metrics, served on the admin port at `/metrics`.
+//!
+//! One registry lives for the whole process, so counters survive config
+//! reloads.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `attach_requests_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Why: `forwarded`, `unauthenticated_path`, or the refusal's reason.
+    pub reason: &'static str,
+}
+
+/// `attach_verify_duration_seconds` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerifyLabels {
+    /// `hit` when the verified-token cache answered, else `miss`.
+    pub cache: &'static str,
+}
+
+/// `attach_jwks_refresh_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksLabels {
+    pub issuer: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+    /// `background`, `unknown_kid` or `initial`.
+    pub trigger: &'static str,
+}
+
+/// Labels naming an issuer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    pub issuer: String,
+}
+
+/// `attach_config_reloads_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs .. ~10 s
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 11))
+}
+
+/// Every metric the gateway exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub verify_duration: Family<VerifyLabels, Histogram, fn() -> Histogram>,
+    pub jwks_refreshes: Family<JwksLabels, Counter>,
+    pub jwks_keys: Family<IssuerLabels, Gauge>,
+    pub upstream_duration: Histogram,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub in_flight: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("attach");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by status and reason",
+            requests.clone(),
+        );
+        let verify_duration =
+            Family::<VerifyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "verify_duration_seconds",
+            "Time to authenticate a request's token",
+            verify_duration.clone(),
+        );
+        let jwks_refreshes = Family::<JwksLabels, Counter>::default();
+        registry.register(
+            "jwks_refresh",
+            "JWKS fetches, by issuer, result and trigger",
+            jwks_refreshes.clone(),
+        );
+        let jwks_keys = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "jwks_keys",
+            "Signing keys currently loaded, by issuer",
+            jwks_keys.clone(),
+        );
+        let upstream_duration = latency_histogram();
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from forwarding a request to the model's response headers",
+            upstream_duration.clone(),
+        );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config file reloads, by result (a refused reload keeps the last good config)",
+            config_reloads.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being served now",
+            in_flight.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            verify_duration,
+            jwks_refreshes,
+            jwks_keys,
+            upstream_duration,
+            config_reloads,
+            in_flight,
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,162 @@
+//! Authenticates every request before the model sees it: extracts the bearer
+//! token, verifies it, and attaches the caller's [`Identity`] to the request.
+//! Only `GET`/`HEAD` on a configured unauthenticated path (probes) passes
+//! without a token.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Method, Request, Response};
+use tower::{Layer, Service};
+
+use super::{BoxFuture, runtime_of};
+use crate::body::Body;
+use crate::claims::Identity;
+use crate::error::GatewayError;
+use crate::jwt::AuthError;
+use crate::proxy::protected_resource::metadata_url;
+
+/// Marks a request forwarded without a token (an unauthenticated path).
+#[derive(Debug, Clone, Copy)]
+pub struct Unauthenticated;
+
+/// The bearer token of an `Authorization` header (RFC 6750 §2.1).
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return match headers.contains_key(AUTHORIZATION) {
+            true => Err(AuthError::Malformed), // more than one
+            false => Err(AuthError::MissingToken),
+        };
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme (Basic, ...) is no bearer token at all.
+        return Err(AuthError::MissingToken);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(' ') {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuthenticateLayer;
+
+impl<S> Layer<S> for AuthenticateLayer {
+    type Service = Authenticate<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Authenticate<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let runtime = runtime_of(&request)?;
+            let probe = matches!(*request.method(), Method::GET | Method::HEAD)
+                && runtime.unauthenticated_paths.contains(request.uri().path());
+            if probe {
+                request.extensions_mut().insert(Unauthenticated);
+                return inner.call(request).await;
+            }
+            // Owned, so no borrow of the request lives across the await.
+            let verified = match bearer_token(request.headers()).map(str::to_owned) {
+                Ok(token) => runtime.verifier.verify(&token).await,
+                Err(error) => Err(error),
+            };
+            let identity: Arc<Identity> = match verified {
+                Ok(identity) => identity,
+                Err(error) => {
+                    return Err(GatewayError::Auth {
+                        error,
+                        resource_metadata: metadata_url(&runtime, &request),
+                    });
+                }
+            };
+            if runtime.config.deny_all {
+                return Err(GatewayError::DenyAll(
+                    "its configuration could not be resolved (see the LLMBackend's status)",
+                ));
+            }
+            request.extensions_mut().insert(identity);
+            inner.call(request).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn extracts_bearer_tokens() {
+        assert_eq!(
+            bearer_token(&headers(&["Bearer abc.def.ghi"])),
+            Ok("abc.def.ghi")
+        );
+        assert_eq!(bearer_token(&headers(&["bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&["BEARER   abc  "])), Ok("abc"));
+    }
+
+    #[test]
+    fn refuses_what_is_not_one_bearer_token() {
+        assert_eq!(bearer_token(&headers(&[])), Err(AuthError::MissingToken));
+        assert_eq!(
+            bearer_token(&headers(&["Basic dXNlcjpwYXNz"])),
+            Err(AuthError::MissingToken)
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Bearer"])),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Bearer "])),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Bearer a b"])),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Bearer a", "Bearer b"])),
+            Err(AuthError::Malformed)
+        );
+    }
+}

@@ -1,0 +1,154 @@
+//! Tells the model who is calling, in headers it can trust because the
+//! gateway stripped every client-sent copy first:
+//!
+//! | header             | value |
+//! |--------------------|-------|
+//! | `X-Attach-User`    | the mapped user claim (default `sub`) |
+//! | `X-Attach-Groups`  | groups, comma-separated |
+//! | `X-Attach-Tenant`  | the tenant |
+//! | `X-Attach-Client`  | the calling client (`azp` / `client_id`) |
+//! | `X-Attach-Claims`  | base64url (no padding) of a JSON object: `iss`, `sub`, `user`, `groups`, `roles`, `scopes`, `tenant`, `client`, `exp`, and `claims` (the raw claims listed in `identity.forwardClaims`) |
+//!
+//! Text values are percent-encoded where they hold `%`, `,`, control or
+//! non-ASCII characters, so any value is header-safe and lists split cleanly
+//! on `,`. The caller's `Authorization` header is removed unless
+//! `identity.forwardAuthorization` is set.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tower::{Layer, Service};
+
+use crate::claims::Identity;
+use crate::runtime::Runtime;
+
+pub const USER: HeaderName = HeaderName::from_static("x-attach-user");
+pub const GROUPS: HeaderName = HeaderName::from_static("x-attach-groups");
+pub const TENANT: HeaderName = HeaderName::from_static("x-attach-tenant");
+pub const CLIENT: HeaderName = HeaderName::from_static("x-attach-client");
+pub const CLAIMS: HeaderName = HeaderName::from_static("x-attach-claims");
+
+/// Encoded in header text: controls (and, implicitly, non-ASCII), `%` so
+/// that decoding is unambiguous, and `,` which separates list items.
+const UNSAFE: &AsciiSet = &CONTROLS.add(b'%').add(b',');
+
+fn encode(value: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&utf8_percent_encode(value, UNSAFE).to_string()).ok()
+}
+
+/// Sets the identity headers for `identity`.
+pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
+    if let Some(v) = encode(&identity.user) {
+        headers.insert(USER, v);
+    }
+    let groups: Vec<String> = identity
+        .groups
+        .iter()
+        .map(|g| utf8_percent_encode(g, UNSAFE).to_string())
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&groups.join(",")) {
+        headers.insert(GROUPS, v);
+    }
+    if let Some(v) = identity.tenant.as_deref().and_then(encode) {
+        headers.insert(TENANT, v);
+    }
+    if let Some(v) = identity.client.as_deref().and_then(encode) {
+        headers.insert(CLIENT, v);
+    }
+    if let Ok(json) = serde_json::to_vec(identity)
+        && let Ok(v) = HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(json))
+    {
+        headers.insert(CLAIMS, v);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdentityHeadersLayer;
+
+impl<S> Layer<S> for IdentityHeadersLayer {
+    type Service = IdentityHeaders<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        IdentityHeaders { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for IdentityHeaders<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let forward_authorization = request
+            .extensions()
+            .get::<Arc<Runtime>>()
+            .is_some_and(|r| r.config.identity.forward_authorization);
+        if !forward_authorization {
+            request.headers_mut().remove(AUTHORIZATION);
+        }
+        if let Some(identity) = request.extensions().get::<Arc<Identity>>().cloned() {
+            set_identity(request.headers_mut(), &identity);
+        }
+        self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Map;
+
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            iss: "https://idp".into(),
+            sub: "s-1".into(),
+            user: "zoë,admin".into(),
+            groups: vec!["ai-power-users".into(), "a,b".into()],
+            roles: vec!["llm-user".into()],
+            scopes: vec![],
+            tenant: Some("acme".into()),
+            client: Some("attach-cli".into()),
+            exp: 42,
+            claims: Map::new(),
+        }
+    }
+
+    #[test]
+    fn values_are_header_safe_and_lists_split_cleanly() {
+        let mut h = HeaderMap::new();
+        set_identity(&mut h, &identity());
+        assert_eq!(h[USER], "zo%C3%AB%2Cadmin");
+        assert_eq!(h[GROUPS], "ai-power-users,a%2Cb");
+        assert_eq!(h[TENANT], "acme");
+        assert_eq!(h[CLIENT], "attach-cli");
+    }
+
+    #[test]
+    fn claims_header_is_base64url_json_of_the_identity() {
+        let mut h = HeaderMap::new();
+        set_identity(&mut h, &identity());
+        let raw = URL_SAFE_NO_PAD.decode(h[CLAIMS].as_bytes()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(v["user"], "zoë,admin");
+        assert_eq!(v["groups"][1], "a,b");
+        assert_eq!(v["exp"], 42);
+        assert_eq!(v["iss"], "https://idp");
+    }
+}

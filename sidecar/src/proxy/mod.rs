@@ -1,0 +1,76 @@
+//! The request path, one tower layer per concern, composed top to bottom:
+//!
+//! ```text
+//! observe              metrics: requests by status and reason, in-flight
+//! rescue               GatewayError -> 401/403/413/502/503/504 + JSON body
+//! snapshot             pin this request to the current config generation
+//! strip_identity       drop every client-sent X-Attach-* header
+//! protected_resource   RFC 9728 metadata, served without a token
+//! authenticate         bearer token -> verified Identity, or refuse
+//! identity_headers     X-Attach-* from the Identity; drop Authorization
+//! forward              stream to the model on loopback and back
+//! ```
+
+pub mod authenticate;
+pub mod forward;
+pub mod identity_headers;
+pub mod observe;
+pub mod protected_resource;
+pub mod snapshot;
+pub mod strip_identity;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use tower::{Service, ServiceBuilder};
+
+use crate::body::Body;
+use crate::metrics::Metrics;
+use crate::rescue::RescueLayer;
+use crate::runtime::Runtime;
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The client's address, set by the server on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The whole request path.
+pub fn stack<B>(
+    current: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+) -> impl Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
+    ServiceBuilder::new()
+        .layer(observe::ObserveLayer::new(metrics))
+        .layer(RescueLayer)
+        .layer(snapshot::SnapshotLayer::new(current))
+        .layer(strip_identity::StripIdentityLayer)
+        .layer(protected_resource::ProtectedResourceLayer)
+        .layer(authenticate::AuthenticateLayer)
+        .layer(identity_headers::IdentityHeadersLayer)
+        .service(forward::Forward)
+}
+
+/// The config generation this request is served by (set by `snapshot`).
+pub(crate) fn runtime_of<B>(
+    request: &Request<B>,
+) -> Result<Arc<Runtime>, crate::error::GatewayError> {
+    request
+        .extensions()
+        .get::<Arc<Runtime>>()
+        .cloned()
+        .ok_or(crate::error::GatewayError::Internal)
+}

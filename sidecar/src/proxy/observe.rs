@@ -1,0 +1,78 @@
+//! Counts every answer by status and reason, and the requests in flight.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::BoxFuture;
+use crate::body::Body;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::rescue::Reason;
+
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let metrics = self.metrics.clone();
+        metrics.in_flight.inc();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            metrics.in_flight.dec();
+            if let Ok(response) = &result {
+                let reason = response
+                    .extensions()
+                    .get::<Reason>()
+                    .map_or("forwarded", |r| r.0);
+                metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        status: response.status().as_u16(),
+                        reason,
+                    })
+                    .inc();
+            }
+            result
+        })
+    }
+}

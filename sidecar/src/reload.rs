@@ -1,0 +1,157 @@
+//! Hot reload: the config file is checked every `reloadInterval` (and on
+//! SIGHUP). A changed file is parsed, validated and built into a new
+//! [`Runtime`], then swapped in atomically; requests in flight keep the
+//! generation they started with. A file that does not parse or validate is
+//! refused: the last good config stays, an error is logged and
+//! `attach_config_reloads_total{result="error"}` counts it.
+//!
+//! Reading the path follows symlinks, so a ConfigMap volume's atomic
+//! `..data` swap is seen like any other change.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+
+use crate::config::{ConfigError, GatewayConfig};
+use crate::metrics::ResultLabels;
+use crate::runtime::{Runtime, Shared};
+
+/// Command-line values that win over the file, re-applied on every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub port: Option<u16>,
+    pub admin_port: Option<u16>,
+    pub upstream: Option<String>,
+}
+
+impl Overrides {
+    pub fn apply(&self, config: &mut GatewayConfig) {
+        if let Some(port) = self.port {
+            config.listen.port = port;
+        }
+        if let Some(port) = self.admin_port {
+            config.admin.port = port;
+        }
+        if let Some(url) = &self.upstream {
+            config.upstream.url.clone_from(url);
+        }
+    }
+}
+
+/// What a reload check did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Applied,
+}
+
+/// Watches one config file.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    overrides: Overrides,
+    current: Arc<ArcSwap<Runtime>>,
+    shared: Shared,
+    last_digest: [u8; 32],
+}
+
+/// Reads and validates a config file, with overrides applied.
+pub fn load(path: &std::path::Path, overrides: &Overrides) -> Result<GatewayConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut config: GatewayConfig = serde_yaml::from_str(&text)?;
+    overrides.apply(&mut config);
+    config.validate()?;
+    Ok(config)
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        overrides: Overrides,
+        current: Arc<ArcSwap<Runtime>>,
+        shared: Shared,
+    ) -> Self {
+        let last_digest = digest_of(&path).unwrap_or_default();
+        Self {
+            path,
+            overrides,
+            current,
+            shared,
+            last_digest,
+        }
+    }
+
+    /// Reloads if the file changed since the last check.
+    pub fn check(&mut self) -> Result<Outcome, ConfigError> {
+        let digest = digest_of(&self.path).map_err(|source| ConfigError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        if digest == self.last_digest {
+            return Ok(Outcome::Unchanged);
+        }
+        // Remember the digest even when refused, so one bad file is
+        // reported once, not every interval.
+        self.last_digest = digest;
+        let config = load(&self.path, &self.overrides)?;
+        let previous = self.current.load_full();
+        if config.listen != previous.config.listen || config.admin != previous.config.admin {
+            tracing::warn!(
+                "listen and admin addresses change only on restart; keeping the current sockets"
+            );
+        }
+        let runtime = Runtime::build(config, Some(&previous), &self.shared)?;
+        self.current.store(Arc::new(runtime));
+        Ok(Outcome::Applied)
+    }
+
+    /// Checks every `reloadInterval` and on SIGHUP, until `shutdown`.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::pin!(shutdown);
+        loop {
+            let interval = self.current.load().config.reload_interval;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => tracing::info!("SIGHUP: checking the config file"),
+                () = &mut shutdown => return,
+            }
+            let result = self.check();
+            let label = match &result {
+                Ok(Outcome::Unchanged) => continue,
+                Ok(Outcome::Applied) => {
+                    tracing::info!(path = %self.path.display(), "config reloaded");
+                    "ok"
+                }
+                Err(e) => {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "config reload refused; keeping the last good config"
+                    );
+                    "error"
+                }
+            };
+            self.shared
+                .metrics
+                .config_reloads
+                .get_or_create(&ResultLabels { result: label })
+                .inc();
+        }
+    }
+}
+
+fn digest_of(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    Ok(Sha256::digest(std::fs::read(path)?).into())
+}

@@ -1,0 +1,200 @@
+//! The edge of the stack: turns a [`GatewayError`] into its HTTP answer, with
+//! a small JSON body (`{"error": ..., "message": ...}`) that never echoes the
+//! token, and the RFC 6750 `WWW-Authenticate` challenge for auth failures.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use crate::body::{Body, full};
+use crate::error::GatewayError;
+use crate::jwt::AuthError;
+
+/// Why a response was produced, for the metrics layer. Set on every response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reason(pub &'static str);
+
+/// Builds the answer for `error`.
+pub fn rescue(error: &GatewayError) -> Response<Body> {
+    let (status, code) = match error {
+        GatewayError::Auth { error, .. } => match error {
+            AuthError::KeysUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+            }
+            AuthError::InsufficientScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            AuthError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            _ => (StatusCode::UNAUTHORIZED, "invalid_token"),
+        },
+        GatewayError::DenyAll(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        GatewayError::PayloadTooLarge { .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        }
+        GatewayError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
+        GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+        GatewayError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    let body = serde_json::json!({ "error": code, "message": error.to_string() });
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let GatewayError::Auth {
+        error,
+        resource_metadata,
+    } = error
+    {
+        if let Some(challenge) = challenge(error, resource_metadata.as_deref()) {
+            headers.insert(WWW_AUTHENTICATE, challenge);
+        }
+        if matches!(error, AuthError::KeysUnavailable) {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+    }
+    response.extensions_mut().insert(Reason(error.reason()));
+    response
+}
+
+/// The RFC 6750 §3 challenge. A request without a token gets no `error`
+/// attribute; a refused token gets `invalid_token` and a short description;
+/// a token without a required scope gets `insufficient_scope`.
+fn challenge(error: &AuthError, resource_metadata: Option<&str>) -> Option<HeaderValue> {
+    let mut value = String::from(r#"Bearer realm="attach-gateway""#);
+    match error {
+        AuthError::MissingToken => {}
+        AuthError::KeysUnavailable => return None,
+        AuthError::InsufficientScope { required } => {
+            value.push_str(r#", error="insufficient_scope""#);
+            value.push_str(&format!(r#", scope="{}""#, quote_safe(&required.join(" "))));
+        }
+        other => {
+            value.push_str(r#", error="invalid_token""#);
+            value.push_str(&format!(
+                r#", error_description="{}""#,
+                quote_safe(&other.to_string())
+            ));
+        }
+    }
+    if let Some(url) = resource_metadata {
+        value.push_str(&format!(r#", resource_metadata="{}""#, quote_safe(url)));
+    }
+    HeaderValue::from_str(&value).ok()
+}
+
+/// Drops anything that could break out of a quoted-string.
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .filter(|c| *c != '"' && *c != '\\')
+        .collect()
+}
+
+/// The layer that applies [`rescue`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RescueLayer;
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescue { inner }
+    }
+}
+
+/// Turns the inner service's errors into responses.
+#[derive(Debug, Clone)]
+pub struct Rescue<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Rescue<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            Ok(match future.await {
+                Ok(response) => response,
+                Err(error) => rescue(&error),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(error: AuthError) -> Response<Body> {
+        rescue(&GatewayError::Auth {
+            error,
+            resource_metadata: Some(
+                "https://llm.example/.well-known/oauth-protected-resource".into(),
+            ),
+        })
+    }
+
+    fn www(r: &Response<Body>) -> &str {
+        r.headers()[WWW_AUTHENTICATE].to_str().unwrap()
+    }
+
+    #[test]
+    fn missing_token_gets_a_bare_challenge() {
+        let r = auth(AuthError::MissingToken);
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            www(&r),
+            r#"Bearer realm="attach-gateway", resource_metadata="https://llm.example/.well-known/oauth-protected-resource""#
+        );
+    }
+
+    #[test]
+    fn bad_token_gets_invalid_token_and_a_description() {
+        let r = auth(AuthError::Expired);
+        assert_eq!(r.status(), 401);
+        assert!(www(&r).contains(r#"error="invalid_token", error_description="token expired""#));
+        assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn insufficient_scope_is_403_with_the_scope() {
+        let r = auth(AuthError::InsufficientScope {
+            required: vec!["llm.invoke".into()],
+        });
+        assert_eq!(r.status(), 403);
+        assert!(www(&r).contains(r#"error="insufficient_scope", scope="llm.invoke""#));
+    }
+
+    #[test]
+    fn no_keys_is_503_with_retry_after() {
+        let r = auth(AuthError::KeysUnavailable);
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[RETRY_AFTER], "5");
+    }
+
+    #[test]
+    fn upstream_failures_map_to_502_and_504() {
+        assert_eq!(rescue(&GatewayError::UpstreamUnavailable).status(), 502);
+        assert_eq!(rescue(&GatewayError::UpstreamTimeout).status(), 504);
+        assert_eq!(
+            rescue(&GatewayError::PayloadTooLarge { limit: 1 }).status(),
+            413
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! One generation of the gateway's configuration, built into the objects
+//! that serve requests. A reload builds a new `Runtime` and swaps it in
+//! atomically; requests in flight finish on the one they started with.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+use crate::config::{ConfigError, GatewayConfig, IssuerConfig};
+use crate::idp_client::IdpClient;
+use crate::jwt::{IssuerPolicy, JwksCache, KeySource, Verifier};
+use crate::metrics::Metrics;
+
+/// What outlives config generations: metrics and the IdP client.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub idp: IdpClient,
+}
+
+impl Shared {
+    pub fn new() -> Self {
+        Self {
+            metrics: Arc::new(Metrics::new()),
+            idp: IdpClient::new(),
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The pooled HTTP/1.1 client to the model.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub client: Client<HttpConnector, Body>,
+    /// `scheme://authority` of the model.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    pub response_header_timeout: Duration,
+}
+
+/// A config generation, ready to serve.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Arc<GatewayConfig>,
+    pub verifier: Verifier,
+    pub upstream: Upstream,
+    pub unauthenticated_paths: HashSet<String>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Runtime {
+    /// Builds a generation from a validated config. Key caches of issuers
+    /// whose key source is unchanged are carried over from `previous`, so a
+    /// reload never drops loaded keys; new ones start loading at once.
+    pub fn build(
+        config: GatewayConfig,
+        previous: Option<&Runtime>,
+        shared: &Shared,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut issuers = Vec::with_capacity(config.issuers.len());
+        for (i, issuer) in config.issuers.iter().enumerate() {
+            let jwks = reuse_or_create(issuer, previous, shared);
+            let policy = IssuerPolicy::new(issuer, jwks)
+                .map_err(|m| ConfigError::invalid(format!("issuers[{i}].claims"), m))?;
+            issuers.push((issuer.issuer.clone(), policy));
+        }
+        let verifier = Verifier::new(
+            issuers,
+            config.limits.token_cache_entries,
+            config.identity.forward_claims.clone(),
+            shared.metrics.clone(),
+        );
+        let upstream = build_upstream(&config)?;
+        Ok(Self {
+            unauthenticated_paths: config.unauthenticated_paths.iter().cloned().collect(),
+            config: Arc::new(config),
+            verifier,
+            upstream,
+            metrics: shared.metrics.clone(),
+        })
+    }
+}
+
+fn key_source(issuer: &IssuerConfig) -> KeySource {
+    match (&issuer.jwks_file, &issuer.jwks_uri) {
+        (Some(path), _) => KeySource::File(path.clone()),
+        (None, Some(uri)) => KeySource::Uri(uri.clone()),
+        (None, None) => KeySource::Discovery {
+            issuer: issuer.issuer.clone(),
+        },
+    }
+}
+
+fn reuse_or_create(
+    issuer: &IssuerConfig,
+    previous: Option<&Runtime>,
+    shared: &Shared,
+) -> Arc<JwksCache> {
+    let source = key_source(issuer);
+    let reusable = previous.and_then(|p| {
+        p.verifier
+            .key_caches()
+            .find(|c| c.issuer() == issuer.issuer && *c.source() == source)
+            .cloned()
+    });
+    if let Some(cache) = reusable {
+        return cache;
+    }
+    let cache = Arc::new(JwksCache::new(
+        issuer.issuer.clone(),
+        source,
+        issuer.jwks_refresh_interval,
+        issuer.jwks_cooldown,
+        shared.idp.clone(),
+        shared.metrics.clone(),
+    ));
+    cache.spawn_refresher();
+    cache
+}
+
+fn build_upstream(config: &GatewayConfig) -> Result<Upstream, ConfigError> {
+    let uri: http::Uri = config
+        .upstream
+        .url
+        .parse()
+        .map_err(|e| ConfigError::invalid("upstream.url", format!("not a URL: {e}")))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        return Err(ConfigError::invalid(
+            "upstream.url",
+            "needs a scheme and a host",
+        ));
+    };
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.upstream.connect_timeout));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.upstream.pool_idle_timeout)
+        .timer(TokioTimer::new())
+        .build(connector);
+    Ok(Upstream {
+        client,
+        scheme,
+        authority,
+        response_header_timeout: config.upstream.response_header_timeout,
+    })
+}

@@ -1,0 +1,246 @@
+//! Standalone mode: the gateway configured from the environment variables
+//! users of the earlier Python gateway already know, without a config file.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `OIDC_ISSUER` | the issuer URL (required) |
+//! | `OIDC_AUD` | accepted audiences, comma-separated, any match (required) |
+//! | `AUTH_BACKEND` | claim-mapping preset: auth0, okta, descope, keycloak, entra, generic (default generic) |
+//! | `OIDC_JWKS_URI` | the JWKS URL, skipping discovery |
+//! | `OIDC_ALGORITHMS` | allowed algorithms, comma-separated (default: every asymmetric one) |
+//! | `OIDC_LEEWAY_SECONDS` | clock skew allowed (default 60) |
+//! | `OIDC_REQUIRED_SCOPES` | scopes every token must carry, comma-separated |
+//! | `OIDC_ALLOW_INSECURE_HTTP` | allow a non-loopback `http://` issuer (testing only) |
+//! | `AUTH0_CLAIM_NAMESPACE` | Auth0 custom-claim namespace, e.g. `https://example.com` |
+//! | `UPSTREAM_URL` | the model (default `http://127.0.0.1:11434`); `--upstream` wins |
+//! | `FORWARD_AUTHORIZATION` | also forward the caller's `Authorization` header |
+//! | `UNAUTHENTICATED_PATHS` | comma-separated paths served without a token (GET/HEAD) |
+//!
+//! `--port` (default 8080) and `--admin-port` (default 9090) set the ports.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::claims::{ClaimMapping, Preset};
+use crate::config::{Algorithm, ConfigError, GatewayConfig, IssuerConfig};
+use crate::reload::Overrides;
+
+pub const OIDC_ISSUER: &str = "OIDC_ISSUER";
+pub const OIDC_AUD: &str = "OIDC_AUD";
+pub const AUTH_BACKEND: &str = "AUTH_BACKEND";
+pub const OIDC_JWKS_URI: &str = "OIDC_JWKS_URI";
+pub const OIDC_ALGORITHMS: &str = "OIDC_ALGORITHMS";
+pub const OIDC_LEEWAY_SECONDS: &str = "OIDC_LEEWAY_SECONDS";
+pub const OIDC_REQUIRED_SCOPES: &str = "OIDC_REQUIRED_SCOPES";
+pub const OIDC_ALLOW_INSECURE_HTTP: &str = "OIDC_ALLOW_INSECURE_HTTP";
+pub const AUTH0_CLAIM_NAMESPACE: &str = "AUTH0_CLAIM_NAMESPACE";
+pub const UPSTREAM_URL: &str = "UPSTREAM_URL";
+pub const FORWARD_AUTHORIZATION: &str = "FORWARD_AUTHORIZATION";
+pub const UNAUTHENTICATED_PATHS: &str = "UNAUTHENTICATED_PATHS";
+
+/// Where environment variables come from: the process, or a map in tests.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<&str, &str> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).map(|v| (*v).to_owned())
+    }
+}
+
+fn non_empty(env: &impl Env, key: &str) -> Option<String> {
+    env.var(key)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn list(env: &impl Env, key: &str) -> Vec<String> {
+    non_empty(env, key)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn flag(env: &impl Env, key: &str) -> Result<bool, ConfigError> {
+    match non_empty(env, key)
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(other) => Err(ConfigError::invalid(
+            key,
+            format!("{other:?} is not true or false"),
+        )),
+    }
+}
+
+/// Builds a config from the environment; `overrides` are the CLI flags.
+pub fn config_from_env(
+    env: &impl Env,
+    overrides: &Overrides,
+) -> Result<GatewayConfig, ConfigError> {
+    let issuer = non_empty(env, OIDC_ISSUER).ok_or_else(|| {
+        ConfigError::invalid(
+            OIDC_ISSUER,
+            "is required: set it to your IdP's issuer URL, or pass --config FILE",
+        )
+    })?;
+    let audiences = list(env, OIDC_AUD);
+    if audiences.is_empty() {
+        return Err(ConfigError::invalid(
+            OIDC_AUD,
+            "is required: the audience your IdP puts in access tokens for this API \
+             (comma-separated for several); tokens meant for other services must not pass",
+        ));
+    }
+    let preset = match non_empty(env, AUTH_BACKEND) {
+        None => Preset::Generic,
+        Some(name) => name
+            .parse::<Preset>()
+            .map_err(|e| ConfigError::invalid(AUTH_BACKEND, e))?,
+    };
+    let mut issuer = IssuerConfig::new(issuer, audiences, preset);
+    issuer.jwks_uri = non_empty(env, OIDC_JWKS_URI);
+    let algorithms = list(env, OIDC_ALGORITHMS);
+    if !algorithms.is_empty() {
+        issuer.algorithms = algorithms
+            .iter()
+            .map(|name| {
+                Algorithm::parse(name).ok_or_else(|| {
+                    ConfigError::invalid(
+                        OIDC_ALGORITHMS,
+                        format!(
+                            "{name:?} is not an allowed algorithm (RS*, PS*, ES256, ES384, EdDSA)"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(secs) = non_empty(env, OIDC_LEEWAY_SECONDS) {
+        let secs: u64 = secs.parse().map_err(|_| {
+            ConfigError::invalid(OIDC_LEEWAY_SECONDS, "must be a whole number of seconds")
+        })?;
+        issuer.leeway = Duration::from_secs(secs);
+    }
+    issuer.required_scopes = list(env, OIDC_REQUIRED_SCOPES);
+    issuer.allow_insecure_http = flag(env, OIDC_ALLOW_INSECURE_HTTP)?;
+    issuer.claims = ClaimMapping {
+        namespace: non_empty(env, AUTH0_CLAIM_NAMESPACE),
+        ..ClaimMapping::preset(preset)
+    };
+
+    let mut config = GatewayConfig::new(vec![issuer]);
+    if let Some(url) = non_empty(env, UPSTREAM_URL) {
+        config.upstream.url = url;
+    }
+    config.identity.forward_authorization = flag(env, FORWARD_AUTHORIZATION)?;
+    config.unauthenticated_paths = list(env, UNAUTHENTICATED_PATHS);
+    overrides.apply(&mut config);
+    config.validate()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> HashMap<&'static str, &'static str> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_seed_variables_configure_a_gateway() {
+        let e = env(&[
+            (OIDC_ISSUER, "https://dev-123.us.auth0.com/"),
+            (OIDC_AUD, "ollama-local, other-api"),
+            (AUTH_BACKEND, "auth0"),
+        ]);
+        let config = config_from_env(&e, &Overrides::default()).unwrap();
+        let issuer = &config.issuers[0];
+        assert_eq!(issuer.issuer, "https://dev-123.us.auth0.com/");
+        assert_eq!(issuer.audiences, ["ollama-local", "other-api"]);
+        assert_eq!(issuer.claims.preset, Preset::Auth0);
+        assert_eq!(config.upstream.url, "http://127.0.0.1:11434");
+        assert_eq!(config.listen.port, 8080);
+    }
+
+    #[test]
+    fn flags_win_over_the_environment() {
+        let e = env(&[
+            (OIDC_ISSUER, "https://idp.example"),
+            (OIDC_AUD, "llm"),
+            (UPSTREAM_URL, "http://127.0.0.1:8000"),
+        ]);
+        let overrides = Overrides {
+            port: Some(9000),
+            admin_port: Some(9001),
+            upstream: Some("http://127.0.0.1:8001".into()),
+        };
+        let config = config_from_env(&e, &overrides).unwrap();
+        assert_eq!(config.listen.port, 9000);
+        assert_eq!(config.admin.port, 9001);
+        assert_eq!(config.upstream.url, "http://127.0.0.1:8001");
+    }
+
+    #[test]
+    fn missing_or_unknown_settings_are_clear_errors() {
+        let cases: [(&[(&str, &str)], &str); 6] = [
+            (&[], "OIDC_ISSUER: is required"),
+            (&[(OIDC_ISSUER, "https://idp")], "OIDC_AUD: is required"),
+            (
+                &[
+                    (OIDC_ISSUER, "https://idp"),
+                    (OIDC_AUD, "a"),
+                    (AUTH_BACKEND, "cognito"),
+                ],
+                "AUTH_BACKEND: unknown",
+            ),
+            (
+                &[
+                    (OIDC_ISSUER, "https://idp"),
+                    (OIDC_AUD, "a"),
+                    (OIDC_ALGORITHMS, "HS256"),
+                ],
+                "OIDC_ALGORITHMS",
+            ),
+            (
+                &[(OIDC_ISSUER, "http://idp.example"), (OIDC_AUD, "a")],
+                "must be https://",
+            ),
+            (
+                &[
+                    (OIDC_ISSUER, "https://idp"),
+                    (OIDC_AUD, "a"),
+                    (FORWARD_AUTHORIZATION, "maybe"),
+                ],
+                "FORWARD_AUTHORIZATION",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let e: HashMap<&str, &str> = pairs.iter().copied().collect();
+            let err = config_from_env(&e, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+        }
+    }
+}
