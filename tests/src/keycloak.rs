@@ -226,4 +226,102 @@ impl KeycloakInfo {
             source,
         })
     }
+
+    /// An admin access token (master realm, `admin-cli`).
+    pub async fn admin_token(&self) -> Result<String, HarnessError> {
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", "admin-cli"),
+            ("username", self.admin_user.as_str()),
+            ("password", self.admin_password.as_str()),
+        ];
+        self.token("master", &form).await.map(|t| t.access_token)
+    }
+
+    /// Calls the admin REST API: `method` on `/admin/realms{path}`.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, HarnessError> {
+        let url = format!("{}/admin/realms{path}", self.base_url);
+        let token = self.admin_token().await?;
+        let http_err = |source| HarnessError::Http {
+            what: url.clone(),
+            source,
+        };
+        let mut request = reqwest::Client::new()
+            .request(method, &url)
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(http_err)?;
+        let status = response.status();
+        let text = response.text().await.map_err(http_err)?;
+        if !status.is_success() {
+            return Err(HarnessError::Status {
+                what: url,
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        if text.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|source| HarnessError::Json { what: url, source })
+    }
+
+    /// Creates a small realm `name` with one user (`<user>`/`<user>-password`)
+    /// and the public `attach-cli` client whose tokens carry `aud:
+    /// attach-gateway`. Tests that change a realm (key rotation) use their own.
+    pub async fn create_realm(&self, name: &str, user: &str) -> Result<(), HarnessError> {
+        let realm = serde_json::json!({
+            "realm": name, "enabled": true, "sslRequired": "none",
+            "clients": [{
+                "clientId": USER_CLIENT, "enabled": true, "publicClient": true,
+                "directAccessGrantsEnabled": true, "standardFlowEnabled": false,
+                "protocolMappers": [{
+                    "name": "audience", "protocol": "openid-connect",
+                    "protocolMapper": "oidc-audience-mapper",
+                    "config": {"included.custom.audience": AUDIENCE, "access.token.claim": "true"},
+                }],
+            }],
+            "users": [{
+                "username": user, "enabled": true, "emailVerified": true,
+                "email": format!("{user}@example.test"), "firstName": user, "lastName": "Test",
+                "credentials": [{"type": "password", "value": format!("{user}-password"), "temporary": false}],
+            }],
+        });
+        self.admin(reqwest::Method::POST, "", Some(&realm))
+            .await
+            .map(|_| ())
+    }
+
+    /// Adds a new generated RSA signing key to `realm` with a priority above
+    /// every existing one, so new tokens are signed with it (a key rotation).
+    pub async fn rotate_key(&self, realm: &str) -> Result<(), HarnessError> {
+        let realm_rep = self
+            .admin(reqwest::Method::GET, &format!("/{realm}"), None)
+            .await?;
+        let Some(realm_id) = realm_rep["id"].as_str() else {
+            return Err(HarnessError::Other(format!("realm {realm} has no id")));
+        };
+        let component = serde_json::json!({
+            "name": format!("rotated-{}", rand::random::<u32>()),
+            "providerId": "rsa-generated",
+            "providerType": "org.keycloak.keys.KeyProvider",
+            "parentId": realm_id,
+            "config": {"priority": ["1000"], "keySize": ["2048"], "algorithm": ["RS256"],
+                       "active": ["true"], "enabled": ["true"]},
+        });
+        self.admin(
+            reqwest::Method::POST,
+            &format!("/{realm}/components"),
+            Some(&component),
+        )
+        .await
+        .map(|_| ())
+    }
 }

@@ -11,7 +11,9 @@
 
 pub mod control_plane;
 pub mod error;
+pub mod gateway;
 pub mod keycloak;
+pub mod mock_model;
 pub mod pki;
 pub mod ports;
 pub mod process;

@@ -1,0 +1,280 @@
+//! Runs the real `attach-gateway` binary as a process, with its config file
+//! laid out the way the kubelet mounts a ConfigMap (`config.yaml ->
+//! ..data/config.yaml`, `..data -> ..<timestamp>`), so tests can swap it
+//! atomically as the kubelet does.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use attach_sidecar::config::GatewayConfig;
+
+use crate::HarnessError;
+use crate::ports::free_port;
+use crate::process::{self, Supervised};
+use crate::wait::until_ready;
+
+/// Builds (once per test process) and returns the gateway binary, so a test
+/// never runs a stale one.
+pub fn binary() -> Result<PathBuf, HarnessError> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "attach-sidecar",
+                    "--bin",
+                    "attach-gateway",
+                ])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .map_err(|e| format!("cargo build attach-gateway: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build attach-gateway: {status}"));
+            }
+            // This test binary is target/<profile>/deps/<name>; the gateway is
+            // target/<profile>/attach-gateway.
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .ok_or("cannot find the target folder")?;
+            let bin = dir.join("attach-gateway");
+            if bin.exists() {
+                Ok(bin)
+            } else {
+                Err(format!("{} was not built", bin.display()))
+            }
+        })
+        .clone()
+        .map_err(HarnessError::Other)
+}
+
+/// A running gateway process. Stopped on drop.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    process: Supervised,
+    dir: tempfile::TempDir,
+    /// `http://127.0.0.1:<proxy port>`.
+    pub url: String,
+    /// `http://127.0.0.1:<admin port>`.
+    pub admin_url: String,
+    generation: u32,
+}
+
+impl GatewayProcess {
+    /// Starts the gateway with `config` (its ports are replaced by free ones)
+    /// and waits until `/readyz` says the keys are loaded.
+    pub async fn start(mut config: GatewayConfig) -> Result<Self, HarnessError> {
+        let mut gw = Self::spawn_with(&mut config, &[], &[]).await?;
+        gw.wait_ready().await?;
+        Ok(gw)
+    }
+
+    /// Starts the gateway with `config` and extra flags, waiting only until
+    /// the admin port answers `/healthz`.
+    pub async fn spawn_with(
+        config: &mut GatewayConfig,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, HarnessError> {
+        config.listen.address = [127, 0, 0, 1].into();
+        config.listen.port = free_port()?;
+        config.admin.address = [127, 0, 0, 1].into();
+        config.admin.port = free_port()?;
+        let dir = tempfile::Builder::new()
+            .prefix("attach-gateway-")
+            .tempdir()
+            .map_err(HarnessError::io("tempdir"))?;
+        let mut gw_dir_generation = 0;
+        write_configmap(dir.path(), config, &mut gw_dir_generation)?;
+        let mut cmd = process::command(binary()?);
+        cmd.arg("--config")
+            .arg(dir.path().join("config.yaml"))
+            .arg("--log-level")
+            .arg("attach_sidecar=debug,info")
+            .args(extra_args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut process = Supervised::spawn("attach-gateway", cmd, dir.path().join("gateway.log"))?;
+        let admin_url = format!("http://127.0.0.1:{}", config.admin.port);
+        let health = format!("{admin_url}/healthz");
+        let http = reqwest::Client::new();
+        until_ready(
+            &mut process,
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || {
+                http.get(&health)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await?;
+        Ok(Self {
+            process,
+            dir,
+            url: format!("http://127.0.0.1:{}", config.listen.port),
+            admin_url,
+            generation: gw_dir_generation,
+        })
+    }
+
+    /// Starts the standalone gateway (no `--config`): env vars and flags only.
+    pub async fn standalone(env: &[(&str, &str)], args: &[&str]) -> Result<Self, HarnessError> {
+        let port = free_port()?;
+        let admin_port = free_port()?;
+        let dir = tempfile::Builder::new()
+            .prefix("attach-gateway-")
+            .tempdir()
+            .map_err(HarnessError::io("tempdir"))?;
+        let mut cmd = process::command(binary()?);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--admin-port")
+            .arg(admin_port.to_string())
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut process = Supervised::spawn("attach-gateway", cmd, dir.path().join("gateway.log"))?;
+        let admin_url = format!("http://127.0.0.1:{admin_port}");
+        let ready = format!("{admin_url}/readyz");
+        let http = reqwest::Client::new();
+        until_ready(
+            &mut process,
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || {
+                http.get(&ready)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await?;
+        Ok(Self {
+            process,
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+            admin_url,
+            generation: 0,
+        })
+    }
+
+    /// Waits until `/readyz` answers 200 (every issuer's keys loaded).
+    pub async fn wait_ready(&mut self) -> Result<(), HarnessError> {
+        let ready = format!("{}/readyz", self.admin_url);
+        let http = reqwest::Client::new();
+        until_ready(
+            &mut self.process,
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            async || {
+                http.get(&ready)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await
+    }
+
+    /// Replaces the config the way the kubelet updates a ConfigMap volume: a
+    /// new timestamped folder, then an atomic rename of the `..data` link.
+    pub fn write_config(&mut self, config: &GatewayConfig) -> Result<(), HarnessError> {
+        write_configmap(self.dir.path(), config, &mut self.generation)
+    }
+
+    /// Replaces the config file's content with raw text (to test refusals).
+    pub fn write_raw_config(&mut self, text: &str) -> Result<(), HarnessError> {
+        write_configmap_text(self.dir.path(), text, &mut self.generation)
+    }
+
+    /// `GET /metrics` from the admin port.
+    pub async fn metrics(&self) -> Result<String, HarnessError> {
+        let url = format!("{}/metrics", self.admin_url);
+        reqwest::get(&url)
+            .await
+            .map_err(|source| HarnessError::Http {
+                what: url.clone(),
+                source,
+            })?
+            .text()
+            .await
+            .map_err(|source| HarnessError::Http { what: url, source })
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// Fails if the process exited.
+    pub fn check_running(&mut self) -> Result<(), HarnessError> {
+        self.process.check_running()
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the process to exit.
+    pub fn stop(&mut self, grace: Duration) {
+        self.process.stop(grace);
+    }
+}
+
+/// Reads a counter's value from Prometheus text, summing every series whose
+/// line starts with `prefix` (a metric name, optionally with labels).
+pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn write_configmap(
+    dir: &Path,
+    config: &GatewayConfig,
+    generation: &mut u32,
+) -> Result<(), HarnessError> {
+    let text = serde_json::to_string_pretty(config).map_err(|source| HarnessError::Json {
+        what: "gateway config".into(),
+        source,
+    })?;
+    write_configmap_text(dir, &text, generation)
+}
+
+fn write_configmap_text(dir: &Path, text: &str, generation: &mut u32) -> Result<(), HarnessError> {
+    *generation += 1;
+    let data_dir = format!("..gen_{:04}", *generation);
+    let target = dir.join(&data_dir);
+    std::fs::create_dir_all(&target).map_err(HarnessError::io(&target))?;
+    std::fs::write(target.join("config.yaml"), text).map_err(HarnessError::io(&target))?;
+    let tmp_link = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp_link);
+    symlink(&data_dir, &tmp_link).map_err(HarnessError::io(&tmp_link))?;
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp_link, dir.join("..data")).map_err(HarnessError::io(dir.join("..data")))?;
+    let file_link = dir.join("config.yaml");
+    if !file_link.exists() {
+        symlink("..data/config.yaml", &file_link).map_err(HarnessError::io(&file_link))?;
+    }
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
+}
