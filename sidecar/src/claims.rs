@@ -255,6 +255,10 @@ pub struct Identity {
     /// Raw claims chosen by `identity.forwardClaims`.
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub claims: Map<String, Value>,
+    /// The identity headers, rendered once per verified token (the identity
+    /// is shared through the token cache) rather than once per request.
+    #[serde(skip)]
+    pub(crate) rendered_headers: std::sync::OnceLock<crate::proxy::identity_headers::Rendered>,
 }
 
 impl ResolvedMapping {
@@ -292,6 +296,7 @@ impl ResolvedMapping {
                 .iter()
                 .filter_map(|name| Some((name.clone(), claims.get(name)?.clone())))
                 .collect(),
+            rendered_headers: std::sync::OnceLock::new(),
         })
     }
 }

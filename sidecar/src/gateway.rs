@@ -84,7 +84,17 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` resolves, then drains and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    ///
+    /// The proxy runs on `workers` threads, each with its own single-threaded
+    /// runtime accepting from the shared listener and its own upstream pool
+    /// (the nginx worker model): a request never hops threads, which on a
+    /// small CPU budget is worth more than work stealing. The admin listener,
+    /// the reloader and the JWKS refreshers run on the calling runtime.
+    pub async fn run(
+        self,
+        workers: usize,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -109,13 +119,28 @@ impl Gateway {
             )),
             ConfigSource::Fixed => None,
         };
-        let proxy = tokio::spawn(serve(
-            "proxy",
-            self.proxy,
-            proxy_service,
-            settings,
-            stopped(),
-        ));
+
+        let listener = self.proxy.into_std()?;
+        let mut threads = Vec::with_capacity(workers.max(1));
+        for worker in 0..workers.max(1) {
+            let listener = listener.try_clone()?;
+            let service = proxy_service.clone();
+            let stopped = stopped();
+            let thread = std::thread::Builder::new()
+                .name(format!("proxy-{worker}"))
+                .spawn(move || -> std::io::Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        serve("proxy", listener, service, settings, stopped).await;
+                        Ok(())
+                    })
+                })?;
+            threads.push(thread);
+        }
+        drop(listener);
         let admin = tokio::spawn(serve(
             "admin",
             self.admin,
@@ -127,10 +152,21 @@ impl Gateway {
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
-        let _ = proxy.await;
         let _ = admin.await;
         if let Some(reload) = reload {
             let _ = reload.await;
         }
+        let joined = tokio::task::spawn_blocking(move || {
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("a proxy worker panicked")))
+                })
+                .collect::<std::io::Result<Vec<()>>>()
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        joined.map(|_| ())
     }
 }

@@ -39,6 +39,10 @@ struct Args {
     /// Log filter, e.g. `info` or `attach_sidecar=debug` (or $ATTACH_LOG).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Proxy worker threads (default: the CPUs this process may use, which
+    /// honours a container's CPU limit).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Check the config and exit.
     #[arg(long)]
     check: bool,
@@ -83,7 +87,11 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    // Admin, reload and key refresh run here; the proxy gets its own threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -111,8 +119,13 @@ fn main() -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             "attach-gateway listening"
         );
-        gateway.run(shutdown_signal()).await;
-        ExitCode::SUCCESS
+        match gateway.run(workers, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("attach-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

@@ -38,14 +38,53 @@ impl Default for Shared {
     }
 }
 
-/// The pooled HTTP/1.1 client to the model.
+/// How to reach the model. Each proxy worker thread keeps its own pooled
+/// HTTP/1.1 client (see [`Upstream::client`]), so a request and its upstream
+/// connection never hop between threads.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub client: Client<HttpConnector, Body>,
-    /// `scheme://authority` of the model.
+    /// Unique per config generation: a reload gets fresh pools.
+    generation: u64,
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
+    pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+}
+
+type UpstreamClient = Client<HttpConnector, Body>;
+
+thread_local! {
+    static CLIENT: std::cell::RefCell<Option<(u64, UpstreamClient)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Upstream {
+    /// This thread's pooled client for this generation, built on first use.
+    pub fn client(&self) -> UpstreamClient {
+        CLIENT.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            match &*slot {
+                Some((generation, client)) if *generation == self.generation => client.clone(),
+                _ => {
+                    let client = self.build_client();
+                    *slot = Some((self.generation, client.clone()));
+                    client
+                }
+            }
+        })
+    }
+
+    fn build_client(&self) -> UpstreamClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .timer(TokioTimer::new())
+            .build(connector)
+    }
 }
 
 /// A config generation, ready to serve.
@@ -141,18 +180,13 @@ fn build_upstream(config: &GatewayConfig) -> Result<Upstream, ConfigError> {
             "needs a scheme and a host",
         ));
     };
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.upstream.connect_timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.upstream.pool_idle_timeout)
-        .timer(TokioTimer::new())
-        .build(connector);
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     Ok(Upstream {
-        client,
+        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         scheme,
         authority,
+        connect_timeout: config.upstream.connect_timeout,
         response_header_timeout: config.upstream.response_header_timeout,
+        pool_idle_timeout: config.upstream.pool_idle_timeout,
     })
 }

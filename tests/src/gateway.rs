@@ -88,54 +88,26 @@ impl GatewayProcess {
         config.listen.port = free_port()?;
         config.admin.address = [127, 0, 0, 1].into();
         config.admin.port = free_port()?;
-        let dir = tempfile::Builder::new()
-            .prefix("attach-gateway-")
-            .tempdir()
-            .map_err(HarnessError::io("tempdir"))?;
-        let mut gw_dir_generation = 0;
-        write_configmap(dir.path(), config, &mut gw_dir_generation)?;
+        let dir = new_dir()?;
+        let mut generation = 0;
+        write_configmap(dir.path(), config, &mut generation)?;
         let mut cmd = process::command(binary()?);
         cmd.arg("--config")
             .arg(dir.path().join("config.yaml"))
             .arg("--log-level")
             .arg("attach_sidecar=debug,info")
-            .args(extra_args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut process = Supervised::spawn("attach-gateway", cmd, dir.path().join("gateway.log"))?;
-        let admin_url = format!("http://127.0.0.1:{}", config.admin.port);
-        let health = format!("{admin_url}/healthz");
-        let http = reqwest::Client::new();
-        until_ready(
-            &mut process,
-            Duration::from_secs(30),
-            Duration::from_millis(50),
-            async || {
-                http.get(&health)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
-        )
-        .await?;
-        Ok(Self {
-            process,
-            dir,
-            url: format!("http://127.0.0.1:{}", config.listen.port),
-            admin_url,
-            generation: gw_dir_generation,
-        })
+            .args(extra_args)
+            .envs(env.iter().copied());
+        let mut gw =
+            Self::launch(cmd, dir, config.listen.port, config.admin.port, "/healthz").await?;
+        gw.generation = generation;
+        Ok(gw)
     }
 
-    /// Starts the standalone gateway (no `--config`): env vars and flags only.
+    /// Starts the standalone gateway (no `--config`): env vars and flags
+    /// only, and waits until its keys are loaded.
     pub async fn standalone(env: &[(&str, &str)], args: &[&str]) -> Result<Self, HarnessError> {
-        let port = free_port()?;
-        let admin_port = free_port()?;
-        let dir = tempfile::Builder::new()
-            .prefix("attach-gateway-")
-            .tempdir()
-            .map_err(HarnessError::io("tempdir"))?;
+        let (port, admin_port) = (free_port()?, free_port()?);
         let mut cmd = process::command(binary()?);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -143,20 +115,28 @@ impl GatewayProcess {
             .arg(port.to_string())
             .arg("--admin-port")
             .arg(admin_port.to_string())
-            .args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+            .args(args)
+            .envs(env.iter().copied());
+        Self::launch(cmd, new_dir()?, port, admin_port, "/readyz").await
+    }
+
+    async fn launch(
+        cmd: Command,
+        dir: tempfile::TempDir,
+        port: u16,
+        admin_port: u16,
+        ready_path: &str,
+    ) -> Result<Self, HarnessError> {
         let mut process = Supervised::spawn("attach-gateway", cmd, dir.path().join("gateway.log"))?;
         let admin_url = format!("http://127.0.0.1:{admin_port}");
-        let ready = format!("{admin_url}/readyz");
+        let probe = format!("{admin_url}{ready_path}");
         let http = reqwest::Client::new();
         until_ready(
             &mut process,
             Duration::from_secs(30),
             Duration::from_millis(50),
             async || {
-                http.get(&ready)
+                http.get(&probe)
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success())
@@ -234,6 +214,13 @@ impl GatewayProcess {
     pub fn stop(&mut self, grace: Duration) {
         self.process.stop(grace);
     }
+}
+
+fn new_dir() -> Result<tempfile::TempDir, HarnessError> {
+    tempfile::Builder::new()
+        .prefix("attach-gateway-")
+        .tempdir()
+        .map_err(HarnessError::io("tempdir"))
 }
 
 /// Reads a counter's value from Prometheus text, summing every series whose

@@ -505,6 +505,7 @@ async fn limits_and_model_failures_get_clear_answers() {
     let mut cfg = config(&model, vec![issuer(kc, REALM)]);
     cfg.limits.max_request_body_bytes = 4096;
     cfg.upstream.response_header_timeout = Duration::from_millis(500);
+    cfg.limits.header_read_timeout = Duration::from_millis(300);
     let gw = GatewayProcess::start(cfg.clone()).await.unwrap();
     let alice = kc.token_for("alice").await.unwrap();
     let http = reqwest::Client::new();
@@ -545,6 +546,24 @@ async fn limits_and_model_failures_get_clear_answers() {
         response.json::<Value>().await.unwrap()["error"],
         "upstream_timeout"
     );
+
+    // A client that never finishes its headers (slowloris) is cut off.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut slow = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        slow.write_all(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "the connection was closed after the header-read timeout"
+        );
+        assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+    }
 
     drop(model);
     let response = http

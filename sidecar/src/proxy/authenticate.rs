@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, runtime_of};
@@ -21,15 +21,18 @@ use crate::proxy::protected_resource::metadata_url;
 #[derive(Debug, Clone, Copy)]
 pub struct Unauthenticated;
 
-/// The bearer token of an `Authorization` header (RFC 6750 §2.1).
-pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+/// The one `Authorization` header of a request.
+fn bearer_header(headers: &HeaderMap) -> Result<HeaderValue, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return match headers.contains_key(AUTHORIZATION) {
-            true => Err(AuthError::Malformed), // more than one
-            false => Err(AuthError::MissingToken),
-        };
-    };
+    match (values.next(), values.next()) {
+        (Some(value), None) => Ok(value.clone()),
+        (Some(_), Some(_)) => Err(AuthError::Malformed),
+        (None, _) => Err(AuthError::MissingToken),
+    }
+}
+
+/// The token of an `Authorization: Bearer` header value (RFC 6750 §2.1).
+fn bearer_token_of(value: &HeaderValue) -> Result<&str, AuthError> {
     let value = value.to_str().map_err(|_| AuthError::Malformed)?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -41,6 +44,11 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
         return Err(AuthError::Malformed);
     }
     Ok(token)
+}
+
+/// The bearer token of a request's `Authorization` header.
+pub fn bearer_token(headers: &HeaderMap) -> Result<String, AuthError> {
+    bearer_token_of(&bearer_header(headers)?).map(str::to_owned)
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,9 +94,15 @@ where
                 request.extensions_mut().insert(Unauthenticated);
                 return inner.call(request).await;
             }
-            // Owned, so no borrow of the request lives across the await.
-            let verified = match bearer_token(request.headers()).map(str::to_owned) {
-                Ok(token) => runtime.verifier.verify(&token).await,
+            // An owned (refcounted) copy of the header, so no borrow of the
+            // request lives across the await.
+            let header = bearer_header(request.headers());
+            let verified = match header
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(bearer_token_of)
+            {
+                Ok(token) => runtime.verifier.verify(token).await,
                 Err(error) => Err(error),
             };
             let identity: Arc<Identity> = match verified {
@@ -129,10 +143,16 @@ mod tests {
     fn extracts_bearer_tokens() {
         assert_eq!(
             bearer_token(&headers(&["Bearer abc.def.ghi"])),
-            Ok("abc.def.ghi")
+            Ok("abc.def.ghi".to_owned())
         );
-        assert_eq!(bearer_token(&headers(&["bearer abc"])), Ok("abc"));
-        assert_eq!(bearer_token(&headers(&["BEARER   abc  "])), Ok("abc"));
+        assert_eq!(
+            bearer_token(&headers(&["bearer abc"])),
+            Ok("abc".to_owned())
+        );
+        assert_eq!(
+            bearer_token(&headers(&["BEARER   abc  "])),
+            Ok("abc".to_owned())
+        );
     }
 
     #[test]

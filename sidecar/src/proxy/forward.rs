@@ -97,17 +97,13 @@ where
 
     let (mut parts, body) = request.into_parts();
     let upstream = &runtime.upstream;
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    parts.uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|_| GatewayError::Internal)?;
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(upstream.scheme.clone());
+    uri.authority = Some(upstream.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).map_err(|_| GatewayError::Internal)?;
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -137,7 +133,7 @@ where
     let started = Instant::now();
     let sent = tokio::time::timeout(
         upstream.response_header_timeout,
-        upstream.client.request(upstream_request),
+        upstream.client().request(upstream_request),
     )
     .await;
     runtime

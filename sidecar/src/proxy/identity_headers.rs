@@ -41,10 +41,15 @@ fn encode(value: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&utf8_percent_encode(value, UNSAFE).to_string()).ok()
 }
 
-/// Sets the identity headers for `identity`.
-pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
+/// The identity headers of one identity, ready to copy onto requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered(Vec<(HeaderName, HeaderValue)>);
+
+/// Renders the identity headers of `identity`.
+pub fn render(identity: &Identity) -> Rendered {
+    let mut out = Vec::with_capacity(5);
     if let Some(v) = encode(&identity.user) {
-        headers.insert(USER, v);
+        out.push((USER, v));
     }
     let groups: Vec<String> = identity
         .groups
@@ -52,18 +57,27 @@ pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
         .map(|g| utf8_percent_encode(g, UNSAFE).to_string())
         .collect();
     if let Ok(v) = HeaderValue::from_str(&groups.join(",")) {
-        headers.insert(GROUPS, v);
+        out.push((GROUPS, v));
     }
     if let Some(v) = identity.tenant.as_deref().and_then(encode) {
-        headers.insert(TENANT, v);
+        out.push((TENANT, v));
     }
     if let Some(v) = identity.client.as_deref().and_then(encode) {
-        headers.insert(CLIENT, v);
+        out.push((CLIENT, v));
     }
     if let Ok(json) = serde_json::to_vec(identity)
         && let Ok(v) = HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(json))
     {
-        headers.insert(CLAIMS, v);
+        out.push((CLAIMS, v));
+    }
+    Rendered(out)
+}
+
+/// Sets the identity headers for `identity`, rendering them on first use.
+pub fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
+    let rendered = identity.rendered_headers.get_or_init(|| render(identity));
+    for (name, value) in &rendered.0 {
+        headers.insert(name.clone(), value.clone());
     }
 }
 
@@ -127,6 +141,7 @@ mod tests {
             client: Some("attach-cli".into()),
             exp: 42,
             claims: Map::new(),
+            rendered_headers: Default::default(),
         }
     }
 

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Benchmark of the request path (not a test): one upstream, the same load
+# three ways in the same run, and the ratios between them.
+#
+#   direct   wrk -> upstream
+#   nginx    wrk -> nginx proxy_pass (keepalive) -> upstream
+#   gateway  wrk -> attach-gateway (valid RS256 JWT) -> upstream
+#
+# The upstream is an nginx server block answering a small JSON document, so
+# the proxies' own cost dominates. Saturation throughput comes from wrk;
+# latency at half of the slower proxy's saturation from oha's fixed rate.
+# Prints requests/s, p50, p99, ratios, and attach-gateway's peak RSS.
+#
+# Usage: bench/gateway.sh [seconds per run, default 10]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+secs=${1:-10}
+cache=${ATTACH_CACHE:-$HOME/.cache/attach}
+target=${CARGO_TARGET_DIR:-$root/target}
+
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "nginx is missing: apt-get install nginx-light" >&2; exit 1; }
+oha="$cache/oha/bin/oha"
+if [[ ! -x "$oha" ]]; then
+  echo "building oha (load generator with a fixed request rate) into $cache/oha" >&2
+  cargo install --quiet --locked oha --root "$cache/oha"
+fi
+python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography
+
+cargo build --quiet --release --locked -p attach-sidecar --bin attach-gateway
+gateway_bin="$target/release/attach-gateway"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pidfile in "$work/upstream.pid" "$work/proxy.pid"; do
+    [[ -f "$pidfile" ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+up_port=$(free_port); nginx_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port)
+
+# The upstream and the nginx proxy are separate nginx instances, so the
+# proxied paths all pay the same process hops.
+cat >"$work/upstream.conf" <<NGINX
+worker_processes 1;
+pid $work/upstream.pid;
+error_log $work/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$up_port;
+    location / { default_type application/json; return 200 '{"models":[{"name":"llama3.2:1b"}]}'; }
+  }
+}
+NGINX
+cat >"$work/proxy.conf" <<NGINX
+worker_processes 2;
+pid $work/proxy.pid;
+error_log $work/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream model { server 127.0.0.1:$up_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://model;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+nginx -c "$work/upstream.conf" -p "$work" -e "$work/upstream-error.log"
+nginx -c "$work/proxy.conf" -p "$work" -e "$work/proxy-error.log"
+
+issuer="https://bench.attach.test/"
+token=$(python3 bench/mint_token.py sidecar/testdata/keys/rsa-trusted.pem "$issuer" attach-gateway "$work/jwks.json")
+cat >"$work/gateway.yaml" <<YAML
+apiVersion: attach.dev/v1alpha1
+kind: GatewayConfig
+listen: {address: 127.0.0.1, port: $gw_port}
+admin: {address: 127.0.0.1, port: $admin_port}
+upstream: {url: "http://127.0.0.1:$up_port"}
+issuers:
+  - issuer: "$issuer"
+    jwksFile: $work/jwks.json
+    audiences: [attach-gateway]
+    claims: {preset: keycloak}
+YAML
+"$gateway_bin" --config "$work/gateway.yaml" --log-level warn >"$work/gateway.log" 2>&1 &
+gw_pid=$!
+pids+=("$gw_pid")
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null && break
+  sleep 0.1
+done
+check() { # name url [auth]
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' ${3:+-H "Authorization: Bearer $3"} "$2/api/tags")
+  [[ "$code" == 200 ]] || { echo "$1 answered $code" >&2; cat "$work/gateway.log" >&2; exit 1; }
+}
+check direct "http://127.0.0.1:$up_port"
+check nginx "http://127.0.0.1:$nginx_port"
+check gateway "http://127.0.0.1:$gw_port" "$token"
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gw_port/api/tags")
+[[ "$code" == 401 ]] || { echo "gateway let an unauthenticated request through ($code)" >&2; exit 1; }
+
+declare -A url=([direct]="http://127.0.0.1:$up_port" [nginx]="http://127.0.0.1:$nginx_port" [gateway]="http://127.0.0.1:$gw_port")
+auth_args() { [[ $1 == gateway ]] && printf '%s\n' -H "Authorization: Bearer $token"; return 0; }
+
+echo "== saturation: wrk -t2 -c64 -d${secs}s, GET /api/tags" >&2
+for name in direct nginx gateway; do
+  mapfile -t extra < <(auth_args "$name")
+  wrk -t2 -c64 -d"${secs}s" --latency "${extra[@]}" "${url[$name]}/api/tags" >"$work/wrk-$name.txt"
+  grep -E "Requests/sec|Non-2xx" "$work/wrk-$name.txt" | sed "s/^/  $name: /" >&2
+done
+
+# Half of the slower proxy's saturation, so every path can sustain the rate.
+slowest=$(cat "$work"/wrk-nginx.txt "$work"/wrk-gateway.txt | awk '/Requests\/sec/ {print int($2)}' | sort -n | head -n1)
+half=$((slowest / 2))
+echo "== half of the slower proxy's saturation: oha -q $half -c16 -z ${secs}s" >&2
+for name in direct nginx gateway; do
+  extra=()
+  [[ $name == gateway ]] && extra=(-H "Authorization: Bearer $token")
+  "$oha" --no-tui --output-format json -q "$half" -c 16 -z "${secs}s" "${extra[@]}" "${url[$name]}/api/tags" >"$work/oha-$name.json"
+done
+
+rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$gw_pid/status")
+python3 - "$work" "$rss_kib" "$half" <<'PY'
+import json, re, sys
+work, rss_kib, half = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def wrk(name):
+    text = open(f"{work}/wrk-{name}.txt").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return rps, pct(50), pct(99), int(non2xx.group(1)) if non2xx else 0
+def oha(name):
+    d = json.load(open(f"{work}/oha-{name}.json"))
+    lat = d["latencyPercentiles"]
+    ok = d.get("statusCodeDistribution", {})
+    return d["summary"]["requestsPerSec"], lat["p50"] * 1000, lat["p99"] * 1000, ok
+sat = {n: wrk(n) for n in ("direct", "nginx", "gateway")}
+fixed = {n: oha(n) for n in ("direct", "nginx", "gateway")}
+print("\nattach-gateway benchmark (GET /api/tags, 2 cores shared by load generator, proxies and upstream)\n")
+print(f"saturation (wrk -t2 -c64)")
+print(f"{'path':<9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>10} {'vs nginx':>9}")
+for n, (rps, p50, p99, bad) in sat.items():
+    print(f"{n:<9} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {rps/sat['direct'][0]:>9.2f}x {rps/sat['nginx'][0]:>8.2f}x" + (f"  ({bad} non-2xx!)" if bad else ""))
+print(f"\nfixed rate {half} req/s (half of the slower proxy's saturation; oha -c16)")
+print(f"{'path':<9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p99 - direct':>13}")
+for n, (rps, p50, p99, codes) in fixed.items():
+    print(f"{n:<9} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {p99 - fixed['direct'][2]:>12.3f}  status {codes}")
+print(f"\nattach-gateway peak RSS (VmHWM): {rss_kib/1024:.1f} MiB")
+g, x = sat["gateway"][0], sat["nginx"][0]
+print(f"targets: throughput >= 1.0x nginx: {g/x:.2f}x; added p99 at half load <= 0.3 ms: "
+      f"{fixed['gateway'][2]-fixed['direct'][2]:.3f} ms; RSS <= 20 MiB: {rss_kib/1024:.1f} MiB")
+PY
