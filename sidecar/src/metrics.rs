@@ -113,7 +113,7 @@ impl Metrics {
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
-            "Requests being served now",
+            "Requests in flight, from arrival until their response headers are sent",
             in_flight.clone(),
         );
         Self {

@@ -41,6 +41,8 @@ pub enum RefreshError {
     Fetch(#[from] FetchError),
     #[error("discovery document has no jwks_uri")]
     NoJwksUri,
+    #[error("discovery refused: {0}")]
+    Discovery(String),
     #[error("cannot read {path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("the JWKS has no usable signing keys ({skipped} skipped)")]
@@ -102,7 +104,8 @@ impl JwksCache {
         }
     }
 
-    /// A cache pre-loaded with `jwks`, that never fetches (for tests).
+    /// A cache pre-loaded with `jwks`, that never fetches.
+    #[cfg(test)]
     pub fn with_keys(issuer: String, jwks: &Value, metrics: Arc<Metrics>) -> Self {
         let cache = Self::new(
             issuer,
@@ -253,16 +256,31 @@ impl JwksCache {
         Ok(set)
     }
 
+    /// Finds `jwks_uri` in the issuer's discovery document. The document must
+    /// name the same issuer (OpenID Connect Discovery §4.3), and an HTTPS
+    /// issuer's keys must come over HTTPS too.
     async fn discover(&self, issuer: &str) -> Result<String, RefreshError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
         let doc: Value = self.http.get_json(&url).await?;
-        doc.get("jwks_uri")
+        let named = doc.get("issuer").and_then(Value::as_str);
+        if named != Some(issuer) {
+            return Err(RefreshError::Discovery(format!(
+                "the discovery document names issuer {named:?}, not {issuer:?}"
+            )));
+        }
+        let jwks_uri = doc
+            .get("jwks_uri")
             .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or(RefreshError::NoJwksUri)
+            .ok_or(RefreshError::NoJwksUri)?;
+        if issuer.starts_with("https://") && !jwks_uri.starts_with("https://") {
+            return Err(RefreshError::Discovery(format!(
+                "jwks_uri {jwks_uri:?} is not https:// for an https:// issuer"
+            )));
+        }
+        Ok(jwks_uri.to_owned())
     }
 
     /// Loads the keys now and then keeps them fresh in a background task.

@@ -704,3 +704,25 @@ async fn the_last_good_keys_survive_an_unreachable_idp_and_no_keys_fails_closed(
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(!verifier.is_ready());
 }
+
+#[tokio::test]
+async fn discovery_must_name_the_configured_issuer() {
+    let server = jwks_server(json!({
+        "issuer": "https://impostor.example/",
+        "jwks_uri": "https://impostor.example/keys",
+    }))
+    .await;
+    let issuer = server.url.clone();
+    let cache = JwksCache::new(
+        issuer.clone(),
+        KeySource::Discovery { issuer },
+        Duration::from_secs(3600),
+        Duration::ZERO,
+        IdpClient::new(),
+        Arc::new(Metrics::new()),
+    );
+    let err = cache.refresh("initial").await.unwrap_err().to_string();
+    assert!(err.contains("names issuer"), "{err}");
+    assert!(!cache.is_loaded());
+    assert_eq!(server.fetches.load(Ordering::SeqCst), 1, "keys were not fetched");
+}
