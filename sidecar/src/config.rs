@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::claims::{ClaimMapping, Preset};
+use crate::policy::{EndpointClass, Rule, Subjects};
 
 /// The only `apiVersion` this gateway reads.
 pub const API_VERSION: &str = "attach.dev/v1alpha1";
@@ -82,6 +83,9 @@ pub struct GatewayConfig {
     /// RFC 9728 protected-resource metadata.
     #[serde(default)]
     pub resource: ResourceMetadata,
+    /// Who may call which endpoints with which models.
+    #[serde(default)]
+    pub access: AccessConfig,
     /// Size limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
@@ -285,6 +289,51 @@ impl Default for IdentityConfig {
     }
 }
 
+/// The access policy. Rules only allow; what no rule allows is denied with
+/// 403. Admin endpoints are allowed only by a rule that names `admin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Allow rules, tried in order. Without this field: every authenticated
+    /// caller may use every model for inference and read endpoints, and
+    /// nobody may use admin endpoints.
+    #[serde(default = "default_rules")]
+    pub rules: Vec<Rule>,
+    /// Forward paths that are in no endpoint class (default: deny them).
+    #[serde(default)]
+    pub allow_unknown_endpoints: bool,
+    /// Trim `GET /api/tags` and `GET /v1/models` to the models the caller
+    /// may use.
+    #[serde(default = "default_true")]
+    pub filter_model_lists: bool,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            rules: default_rules(),
+            allow_unknown_endpoints: false,
+            filter_model_lists: true,
+        }
+    }
+}
+
+fn default_rules() -> Vec<Rule> {
+    vec![Rule {
+        name: "authenticated".into(),
+        subjects: Subjects {
+            any_authenticated: true,
+            ..Subjects::default()
+        },
+        models: vec!["*".into()],
+        endpoints: vec![EndpointClass::Inference, EndpointClass::Read],
+    }]
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// RFC 9728 protected-resource metadata, served at
 /// `/.well-known/oauth-protected-resource` and named in 401 challenges.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +432,7 @@ impl GatewayConfig {
             identity: IdentityConfig::default(),
             unauthenticated_paths: Vec::new(),
             resource: ResourceMetadata::default(),
+            access: AccessConfig::default(),
             limits: Limits::default(),
             deny_all: false,
             reload_interval: default_reload_interval(),
@@ -467,6 +517,8 @@ impl GatewayConfig {
                 ));
             }
         }
+        crate::policy::rules::validate(&self.access.rules)
+            .map_err(|(i, message)| ConfigError::invalid(format!("access.rules[{i}]"), message))?;
         if self.limits.token_cache_entries == 0 {
             return Err(ConfigError::invalid(
                 "limits.tokenCacheEntries",

@@ -2,6 +2,8 @@
 //! each into exactly one HTTP answer; nothing else writes error responses.
 
 use crate::jwt::AuthError;
+use crate::policy::DenyKind;
+use crate::policy::endpoint::PathError;
 
 /// A request the gateway did not forward, or could not complete.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +19,15 @@ pub enum GatewayError {
     /// The backend is configured to deny everything (fail closed): 403.
     #[error("this backend denies all requests: {0}")]
     DenyAll(&'static str),
+    /// No rule allows this caller this endpoint or model: 403.
+    #[error("access denied: {}", .0.as_str())]
+    Forbidden(DenyKind),
+    /// The path cannot be normalised: 400.
+    #[error("bad request path: {0}")]
+    BadPath(PathError),
+    /// The request body could not be read: 400.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
     /// The request body is over the limit: 413.
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -37,6 +48,15 @@ impl GatewayError {
         match self {
             Self::Auth { error, .. } => error.reason(),
             Self::DenyAll(_) => "deny_all",
+            Self::Forbidden(kind) => match kind {
+                DenyKind::Subject => "denied_subject",
+                DenyKind::Endpoint => "denied_endpoint",
+                DenyKind::Model => "denied_model",
+                DenyKind::UnknownEndpoint => "denied_unknown_endpoint",
+                DenyKind::MissingModel => "denied_missing_model",
+            },
+            Self::BadPath(_) => "bad_path",
+            Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod idp_client;
 pub mod jwt;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod rescue;

@@ -30,7 +30,12 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
             AuthError::MissingToken => (StatusCode::UNAUTHORIZED, "unauthorized"),
             _ => (StatusCode::UNAUTHORIZED, "invalid_token"),
         },
-        GatewayError::DenyAll(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        GatewayError::DenyAll(_) | GatewayError::Forbidden(_) => {
+            (StatusCode::FORBIDDEN, "forbidden")
+        }
+        GatewayError::BadPath(_) | GatewayError::BadRequest(_) => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
         GatewayError::PayloadTooLarge { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         }
@@ -38,7 +43,11 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
         GatewayError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
-    let body = serde_json::json!({ "error": code, "message": error.to_string() });
+    let mut body = serde_json::json!({ "error": code, "message": error.to_string() });
+    if let GatewayError::Forbidden(kind) = error {
+        // Which kind of check failed; never the rules themselves.
+        body["denied_by"] = kind.as_str().into();
+    }
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -15,6 +15,7 @@ use crate::config::{ConfigError, GatewayConfig, IssuerConfig};
 use crate::idp_client::IdpClient;
 use crate::jwt::{IssuerPolicy, JwksCache, KeySource, Verifier};
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 
 /// What outlives config generations: metrics and the IdP client.
 #[derive(Debug, Clone)]
@@ -94,6 +95,7 @@ pub struct Runtime {
     pub verifier: Verifier,
     pub upstream: Upstream,
     pub unauthenticated_paths: HashSet<String>,
+    pub policy: Policy,
     pub metrics: Arc<Metrics>,
 }
 
@@ -122,6 +124,7 @@ impl Runtime {
         );
         let upstream = build_upstream(&config)?;
         Ok(Self {
+            policy: Policy::new(&config.access.rules, config.access.allow_unknown_endpoints),
             unauthenticated_paths: config.unauthenticated_paths.iter().cloned().collect(),
             config: Arc::new(config),
             verifier,

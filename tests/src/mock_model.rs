@@ -160,6 +160,9 @@ async fn handle(
         (Method::GET | Method::HEAD, "/") => text("Ollama is running"),
         (Method::GET, "/health") => text("ok"),
         (Method::GET, "/api/version") => json_response(json!({"version": "0.12.0"})),
+        (Method::POST, "/api/show") => {
+            json_response(json!({"details": {"family": "llama"}, "model_info": {}}))
+        }
         (Method::GET, "/api/tags") => json_response(json!({"models": [
             {"name": "llama3.2:1b", "model": "llama3.2:1b"},
             {"name": "llama3.1:70b", "model": "llama3.1:70b"},
@@ -205,7 +208,7 @@ async fn handle(
                 .collect::<serde_json::Map<_, _>>(),
             "bodyBytes": body.len(),
         })),
-        (Method::POST, "/api/pull" | "/api/delete" | "/api/create" | "/api/copy" | "/api/push") => {
+        (_, "/api/pull" | "/api/delete" | "/api/create" | "/api/copy" | "/api/push") => {
             json_response(json!({"status": "success"}))
         }
         _ => {

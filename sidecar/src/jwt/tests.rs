@@ -724,5 +724,9 @@ async fn discovery_must_name_the_configured_issuer() {
     let err = cache.refresh("initial").await.unwrap_err().to_string();
     assert!(err.contains("names issuer"), "{err}");
     assert!(!cache.is_loaded());
-    assert_eq!(server.fetches.load(Ordering::SeqCst), 1, "keys were not fetched");
+    assert_eq!(
+        server.fetches.load(Ordering::SeqCst),
+        1,
+        "keys were not fetched"
+    );
 }

@@ -7,11 +7,13 @@
 //! strip_identity       drop every client-sent X-Attach-* header
 //! protected_resource   RFC 9728 metadata, served without a token
 //! authenticate         bearer token -> verified Identity, or refuse
+//! authorize            endpoint class, model, allow rules; trims model lists
 //! identity_headers     X-Attach-* from the Identity; drop Authorization
 //! forward              stream to the model on loopback and back
 //! ```
 
 pub mod authenticate;
+pub mod authorize;
 pub mod forward;
 pub mod identity_headers;
 pub mod observe;
@@ -60,6 +62,7 @@ where
         .layer(strip_identity::StripIdentityLayer)
         .layer(protected_resource::ProtectedResourceLayer)
         .layer(authenticate::AuthenticateLayer)
+        .layer(authorize::AuthorizeLayer)
         .layer(identity_headers::IdentityHeadersLayer)
         .service(forward::Forward)
 }

@@ -1,0 +1,76 @@
+//! Reading the model a request names, and trimming model lists to what the
+//! caller may use.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The `model` field of a JSON request body, if the body is JSON and has one.
+pub fn requested_model(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Request {
+        model: Option<String>,
+        // Ollama's /api/show and older clients say `name`.
+        name: Option<String>,
+    }
+    let request: Request = serde_json::from_slice(body).ok()?;
+    request.model.or(request.name).filter(|m| !m.is_empty())
+}
+
+/// Keeps the models `allowed` says yes to, in Ollama's `/api/tags`
+/// (`models[].name`) or OpenAI's `/v1/models` (`data[].id`) shape. Returns
+/// `None` when the document has neither shape (it is then not forwarded).
+pub fn filter_models(body: &[u8], allowed: impl Fn(&str) -> bool) -> Option<Vec<u8>> {
+    let mut doc: Value = serde_json::from_slice(body).ok()?;
+    let (list, key) = if doc.get("models").is_some_and(Value::is_array) {
+        ("models", "name")
+    } else if doc.get("data").is_some_and(Value::is_array) {
+        ("data", "id")
+    } else {
+        return None;
+    };
+    let items = doc.get_mut(list)?.as_array_mut()?;
+    items.retain(|item| {
+        let name = item
+            .get(key)
+            .or_else(|| item.get("model"))
+            .and_then(Value::as_str);
+        name.is_some_and(&allowed)
+    });
+    serde_json::to_vec(&doc).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_model_field() {
+        assert_eq!(
+            requested_model(br#"{"model":"llama3.2:1b","stream":true}"#).as_deref(),
+            Some("llama3.2:1b")
+        );
+        assert_eq!(
+            requested_model(br#"{"name":"qwen2.5:0.5b"}"#).as_deref(),
+            Some("qwen2.5:0.5b")
+        );
+        assert_eq!(requested_model(br#"{"model":""}"#), None);
+        assert_eq!(requested_model(br#"{"messages":[]}"#), None);
+        assert_eq!(requested_model(b"not json"), None);
+        assert_eq!(requested_model(br#"{"model":7}"#), None);
+    }
+
+    #[test]
+    fn filters_both_list_shapes() {
+        let ollama = br#"{"models":[{"name":"big:70b"},{"name":"small:1b"}]}"#;
+        let out = filter_models(ollama, |m| m.ends_with(":1b")).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"models":[{"name":"small:1b"}]}"#
+        );
+        let openai = br#"{"object":"list","data":[{"id":"big:70b"},{"id":"small:1b"}]}"#;
+        let out: Value =
+            serde_json::from_slice(&filter_models(openai, |m| m == "big:70b").unwrap()).unwrap();
+        assert_eq!(out["data"], serde_json::json!([{"id": "big:70b"}]));
+        assert_eq!(filter_models(b"[]", |_| true), None);
+    }
+}

@@ -1,0 +1,391 @@
+//! Access rules: who (user, group, role, scope, tenant, client) may use which
+//! models (exact names or globs) on which endpoint classes. Rules only allow;
+//! anything no rule allows is denied, and admin endpoints only when a rule
+//! names `admin` explicitly.
+
+use serde::{Deserialize, Serialize};
+use wildmatch::WildMatch;
+
+use super::endpoint::EndpointClass;
+use crate::claims::Identity;
+
+/// Who a rule applies to: a caller matches if any listed value matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subjects {
+    /// Every authenticated caller.
+    #[serde(default)]
+    pub any_authenticated: bool,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    #[serde(default)]
+    pub clients: Vec<String>,
+}
+
+impl Subjects {
+    /// Whether `identity` is one of these subjects.
+    pub fn matches(&self, identity: &Identity) -> bool {
+        let any = |wanted: &[String], have: &[String]| wanted.iter().any(|w| have.contains(w));
+        self.any_authenticated
+            || self.users.contains(&identity.user)
+            || any(&self.groups, &identity.groups)
+            || any(&self.roles, &identity.roles)
+            || any(&self.scopes, &identity.scopes)
+            || identity
+                .tenant
+                .as_ref()
+                .is_some_and(|t| self.tenants.contains(t))
+            || identity
+                .client
+                .as_ref()
+                .is_some_and(|c| self.clients.contains(c))
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.any_authenticated
+            && self.users.is_empty()
+            && self.groups.is_empty()
+            && self.roles.is_empty()
+            && self.scopes.is_empty()
+            && self.tenants.is_empty()
+            && self.clients.is_empty()
+    }
+}
+
+/// One allow rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    /// A name for audit lines and metrics.
+    pub name: String,
+    /// Who the rule applies to.
+    pub subjects: Subjects,
+    /// Model names or globs (`*`, `?`): `llama3.2:*`, `*:1b`, `*`.
+    #[serde(default = "all_models")]
+    pub models: Vec<String>,
+    /// Endpoint classes the rule grants.
+    pub endpoints: Vec<EndpointClass>,
+}
+
+fn all_models() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// Why a request was denied: the kind of check that failed, never the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyKind {
+    /// No rule applies to this caller.
+    Subject,
+    /// Rules apply to the caller, but none grants this endpoint class.
+    Endpoint,
+    /// Rules grant the endpoint, but not this model.
+    Model,
+    /// The path is not a known endpoint and unknown paths are denied.
+    UnknownEndpoint,
+    /// The request names no model where one is required.
+    MissingModel,
+}
+
+impl DenyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subject => "subject",
+            Self::Endpoint => "endpoint",
+            Self::Model => "model",
+            Self::UnknownEndpoint => "unknown_endpoint",
+            Self::MissingModel => "missing_model",
+        }
+    }
+}
+
+/// The rules of one config generation, with globs compiled.
+#[derive(Debug)]
+pub struct Policy {
+    rules: Vec<(Rule, Vec<WildMatch>)>,
+    allow_unknown: bool,
+}
+
+impl Policy {
+    pub fn new(rules: &[Rule], allow_unknown: bool) -> Self {
+        Self {
+            rules: rules
+                .iter()
+                .map(|r| {
+                    (
+                        r.clone(),
+                        r.models.iter().map(|m| WildMatch::new(m)).collect(),
+                    )
+                })
+                .collect(),
+            allow_unknown,
+        }
+    }
+
+    /// Decides whether `identity` may call an endpoint of `class` with
+    /// `model` (`None` where the endpoint names no model). Returns the name
+    /// of the rule that allowed it.
+    pub fn decide<'a>(
+        &'a self,
+        identity: &Identity,
+        class: EndpointClass,
+        model: Option<&str>,
+    ) -> Result<&'a str, DenyKind> {
+        if class == EndpointClass::Unknown {
+            return if self.allow_unknown {
+                Ok("unknown-endpoints-allowed")
+            } else {
+                Err(DenyKind::UnknownEndpoint)
+            };
+        }
+        let mut caller_matched = false;
+        let mut endpoint_matched = false;
+        for (rule, globs) in &self.rules {
+            if !rule.subjects.matches(identity) {
+                continue;
+            }
+            caller_matched = true;
+            if !rule.endpoints.contains(&class) {
+                continue;
+            }
+            endpoint_matched = true;
+            let model_ok = match model {
+                Some(model) => globs.iter().any(|g| g.matches(model)),
+                None => true,
+            };
+            if model_ok {
+                return Ok(&rule.name);
+            }
+        }
+        Err(match (caller_matched, endpoint_matched) {
+            (false, _) => DenyKind::Subject,
+            (true, false) => DenyKind::Endpoint,
+            (true, true) => DenyKind::Model,
+        })
+    }
+
+    /// Whether `identity` may use `model` for inference (to filter model lists).
+    pub fn may_use(&self, identity: &Identity, model: &str) -> bool {
+        self.decide(identity, EndpointClass::Inference, Some(model))
+            .is_ok()
+    }
+}
+
+/// Checks a rule list: names, subjects, endpoints and globs.
+pub fn validate(rules: &[Rule]) -> Result<(), (usize, String)> {
+    for (i, rule) in rules.iter().enumerate() {
+        if rule.name.trim().is_empty() {
+            return Err((i, "name must not be empty".into()));
+        }
+        if rule.subjects.is_empty() {
+            return Err((
+                i,
+                "subjects must name someone (or set anyAuthenticated)".into(),
+            ));
+        }
+        if rule.endpoints.is_empty() {
+            return Err((i, "endpoints must list at least one class".into()));
+        }
+        if rule.models.is_empty() {
+            return Err((i, "models must list at least one name or glob".into()));
+        }
+        for model in &rule.models {
+            if model.is_empty() || model.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err((
+                    i,
+                    format!("model pattern {model:?} is not a valid name or glob"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::claims::ClaimMapping;
+
+    fn who(claims: serde_json::Value) -> Identity {
+        ClaimMapping::default()
+            .resolve()
+            .unwrap()
+            .identity(claims.as_object().unwrap(), 0, &[])
+            .unwrap()
+    }
+
+    fn rule(name: &str, subjects: Subjects, models: &[&str], endpoints: &[EndpointClass]) -> Rule {
+        Rule {
+            name: name.into(),
+            subjects,
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            endpoints: endpoints.to_vec(),
+        }
+    }
+
+    fn policy() -> Policy {
+        use EndpointClass::*;
+        Policy::new(
+            &[
+                rule(
+                    "power",
+                    Subjects {
+                        groups: vec!["ai-power-users".into()],
+                        ..Default::default()
+                    },
+                    &["*"],
+                    &[Inference, Read],
+                ),
+                rule(
+                    "staff",
+                    Subjects {
+                        groups: vec!["staff".into()],
+                        ..Default::default()
+                    },
+                    &["*:1b", "*:0.5b"],
+                    &[Inference, Read],
+                ),
+                rule(
+                    "admins",
+                    Subjects {
+                        roles: vec!["llm-admin".into()],
+                        ..Default::default()
+                    },
+                    &["*"],
+                    &[Admin],
+                ),
+                rule(
+                    "bot",
+                    Subjects {
+                        clients: vec!["bot".into()],
+                        ..Default::default()
+                    },
+                    &["llama3.2:1b"],
+                    &[Inference],
+                ),
+                rule(
+                    "acme",
+                    Subjects {
+                        tenants: vec!["acme".into()],
+                        ..Default::default()
+                    },
+                    &["acme-*"],
+                    &[Inference],
+                ),
+                rule(
+                    "scoped",
+                    Subjects {
+                        scopes: vec!["llm:read".into()],
+                        ..Default::default()
+                    },
+                    &["*"],
+                    &[Read],
+                ),
+                rule(
+                    "dave",
+                    Subjects {
+                        users: vec!["dave".into()],
+                        ..Default::default()
+                    },
+                    &["?wen*"],
+                    &[Inference],
+                ),
+            ],
+            false,
+        )
+    }
+
+    type Row<'a> = (
+        &'a Identity,
+        EndpointClass,
+        Option<&'a str>,
+        Result<&'a str, DenyKind>,
+    );
+
+    #[test]
+    fn users_times_models_times_endpoints() {
+        use EndpointClass::*;
+        let p = policy();
+        let alice =
+            who(json!({"sub": "alice", "groups": ["ai-power-users"], "roles": ["llm-admin"]}));
+        let bob = who(json!({"sub": "bob", "groups": ["staff"], "tenant": "acme"}));
+        let carol = who(json!({"sub": "carol", "tenant": "globex"}));
+        let bot = who(json!({"sub": "svc", "azp": "bot"}));
+        let reader = who(json!({"sub": "r", "scope": "openid llm:read"}));
+        let dave = who(json!({"sub": "dave"}));
+        let table: &[Row] = &[
+            (&alice, Inference, Some("llama3.1:70b"), Ok("power")),
+            (&alice, Admin, None, Ok("admins")),
+            (&bob, Inference, Some("llama3.2:1b"), Ok("staff")),
+            (&bob, Inference, Some("qwen2.5:0.5b"), Ok("staff")),
+            (&bob, Inference, Some("llama3.1:70b"), Err(DenyKind::Model)),
+            (&bob, Inference, Some("acme-finetune"), Ok("acme")),
+            (&bob, Admin, None, Err(DenyKind::Endpoint)),
+            (
+                &carol,
+                Inference,
+                Some("llama3.2:1b"),
+                Err(DenyKind::Subject),
+            ),
+            (&carol, Read, None, Err(DenyKind::Subject)),
+            (&bot, Inference, Some("llama3.2:1b"), Ok("bot")),
+            (&bot, Inference, Some("llama3.2:3b"), Err(DenyKind::Model)),
+            (&bot, Read, None, Err(DenyKind::Endpoint)),
+            (&reader, Read, None, Ok("scoped")),
+            (&reader, Inference, Some("x"), Err(DenyKind::Endpoint)),
+            (&dave, Inference, Some("qwen2.5:0.5b"), Ok("dave")),
+            (&dave, Inference, Some("wen"), Err(DenyKind::Model)),
+            (&alice, Unknown, None, Err(DenyKind::UnknownEndpoint)),
+        ];
+        for (i, (identity, class, model, expected)) in table.iter().enumerate() {
+            assert_eq!(
+                p.decide(identity, *class, *model),
+                *expected,
+                "row {i}: {} {class:?} {model:?}",
+                identity.user
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_endpoints_can_be_allowed_by_config() {
+        let p = Policy::new(&[], true);
+        let anyone = who(json!({"sub": "x"}));
+        assert!(p.decide(&anyone, EndpointClass::Unknown, None).is_ok());
+        assert_eq!(
+            p.decide(&anyone, EndpointClass::Admin, None),
+            Err(DenyKind::Subject)
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        let ok = Subjects {
+            groups: vec!["g".into()],
+            ..Default::default()
+        };
+        assert!(validate(&[rule("r", ok.clone(), &["*"], &[EndpointClass::Read])]).is_ok());
+        assert!(validate(&[rule("", ok.clone(), &["*"], &[EndpointClass::Read])]).is_err());
+        assert!(
+            validate(&[rule(
+                "r",
+                Subjects::default(),
+                &["*"],
+                &[EndpointClass::Read]
+            )])
+            .is_err()
+        );
+        assert!(validate(&[rule("r", ok.clone(), &[], &[EndpointClass::Read])]).is_err());
+        assert!(validate(&[rule("r", ok.clone(), &["a b"], &[EndpointClass::Read])]).is_err());
+        assert!(validate(&[rule("r", ok, &["*"], &[])]).is_err());
+    }
+}
