@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::claims::{ClaimMapping, Preset};
 use crate::policy::{EndpointClass, Rule, Subjects};
+use crate::quota::QuotaLimit;
 
 /// The only `apiVersion` this gateway reads.
 pub const API_VERSION: &str = "attach.dev/v1alpha1";
@@ -86,6 +87,9 @@ pub struct GatewayConfig {
     /// Who may call which endpoints with which models.
     #[serde(default)]
     pub access: AccessConfig,
+    /// How many tokens, requests and concurrent requests callers may use.
+    #[serde(default)]
+    pub quotas: QuotaConfig,
     /// Size limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
@@ -334,6 +338,32 @@ fn default_true() -> bool {
     true
 }
 
+/// Quotas. Every applicable limit must have room for a request to be
+/// admitted; the model's reported usage is charged when its answer ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// The limits; none by default.
+    #[serde(default)]
+    pub limits: Vec<QuotaLimit>,
+    /// The most budgets (keys) kept in memory; idle ones are evicted first.
+    #[serde(default = "default_max_quota_keys")]
+    pub max_keys: usize,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            limits: Vec::new(),
+            max_keys: default_max_quota_keys(),
+        }
+    }
+}
+
+fn default_max_quota_keys() -> usize {
+    100_000
+}
+
 /// RFC 9728 protected-resource metadata, served at
 /// `/.well-known/oauth-protected-resource` and named in 401 challenges.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -433,6 +463,7 @@ impl GatewayConfig {
             unauthenticated_paths: Vec::new(),
             resource: ResourceMetadata::default(),
             access: AccessConfig::default(),
+            quotas: QuotaConfig::default(),
             limits: Limits::default(),
             deny_all: false,
             reload_interval: default_reload_interval(),
@@ -519,6 +550,8 @@ impl GatewayConfig {
         }
         crate::policy::rules::validate(&self.access.rules)
             .map_err(|(i, message)| ConfigError::invalid(format!("access.rules[{i}]"), message))?;
+        crate::quota::limits::validate(&self.quotas.limits)
+            .map_err(|(i, message)| ConfigError::invalid(format!("quotas.limits[{i}]"), message))?;
         if self.limits.token_cache_entries == 0 {
             return Err(ConfigError::invalid(
                 "limits.tokenCacheEntries",

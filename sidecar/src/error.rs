@@ -28,6 +28,9 @@ pub enum GatewayError {
     /// The request body could not be read: 400.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A quota has no room: 429 with `Retry-After`.
+    #[error("quota {} exceeded: {}", .0.limit_name, .0.kind.as_str())]
+    QuotaExceeded(crate::quota::Refusal),
     /// The request body is over the limit: 413.
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -56,6 +59,12 @@ impl GatewayError {
                 DenyKind::MissingModel => "denied_missing_model",
             },
             Self::BadPath(_) => "bad_path",
+            Self::QuotaExceeded(r) => match r.kind {
+                crate::quota::LimitKind::TokensPerMinute => "quota_tokens_per_minute",
+                crate::quota::LimitKind::RequestsPerMinute => "quota_requests_per_minute",
+                crate::quota::LimitKind::TokensPerDay => "quota_tokens_per_day",
+                crate::quota::LimitKind::Concurrent => "quota_concurrent",
+            },
             Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UpstreamUnavailable => "upstream_unavailable",

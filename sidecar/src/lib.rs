@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod rescue;
 pub mod runtime;

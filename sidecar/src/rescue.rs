@@ -36,6 +36,7 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         GatewayError::BadPath(_) | GatewayError::BadRequest(_) => {
             (StatusCode::BAD_REQUEST, "bad_request")
         }
+        GatewayError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
         GatewayError::PayloadTooLarge { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         }
@@ -47,6 +48,11 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
     if let GatewayError::Forbidden(kind) = error {
         // Which kind of check failed; never the rules themselves.
         body["denied_by"] = kind.as_str().into();
+    }
+    if let GatewayError::QuotaExceeded(r) = error {
+        body["limit"] = r.limit_name.clone().into();
+        body["kind"] = r.kind.as_str().into();
+        body["retry_after"] = r.retry_after.into();
     }
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
@@ -62,6 +68,27 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         }
         if matches!(error, AuthError::KeysUnavailable) {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+    }
+    if let GatewayError::QuotaExceeded(r) = error {
+        // RFC 9110 Retry-After, and the IETF RateLimit-Policy / RateLimit
+        // fields (draft-ietf-httpapi-ratelimit-headers).
+        let policy = match r.window {
+            0 => format!("\"{}\";q={}", r.limit_name, r.quota),
+            w => format!("\"{}\";q={};w={w}", r.limit_name, r.quota),
+        };
+        let state = format!("\"{}\";r=0;t={}", r.limit_name, r.retry_after);
+        for (name, value) in [
+            (RETRY_AFTER.as_str(), r.retry_after.to_string()),
+            ("ratelimit-policy", policy),
+            ("ratelimit", state),
+        ] {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(name, value);
+            }
         }
     }
     response.extensions_mut().insert(Reason(error.reason()));

@@ -16,19 +16,29 @@ use crate::idp_client::IdpClient;
 use crate::jwt::{IssuerPolicy, JwksCache, KeySource, Verifier};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::quota::clock::SystemClock;
+use crate::quota::memory::MemoryStore;
 
-/// What outlives config generations: metrics and the IdP client.
+/// What outlives config generations: metrics, the IdP client, and the
+/// quota counters (a reload must not reset anyone's budget).
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub idp: IdpClient,
+    pub quota_store: Arc<MemoryStore>,
 }
 
 impl Shared {
     pub fn new() -> Self {
+        Self::with_quota_keys(crate::config::QuotaConfig::default().max_keys)
+    }
+
+    /// Shared state whose quota store keeps at most `max_keys` budgets.
+    pub fn with_quota_keys(max_keys: usize) -> Self {
         Self {
             metrics: Arc::new(Metrics::new()),
             idp: IdpClient::new(),
+            quota_store: Arc::new(MemoryStore::new(max_keys, Arc::new(SystemClock))),
         }
     }
 }
@@ -96,6 +106,7 @@ pub struct Runtime {
     pub upstream: Upstream,
     pub unauthenticated_paths: HashSet<String>,
     pub policy: Policy,
+    pub quota_store: Arc<MemoryStore>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -129,6 +140,7 @@ impl Runtime {
             config: Arc::new(config),
             verifier,
             upstream,
+            quota_store: shared.quota_store.clone(),
             metrics: shared.metrics.clone(),
         })
     }

@@ -15,6 +15,9 @@
 //! | `UPSTREAM_URL` | the model (default `http://127.0.0.1:11434`); `--upstream` wins |
 //! | `FORWARD_AUTHORIZATION` | also forward the caller's `Authorization` header |
 //! | `UNAUTHENTICATED_PATHS` | comma-separated paths served without a token (GET/HEAD) |
+//! | `MAX_TOKENS_PER_MIN` | LLM tokens (prompt + completion) per user per minute |
+//! | `MAX_REQUESTS_PER_MIN` | requests per user per minute |
+//! | `MAX_CONCURRENT_REQUESTS` | requests in flight per user |
 //!
 //! `--port` (default 8080) and `--admin-port` (default 9090) set the ports.
 
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use crate::claims::{ClaimMapping, Preset};
 use crate::config::{Algorithm, ConfigError, GatewayConfig, IssuerConfig};
+use crate::quota::{QuotaKey, QuotaLimit};
 use crate::reload::Overrides;
 
 pub const OIDC_ISSUER: &str = "OIDC_ISSUER";
@@ -37,6 +41,9 @@ pub const AUTH0_CLAIM_NAMESPACE: &str = "AUTH0_CLAIM_NAMESPACE";
 pub const UPSTREAM_URL: &str = "UPSTREAM_URL";
 pub const FORWARD_AUTHORIZATION: &str = "FORWARD_AUTHORIZATION";
 pub const UNAUTHENTICATED_PATHS: &str = "UNAUTHENTICATED_PATHS";
+pub const MAX_TOKENS_PER_MIN: &str = "MAX_TOKENS_PER_MIN";
+pub const MAX_REQUESTS_PER_MIN: &str = "MAX_REQUESTS_PER_MIN";
+pub const MAX_CONCURRENT_REQUESTS: &str = "MAX_CONCURRENT_REQUESTS";
 
 /// Where environment variables come from: the process, or a map in tests.
 pub trait Env {
@@ -90,6 +97,18 @@ fn flag(env: &impl Env, key: &str) -> Result<bool, ConfigError> {
             format!("{other:?} is not true or false"),
         )),
     }
+}
+
+fn count(env: &impl Env, key: &str) -> Result<Option<u64>, ConfigError> {
+    non_empty(env, key)
+        .map(|v| match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ConfigError::invalid(
+                key,
+                format!("{v:?} is not a positive whole number"),
+            )),
+        })
+        .transpose()
 }
 
 /// Builds a config from the environment; `overrides` are the CLI flags.
@@ -154,6 +173,19 @@ pub fn config_from_env(
     }
     config.identity.forward_authorization = flag(env, FORWARD_AUTHORIZATION)?;
     config.unauthenticated_paths = list(env, UNAUTHENTICATED_PATHS);
+    let per_user = QuotaLimit {
+        name: "per-user".into(),
+        per: QuotaKey::User,
+        subjects: None,
+        models: Vec::new(),
+        tokens_per_minute: count(env, MAX_TOKENS_PER_MIN)?,
+        requests_per_minute: count(env, MAX_REQUESTS_PER_MIN)?,
+        concurrent: count(env, MAX_CONCURRENT_REQUESTS)?,
+        tokens_per_day: None,
+    };
+    if !per_user.is_empty() {
+        config.quotas.limits.push(per_user);
+    }
     overrides.apply(&mut config);
     config.validate()?;
     Ok(config)
@@ -175,12 +207,37 @@ mod tests {
             (AUTH_BACKEND, "auth0"),
         ]);
         let config = config_from_env(&e, &Overrides::default()).unwrap();
+        assert!(config.quotas.limits.is_empty(), "no quota unless asked");
         let issuer = &config.issuers[0];
         assert_eq!(issuer.issuer, "https://dev-123.us.auth0.com/");
         assert_eq!(issuer.audiences, ["ollama-local", "other-api"]);
         assert_eq!(issuer.claims.preset, Preset::Auth0);
         assert_eq!(config.upstream.url, "http://127.0.0.1:11434");
         assert_eq!(config.listen.port, 8080);
+    }
+
+    #[test]
+    fn max_tokens_per_min_is_a_per_user_quota() {
+        let e = env(&[
+            (OIDC_ISSUER, "https://idp.example"),
+            (OIDC_AUD, "llm"),
+            (MAX_TOKENS_PER_MIN, "5000"),
+            (MAX_REQUESTS_PER_MIN, "60"),
+        ]);
+        let config = config_from_env(&e, &Overrides::default()).unwrap();
+        let limit = &config.quotas.limits[0];
+        assert_eq!(limit.per, QuotaKey::User);
+        assert_eq!(limit.tokens_per_minute, Some(5000));
+        assert_eq!(limit.requests_per_minute, Some(60));
+        let bad = env(&[
+            (OIDC_ISSUER, "https://idp"),
+            (OIDC_AUD, "a"),
+            (MAX_TOKENS_PER_MIN, "lots"),
+        ]);
+        let err = config_from_env(&bad, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MAX_TOKENS_PER_MIN"), "{err}");
     }
 
     #[test]

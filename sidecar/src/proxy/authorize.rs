@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
 use super::authenticate::Unauthenticated;
-use super::{BoxFuture, runtime_of};
+use super::{BoxFuture, call_boxed, runtime_of};
 use crate::body::{Body, BoxError, boxed, full};
 use crate::claims::Identity;
 use crate::error::GatewayError;
@@ -38,6 +38,10 @@ pub struct Authorized {
     pub class: EndpointClass,
     pub model: Option<String>,
     pub rule: String,
+    /// The request body, when it was read whole to find the model.
+    pub body: Option<Bytes>,
+    /// The normalised path.
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -106,7 +110,7 @@ where
 
             let names_model = class == EndpointClass::Inference
                 || (class == EndpointClass::Read && parts.method == Method::POST);
-            let (body, model) = if names_model {
+            let (body, buffered, model) = if names_model {
                 let limit = runtime.config.limits.max_request_body_bytes;
                 let bytes = collect_limited(body, limit).await.map_err(|e| match e {
                     ReadError::TooLarge => GatewayError::PayloadTooLarge { limit },
@@ -116,9 +120,9 @@ where
                 })?;
                 let model = requested_model(&bytes)
                     .ok_or(GatewayError::Forbidden(DenyKind::MissingModel))?;
-                (full(bytes), Some(model))
+                (full(bytes.clone()), Some(bytes), Some(model))
             } else {
-                (body, None)
+                (body, None, None)
             };
             let rule = runtime
                 .policy
@@ -131,7 +135,13 @@ where
                     path.to_ascii_lowercase().as_str(),
                     "/api/tags" | "/v1/models"
                 );
-            parts.extensions.insert(Authorized { class, model, rule });
+            parts.extensions.insert(Authorized {
+                class,
+                model,
+                rule,
+                body: buffered,
+                path: path.clone(),
+            });
 
             let response = call_boxed(&mut inner, Request::from_parts(parts, body)).await?;
             if !lists_models || !response.status().is_success() {
@@ -150,20 +160,6 @@ where
             Ok(Response::from_parts(parts, full(filtered)))
         })
     }
-}
-
-/// Calls `inner` and boxes its future where the body type is concrete (a
-/// workaround for rustc's higher-ranked `Send` inference on `dyn Error`
-/// lifetimes inside async blocks).
-fn call_boxed<S>(
-    inner: &mut S,
-    request: Request<Body>,
-) -> BoxFuture<Result<Response<Body>, GatewayError>>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
-    S::Future: Send + 'static,
-{
-    Box::pin(inner.call(request))
 }
 
 /// Why a body could not be read whole.

@@ -8,10 +8,12 @@
 //! protected_resource   RFC 9728 metadata, served without a token
 //! authenticate         bearer token -> verified Identity, or refuse
 //! authorize            endpoint class, model, allow rules; trims model lists
+//! admit                quota admission (429); usage metered and charged
 //! identity_headers     X-Attach-* from the Identity; drop Authorization
 //! forward              stream to the model on loopback and back
 //! ```
 
+pub mod admit;
 pub mod authenticate;
 pub mod authorize;
 pub mod forward;
@@ -32,6 +34,7 @@ use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
 
 use crate::body::Body;
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::rescue::RescueLayer;
 use crate::runtime::Runtime;
@@ -63,6 +66,7 @@ where
         .layer(protected_resource::ProtectedResourceLayer)
         .layer(authenticate::AuthenticateLayer)
         .layer(authorize::AuthorizeLayer)
+        .layer(admit::AdmitLayer)
         .layer(identity_headers::IdentityHeadersLayer)
         .service(forward::Forward)
 }
@@ -76,4 +80,18 @@ pub(crate) fn runtime_of<B>(
         .get::<Arc<Runtime>>()
         .cloned()
         .ok_or(crate::error::GatewayError::Internal)
+}
+
+/// Calls `inner` and boxes its future where the body type is concrete (a
+/// workaround for rustc's higher-ranked `Send` inference on `dyn Error`
+/// lifetimes inside async blocks).
+pub(crate) fn call_boxed<S>(
+    inner: &mut S,
+    request: Request<Body>,
+) -> BoxFuture<Result<Response<Body>, GatewayError>>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>,
+    S::Future: Send + 'static,
+{
+    Box::pin(inner.call(request))
 }

@@ -1,0 +1,134 @@
+//! Quota admission and charging. A request is admitted only if every budget
+//! that applies to the caller (and model) has room; otherwise 429 with
+//! `Retry-After`. The model's answer is metered as it streams, and its real
+//! usage is charged when the answer ends, or when the client goes away.
+//!
+//! A streamed OpenAI request that did not ask for usage gets
+//! `stream_options.include_usage` added on its way to the model, and the
+//! usage-only final event is removed on the way back.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use super::authenticate::Unauthenticated;
+use super::authorize::Authorized;
+use super::{BoxFuture, call_boxed, runtime_of};
+use crate::body::{Body, full};
+use crate::claims::Identity;
+use crate::error::GatewayError;
+use crate::policy::EndpointClass;
+use crate::quota::checks;
+use crate::quota::metered_body::MeteredBody;
+use crate::quota::usage::{Shape, UsageMeter, request_usage};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdmitLayer;
+
+impl<S> Layer<S> for AdmitLayer {
+    type Service = Admit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Admit { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Admit<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Admit<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if request.extensions().get::<Unauthenticated>().is_some() {
+            return Box::pin(inner.call(request));
+        }
+        let (Ok(runtime), Some(identity), Some(authorized)) = (
+            runtime_of(&request),
+            request.extensions().get::<Arc<Identity>>().cloned(),
+            request.extensions().get::<Authorized>().cloned(),
+        ) else {
+            return Box::pin(std::future::ready(Err(GatewayError::Internal)));
+        };
+        let checks = checks(
+            &runtime.config.quotas.limits,
+            &identity,
+            authorized.model.as_deref(),
+        );
+        if checks.is_empty() {
+            return Box::pin(inner.call(request));
+        }
+        let store = runtime.quota_store.clone();
+        if let Err(refusal) = store.admit(&checks) {
+            return Box::pin(std::future::ready(Err(GatewayError::QuotaExceeded(
+                refusal,
+            ))));
+        }
+
+        // Ask the model for usage where the client did not.
+        let mut added_usage = false;
+        let openai_stream = authorized.class == EndpointClass::Inference
+            && matches!(
+                authorized.path.as_str(),
+                "/v1/chat/completions" | "/v1/completions"
+            );
+        if let (true, Some(body)) = (openai_stream, &authorized.body) {
+            let (new_body, added) = request_usage(body);
+            if added {
+                request
+                    .headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
+                *request.body_mut() = full(new_body);
+                added_usage = true;
+            }
+        }
+
+        let future = call_boxed(&mut inner, request);
+        Box::pin(async move {
+            let response = match future.await {
+                Ok(response) => response,
+                Err(e) => {
+                    // Nothing was generated; free the concurrency slot.
+                    store.finish(&checks, 0);
+                    return Err(e);
+                }
+            };
+            let (mut parts, body) = response.into_parts();
+            let shape = Shape::from_content_type(
+                parts
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            if added_usage && shape == Shape::Sse {
+                // One event is removed: the length is no longer known.
+                parts.headers.remove(CONTENT_LENGTH);
+            }
+            let meter = UsageMeter::new(shape, added_usage);
+            let on_done = Box::new(move |usage: crate::quota::usage::Usage, _complete: bool| {
+                store.finish(&checks, usage.total());
+            });
+            let body = crate::body::boxed(MeteredBody::new(body, meter, on_done));
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}

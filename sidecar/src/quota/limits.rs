@@ -1,0 +1,138 @@
+//! Quota limits: how many LLM tokens, requests and concurrent requests a
+//! user, group, tenant or client may use, overall or per model.
+
+use serde::{Deserialize, Serialize};
+use wildmatch::WildMatch;
+
+use crate::claims::Identity;
+use crate::policy::Subjects;
+
+/// What a limit counts per.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaKey {
+    /// Each user has their own budget.
+    #[default]
+    User,
+    /// Each group shares one budget among its members.
+    Group,
+    /// Each tenant shares one budget.
+    Tenant,
+    /// Each client (application) has its own budget.
+    Client,
+}
+
+/// One limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaLimit {
+    /// A name for 429 answers, audit lines and metrics.
+    pub name: String,
+    /// What the budget belongs to.
+    #[serde(default)]
+    pub per: QuotaKey,
+    /// Who the limit applies to; everyone when absent. With `per: group`,
+    /// the listed groups are the ones budgeted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<Subjects>,
+    /// Model names or globs; each matching model gets its own budget. Empty:
+    /// one budget for all models.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// LLM tokens (prompt + completion) per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    /// Requests in flight at once (streams count until they end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<u64>,
+    /// LLM tokens per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+}
+
+impl QuotaLimit {
+    /// The budget keys this limit gives `identity` for `model`: none if the
+    /// limit does not apply.
+    pub fn keys(&self, identity: &Identity, model: Option<&str>) -> Vec<String> {
+        if let Some(subjects) = &self.subjects
+            && !subjects.matches(identity)
+        {
+            return Vec::new();
+        }
+        let scope = if self.models.is_empty() {
+            String::new()
+        } else {
+            match model {
+                Some(m) if self.models.iter().any(|p| WildMatch::new(p).matches(m)) => {
+                    format!("|model={m}")
+                }
+                _ => return Vec::new(),
+            }
+        };
+        let owners: Vec<String> = match self.per {
+            QuotaKey::User => vec![format!("user={}", identity.user)],
+            QuotaKey::Tenant => identity
+                .tenant
+                .iter()
+                .map(|t| format!("tenant={t}"))
+                .collect(),
+            QuotaKey::Client => identity
+                .client
+                .iter()
+                .map(|c| format!("client={c}"))
+                .collect(),
+            QuotaKey::Group => identity
+                .groups
+                .iter()
+                .filter(|g| {
+                    self.subjects
+                        .as_ref()
+                        .is_none_or(|s| s.groups.is_empty() || s.groups.contains(g))
+                })
+                .map(|g| format!("group={g}"))
+                .collect(),
+        };
+        owners
+            .into_iter()
+            .map(|owner| format!("{}|{owner}{scope}", self.name))
+            .collect()
+    }
+
+    /// Whether the limit sets anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.tokens_per_minute.is_none()
+            && self.requests_per_minute.is_none()
+            && self.concurrent.is_none()
+            && self.tokens_per_day.is_none()
+    }
+}
+
+/// Checks a limit list: names unique, every number positive.
+pub fn validate(limits: &[QuotaLimit]) -> Result<(), (usize, String)> {
+    let mut names = std::collections::HashSet::new();
+    for (i, limit) in limits.iter().enumerate() {
+        if limit.name.trim().is_empty() || limit.name.contains('|') {
+            return Err((i, "name must be non-empty and must not contain '|'".into()));
+        }
+        if !names.insert(limit.name.as_str()) {
+            return Err((i, format!("name {:?} is used twice", limit.name)));
+        }
+        if limit.is_empty() {
+            return Err((i, "sets no limit".into()));
+        }
+        for (field, value) in [
+            ("tokensPerMinute", limit.tokens_per_minute),
+            ("requestsPerMinute", limit.requests_per_minute),
+            ("concurrent", limit.concurrent),
+            ("tokensPerDay", limit.tokens_per_day),
+        ] {
+            if value == Some(0) {
+                return Err((i, format!("{field} must be at least 1")));
+            }
+        }
+    }
+    Ok(())
+}
