@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditConfig;
 use crate::claims::{ClaimMapping, Preset};
 use crate::policy::{EndpointClass, Rule, Subjects};
 use crate::quota::QuotaLimit;
@@ -90,6 +91,12 @@ pub struct GatewayConfig {
     /// How many tokens, requests and concurrent requests callers may use.
     #[serde(default)]
     pub quotas: QuotaConfig,
+    /// The audit log (read at start; a change needs a restart).
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Metric options.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Size limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
@@ -338,6 +345,16 @@ fn default_true() -> bool {
     true
 }
 
+/// Metric options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Label token counters with the user too. Off by default: one series
+    /// per user can overwhelm Prometheus.
+    #[serde(default)]
+    pub user_labels: bool,
+}
+
 /// Quotas. Every applicable limit must have room for a request to be
 /// admitted; the model's reported usage is charged when its answer ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,6 +481,8 @@ impl GatewayConfig {
             resource: ResourceMetadata::default(),
             access: AccessConfig::default(),
             quotas: QuotaConfig::default(),
+            audit: AuditConfig::default(),
+            metrics: MetricsConfig::default(),
             limits: Limits::default(),
             deny_all: false,
             reload_interval: default_reload_interval(),

@@ -50,7 +50,12 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the first generation and binds both listeners.
     pub async fn bind(config: GatewayConfig, source: ConfigSource) -> Result<Self, StartError> {
-        let shared = Shared::with_quota_keys(config.quotas.max_keys);
+        let shared = Shared::for_config(&config).map_err(|source| {
+            StartError::Config(ConfigError::invalid(
+                "audit.path",
+                format!("cannot open the audit log: {source}"),
+            ))
+        })?;
         let proxy_addr = SocketAddr::new(config.listen.address, config.listen.port);
         let admin_addr = SocketAddr::new(config.admin.address, config.admin.port);
         let runtime = Runtime::build(config, None, &shared)?;
@@ -107,7 +112,11 @@ impl Gateway {
             header_read_timeout: limits.header_read_timeout,
             drain_timeout: limits.drain_timeout,
         };
-        let proxy_service = crate::proxy::stack(self.current.clone(), self.shared.metrics.clone());
+        let proxy_service = crate::proxy::stack(
+            self.current.clone(),
+            self.shared.metrics.clone(),
+            self.shared.audit.clone(),
+        );
         let admin_service =
             crate::admin::service(self.current.clone(), self.shared.metrics.clone());
         let reloader = match &self.source {

@@ -42,6 +42,18 @@ pub struct IssuerLabels {
     pub issuer: String,
 }
 
+/// `attach_tokens_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    /// `prompt` or `completion`.
+    pub kind: &'static str,
+    /// Only with `metrics.userLabels`.
+    pub user: Option<String>,
+    /// Whether the count is an estimate (no usage reported).
+    pub estimated: bool,
+}
+
 /// `attach_config_reloads_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -65,6 +77,9 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub in_flight: Gauge,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub quota_store_duration: Histogram,
+    pub quota_store_errors: Counter,
 }
 
 impl Metrics {
@@ -116,8 +131,29 @@ impl Metrics {
             "Requests in flight, from arrival until their response headers are sent",
             in_flight.clone(),
         );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "LLM tokens charged, by model and kind (and user, with metrics.userLabels)",
+            tokens.clone(),
+        );
+        let quota_store_duration = latency_histogram();
+        registry.register(
+            "quota_store_duration_seconds",
+            "Time to admit a request against the quota store",
+            quota_store_duration.clone(),
+        );
+        let quota_store_errors = Counter::default();
+        registry.register(
+            "quota_store_errors",
+            "Quota store operations that failed",
+            quota_store_errors.clone(),
+        );
         Self {
             registry,
+            tokens,
+            quota_store_duration,
+            quota_store_errors,
             requests,
             verify_duration,
             jwks_refreshes,

@@ -26,19 +26,30 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub idp: IdpClient,
     pub quota_store: Arc<MemoryStore>,
+    pub audit: crate::audit::AuditSink,
 }
 
 impl Shared {
+    /// Default sizes, no audit log.
     pub fn new() -> Self {
-        Self::with_quota_keys(crate::config::QuotaConfig::default().max_keys)
+        Self::without_audit(crate::config::QuotaConfig::default().max_keys)
     }
 
-    /// Shared state whose quota store keeps at most `max_keys` budgets.
-    pub fn with_quota_keys(max_keys: usize) -> Self {
+    /// Shared state sized and wired as `config` says (quota store size,
+    /// audit destination).
+    pub fn for_config(config: &crate::config::GatewayConfig) -> std::io::Result<Self> {
+        Ok(Self {
+            audit: crate::audit::AuditSink::open(&config.audit)?,
+            ..Self::without_audit(config.quotas.max_keys)
+        })
+    }
+
+    fn without_audit(max_keys: usize) -> Self {
         Self {
             metrics: Arc::new(Metrics::new()),
             idp: IdpClient::new(),
             quota_store: Arc::new(MemoryStore::new(max_keys, Arc::new(SystemClock))),
+            audit: crate::audit::AuditSink::disabled(),
         }
     }
 }

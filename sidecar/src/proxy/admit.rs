@@ -17,13 +17,15 @@ use tower::{Layer, Service};
 use super::authenticate::Unauthenticated;
 use super::authorize::Authorized;
 use super::{BoxFuture, call_boxed, runtime_of};
+use crate::audit::AuditTrail;
 use crate::body::{Body, full};
 use crate::claims::Identity;
 use crate::error::GatewayError;
+use crate::metrics::TokenLabels;
 use crate::policy::EndpointClass;
 use crate::quota::checks;
 use crate::quota::metered_body::MeteredBody;
-use crate::quota::usage::{Shape, UsageMeter, request_usage};
+use crate::quota::usage::{Shape, Usage, UsageMeter, request_usage};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AdmitLayer;
@@ -74,14 +76,19 @@ where
             &identity,
             authorized.model.as_deref(),
         );
-        if checks.is_empty() {
-            return Box::pin(inner.call(request));
-        }
         let store = runtime.quota_store.clone();
-        if let Err(refusal) = store.admit(&checks) {
-            return Box::pin(std::future::ready(Err(GatewayError::QuotaExceeded(
-                refusal,
-            ))));
+        if !checks.is_empty() {
+            let started = std::time::Instant::now();
+            let admitted = store.admit(&checks);
+            runtime
+                .metrics
+                .quota_store_duration
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(refusal) = admitted {
+                return Box::pin(std::future::ready(Err(GatewayError::QuotaExceeded(
+                    refusal,
+                ))));
+            }
         }
 
         // Ask the model for usage where the client did not.
@@ -101,18 +108,22 @@ where
                 added_usage = true;
             }
         }
+        let trail = request.extensions().get::<Arc<AuditTrail>>().cloned();
 
         let future = call_boxed(&mut inner, request);
         Box::pin(async move {
             let response = match future.await {
                 Ok(response) => response,
                 Err(e) => {
-                    // Nothing was generated; free the concurrency slot.
-                    store.finish(&checks, 0);
+                    // Nothing was generated; free any concurrency slot.
+                    if !checks.is_empty() {
+                        store.finish(&checks, 0);
+                    }
                     return Err(e);
                 }
             };
             let (mut parts, body) = response.into_parts();
+            let status = parts.status.as_u16();
             let shape = Shape::from_content_type(
                 parts
                     .headers
@@ -123,9 +134,35 @@ where
                 // One event is removed: the length is no longer known.
                 parts.headers.remove(CONTENT_LENGTH);
             }
+            if let Some(trail) = &trail {
+                trail.defer();
+            }
+            let metrics = runtime.metrics.clone();
+            let user = runtime
+                .config
+                .metrics
+                .user_labels
+                .then(|| identity.user.clone());
+            let model = authorized.model.unwrap_or_default();
             let meter = UsageMeter::new(shape, added_usage);
-            let on_done = Box::new(move |usage: crate::quota::usage::Usage, _complete: bool| {
-                store.finish(&checks, usage.total());
+            let on_done = Box::new(move |usage: Usage, _complete: bool| {
+                if !checks.is_empty() {
+                    store.finish(&checks, usage.total());
+                }
+                for (kind, count) in [("prompt", usage.prompt), ("completion", usage.completion)] {
+                    metrics
+                        .tokens
+                        .get_or_create(&TokenLabels {
+                            model: model.clone(),
+                            kind,
+                            user: user.clone(),
+                            estimated: usage.estimated,
+                        })
+                        .inc_by(count);
+                }
+                if let Some(trail) = trail {
+                    trail.finish(status, "forwarded", Some(usage));
+                }
             });
             let body = crate::body::boxed(MeteredBody::new(body, meter, on_done));
             Ok(Response::from_parts(parts, body))

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use tower::{Layer, Service};
 
 use super::{BoxFuture, runtime_of};
+use crate::audit::AuditTrail;
 use crate::body::Body;
 use crate::claims::Identity;
 use crate::error::GatewayError;
@@ -92,7 +93,11 @@ where
                 && runtime.unauthenticated_paths.contains(request.uri().path());
             if probe {
                 request.extensions_mut().insert(Unauthenticated);
-                return inner.call(request).await;
+                let mut response = inner.call(request).await?;
+                response
+                    .extensions_mut()
+                    .insert(super::audit_trail::NotAudited);
+                return Ok(response);
             }
             // An owned (refcounted) copy of the header, so no borrow of the
             // request lives across the await.
@@ -118,6 +123,9 @@ where
                 return Err(GatewayError::DenyAll(
                     "its configuration could not be resolved (see the LLMBackend's status)",
                 ));
+            }
+            if let Some(trail) = request.extensions().get::<Arc<AuditTrail>>() {
+                trail.identity(&identity);
             }
             request.extensions_mut().insert(identity);
             inner.call(request).await

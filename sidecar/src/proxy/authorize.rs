@@ -23,6 +23,7 @@ use tower::{Layer, Service};
 
 use super::authenticate::Unauthenticated;
 use super::{BoxFuture, call_boxed, runtime_of};
+use crate::audit::AuditTrail;
 use crate::body::{Body, BoxError, boxed, full};
 use crate::claims::Identity;
 use crate::error::GatewayError;
@@ -124,11 +125,18 @@ where
             } else {
                 (body, None, None)
             };
+            let trail = parts.extensions.get::<Arc<AuditTrail>>().cloned();
+            if let Some(trail) = &trail {
+                trail.endpoint(class.as_str(), model.as_deref());
+            }
             let rule = runtime
                 .policy
                 .decide(&identity, class, model.as_deref())
                 .map_err(GatewayError::Forbidden)?
                 .to_owned();
+            if let Some(trail) = &trail {
+                trail.authorized(class.as_str(), model.as_deref(), &rule);
+            }
             let lists_models = parts.method == Method::GET
                 && runtime.config.access.filter_model_lists
                 && matches!(

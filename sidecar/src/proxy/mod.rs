@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! observe              metrics: requests by status and reason, in-flight
+//! audit_trail          request id; one audit line per decision
 //! rescue               GatewayError -> 401/403/413/502/503/504 + JSON body
 //! snapshot             pin this request to the current config generation
 //! strip_identity       drop every client-sent X-Attach-* header
@@ -14,6 +15,7 @@
 //! ```
 
 pub mod admit;
+pub mod audit_trail;
 pub mod authenticate;
 pub mod authorize;
 pub mod forward;
@@ -50,6 +52,7 @@ pub struct ClientAddr(pub SocketAddr);
 pub fn stack<B>(
     current: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
+    audit: crate::audit::AuditSink,
 ) -> impl Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send>
 + Clone
 + Send
@@ -60,6 +63,7 @@ where
 {
     ServiceBuilder::new()
         .layer(observe::ObserveLayer::new(metrics))
+        .layer(audit_trail::AuditLayer::new(audit))
         .layer(RescueLayer)
         .layer(snapshot::SnapshotLayer::new(current))
         .layer(strip_identity::StripIdentityLayer)
