@@ -18,6 +18,7 @@ use crate::audit::AuditConfig;
 use crate::claims::{ClaimMapping, Preset};
 use crate::policy::{EndpointClass, Rule, Subjects};
 use crate::quota::QuotaLimit;
+use crate::quota::store::StoreConfig;
 
 /// The only `apiVersion` this gateway reads.
 pub const API_VERSION: &str = "attach.dev/v1alpha1";
@@ -366,6 +367,9 @@ pub struct QuotaConfig {
     /// The most budgets (keys) kept in memory; idle ones are evicted first.
     #[serde(default = "default_max_quota_keys")]
     pub max_keys: usize,
+    /// Where the counters live (read at start; a change needs a restart).
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 impl Default for QuotaConfig {
@@ -373,6 +377,7 @@ impl Default for QuotaConfig {
         Self {
             limits: Vec::new(),
             max_keys: default_max_quota_keys(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -571,6 +576,15 @@ impl GatewayConfig {
             .map_err(|(i, message)| ConfigError::invalid(format!("access.rules[{i}]"), message))?;
         crate::quota::limits::validate(&self.quotas.limits)
             .map_err(|(i, message)| ConfigError::invalid(format!("quotas.limits[{i}]"), message))?;
+        if let StoreConfig::Redis { url, .. } = &self.quotas.store
+            && redis::Client::open(url.as_str()).is_err()
+        {
+            // The URL may hold a password: it is not repeated here.
+            return Err(ConfigError::invalid(
+                "quotas.store.url",
+                "is not a redis:// URL",
+            ));
+        }
         if self.limits.token_cache_entries == 0 {
             return Err(ConfigError::invalid(
                 "limits.tokenCacheEntries",

@@ -31,6 +31,9 @@ pub enum GatewayError {
     /// A quota has no room: 429 with `Retry-After`.
     #[error("quota {} exceeded: {}", .0.limit_name, .0.kind.as_str())]
     QuotaExceeded(crate::quota::Refusal),
+    /// The shared quota store is down and quotas fail closed: 503.
+    #[error("quotas cannot be checked right now")]
+    QuotaUnavailable,
     /// The request body is over the limit: 413.
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -59,6 +62,7 @@ impl GatewayError {
                 DenyKind::MissingModel => "denied_missing_model",
             },
             Self::BadPath(_) => "bad_path",
+            Self::QuotaUnavailable => "quota_store_unavailable",
             Self::QuotaExceeded(r) => match r.kind {
                 crate::quota::LimitKind::TokensPerMinute => "quota_tokens_per_minute",
                 crate::quota::LimitKind::RequestsPerMinute => "quota_requests_per_minute",

@@ -50,12 +50,7 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the first generation and binds both listeners.
     pub async fn bind(config: GatewayConfig, source: ConfigSource) -> Result<Self, StartError> {
-        let shared = Shared::for_config(&config).map_err(|source| {
-            StartError::Config(ConfigError::invalid(
-                "audit.path",
-                format!("cannot open the audit log: {source}"),
-            ))
-        })?;
+        let shared = Shared::for_config(&config)?;
         let proxy_addr = SocketAddr::new(config.listen.address, config.listen.port);
         let admin_addr = SocketAddr::new(config.admin.address, config.admin.port);
         let runtime = Runtime::build(config, None, &shared)?;

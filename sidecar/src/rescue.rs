@@ -37,6 +37,7 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
             (StatusCode::BAD_REQUEST, "bad_request")
         }
         GatewayError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+        GatewayError::QuotaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "quota_unavailable"),
         GatewayError::PayloadTooLarge { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         }
@@ -69,6 +70,9 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         if matches!(error, AuthError::KeysUnavailable) {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
         }
+    }
+    if matches!(error, GatewayError::QuotaUnavailable) {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if let GatewayError::QuotaExceeded(r) = error {
         // RFC 9110 Retry-After, and the IETF RateLimit-Policy / RateLimit

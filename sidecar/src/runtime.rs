@@ -18,6 +18,8 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::quota::clock::SystemClock;
 use crate::quota::memory::MemoryStore;
+use crate::quota::redis_store::RedisStore;
+use crate::quota::store::{QuotaStore, StoreConfig};
 
 /// What outlives config generations: metrics, the IdP client, and the
 /// quota counters (a reload must not reset anyone's budget).
@@ -25,7 +27,7 @@ use crate::quota::memory::MemoryStore;
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub idp: IdpClient,
-    pub quota_store: Arc<MemoryStore>,
+    pub quota_store: Arc<QuotaStore>,
     pub audit: crate::audit::AuditSink,
 }
 
@@ -37,19 +39,41 @@ impl Shared {
 
     /// Shared state sized and wired as `config` says (quota store size,
     /// audit destination).
-    pub fn for_config(config: &crate::config::GatewayConfig) -> std::io::Result<Self> {
-        Ok(Self {
-            audit: crate::audit::AuditSink::open(&config.audit)?,
-            ..Self::without_audit(config.quotas.max_keys)
-        })
+    pub fn for_config(config: &crate::config::GatewayConfig) -> Result<Self, ConfigError> {
+        let mut shared = Self::without_audit(config.quotas.max_keys);
+        shared.audit = crate::audit::AuditSink::open(&config.audit).map_err(|e| {
+            ConfigError::invalid("audit.path", format!("cannot open the audit log: {e}"))
+        })?;
+        if let StoreConfig::Redis {
+            url,
+            fail_mode,
+            key_prefix,
+        } = &config.quotas.store
+        {
+            let redis = RedisStore::new(url, key_prefix, Arc::new(SystemClock)).map_err(|_| {
+                ConfigError::invalid("quotas.store.url", "is not a usable redis:// URL")
+            })?;
+            let local = Arc::new(shared.quota_store.local().clone_empty());
+            shared.quota_store = Arc::new(QuotaStore::redis(
+                redis,
+                *fail_mode,
+                local,
+                shared.metrics.clone(),
+            ));
+        }
+        Ok(shared)
     }
 
     fn without_audit(max_keys: usize) -> Self {
+        let metrics = Arc::new(Metrics::new());
         Self {
-            metrics: Arc::new(Metrics::new()),
             idp: IdpClient::new(),
-            quota_store: Arc::new(MemoryStore::new(max_keys, Arc::new(SystemClock))),
+            quota_store: Arc::new(QuotaStore::memory(
+                Arc::new(MemoryStore::new(max_keys, Arc::new(SystemClock))),
+                metrics.clone(),
+            )),
             audit: crate::audit::AuditSink::disabled(),
+            metrics,
         }
     }
 }
@@ -117,7 +141,7 @@ pub struct Runtime {
     pub upstream: Upstream,
     pub unauthenticated_paths: HashSet<String>,
     pub policy: Policy,
-    pub quota_store: Arc<MemoryStore>,
+    pub quota_store: Arc<QuotaStore>,
     pub metrics: Arc<Metrics>,
 }
 

@@ -18,6 +18,8 @@
 //! | `MAX_TOKENS_PER_MIN` | LLM tokens (prompt + completion) per user per minute |
 //! | `MAX_REQUESTS_PER_MIN` | requests per user per minute |
 //! | `MAX_CONCURRENT_REQUESTS` | requests in flight per user |
+//! | `REDIS_URL` | keep quota counters in Redis, shared by replicas (default: in memory) |
+//! | `QUOTA_FAIL_MODE` | `closed` (503, default) or `open` (local limit) while Redis is down |
 //!
 //! `--port` (default 8080) and `--admin-port` (default 9090) set the ports.
 
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use crate::claims::{ClaimMapping, Preset};
 use crate::config::{Algorithm, ConfigError, GatewayConfig, IssuerConfig};
+use crate::quota::store::{FailMode, StoreConfig};
 use crate::quota::{QuotaKey, QuotaLimit};
 use crate::reload::Overrides;
 
@@ -44,6 +47,8 @@ pub const UNAUTHENTICATED_PATHS: &str = "UNAUTHENTICATED_PATHS";
 pub const MAX_TOKENS_PER_MIN: &str = "MAX_TOKENS_PER_MIN";
 pub const MAX_REQUESTS_PER_MIN: &str = "MAX_REQUESTS_PER_MIN";
 pub const MAX_CONCURRENT_REQUESTS: &str = "MAX_CONCURRENT_REQUESTS";
+pub const REDIS_URL: &str = "REDIS_URL";
+pub const QUOTA_FAIL_MODE: &str = "QUOTA_FAIL_MODE";
 
 /// Where environment variables come from: the process, or a map in tests.
 pub trait Env {
@@ -185,6 +190,23 @@ pub fn config_from_env(
     };
     if !per_user.is_empty() {
         config.quotas.limits.push(per_user);
+    }
+    if let Some(url) = non_empty(env, REDIS_URL) {
+        let fail_mode = match non_empty(env, QUOTA_FAIL_MODE).as_deref() {
+            None | Some("closed") => FailMode::Closed,
+            Some("open") => FailMode::Open,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    QUOTA_FAIL_MODE,
+                    format!("{other:?} is neither closed nor open"),
+                ));
+            }
+        };
+        config.quotas.store = StoreConfig::Redis {
+            url,
+            fail_mode,
+            key_prefix: "attach:quota:".into(),
+        };
     }
     overrides.apply(&mut config);
     config.validate()?;

@@ -25,6 +25,7 @@ use crate::metrics::TokenLabels;
 use crate::policy::EndpointClass;
 use crate::quota::checks;
 use crate::quota::metered_body::MeteredBody;
+use crate::quota::store::NotAdmitted;
 use crate::quota::usage::{Shape, Usage, UsageMeter, request_usage};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -77,19 +78,6 @@ where
             authorized.model.as_deref(),
         );
         let store = runtime.quota_store.clone();
-        if !checks.is_empty() {
-            let started = std::time::Instant::now();
-            let admitted = store.admit(&checks);
-            runtime
-                .metrics
-                .quota_store_duration
-                .observe(started.elapsed().as_secs_f64());
-            if let Err(refusal) = admitted {
-                return Box::pin(std::future::ready(Err(GatewayError::QuotaExceeded(
-                    refusal,
-                ))));
-            }
-        }
 
         // Ask the model for usage where the client did not.
         let mut added_usage = false;
@@ -110,14 +98,30 @@ where
         }
         let trail = request.extensions().get::<Arc<AuditTrail>>().cloned();
 
-        let future = call_boxed(&mut inner, request);
         Box::pin(async move {
-            let response = match future.await {
+            let admitted = if checks.is_empty() {
+                None
+            } else {
+                let started = std::time::Instant::now();
+                let admitted = store.admit(&checks).await;
+                runtime
+                    .metrics
+                    .quota_store_duration
+                    .observe(started.elapsed().as_secs_f64());
+                match admitted {
+                    Ok(admitted) => Some(admitted),
+                    Err(NotAdmitted::Refused(refusal)) => {
+                        return Err(GatewayError::QuotaExceeded(refusal));
+                    }
+                    Err(NotAdmitted::Unavailable) => return Err(GatewayError::QuotaUnavailable),
+                }
+            };
+            let response = match call_boxed(&mut inner, request).await {
                 Ok(response) => response,
                 Err(e) => {
                     // Nothing was generated; free any concurrency slot.
-                    if !checks.is_empty() {
-                        store.finish(&checks, 0);
+                    if let Some(admitted) = admitted {
+                        store.finish(admitted, checks, 0);
                     }
                     return Err(e);
                 }
@@ -146,8 +150,8 @@ where
             let model = authorized.model.unwrap_or_default();
             let meter = UsageMeter::new(shape, added_usage);
             let on_done = Box::new(move |usage: Usage, _complete: bool| {
-                if !checks.is_empty() {
-                    store.finish(&checks, usage.total());
+                if let Some(admitted) = admitted {
+                    store.finish(admitted, checks, usage.total());
                 }
                 for (kind, count) in [("prompt", usage.prompt), ("completion", usage.completion)] {
                     metrics

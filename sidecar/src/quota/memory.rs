@@ -68,6 +68,11 @@ impl MemoryStore {
         }
     }
 
+    /// A new, empty store with the same size and clock.
+    pub fn clone_empty(&self) -> Self {
+        Self::new(self.max_keys_per_shard * SHARDS, self.clock.clone())
+    }
+
     fn shard_of(&self, key: &str) -> usize {
         (self.hasher.hash_one(key) as usize) % SHARDS
     }

@@ -6,6 +6,8 @@ pub mod clock;
 pub mod limits;
 pub mod memory;
 pub mod metered_body;
+pub mod redis_store;
+pub mod store;
 pub mod usage;
 
 use crate::claims::Identity;

@@ -1,0 +1,310 @@
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+//! Quotas shared through a real Redis by several gateway processes, and what
+//! happens when Redis goes away and comes back.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use attach_sidecar::claims::Preset;
+use attach_sidecar::config::{GatewayConfig, IssuerConfig};
+use attach_sidecar::quota::store::{FailMode, StoreConfig};
+use attach_sidecar::quota::{QuotaKey, QuotaLimit};
+use attach_tests::gateway::{GatewayProcess, metric_sum};
+use attach_tests::keycloak::{AUDIENCE, REALM};
+use attach_tests::mock_model::MockModel;
+use attach_tests::redis_server::RedisServer;
+use attach_tests::tools::Tools;
+use serde_json::json;
+
+fn config(
+    model: &MockModel,
+    redis: &RedisServer,
+    prefix: &str,
+    limit: QuotaLimit,
+    mode: FailMode,
+) -> GatewayConfig {
+    let kc = common::world().keycloak().unwrap();
+    let mut config = GatewayConfig::new(vec![IssuerConfig::new(
+        kc.issuer(REALM),
+        vec![AUDIENCE.into()],
+        Preset::Keycloak,
+    )]);
+    config.upstream.url = model.url();
+    config.quotas.limits = vec![limit];
+    config.quotas.store = StoreConfig::Redis {
+        url: redis.url(),
+        fail_mode: mode,
+        key_prefix: prefix.into(),
+    };
+    config
+}
+
+fn limit() -> QuotaLimit {
+    QuotaLimit {
+        name: "per-user".into(),
+        per: QuotaKey::User,
+        subjects: None,
+        models: vec![],
+        tokens_per_minute: None,
+        requests_per_minute: None,
+        concurrent: None,
+        tokens_per_day: None,
+    }
+}
+
+async fn own_redis() -> (RedisServer, tempfile::TempDir) {
+    let tools = Tools::locate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    (
+        RedisServer::start(&tools.redis_server, dir.path())
+            .await
+            .unwrap(),
+        dir,
+    )
+}
+
+/// Keeps a test's counting inside one minute window: if the current minute
+/// is nearly over, start at the next one. (This guards the setup; no
+/// assertion waits for a window to pass.)
+async fn fresh_minute() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if now % 60 > 45 {
+        tokio::time::sleep(Duration::from_secs(61 - now % 60)).await;
+    }
+}
+
+fn chat() -> serde_json::Value {
+    json!({"model": "llama3.2:1b", "stream": false, "messages": []})
+}
+
+#[tokio::test]
+async fn three_gateways_share_one_limit_under_concurrent_load() {
+    let kc = common::world().keycloak().unwrap();
+    let (redis, _dir) = own_redis().await;
+    let model = MockModel::start().await.unwrap();
+    let prefix = format!("t{:08x}:", rand::random::<u32>());
+    const LIMIT: u64 = 30;
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        let cfg = config(
+            &model,
+            &redis,
+            &prefix,
+            QuotaLimit {
+                requests_per_minute: Some(LIMIT),
+                ..limit()
+            },
+            FailMode::Closed,
+        );
+        gateways.push(GatewayProcess::start(cfg).await.unwrap());
+    }
+    let bob = kc.token_for("bob").await.unwrap();
+    fresh_minute().await;
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let url = gateways[i % 3].url.clone();
+            let (bob, admitted, refused) = (bob.clone(), admitted.clone(), refused.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for _ in 0..10 {
+                    let r = http
+                        .post(format!("{url}/api/chat"))
+                        .bearer_auth(&bob)
+                        .json(&chat())
+                        .send()
+                        .await
+                        .unwrap();
+                    match r.status().as_u16() {
+                        200 => admitted.fetch_add(1, Ordering::SeqCst),
+                        429 => refused.fetch_add(1, Ordering::SeqCst),
+                        other => panic!("unexpected {other}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        admitted.load(Ordering::SeqCst) as u64,
+        LIMIT,
+        "exactly the limit, across processes"
+    );
+    assert_eq!(refused.load(Ordering::SeqCst) as u64, 120 - LIMIT);
+    assert_eq!(model.request_count() as u64, LIMIT);
+}
+
+#[tokio::test]
+async fn tokens_charged_on_one_gateway_count_on_the_others() {
+    let kc = common::world().keycloak().unwrap();
+    let (redis, _dir) = own_redis().await;
+    let model = MockModel::start().await.unwrap();
+    let prefix = format!("t{:08x}:", rand::random::<u32>());
+    // Three answers of 14 tokens: the fourth request is refused, wherever it lands.
+    let per_day = QuotaLimit {
+        tokens_per_day: Some(3 * 14),
+        ..limit()
+    };
+    let mut gateways = Vec::new();
+    for _ in 0..3 {
+        gateways.push(
+            GatewayProcess::start(config(
+                &model,
+                &redis,
+                &prefix,
+                per_day.clone(),
+                FailMode::Closed,
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    let bob = kc.token_for("bob").await.unwrap();
+    let http = reqwest::Client::new();
+    for gw in &gateways {
+        let r = http
+            .post(format!("{}/api/chat", gw.url))
+            .bearer_auth(&bob)
+            .json(&chat())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    // Charging happens as each answer ends, asynchronously: wait until Redis
+    // holds all three charges before the fourth request.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pattern = format!("{prefix}*:d:*");
+    let mut charged = 0;
+    for _ in 0..100 {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(key) = keys.first() {
+            charged = redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<u64>>(&mut conn)
+                .await
+                .unwrap()
+                .unwrap_or(0);
+        }
+        if charged == 3 * 14 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(charged, 3 * 14, "the three answers' tokens are in Redis");
+    let r = http
+        .post(format!("{}/api/chat", gateways[0].url))
+        .bearer_auth(&bob)
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["kind"],
+        "tokens_per_day"
+    );
+    assert_eq!(status, 429);
+}
+
+#[tokio::test]
+async fn when_redis_dies_fail_closed_refuses_fail_open_serves_and_both_recover() {
+    let kc = common::world().keycloak().unwrap();
+    let (mut redis, _dir) = own_redis().await;
+    let model = MockModel::start().await.unwrap();
+    let prefix = format!("t{:08x}:", rand::random::<u32>());
+    let generous = QuotaLimit {
+        requests_per_minute: Some(1000),
+        ..limit()
+    };
+    let closed = GatewayProcess::start(config(
+        &model,
+        &redis,
+        &prefix,
+        generous.clone(),
+        FailMode::Closed,
+    ))
+    .await
+    .unwrap();
+    let open = GatewayProcess::start(config(&model, &redis, &prefix, generous, FailMode::Open))
+        .await
+        .unwrap();
+    let bob = kc.token_for("bob").await.unwrap();
+    let http = reqwest::Client::new();
+    let status = |url: String| {
+        let (http, bob) = (http.clone(), bob.clone());
+        async move {
+            http.post(format!("{url}/api/chat"))
+                .bearer_auth(&bob)
+                .json(&chat())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(closed.url.clone()).await, 200);
+    assert_eq!(status(open.url.clone()).await, 200);
+
+    redis.stop();
+    let r = http
+        .post(format!("{}/api/chat", closed.url))
+        .bearer_auth(&bob)
+        .json(&chat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "fail closed");
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(
+        status(open.url.clone()).await,
+        200,
+        "fail open: the local limit admits"
+    );
+    for gw in [&closed, &open] {
+        let metrics = gw.metrics().await.unwrap();
+        assert!(
+            metric_sum(&metrics, "attach_quota_store_errors_total") >= 1.0,
+            "{metrics}"
+        );
+    }
+    assert!(
+        closed
+            .log()
+            .contains("the shared quota store (Redis) is unreachable")
+    );
+
+    redis.restart().await.unwrap();
+    let mut recovered = false;
+    for _ in 0..100 {
+        if status(closed.url.clone()).await == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "the fail-closed gateway came back without a restart"
+    );
+    assert_eq!(status(open.url.clone()).await, 200);
+}
