@@ -13,54 +13,25 @@
 #
 # Usage: bench/gateway.sh [seconds per run, default 10]
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 cd "$root"
 secs=${1:-10}
-cache=${ATTACH_CACHE:-$HOME/.cache/attach}
-target=${CARGO_TARGET_DIR:-$root/target}
 
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
-command -v nginx >/dev/null || { echo "nginx is missing: apt-get install nginx-light" >&2; exit 1; }
+need wrk "apt-get install wrk"
+need nginx "apt-get install nginx-light"
 oha="$cache/oha/bin/oha"
 if [[ ! -x "$oha" ]]; then
   echo "building oha (load generator with a fixed request rate) into $cache/oha" >&2
   cargo install --quiet --locked oha --root "$cache/oha"
 fi
-python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography
+build_gateway
 
-cargo build --quiet --release --locked -p attach-sidecar --bin attach-gateway
-gateway_bin="$target/release/attach-gateway"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pidfile in "$work/upstream.pid" "$work/proxy.pid"; do
-    [[ -f "$pidfile" ]] && kill "$(cat "$pidfile")" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up_port=$(free_port); nginx_port=$(free_port); gw_port=$(free_port); admin_port=$(free_port)
+start_upstream "$up_port"
 
-# The upstream and the nginx proxy are separate nginx instances, so the
-# proxied paths all pay the same process hops.
-cat >"$work/upstream.conf" <<NGINX
-worker_processes 1;
-pid $work/upstream.pid;
-error_log $work/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$up_port;
-    location / { default_type application/json; return 200 '{"models":[{"name":"llama3.2:1b"}]}'; }
-  }
-}
-NGINX
+# The nginx proxy is a separate instance, so every proxied path pays the
+# same process hops to the upstream.
 cat >"$work/proxy.conf" <<NGINX
 worker_processes 2;
 pid $work/proxy.pid;
@@ -81,30 +52,12 @@ http {
   }
 }
 NGINX
-nginx -c "$work/upstream.conf" -p "$work" -e "$work/upstream-error.log"
 nginx -c "$work/proxy.conf" -p "$work" -e "$work/proxy-error.log"
+pidfiles+=("$work/proxy.pid")
 
-issuer="https://bench.attach.test/"
-token=$(python3 bench/mint_token.py sidecar/testdata/keys/rsa-trusted.pem "$issuer" attach-gateway "$work/jwks.json")
-cat >"$work/gateway.yaml" <<YAML
-apiVersion: attach.dev/v1alpha1
-kind: GatewayConfig
-listen: {address: 127.0.0.1, port: $gw_port}
-admin: {address: 127.0.0.1, port: $admin_port}
-upstream: {url: "http://127.0.0.1:$up_port"}
-issuers:
-  - issuer: "$issuer"
-    jwksFile: $work/jwks.json
-    audiences: [attach-gateway]
-    claims: {preset: keycloak}
-YAML
-"$gateway_bin" --config "$work/gateway.yaml" --log-level warn >"$work/gateway.log" 2>&1 &
-gw_pid=$!
-pids+=("$gw_pid")
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$admin_port/readyz" >/dev/null && break
-  sleep 0.1
-done
+mint_tokens 1 "$work/token"
+token=$(cat "$work/token")
+start_gateway gateway "$gw_port" "$admin_port" "$up_port"
 check() { # name url [auth]
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' ${3:+-H "Authorization: Bearer $3"} "$2/api/tags")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Mints a benchmark JWKS and a valid RS256 token from a test-only key.
 
-Usage: mint_token.py KEY.pem ISSUER AUDIENCE OUT_JWKS > token
+Usage: mint_token.py KEY.pem ISSUER AUDIENCE OUT_JWKS [COUNT] > tokens
+Prints COUNT tokens (default 1), one per line, for users bench-user-0..N-1.
 Needs the `cryptography` package.
 """
 import base64
@@ -23,6 +24,7 @@ def uint(n: int) -> str:
 
 def main() -> None:
     key_path, issuer, audience, out_jwks = sys.argv[1:5]
+    count = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     with open(key_path, "rb") as f:
         key = serialization.load_pem_private_key(f.read(), password=None)
     numbers = key.public_key().public_numbers()
@@ -31,14 +33,14 @@ def main() -> None:
     with open(out_jwks, "w") as f:
         json.dump(jwks, f)
     now = int(time.time())
-    header = {"alg": "RS256", "typ": "JWT", "kid": "bench-1"}
-    claims = {"iss": issuer, "aud": audience, "sub": "bench-user", "azp": "bench",
-              "iat": now, "exp": now + 3600, "groups": ["ai-power-users"],
-              "realm_access": {"roles": ["llm-user"]}, "tenant": "acme"}
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-    print(f"{signing_input}.{b64(signature)}")
-
+    header = b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "bench-1"}).encode())
+    for i in range(count):
+        claims = {"iss": issuer, "aud": audience, "sub": "bench-user" if count == 1 else f"bench-user-{i}",
+                  "azp": "bench", "iat": now, "exp": now + 3600, "groups": ["ai-power-users"],
+                  "realm_access": {"roles": ["llm-user"]}, "tenant": "acme"}
+        signing_input = f"{header}.{b64(json.dumps(claims).encode())}"
+        signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        print(f"{signing_input}.{b64(signature)}")
 
 if __name__ == "__main__":
     main()

@@ -720,6 +720,33 @@ issuers:
     }
 
     #[test]
+    fn quota_stores_parse_from_yaml() {
+        use crate::quota::store::{FailMode, StoreConfig};
+        let yaml = minimal()
+            + "quotas:\n  limits:\n    - {name: u, tokensPerMinute: 10}\n  store: {type: redis, url: \"redis://r:6379/0\", failMode: open, keyPrefix: \"x:\"}\n";
+        let c = GatewayConfig::parse(&yaml).unwrap();
+        assert_eq!(
+            c.quotas.store,
+            StoreConfig::Redis {
+                url: "redis://r:6379/0".into(),
+                fail_mode: FailMode::Open,
+                key_prefix: "x:".into()
+            }
+        );
+        let bad = minimal() + "quotas:\n  store: {type: redis, url: \"http://r\"}\n";
+        assert!(
+            GatewayConfig::parse(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("quotas.store.url")
+        );
+        assert_eq!(
+            GatewayConfig::parse(&minimal()).unwrap().quotas.store,
+            StoreConfig::Memory
+        );
+    }
+
+    #[test]
     fn plain_http_issuers_are_allowed_on_loopback_or_when_asked() {
         let loopback =
             minimal().replace("https://idp.example.com/", "http://127.0.0.1:8080/realms/x");

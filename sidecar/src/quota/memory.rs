@@ -77,8 +77,10 @@ impl MemoryStore {
         (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
-    fn lock(&self, keys: &[&str]) -> Vec<(usize, MutexGuard<'_, HashMap<String, Budget>>)> {
-        let mut indices: Vec<usize> = keys.iter().map(|k| self.shard_of(k)).collect();
+    /// Locks the shards of `checks`, in index order so that two requests
+    /// never wait on each other crosswise.
+    fn lock(&self, checks: &[Check]) -> Vec<(usize, Shard<'_>)> {
+        let mut indices: Vec<usize> = checks.iter().map(|c| self.shard_of(&c.key)).collect();
         indices.sort_unstable();
         indices.dedup();
         indices
@@ -96,35 +98,30 @@ impl MemoryStore {
     /// concurrency slot) against each.
     pub fn admit(&self, checks: &[Check]) -> Result<(), Refusal> {
         let now = self.clock.now();
-        let keys: Vec<&str> = checks.iter().map(|c| c.key.as_str()).collect();
-        let mut guards = self.lock(&keys);
-        let max = self.max_keys_per_shard;
-        let shard = |guards: &mut Vec<(usize, MutexGuard<'_, HashMap<String, Budget>>)>,
-                     key: &str| {
-            let index = self.shard_of(key);
-            guards.iter_mut().position(|(i, _)| *i == index)
-        };
+        let mut guards = self.lock(checks);
         for check in checks {
-            let Some(pos) = shard(&mut guards, &check.key) else {
-                continue;
-            };
-            let map = &mut guards[pos].1;
-            let budget = map.get(&check.key).cloned().unwrap_or_default();
-            let mut budget = budget;
-            budget.roll(now);
-            if let Some(refusal) = refusal(check, &budget, now) {
+            let map = guard_for(&mut guards, self.shard_of(&check.key));
+            if let Some(budget) = map.get_mut(&check.key) {
+                budget.roll(now);
+                if let Some(refusal) = refusal(check, budget, now) {
+                    return Err(refusal);
+                }
+            } else if let Some(refusal) = refusal(check, &Budget::default(), now) {
                 return Err(refusal);
             }
         }
+        let max = self.max_keys_per_shard;
         for check in checks {
-            let Some(pos) = shard(&mut guards, &check.key) else {
-                continue;
+            let map = guard_for(&mut guards, self.shard_of(&check.key));
+            let budget = match map.get_mut(&check.key) {
+                Some(budget) => budget,
+                None => {
+                    if map.len() >= max {
+                        evict(map, now, max);
+                    }
+                    map.entry(check.key.clone()).or_default()
+                }
             };
-            let map = &mut guards[pos].1;
-            if !map.contains_key(&check.key) && map.len() >= max {
-                evict(map, now, max);
-            }
-            let budget = map.entry(check.key.clone()).or_default();
             budget.roll(now);
             budget.minute_requests += 1;
             if check.concurrent.is_some() {
@@ -138,14 +135,13 @@ impl MemoryStore {
     /// at admission.
     pub fn finish(&self, checks: &[Check], tokens: u64) {
         let now = self.clock.now();
-        let keys: Vec<&str> = checks.iter().map(|c| c.key.as_str()).collect();
-        let mut guards = self.lock(&keys);
+        let mut guards = self.lock(checks);
         for check in checks {
-            let index = self.shard_of(&check.key);
-            let Some((_, map)) = guards.iter_mut().find(|(i, _)| *i == index) else {
+            let map = guard_for(&mut guards, self.shard_of(&check.key));
+            // Evicted meanwhile (only idle budgets are): nothing to charge.
+            let Some(budget) = map.get_mut(&check.key) else {
                 continue;
             };
-            let budget = map.entry(check.key.clone()).or_default();
             budget.roll(now);
             budget.minute_tokens = budget.minute_tokens.saturating_add(tokens);
             budget.day_tokens = budget.day_tokens.saturating_add(tokens);
@@ -167,6 +163,17 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+type Shard<'a> = MutexGuard<'a, HashMap<String, Budget>>;
+
+/// The locked map of shard `index` (always among `guards`).
+fn guard_for<'g, 'a>(
+    guards: &'g mut [(usize, Shard<'a>)],
+    index: usize,
+) -> &'g mut HashMap<String, Budget> {
+    let pos = guards.iter().position(|(i, _)| *i == index).unwrap_or(0);
+    &mut guards[pos].1
 }
 
 fn evict(map: &mut HashMap<String, Budget>, now: u64, max: usize) {

@@ -16,7 +16,12 @@ use crate::metrics::Metrics;
 
 /// Which store, as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "type",
+    deny_unknown_fields
+)]
 pub enum StoreConfig {
     /// Counters in this gateway's memory (one replica, or per-replica limits).
     #[default]
