@@ -60,22 +60,22 @@ token=$(cat "$work/token")
 start_gateway gateway "$gw_port" "$admin_port" "$up_port"
 check() { # name url [auth]
   local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' ${3:+-H "Authorization: Bearer $3"} "$2/api/tags")
+  code=$(curl -s -o /dev/null -w '%{http_code}' ${3:+-H "Authorization: Bearer $3"} "$2/api/version")
   [[ "$code" == 200 ]] || { echo "$1 answered $code" >&2; cat "$work/gateway.log" >&2; exit 1; }
 }
 check direct "http://127.0.0.1:$up_port"
 check nginx "http://127.0.0.1:$nginx_port"
 check gateway "http://127.0.0.1:$gw_port" "$token"
-code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gw_port/api/tags")
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gw_port/api/version")
 [[ "$code" == 401 ]] || { echo "gateway let an unauthenticated request through ($code)" >&2; exit 1; }
 
 declare -A url=([direct]="http://127.0.0.1:$up_port" [nginx]="http://127.0.0.1:$nginx_port" [gateway]="http://127.0.0.1:$gw_port")
 auth_args() { [[ $1 == gateway ]] && printf '%s\n' -H "Authorization: Bearer $token"; return 0; }
 
-echo "== saturation: wrk -t2 -c64 -d${secs}s, GET /api/tags" >&2
+echo "== saturation: wrk -t2 -c64 -d${secs}s, GET /api/version" >&2
 for name in direct nginx gateway; do
   mapfile -t extra < <(auth_args "$name")
-  wrk -t2 -c64 -d"${secs}s" --latency "${extra[@]}" "${url[$name]}/api/tags" >"$work/wrk-$name.txt"
+  wrk -t2 -c64 -d"${secs}s" --latency "${extra[@]}" "${url[$name]}/api/version" >"$work/wrk-$name.txt"
   grep -E "Requests/sec|Non-2xx" "$work/wrk-$name.txt" | sed "s/^/  $name: /" >&2
 done
 
@@ -86,7 +86,7 @@ echo "== half of the slower proxy's saturation: oha -q $half -c16 -z ${secs}s" >
 for name in direct nginx gateway; do
   extra=()
   [[ $name == gateway ]] && extra=(-H "Authorization: Bearer $token")
-  "$oha" --no-tui --output-format json -q "$half" -c 16 -z "${secs}s" "${extra[@]}" "${url[$name]}/api/tags" >"$work/oha-$name.json"
+  "$oha" --no-tui --output-format json -q "$half" -c 16 -z "${secs}s" "${extra[@]}" "${url[$name]}/api/version" >"$work/oha-$name.json"
 done
 
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$gw_pid/status")
@@ -109,7 +109,7 @@ def oha(name):
     return d["summary"]["requestsPerSec"], lat["p50"] * 1000, lat["p99"] * 1000, ok
 sat = {n: wrk(n) for n in ("direct", "nginx", "gateway")}
 fixed = {n: oha(n) for n in ("direct", "nginx", "gateway")}
-print("\nattach-gateway benchmark (GET /api/tags, 2 cores shared by load generator, proxies and upstream)\n")
+print("\nattach-gateway benchmark (GET /api/version, 2 cores shared by load generator, proxies and upstream)\n")
 print(f"saturation (wrk -t2 -c64)")
 print(f"{'path':<9} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs direct':>10} {'vs nginx':>9}")
 for n, (rps, p50, p99, bad) in sat.items():

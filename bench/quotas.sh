@@ -36,7 +36,7 @@ for line in io.lines(os.getenv("BENCH_TOKENS")) do tokens[#tokens + 1] = line en
 local i = math.random(#tokens)
 request = function()
   i = i % #tokens + 1
-  return wrk.format("GET", "/api/tags", { ["Authorization"] = "Bearer " .. tokens[i] })
+  return wrk.format("GET", "/api/version", { ["Authorization"] = "Bearer " .. tokens[i] })
 end
 LUA
 export BENCH_TOKENS="$work/tokens"
@@ -55,8 +55,8 @@ for name in auth-only memory redis; do
   port=$(free_port); admin=$(free_port)
   start_gateway "$name" "$port" "$admin" "$up_port" "${extra[$name]}"
   # Warm-up: every user's token verified and cached, every budget created.
-  wrk -t2 -c64 -d5s -s "$work/users.lua" "http://127.0.0.1:$port/api/tags" >/dev/null
-  wrk -t2 -c64 -d"${secs}s" --latency -s "$work/users.lua" "http://127.0.0.1:$port/api/tags" >"$work/wrk-$name.txt"
+  wrk -t2 -c64 -d5s -s "$work/users.lua" "http://127.0.0.1:$port/api/version" >/dev/null
+  wrk -t2 -c64 -d"${secs}s" --latency -s "$work/users.lua" "http://127.0.0.1:$port/api/version" >"$work/wrk-$name.txt"
   grep -q "Non-2xx" "$work/wrk-$name.txt" && { echo "$name answered errors:" >&2; cat "$work/wrk-$name.txt" >&2; exit 1; }
   rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$gw_pid/status")
   hwm=$(peak_rss_mib "$gw_pid")
@@ -74,7 +74,7 @@ def wrk(name):
     p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
     return rps, p99
 base = wrk("auth-only")[0]
-print(f"\nattach-gateway quotas, {users} distinct users (GET /api/tags, wrk -t2 -c64)\n")
+print(f"\nattach-gateway quotas, {users} distinct users (GET /api/version, wrk -t2 -c64)\n")
 print(f"{'store':<10} {'req/s':>9} {'p99 ms':>8} {'vs auth-only':>13} {'RSS MiB':>8} {'peak MiB':>9}")
 for name, rss, hwm in rows:
     rps, p99 = wrk(name)

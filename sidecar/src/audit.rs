@@ -60,6 +60,11 @@ impl AuditSink {
         Self { out: None }
     }
 
+    /// Whether lines are written at all.
+    pub fn is_enabled(&self) -> bool {
+        self.out.is_some()
+    }
+
     /// Opens the sink `config` describes.
     pub fn open(config: &AuditConfig) -> std::io::Result<Self> {
         if !config.enabled {

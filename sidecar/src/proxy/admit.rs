@@ -128,12 +128,14 @@ where
             };
             let (mut parts, body) = response.into_parts();
             let status = parts.status.as_u16();
-            let shape = Shape::from_content_type(
-                parts
-                    .headers
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok()),
-            );
+            // Only inference answers carry usage.
+            let shape = if authorized.class == EndpointClass::Inference {
+                Shape::from_content_type(
+                    parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                )
+            } else {
+                Shape::Opaque
+            };
             if added_usage && shape == Shape::Sse {
                 // One event is removed: the length is no longer known.
                 parts.headers.remove(CONTENT_LENGTH);

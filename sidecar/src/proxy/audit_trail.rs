@@ -75,6 +75,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if !self.sink.is_enabled() {
+            return Box::pin(self.inner.call(request));
+        }
         let id = request_id(request.headers());
         if let Ok(value) = HeaderValue::from_str(&id) {
             request.headers_mut().insert(REQUEST_ID, value);

@@ -40,6 +40,9 @@ pub enum Shape {
     Sse,
     /// One JSON document (non-streaming answers).
     Json,
+    /// An answer that carries no usage (read and admin endpoints): passed
+    /// through without parsing.
+    Opaque,
 }
 
 impl Shape {
@@ -84,6 +87,7 @@ impl UsageMeter {
     /// Feeds one chunk of the answer; returns what to send to the client now.
     pub fn feed(&mut self, data: Bytes) -> Bytes {
         match self.shape {
+            Shape::Opaque => data,
             Shape::Json => {
                 self.buffer(&data);
                 data
@@ -137,6 +141,9 @@ impl UsageMeter {
 
     /// The usage found so far, or an estimate from the chunks seen.
     pub fn usage(&self) -> Usage {
+        if self.shape == Shape::Opaque {
+            return Usage::default();
+        }
         self.found.unwrap_or(Usage {
             prompt: 0,
             completion: self.chunks,
