@@ -71,6 +71,14 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
         }
     }
+    if matches!(
+        error,
+        GatewayError::PayloadTooLarge { .. } | GatewayError::BadRequest(_)
+    ) {
+        // The rest of the request body was not read: this connection cannot
+        // carry another request, and the client must not try.
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if matches!(error, GatewayError::QuotaUnavailable) {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }

@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use crate::claims::{ClaimMapping, Preset};
 use crate::config::{Algorithm, ConfigError, GatewayConfig, IssuerConfig};
+use crate::quota::QuotaLimit;
 use crate::quota::store::{FailMode, StoreConfig};
-use crate::quota::{QuotaKey, QuotaLimit};
 use crate::reload::Overrides;
 
 pub const OIDC_ISSUER: &str = "OIDC_ISSUER";
@@ -179,14 +179,10 @@ pub fn config_from_env(
     config.identity.forward_authorization = flag(env, FORWARD_AUTHORIZATION)?;
     config.unauthenticated_paths = list(env, UNAUTHENTICATED_PATHS);
     let per_user = QuotaLimit {
-        name: "per-user".into(),
-        per: QuotaKey::User,
-        subjects: None,
-        models: Vec::new(),
         tokens_per_minute: count(env, MAX_TOKENS_PER_MIN)?,
         requests_per_minute: count(env, MAX_REQUESTS_PER_MIN)?,
         concurrent: count(env, MAX_CONCURRENT_REQUESTS)?,
-        tokens_per_day: None,
+        ..QuotaLimit::named("per-user")
     };
     if !per_user.is_empty() {
         config.quotas.limits.push(per_user);
@@ -248,7 +244,7 @@ mod tests {
         ]);
         let config = config_from_env(&e, &Overrides::default()).unwrap();
         let limit = &config.quotas.limits[0];
-        assert_eq!(limit.per, QuotaKey::User);
+        assert_eq!(limit.per, crate::quota::QuotaKey::User);
         assert_eq!(limit.tokens_per_minute, Some(5000));
         assert_eq!(limit.requests_per_minute, Some(60));
         let bad = env(&[

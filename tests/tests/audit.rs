@@ -7,12 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use attach_sidecar::claims::Preset;
-use attach_sidecar::config::{GatewayConfig, IssuerConfig};
 use attach_sidecar::policy::{EndpointClass, Rule, Subjects};
-use attach_sidecar::quota::{QuotaKey, QuotaLimit};
+use attach_sidecar::quota::QuotaLimit;
 use attach_tests::gateway::{GatewayProcess, metric_sum};
-use attach_tests::keycloak::{AUDIENCE, REALM};
 use attach_tests::mock_model::MockModel;
 use serde_json::{Value, json};
 
@@ -22,12 +19,7 @@ async fn every_decision_is_one_audit_line_without_secrets() {
     let model = MockModel::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let audit_path = dir.path().join("audit.jsonl");
-    let mut config = GatewayConfig::new(vec![IssuerConfig::new(
-        kc.issuer(REALM),
-        vec![AUDIENCE.into()],
-        Preset::Keycloak,
-    )]);
-    config.upstream.url = model.url();
+    let mut config = common::gateway_config(&model);
     config.audit.path = Some(audit_path.clone());
     config.access.rules = vec![Rule {
         name: "staff-small".into(),
@@ -39,14 +31,8 @@ async fn every_decision_is_one_audit_line_without_secrets() {
         endpoints: vec![EndpointClass::Inference],
     }];
     config.quotas.limits = vec![QuotaLimit {
-        name: "per-user".into(),
-        per: QuotaKey::User,
-        subjects: None,
-        models: vec![],
-        tokens_per_minute: None,
         requests_per_minute: Some(2),
-        concurrent: None,
-        tokens_per_day: None,
+        ..QuotaLimit::named("per-user")
     }];
     let gw = GatewayProcess::start(config).await.unwrap();
     let bob = kc.token_for("bob").await.unwrap();

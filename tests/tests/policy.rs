@@ -5,11 +5,8 @@
 
 mod common;
 
-use attach_sidecar::claims::Preset;
-use attach_sidecar::config::{GatewayConfig, IssuerConfig};
 use attach_sidecar::policy::{EndpointClass, Rule, Subjects};
 use attach_tests::gateway::GatewayProcess;
-use attach_tests::keycloak::{AUDIENCE, REALM};
 use attach_tests::mock_model::MockModel;
 use serde_json::{Value, json};
 
@@ -67,13 +64,7 @@ fn rules() -> Vec<Rule> {
 }
 
 async fn gateway(model: &MockModel) -> GatewayProcess {
-    let kc = common::world().keycloak().unwrap();
-    let mut config = GatewayConfig::new(vec![IssuerConfig::new(
-        kc.issuer(REALM),
-        vec![AUDIENCE.into()],
-        Preset::Keycloak,
-    )]);
-    config.upstream.url = model.url();
+    let mut config = common::gateway_config(model);
     config.access.rules = rules();
     GatewayProcess::start(config).await.unwrap()
 }

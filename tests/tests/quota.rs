@@ -6,35 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use attach_sidecar::claims::Preset;
-use attach_sidecar::config::{GatewayConfig, IssuerConfig};
-use attach_sidecar::quota::{QuotaKey, QuotaLimit};
+use attach_sidecar::quota::QuotaLimit;
 use attach_tests::gateway::GatewayProcess;
-use attach_tests::keycloak::{AUDIENCE, REALM};
 use attach_tests::mock_model::MockModel;
 use serde_json::{Value, json};
 
-fn limit(name: &str) -> QuotaLimit {
-    QuotaLimit {
-        name: name.into(),
-        per: QuotaKey::User,
-        subjects: None,
-        models: vec![],
-        tokens_per_minute: None,
-        requests_per_minute: None,
-        concurrent: None,
-        tokens_per_day: None,
-    }
-}
-
 async fn gateway(model: &MockModel, limits: Vec<QuotaLimit>) -> GatewayProcess {
-    let kc = common::world().keycloak().unwrap();
-    let mut config = GatewayConfig::new(vec![IssuerConfig::new(
-        kc.issuer(REALM),
-        vec![AUDIENCE.into()],
-        Preset::Keycloak,
-    )]);
-    config.upstream.url = model.url();
+    let mut config = common::gateway_config(model);
     config.quotas.limits = limits;
     GatewayProcess::start(config).await.unwrap()
 }
@@ -79,7 +57,7 @@ async fn a_user_runs_out_of_tokens_at_the_models_real_usage_in_every_shape() {
             &model,
             vec![QuotaLimit {
                 tokens_per_minute: Some(2 * PER_ANSWER),
-                ..limit("per-user")
+                ..QuotaLimit::named("per-user")
             }],
         )
         .await;
@@ -126,7 +104,7 @@ async fn budgets_are_per_user() {
         &model,
         vec![QuotaLimit {
             requests_per_minute: Some(1),
-            ..limit("per-user")
+            ..QuotaLimit::named("per-user")
         }],
     )
     .await;
@@ -162,7 +140,7 @@ async fn the_client_sees_its_stream_byte_for_byte_without_the_added_usage_event(
         &model,
         vec![QuotaLimit {
             tokens_per_minute: Some(1_000),
-            ..limit("per-user")
+            ..QuotaLimit::named("per-user")
         }],
     )
     .await;
@@ -215,7 +193,7 @@ async fn a_client_that_leaves_mid_stream_frees_its_slot_and_is_charged() {
         vec![QuotaLimit {
             concurrent: Some(1),
             tokens_per_minute: Some(1),
-            ..limit("per-user")
+            ..QuotaLimit::named("per-user")
         }],
     )
     .await;

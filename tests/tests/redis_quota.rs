@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use attach_sidecar::claims::Preset;
-use attach_sidecar::config::{GatewayConfig, IssuerConfig};
+use attach_sidecar::config::GatewayConfig;
+use attach_sidecar::quota::QuotaLimit;
 use attach_sidecar::quota::store::{FailMode, StoreConfig};
-use attach_sidecar::quota::{QuotaKey, QuotaLimit};
 use attach_tests::gateway::{GatewayProcess, metric_sum};
-use attach_tests::keycloak::{AUDIENCE, REALM};
 use attach_tests::mock_model::MockModel;
 use attach_tests::redis_server::RedisServer;
 use attach_tests::tools::Tools;
@@ -26,13 +24,7 @@ fn config(
     limit: QuotaLimit,
     mode: FailMode,
 ) -> GatewayConfig {
-    let kc = common::world().keycloak().unwrap();
-    let mut config = GatewayConfig::new(vec![IssuerConfig::new(
-        kc.issuer(REALM),
-        vec![AUDIENCE.into()],
-        Preset::Keycloak,
-    )]);
-    config.upstream.url = model.url();
+    let mut config = common::gateway_config(model);
     config.quotas.limits = vec![limit];
     config.quotas.store = StoreConfig::Redis {
         url: redis.url(),
@@ -40,19 +32,6 @@ fn config(
         key_prefix: prefix.into(),
     };
     config
-}
-
-fn limit() -> QuotaLimit {
-    QuotaLimit {
-        name: "per-user".into(),
-        per: QuotaKey::User,
-        subjects: None,
-        models: vec![],
-        tokens_per_minute: None,
-        requests_per_minute: None,
-        concurrent: None,
-        tokens_per_day: None,
-    }
 }
 
 async fn own_redis() -> (RedisServer, tempfile::TempDir) {
@@ -98,7 +77,7 @@ async fn three_gateways_share_one_limit_under_concurrent_load() {
             &prefix,
             QuotaLimit {
                 requests_per_minute: Some(LIMIT),
-                ..limit()
+                ..QuotaLimit::named("per-user")
             },
             FailMode::Closed,
         );
@@ -152,7 +131,7 @@ async fn tokens_charged_on_one_gateway_count_on_the_others() {
     // Three answers of 14 tokens: the fourth request is refused, wherever it lands.
     let per_day = QuotaLimit {
         tokens_per_day: Some(3 * 14),
-        ..limit()
+        ..QuotaLimit::named("per-user")
     };
     let mut gateways = Vec::new();
     for _ in 0..3 {
@@ -233,7 +212,7 @@ async fn when_redis_dies_fail_closed_refuses_fail_open_serves_and_both_recover()
     let prefix = format!("t{:08x}:", rand::random::<u32>());
     let generous = QuotaLimit {
         requests_per_minute: Some(1000),
-        ..limit()
+        ..QuotaLimit::named("per-user")
     };
     let closed = GatewayProcess::start(config(
         &model,

@@ -131,7 +131,10 @@ where
             // Only inference answers carry usage.
             let shape = if authorized.class == EndpointClass::Inference {
                 Shape::from_content_type(
-                    parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                    parts
+                        .headers
+                        .get(CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok()),
                 )
             } else {
                 Shape::Opaque

@@ -54,6 +54,21 @@ pub struct QuotaLimit {
 }
 
 impl QuotaLimit {
+    /// A limit named `name`, per user, for everyone and every model, that
+    /// limits nothing yet: set the numbers with struct update syntax.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            per: QuotaKey::User,
+            subjects: None,
+            models: Vec::new(),
+            tokens_per_minute: None,
+            requests_per_minute: None,
+            concurrent: None,
+            tokens_per_day: None,
+        }
+    }
+
     /// The budget keys this limit gives `identity` for `model`: none if the
     /// limit does not apply.
     pub fn keys(&self, identity: &Identity, model: Option<&str>) -> Vec<String> {

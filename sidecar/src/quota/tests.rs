@@ -16,19 +16,6 @@ fn who(claims: serde_json::Value) -> Identity {
         .unwrap()
 }
 
-fn limit(name: &str) -> QuotaLimit {
-    QuotaLimit {
-        name: name.into(),
-        per: QuotaKey::User,
-        subjects: None,
-        models: vec![],
-        tokens_per_minute: None,
-        requests_per_minute: None,
-        concurrent: None,
-        tokens_per_day: None,
-    }
-}
-
 fn store(clock: &Arc<ManualClock>) -> MemoryStore {
     MemoryStore::new(10_000, clock.clone())
 }
@@ -40,7 +27,7 @@ fn a_token_budget_refuses_at_the_limit_and_reopens_with_the_next_minute() {
     let bob = who(json!({"sub": "bob"}));
     let limits = [QuotaLimit {
         tokens_per_minute: Some(100),
-        ..limit("per-user")
+        ..QuotaLimit::named("per-user")
     }];
     let c = checks(&limits, &bob, Some("m"));
     assert_eq!(c.len(), 1);
@@ -65,7 +52,7 @@ fn requests_concurrency_and_daily_tokens() {
         requests_per_minute: Some(3),
         concurrent: Some(2),
         tokens_per_day: Some(1000),
-        ..limit("l")
+        ..QuotaLimit::named("l")
     }];
     let c = checks(&limits, &u, None);
     s.admit(&c).unwrap();
@@ -94,7 +81,7 @@ fn budgets_are_per_user_per_group_per_tenant_and_per_model() {
     let limits = [
         QuotaLimit {
             requests_per_minute: Some(1),
-            ..limit("per-user")
+            ..QuotaLimit::named("per-user")
         },
         QuotaLimit {
             per: QuotaKey::Group,
@@ -103,13 +90,13 @@ fn budgets_are_per_user_per_group_per_tenant_and_per_model() {
                 ..Default::default()
             }),
             requests_per_minute: Some(3),
-            ..limit("staff-group")
+            ..QuotaLimit::named("staff-group")
         },
         QuotaLimit {
             per: QuotaKey::Tenant,
             models: vec!["*:70b".into()],
             requests_per_minute: Some(1),
-            ..limit("big-per-tenant")
+            ..QuotaLimit::named("big-per-tenant")
         },
     ];
     assert_eq!(
@@ -155,7 +142,7 @@ fn limits_hold_exactly_under_concurrent_admission() {
     let u = who(json!({"sub": "u"}));
     let limits = [QuotaLimit {
         requests_per_minute: Some(100),
-        ..limit("l")
+        ..QuotaLimit::named("l")
     }];
     let c = Arc::new(checks(&limits, &u, None));
     let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -183,7 +170,7 @@ fn memory_stays_bounded_by_evicting_idle_budgets() {
     let s = MemoryStore::new(1_600, clock.clone());
     let limits = [QuotaLimit {
         requests_per_minute: Some(10),
-        ..limit("l")
+        ..QuotaLimit::named("l")
     }];
     for i in 0..20_000 {
         let u = who(json!({"sub": format!("user-{i}")}));
@@ -201,21 +188,21 @@ fn bad_limits_are_refused() {
     assert!(
         limits::validate(&[QuotaLimit {
             tokens_per_minute: Some(1),
-            ..limit("a")
+            ..QuotaLimit::named("a")
         }])
         .is_ok()
     );
-    assert!(limits::validate(&[limit("empty")]).is_err());
+    assert!(limits::validate(&[QuotaLimit::named("empty")]).is_err());
     assert!(
         limits::validate(&[QuotaLimit {
             tokens_per_minute: Some(0),
-            ..limit("a")
+            ..QuotaLimit::named("a")
         }])
         .is_err()
     );
     let one = QuotaLimit {
         concurrent: Some(1),
-        ..limit("a")
+        ..QuotaLimit::named("a")
     };
     assert!(limits::validate(&[one.clone(), one]).is_err());
 }
