@@ -331,15 +331,16 @@ impl Default for AccessConfig {
 }
 
 fn default_rules() -> Vec<Rule> {
-    vec![Rule {
-        name: "authenticated".into(),
-        subjects: Subjects {
-            any_authenticated: true,
-            ..Subjects::default()
-        },
-        models: vec!["*".into()],
-        endpoints: vec![EndpointClass::Inference, EndpointClass::Read],
-    }]
+    let everyone = Subjects {
+        any_authenticated: true,
+        ..Subjects::default()
+    };
+    vec![Rule::new(
+        "authenticated",
+        everyone,
+        &["*"],
+        &[EndpointClass::Inference, EndpointClass::Read],
+    )]
 }
 
 fn default_true() -> bool {

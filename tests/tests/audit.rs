@@ -21,15 +21,12 @@ async fn every_decision_is_one_audit_line_without_secrets() {
     let audit_path = dir.path().join("audit.jsonl");
     let mut config = common::gateway_config(&model);
     config.audit.path = Some(audit_path.clone());
-    config.access.rules = vec![Rule {
-        name: "staff-small".into(),
-        subjects: Subjects {
-            groups: vec!["staff".into()],
-            ..Default::default()
-        },
-        models: vec!["*:1b".into()],
-        endpoints: vec![EndpointClass::Inference],
-    }];
+    config.access.rules = vec![Rule::new(
+        "staff-small",
+        Subjects::groups(&["staff"]),
+        &["*:1b"],
+        &[EndpointClass::Inference],
+    )];
     config.quotas.limits = vec![QuotaLimit {
         requests_per_minute: Some(2),
         ..QuotaLimit::named("per-user")

@@ -16,47 +16,23 @@ const TINY: &str = "qwen2.5:0.5b";
 
 fn rules() -> Vec<Rule> {
     use EndpointClass::*;
-    let rule =
-        |name: &str, subjects: Subjects, models: &[&str], endpoints: &[EndpointClass]| Rule {
-            name: name.into(),
-            subjects,
-            models: models.iter().map(|m| (*m).to_owned()).collect(),
-            endpoints: endpoints.to_vec(),
-        };
     vec![
-        rule(
+        Rule::new(
             "power-users",
-            Subjects {
-                groups: vec!["ai-power-users".into()],
-                ..Default::default()
-            },
+            Subjects::groups(&["ai-power-users"]),
             &["*"],
             &[Inference, Read],
         ),
-        rule(
+        Rule::new(
             "staff-small",
-            Subjects {
-                groups: vec!["staff".into()],
-                ..Default::default()
-            },
+            Subjects::groups(&["staff"]),
             &["*:1b", "*:0.5b"],
             &[Inference, Read],
         ),
-        rule(
-            "admins",
-            Subjects {
-                groups: vec!["admins".into()],
-                ..Default::default()
-            },
-            &["*"],
-            &[Admin],
-        ),
-        rule(
+        Rule::new("admins", Subjects::groups(&["admins"]), &["*"], &[Admin]),
+        Rule::new(
             "m2m",
-            Subjects {
-                clients: vec!["attach-m2m".into()],
-                ..Default::default()
-            },
+            Subjects::clients(&["attach-m2m"]),
             &[SMALL],
             &[Inference],
         ),

@@ -31,6 +31,22 @@ pub struct Subjects {
 }
 
 impl Subjects {
+    /// Members of any of `groups`.
+    pub fn groups(groups: &[&str]) -> Self {
+        Self {
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Tokens issued to any of `clients`.
+    pub fn clients(clients: &[&str]) -> Self {
+        Self {
+            clients: clients.iter().map(|c| (*c).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+
     /// Whether `identity` is one of these subjects.
     pub fn matches(&self, identity: &Identity) -> bool {
         let any = |wanted: &[String], have: &[String]| wanted.iter().any(|w| have.contains(w));
@@ -77,6 +93,24 @@ pub struct Rule {
 
 fn all_models() -> Vec<String> {
     vec!["*".into()]
+}
+
+impl Rule {
+    /// An allow rule: `subjects` may use `models` (names or globs) on
+    /// `endpoints`.
+    pub fn new(
+        name: impl Into<String>,
+        subjects: Subjects,
+        models: &[&str],
+        endpoints: &[EndpointClass],
+    ) -> Self {
+        Self {
+            name: name.into(),
+            subjects,
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            endpoints: endpoints.to_vec(),
+        }
+    }
 }
 
 /// Why a request was denied: the kind of check that failed, never the rules.
@@ -223,38 +257,23 @@ mod tests {
             .unwrap()
     }
 
-    fn rule(name: &str, subjects: Subjects, models: &[&str], endpoints: &[EndpointClass]) -> Rule {
-        Rule {
-            name: name.into(),
-            subjects,
-            models: models.iter().map(|m| (*m).to_owned()).collect(),
-            endpoints: endpoints.to_vec(),
-        }
-    }
-
     fn policy() -> Policy {
         use EndpointClass::*;
         Policy::new(
             &[
-                rule(
+                Rule::new(
                     "power",
-                    Subjects {
-                        groups: vec!["ai-power-users".into()],
-                        ..Default::default()
-                    },
+                    Subjects::groups(&["ai-power-users"]),
                     &["*"],
                     &[Inference, Read],
                 ),
-                rule(
+                Rule::new(
                     "staff",
-                    Subjects {
-                        groups: vec!["staff".into()],
-                        ..Default::default()
-                    },
+                    Subjects::groups(&["staff"]),
                     &["*:1b", "*:0.5b"],
                     &[Inference, Read],
                 ),
-                rule(
+                Rule::new(
                     "admins",
                     Subjects {
                         roles: vec!["llm-admin".into()],
@@ -263,16 +282,13 @@ mod tests {
                     &["*"],
                     &[Admin],
                 ),
-                rule(
+                Rule::new(
                     "bot",
-                    Subjects {
-                        clients: vec!["bot".into()],
-                        ..Default::default()
-                    },
+                    Subjects::clients(&["bot"]),
                     &["llama3.2:1b"],
                     &[Inference],
                 ),
-                rule(
+                Rule::new(
                     "acme",
                     Subjects {
                         tenants: vec!["acme".into()],
@@ -281,7 +297,7 @@ mod tests {
                     &["acme-*"],
                     &[Inference],
                 ),
-                rule(
+                Rule::new(
                     "scoped",
                     Subjects {
                         scopes: vec!["llm:read".into()],
@@ -290,7 +306,7 @@ mod tests {
                     &["*"],
                     &[Read],
                 ),
-                rule(
+                Rule::new(
                     "dave",
                     Subjects {
                         users: vec!["dave".into()],
@@ -369,14 +385,11 @@ mod tests {
 
     #[test]
     fn bad_rules_are_refused() {
-        let ok = Subjects {
-            groups: vec!["g".into()],
-            ..Default::default()
-        };
-        assert!(validate(&[rule("r", ok.clone(), &["*"], &[EndpointClass::Read])]).is_ok());
-        assert!(validate(&[rule("", ok.clone(), &["*"], &[EndpointClass::Read])]).is_err());
+        let ok = Subjects::groups(&["g"]);
+        assert!(validate(&[Rule::new("r", ok.clone(), &["*"], &[EndpointClass::Read])]).is_ok());
+        assert!(validate(&[Rule::new("", ok.clone(), &["*"], &[EndpointClass::Read])]).is_err());
         assert!(
-            validate(&[rule(
+            validate(&[Rule::new(
                 "r",
                 Subjects::default(),
                 &["*"],
@@ -384,8 +397,8 @@ mod tests {
             )])
             .is_err()
         );
-        assert!(validate(&[rule("r", ok.clone(), &[], &[EndpointClass::Read])]).is_err());
-        assert!(validate(&[rule("r", ok.clone(), &["a b"], &[EndpointClass::Read])]).is_err());
-        assert!(validate(&[rule("r", ok, &["*"], &[])]).is_err());
+        assert!(validate(&[Rule::new("r", ok.clone(), &[], &[EndpointClass::Read])]).is_err());
+        assert!(validate(&[Rule::new("r", ok.clone(), &["a b"], &[EndpointClass::Read])]).is_err());
+        assert!(validate(&[Rule::new("r", ok, &["*"], &[])]).is_err());
     }
 }
