@@ -3,5 +3,7 @@
 //! attach-gateway into matching model pods.
 #![forbid(unsafe_code)]
 
+pub mod crd;
+
 /// The binary's name, as shown in `--help` and in logs.
 pub const BINARY_NAME: &str = "attach-operator";

@@ -1,0 +1,207 @@
+//! `IdentityProvider` (namespaced) and `ClusterIdentityProvider`
+//! (cluster-scoped): an OIDC issuer whose tokens backends accept.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A default claim mapping for a well-known identity provider.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Auth0,
+    Okta,
+    Descope,
+    Keycloak,
+    Entra,
+    #[default]
+    Generic,
+}
+
+/// An asymmetric JWS algorithm (HMAC and `none` cannot be named).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+/// Where the caller's identity is in the token; each field overrides the
+/// preset with a claim path (`a.b`, `https://ns.example/roles`, `a|b`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimPaths {
+    /// The user claim (default `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The groups claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<String>,
+    /// The roles claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<String>,
+    /// The scopes claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<String>,
+    /// The tenant claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Auth0's custom-claim namespace, e.g. `https://example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key inside the Secret.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// RFC 8693 token exchange at this IdP (used by a later release).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchange {
+    /// The token endpoint.
+    pub token_endpoint: String,
+    /// The client that exchanges tokens.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret_ref: SecretKeyRef,
+    /// The audience of the exchanged token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Scopes of the exchanged token.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// What an IdP reports once checked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityProviderStatus {
+    /// `Ready`: discovery reachable and the keys parse.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The JWKS URL in use (discovered or configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Signing keys found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_count: Option<u32>,
+    /// When the keys were last fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<Time>,
+}
+
+/// Declares the spec struct of one identity-provider kind; both kinds share
+/// every field and rule.
+macro_rules! identity_provider_spec {
+    ($(#[$kube:meta])* $name:ident) => {
+        /// An OIDC identity provider whose access tokens backends accept.
+        // Printcolumns repeat `type_ = "string"`; not duplicated attributes.
+        #[allow(clippy::duplicated_attributes)]
+        #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+        $(#[$kube])*
+        #[serde(rename_all = "camelCase")]
+        #[x_kube(validation = Rule::new("self.issuer.startsWith('https://') || (has(self.insecure) && self.insecure)").message("spec.issuer must be an https:// URL (http:// only with insecure: true)").field_path(".issuer"))]
+        #[x_kube(validation = Rule::new("!has(self.jwksUri) || self.jwksUri.startsWith('https://') || (has(self.insecure) && self.insecure)").message("spec.jwksUri must be an https:// URL (http:// only with insecure: true)").field_path(".jwksUri"))]
+        pub struct $name {
+            /// The issuer URL, exactly as tokens carry it in `iss`.
+            #[schemars(length(min = 1))]
+            pub issuer: String,
+            /// Accepted `aud` values; a token must carry at least one.
+            #[schemars(length(min = 1))]
+            pub audiences: Vec<String>,
+            /// The JWKS URL; without it, OIDC discovery finds it.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub jwks_uri: Option<String>,
+            /// The IdP's claim conventions: auth0, okta, descope, keycloak, entra or generic.
+            #[serde(default)]
+            pub preset: Preset,
+            /// Claim paths overriding the preset.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub claims: Option<ClaimPaths>,
+            /// Allowed signing algorithms (default: every asymmetric one).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub algorithms: Option<Vec<Algorithm>>,
+            /// Clock skew allowed on exp/nbf/iat, in seconds (default 60).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(range(min = 0, max = 600))]
+            pub leeway_seconds: Option<u32>,
+            /// Allow an http:// issuer or JWKS URL. For local testing only.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub insecure: Option<bool>,
+            /// RFC 8693 token exchange settings.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub token_exchange: Option<TokenExchange>,
+        }
+    };
+}
+
+identity_provider_spec!(
+    #[kube(
+        group = "attach.dev",
+        version = "v1alpha1",
+        kind = "IdentityProvider",
+        namespaced,
+        status = "IdentityProviderStatus",
+        shortname = "idp",
+        category = "attach",
+        doc = "An OIDC identity provider, in this namespace, whose access tokens LLMBackends here may accept.",
+        printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer"),
+        printcolumn(
+            name = "Ready",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+        ),
+        printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        )
+    )]
+    IdentityProviderSpec
+);
+
+identity_provider_spec!(
+    #[kube(
+        group = "attach.dev",
+        version = "v1alpha1",
+        kind = "ClusterIdentityProvider",
+        status = "IdentityProviderStatus",
+        shortname = "cidp",
+        category = "attach",
+        doc = "An OIDC identity provider declared once for the whole cluster; any LLMBackend may accept its tokens.",
+        printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer"),
+        printcolumn(
+            name = "Ready",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+        ),
+        printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        )
+    )]
+    ClusterIdentityProviderSpec
+);
