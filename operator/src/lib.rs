@@ -3,6 +3,7 @@
 //! attach-gateway into matching model pods.
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod crd;
 
 /// The binary's name, as shown in `--help` and in logs.

@@ -6,7 +6,6 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use attach_sidecar::config::GatewayConfig;
@@ -19,41 +18,7 @@ use crate::wait::until_ready;
 /// Builds (once per test process) and returns the gateway binary, so a test
 /// never runs a stale one.
 pub fn binary() -> Result<PathBuf, HarnessError> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "attach-sidecar",
-                    "--bin",
-                    "attach-gateway",
-                ])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .map_err(|e| format!("cargo build attach-gateway: {e}"))?;
-            if !status.success() {
-                return Err(format!("cargo build attach-gateway: {status}"));
-            }
-            // This test binary is target/<profile>/deps/<name>; the gateway is
-            // target/<profile>/attach-gateway.
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .ok_or("cannot find the target folder")?;
-            let bin = dir.join("attach-gateway");
-            if bin.exists() {
-                Ok(bin)
-            } else {
-                Err(format!("{} was not built", bin.display()))
-            }
-        })
-        .clone()
-        .map_err(HarnessError::Other)
+    crate::binaries::build("attach-sidecar", "attach-gateway")
 }
 
 /// A running gateway process. Stopped on drop.

@@ -9,6 +9,7 @@
 //! exits.
 #![forbid(unsafe_code)]
 
+pub mod binaries;
 pub mod control_plane;
 pub mod error;
 pub mod gateway;

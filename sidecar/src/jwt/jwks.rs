@@ -256,31 +256,8 @@ impl JwksCache {
         Ok(set)
     }
 
-    /// Finds `jwks_uri` in the issuer's discovery document. The document must
-    /// name the same issuer (OpenID Connect Discovery §4.3), and an HTTPS
-    /// issuer's keys must come over HTTPS too.
     async fn discover(&self, issuer: &str) -> Result<String, RefreshError> {
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            issuer.trim_end_matches('/')
-        );
-        let doc: Value = self.http.get_json(&url).await?;
-        let named = doc.get("issuer").and_then(Value::as_str);
-        if named != Some(issuer) {
-            return Err(RefreshError::Discovery(format!(
-                "the discovery document names issuer {named:?}, not {issuer:?}"
-            )));
-        }
-        let jwks_uri = doc
-            .get("jwks_uri")
-            .and_then(Value::as_str)
-            .ok_or(RefreshError::NoJwksUri)?;
-        if issuer.starts_with("https://") && !jwks_uri.starts_with("https://") {
-            return Err(RefreshError::Discovery(format!(
-                "jwks_uri {jwks_uri:?} is not https:// for an https:// issuer"
-            )));
-        }
-        Ok(jwks_uri.to_owned())
+        discover_jwks_uri(&self.http, issuer).await
     }
 
     /// Loads the keys now and then keeps them fresh in a background task.
@@ -308,4 +285,31 @@ impl JwksCache {
             }
         });
     }
+}
+
+/// Finds `jwks_uri` in `issuer`'s discovery document. The document must name
+/// the same issuer (OpenID Connect Discovery §4.3), and an HTTPS issuer's
+/// keys must come over HTTPS too.
+pub async fn discover_jwks_uri(http: &IdpClient, issuer: &str) -> Result<String, RefreshError> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let doc: Value = http.get_json(&url).await?;
+    let named = doc.get("issuer").and_then(Value::as_str);
+    if named != Some(issuer) {
+        return Err(RefreshError::Discovery(format!(
+            "the discovery document names issuer {named:?}, not {issuer:?}"
+        )));
+    }
+    let jwks_uri = doc
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .ok_or(RefreshError::NoJwksUri)?;
+    if issuer.starts_with("https://") && !jwks_uri.starts_with("https://") {
+        return Err(RefreshError::Discovery(format!(
+            "jwks_uri {jwks_uri:?} is not https:// for an https:// issuer"
+        )));
+    }
+    Ok(jwks_uri.to_owned())
 }

@@ -1,0 +1,193 @@
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+//! The identity-provider controllers, as the operator process, on the real
+//! API server and Keycloak: status reports the discovered keys, an
+//! unreachable IdP is `Ready=False` with a reason and a Warning Event, and a
+//! fixed one recovers with a Normal Event.
+
+mod common;
+
+use std::time::Duration;
+
+use attach_operator::crd::{ClusterIdentityProvider, IdentityProvider};
+use attach_tests::keycloak::{OTHER_REALM, REALM};
+use attach_tests::process::{self, Supervised};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+
+fn install_crds(world: &attach_tests::World) {
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+    let out = world
+        .kubectl()
+        .unwrap()
+        .args(["apply", "-f", crds])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = world
+        .kubectl()
+        .unwrap()
+        .args([
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "-f",
+            crds,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn start_operator(world: &attach_tests::World, dir: &std::path::Path) -> Supervised {
+    let bin = attach_tests::binaries::build("attach-operator", "attach-operator").unwrap();
+    let mut cmd = process::command(bin);
+    cmd.env("KUBECONFIG", &world.control_plane().unwrap().kubeconfig)
+        .arg("--log-format")
+        .arg("text");
+    Supervised::spawn("attach-operator", cmd, dir.join("operator.log")).unwrap()
+}
+
+fn idp(name: &str, issuer: &str) -> IdentityProvider {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "attach.dev/v1alpha1", "kind": "IdentityProvider",
+        "metadata": {"name": name},
+        "spec": {"issuer": issuer, "insecure": true, "audiences": ["attach-gateway"], "preset": "keycloak"},
+    }))
+    .unwrap()
+}
+
+/// Polls until the object's Ready condition has `status`; returns the object.
+async fn wait_ready<K>(api: &Api<K>, name: &str, status: &str) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    for _ in 0..150 {
+        let obj = api.get(name).await.unwrap();
+        let json = serde_json::to_value(&obj).unwrap();
+        let ready = json["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["status"].as_str().map(str::to_owned));
+        if ready.as_deref() == Some(status) {
+            return obj;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{name} never became Ready={status}: {:?}",
+        api.get(name).await.unwrap()
+    );
+}
+
+async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let list = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn identity_providers_report_keys_failures_and_recovery() {
+    let world = common::world();
+    let kc = world.keycloak().unwrap();
+    install_crds(world);
+    let dir = tempfile::tempdir().unwrap();
+    let _operator = start_operator(world, dir.path());
+    let ns = world.namespace("idp").await.unwrap();
+    let client = world.client().await.unwrap();
+    let idps: Api<IdentityProvider> = Api::namespaced(client.clone(), &ns);
+
+    idps.create(&PostParams::default(), &idp("keycloak", &kc.issuer(REALM)))
+        .await
+        .unwrap();
+    let ready = wait_ready(&idps, "keycloak", "True").await;
+    let status = ready.status.unwrap();
+    assert_eq!(
+        status.jwks_uri.as_deref(),
+        Some(kc.jwks_uri(REALM).as_str()),
+        "discovered"
+    );
+    assert!(status.key_count.unwrap() >= 1);
+    assert!(status.last_refresh.is_some());
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.conditions[0].reason, "KeysLoaded");
+
+    // An IdP nobody answers for: not ready, with a reason a user can act on.
+    idps.create(
+        &PostParams::default(),
+        &idp("unreachable", "http://127.0.0.1:9/realms/none"),
+    )
+    .await
+    .unwrap();
+    let failed = wait_ready(&idps, "unreachable", "False").await;
+    let condition = &failed.status.unwrap().conditions[0];
+    assert_eq!(condition.reason, "DiscoveryFailed");
+    assert!(
+        condition.message.contains("http://127.0.0.1:9/realms/none"),
+        "{}",
+        condition.message
+    );
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        events = events_for(&client, &ns, "unreachable").await;
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        events.contains(&("Warning".into(), "DiscoveryFailed".into())),
+        "{events:?}"
+    );
+
+    // Fixed: it recovers, with a Normal event.
+    let fix = serde_json::json!({"spec": {"issuer": kc.issuer(REALM)}});
+    idps.patch("unreachable", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    let recovered = wait_ready(&idps, "unreachable", "True").await;
+    assert_eq!(recovered.status.unwrap().observed_generation, Some(2));
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        events = events_for(&client, &ns, "unreachable").await;
+        if events.iter().any(|(_, r)| r == "IdentityProviderReady") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        events.contains(&("Normal".into(), "IdentityProviderReady".into())),
+        "{events:?}"
+    );
+
+    // The cluster-scoped kind, for the second realm.
+    let cidps: Api<ClusterIdentityProvider> = Api::all(client.clone());
+    let name = format!("other-{ns}");
+    let cidp: ClusterIdentityProvider = serde_json::from_value(serde_json::json!({
+        "apiVersion": "attach.dev/v1alpha1", "kind": "ClusterIdentityProvider",
+        "metadata": {"name": name},
+        "spec": {"issuer": kc.issuer(OTHER_REALM), "insecure": true, "audiences": ["attach-gateway"]},
+    }))
+    .unwrap();
+    cidps.create(&PostParams::default(), &cidp).await.unwrap();
+    let ready = wait_ready(&cidps, &name, "True").await;
+    assert_eq!(
+        ready.status.unwrap().jwks_uri.as_deref(),
+        Some(kc.jwks_uri(OTHER_REALM).as_str())
+    );
+    cidps.delete(&name, &Default::default()).await.unwrap();
+}
