@@ -5,6 +5,7 @@
 
 pub mod controller;
 pub mod crd;
+pub mod render;
 
 /// The binary's name, as shown in `--help` and in logs.
 pub const BINARY_NAME: &str = "attach-operator";
