@@ -28,33 +28,6 @@ fn kubectl(world: &World, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn install_crds(world: &World) {
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
-    let out = kubectl(world, &["apply", "-f", crds], None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl(
-        world,
-        &[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=30s",
-            "-f",
-            crds,
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 const VALID: &str = r#"
 apiVersion: attach.dev/v1alpha1
 kind: ClusterIdentityProvider
@@ -95,7 +68,7 @@ spec:
 #[tokio::test]
 async fn valid_objects_are_stored_and_explained() {
     let world = common::world();
-    install_crds(world);
+    common::install_crds();
     let ns = world.namespace("crds").await.unwrap();
     let manifest = VALID.replace("corp-NS", &format!("corp-{ns}"));
     let out = kubectl(world, &["apply", "-n", &ns, "-f", "-"], Some(&manifest));
@@ -133,7 +106,7 @@ async fn valid_objects_are_stored_and_explained() {
 #[tokio::test]
 async fn invalid_objects_are_refused_naming_the_field() {
     let world = common::world();
-    install_crds(world);
+    common::install_crds();
     let ns = world.namespace("crds").await.unwrap();
     let backend = |spec: &str| {
         format!(

@@ -14,39 +14,6 @@ use attach_tests::process::{self, Supervised};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 
-fn install_crds(world: &attach_tests::World) {
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
-    let out = world
-        .kubectl()
-        .unwrap()
-        .args(["apply", "-f", crds])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = world
-        .kubectl()
-        .unwrap()
-        .args([
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=30s",
-            "-f",
-            crds,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn start_operator(world: &attach_tests::World, dir: &std::path::Path) -> Supervised {
     let bin = attach_tests::binaries::build("attach-operator", "attach-operator").unwrap();
     let mut cmd = process::command(bin);
@@ -104,7 +71,7 @@ async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<(String,
 async fn identity_providers_report_keys_failures_and_recovery() {
     let world = common::world();
     let kc = world.keycloak().unwrap();
-    install_crds(world);
+    common::install_crds();
     let dir = tempfile::tempdir().unwrap();
     let _operator = start_operator(world, dir.path());
     let ns = world.namespace("idp").await.unwrap();

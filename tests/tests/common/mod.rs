@@ -22,3 +22,35 @@ pub fn gateway_config(model: &MockModel) -> GatewayConfig {
     config.upstream.url = model.url();
     config
 }
+
+/// Installs the generated CRDs (once per test process; server-side apply,
+/// so concurrent installs from other processes do not conflict) and waits
+/// until the API server serves them.
+pub fn install_crds() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+        let kubectl = |args: &[&str]| {
+            let out = world()
+                .kubectl()
+                .expect("the world has a control plane")
+                .args(args)
+                .output()
+                .expect("kubectl runs");
+            assert!(
+                out.status.success(),
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
+        kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "-f",
+            crds,
+        ]);
+    });
+}
