@@ -111,7 +111,8 @@ pub struct IdentityProviderStatus {
 }
 
 /// Declares the spec struct of one identity-provider kind; both kinds share
-/// every field and rule.
+/// every field, rule, printer column and the status type, and differ only in
+/// kind, scope, short name and description.
 macro_rules! identity_provider_spec {
     ($(#[$kube:meta])* $name:ident) => {
         /// An OIDC identity provider whose access tokens backends accept.
@@ -119,6 +120,24 @@ macro_rules! identity_provider_spec {
         #[allow(clippy::duplicated_attributes)]
         #[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
         $(#[$kube])*
+        #[kube(
+            group = "attach.dev",
+            version = "v1alpha1",
+            status = "IdentityProviderStatus",
+            category = "attach",
+            printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer"),
+            printcolumn(
+                name = "Ready",
+                type_ = "string",
+                json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+            ),
+            printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
+            printcolumn(
+                name = "Age",
+                type_ = "date",
+                json_path = ".metadata.creationTimestamp"
+            )
+        )]
         #[serde(rename_all = "camelCase")]
         #[x_kube(validation = Rule::new("self.issuer.startsWith('https://') || (has(self.insecure) && self.insecure)").message("spec.issuer must be an https:// URL (http:// only with insecure: true)").field_path(".issuer"))]
         #[x_kube(validation = Rule::new("!has(self.jwksUri) || self.jwksUri.startsWith('https://') || (has(self.insecure) && self.insecure)").message("spec.jwksUri must be an https:// URL (http:// only with insecure: true)").field_path(".jwksUri"))]
@@ -157,51 +176,19 @@ macro_rules! identity_provider_spec {
 
 identity_provider_spec!(
     #[kube(
-        group = "attach.dev",
-        version = "v1alpha1",
         kind = "IdentityProvider",
         namespaced,
-        status = "IdentityProviderStatus",
         shortname = "idp",
-        category = "attach",
-        doc = "An OIDC identity provider, in this namespace, whose access tokens LLMBackends here may accept.",
-        printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer"),
-        printcolumn(
-            name = "Ready",
-            type_ = "string",
-            json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-        ),
-        printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
-        printcolumn(
-            name = "Age",
-            type_ = "date",
-            json_path = ".metadata.creationTimestamp"
-        )
+        doc = "An OIDC identity provider, in this namespace, whose access tokens LLMBackends here may accept."
     )]
     IdentityProviderSpec
 );
 
 identity_provider_spec!(
     #[kube(
-        group = "attach.dev",
-        version = "v1alpha1",
         kind = "ClusterIdentityProvider",
-        status = "IdentityProviderStatus",
         shortname = "cidp",
-        category = "attach",
-        doc = "An OIDC identity provider declared once for the whole cluster; any LLMBackend may accept its tokens.",
-        printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuer"),
-        printcolumn(
-            name = "Ready",
-            type_ = "string",
-            json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-        ),
-        printcolumn(name = "Keys", type_ = "integer", json_path = ".status.keyCount"),
-        printcolumn(
-            name = "Age",
-            type_ = "date",
-            json_path = ".metadata.creationTimestamp"
-        )
+        doc = "An OIDC identity provider declared once for the whole cluster; any LLMBackend may accept its tokens."
     )]
     ClusterIdentityProviderSpec
 );
