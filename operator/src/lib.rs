@@ -3,8 +3,12 @@
 //! attach-gateway into matching model pods.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
+pub mod ports;
 pub mod render;
 
 /// The binary's name, as shown in `--help` and in logs.

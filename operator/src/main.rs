@@ -1,8 +1,16 @@
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use attach_operator::admin::{self, Health};
+use attach_operator::leader::{Candidate, Election};
+use attach_operator::metrics::Metrics;
+use clap::{ArgAction, Parser, ValueEnum};
+use futures::FutureExt;
 use tracing_subscriber::EnvFilter;
 
 /// Declarative OIDC auth and quotas for self-hosted LLMs on Kubernetes.
@@ -12,11 +20,29 @@ use tracing_subscriber::EnvFilter;
 #[command(name = attach_operator::BINARY_NAME, version, about, long_about)]
 struct Args {
     /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "ATTACH_LOG_FORMAT")]
     log_format: LogFormat,
-    /// Log filter (or $ATTACH_LOG), e.g. `info` or `attach_operator=debug`.
-    #[arg(long)]
+    /// Log filter, e.g. `info` or `attach_operator=debug`.
+    #[arg(long, env = "ATTACH_LOG")]
     log_level: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "ATTACH_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
+    /// Run the controllers only while holding the leader Lease.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, env = "ATTACH_LEADER_ELECT")]
+    leader_elect: bool,
+    /// The leader Lease's name.
+    #[arg(long, default_value = "attach-operator", env = "ATTACH_LEASE_NAME")]
+    lease_name: String,
+    /// The leader Lease's namespace (the operator's own).
+    #[arg(long, default_value = "default", env = "POD_NAMESPACE")]
+    lease_namespace: String,
+    /// How long the Lease holds without renewal, in seconds.
+    #[arg(long, default_value_t = 15, env = "ATTACH_LEASE_DURATION_SECONDS")]
+    lease_duration_seconds: u64,
+    /// This replica's identity in the election (default: host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -27,11 +53,7 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = args
-        .log_level
-        .clone()
-        .or_else(|| std::env::var("ATTACH_LOG").ok())
-        .unwrap_or_else(|| "info".into());
+    let filter = args.log_level.clone().unwrap_or_else(|| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr);
@@ -49,21 +71,93 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let client = match kube::Client::try_default().await {
-            Ok(client) => client,
-            Err(e) => {
-                eprintln!("attach-operator: cannot reach the Kubernetes API: {e}");
-                return ExitCode::from(69);
-            }
-        };
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            "attach-operator starting"
-        );
-        attach_operator::controller::run(client, shutdown_signal()).await;
-        ExitCode::SUCCESS
-    })
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let shutdown = shutdown_signal().boxed().shared();
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = match admin::bind(args.metrics_addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(addr = %args.metrics_addr, error = %e, "cannot serve metrics and health");
+            return ExitCode::from(69);
+        }
+    };
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    tokio::spawn(admin::serve(listener, health, shutdown.clone()));
+
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot configure the Kubernetes client");
+            return ExitCode::from(69);
+        }
+    };
+    if let Err(e) = client.apiserver_version().await {
+        tracing::error!(error = %e, "cannot reach the Kubernetes API server");
+        return ExitCode::from(69);
+    }
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        metrics = %args.metrics_addr,
+        "attach-operator starting"
+    );
+
+    if !args.leader_elect {
+        metrics.leader.set(1);
+        attach_operator::controller::run(client, metrics, shutdown).await;
+        return ExitCode::SUCCESS;
+    }
+    let election = Election {
+        lease_name: args.lease_name,
+        namespace: args.lease_namespace,
+        identity: args.identity.unwrap_or_else(default_identity),
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+    };
+    let mut candidate = match Candidate::join(client.clone(), &election).await {
+        Ok(candidate) => candidate,
+        Err(e) => {
+            tracing::error!(error = %e, lease = %election.lease_name, "cannot join the leader election");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(identity = %election.identity, lease = %election.lease_name, "waiting to lead");
+    tokio::select! {
+        leading = candidate.leading() => if !leading {
+            tracing::error!("the leader election stopped");
+            return ExitCode::FAILURE;
+        },
+        () = shutdown.clone() => {
+            candidate.resign().await;
+            return ExitCode::SUCCESS;
+        }
+    }
+    tracing::info!(identity = %election.identity, "leading: controllers start");
+    metrics.leader.set(1);
+    let lost = tokio::select! {
+        () = attach_operator::controller::run(client, metrics.clone(), shutdown) => false,
+        () = candidate.lost() => true,
+    };
+    metrics.leader.set(0);
+    candidate.resign().await;
+    if lost {
+        tracing::error!("lost the leader lease; exiting so that a fresh process rejoins");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "attach-operator".into());
+    format!("{host}-{}", std::process::id())
 }
 
 async fn shutdown_signal() {
@@ -81,4 +175,5 @@ async fn shutdown_signal() {
         () = term => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    tracing::info!("shutting down");
 }

@@ -8,6 +8,8 @@ use attach_sidecar::policy::{EndpointClass as GatewayClass, Rule, Subjects as Ga
 use attach_sidecar::quota::store::{FailMode as GatewayFailMode, StoreConfig};
 use attach_sidecar::quota::{QuotaKey as GatewayQuotaKey, QuotaLimit};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::crd::identity_provider::{Algorithm, Preset};
 use crate::crd::llm_backend::{
@@ -38,14 +40,60 @@ pub struct Ports {
     pub upstream: u16,
 }
 
+/// Where the injected gateway finds its config and its secrets.
+pub const CONFIG_DIR: &str = "/etc/attach/config";
+/// The config file's key in the ConfigMap (and name in [`CONFIG_DIR`]).
+pub const CONFIG_KEY: &str = "gateway.yaml";
+/// Where the owned Secret is mounted.
+pub const SECRETS_DIR: &str = "/etc/attach/secrets";
+/// The Redis URL's key in the owned Secret.
+pub const REDIS_URL_KEY: &str = "redis-url";
+
+/// A rendered backend: the config (which names secrets by file only) and the
+/// secret values that go to the owned Secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub config: GatewayConfig,
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl Rendered {
+    /// The config as the gateway reads it.
+    pub fn config_yaml(&self) -> String {
+        serde_yaml::to_string(&self.config).unwrap_or_default()
+    }
+
+    /// The hash that names this rendering in annotations and status: SHA-256
+    /// over the config's canonical JSON and the secret values, first 16 hex
+    /// digits. A changed secret changes it, though the config text does not.
+    pub fn hash(&self) -> String {
+        let mut digest = Sha256::new();
+        digest.update(serde_json::to_vec(&self.config).unwrap_or_default());
+        for (key, value) in &self.secrets {
+            digest.update([0]);
+            digest.update(key.as_bytes());
+            digest.update([0]);
+            digest.update(value.as_bytes());
+        }
+        digest
+            .finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 /// The gateway config for `spec`. `redis_url` is the resolved Secret value
-/// when the quota store is Redis.
+/// when the quota store is Redis; it goes to the secrets, the config names
+/// its file.
 pub fn render(
     spec: &LLMBackendSpec,
     idps: &[ResolvedIdp],
     redis_url: Option<String>,
     ports: Ports,
-) -> GatewayConfig {
+) -> Rendered {
+    let mut secrets = BTreeMap::new();
     let mut config = GatewayConfig::new(idps.iter().map(issuer).collect());
     config.listen.port = ports.listen;
     config.admin.port = ports.admin;
@@ -89,8 +137,10 @@ pub fn render(
     if let (Some(store), Some(url)) = (&spec.quota_store, redis_url)
         && store.type_ == QuotaStoreType::Redis
     {
+        secrets.insert(REDIS_URL_KEY.to_owned(), url);
         config.quotas.store = StoreConfig::Redis {
-            url,
+            url: String::new(),
+            url_file: Some(Path::new(SECRETS_DIR).join(REDIS_URL_KEY)),
             fail_mode: match store.fail_mode {
                 FailMode::Closed => GatewayFailMode::Closed,
                 FailMode::Open => GatewayFailMode::Open,
@@ -99,30 +149,22 @@ pub fn render(
         };
     }
     config.audit.enabled = spec.audit.as_ref().and_then(|a| a.enabled).unwrap_or(true);
-    config
+    Rendered { config, secrets }
 }
 
 /// The config of a backend whose references cannot be resolved: it verifies
 /// nothing and denies everything (fail closed), but still answers probes.
-pub fn render_deny_all(spec: &LLMBackendSpec, ports: Ports) -> GatewayConfig {
+pub fn render_deny_all(spec: &LLMBackendSpec, ports: Ports) -> Rendered {
     let mut config = GatewayConfig::new(Vec::new());
     config.listen.port = ports.listen;
     config.admin.port = ports.admin;
     config.upstream.url = format!("http://127.0.0.1:{}", ports.upstream);
     config.unauthenticated_paths = spec.unauthenticated_paths.clone();
     config.deny_all = true;
-    config
-}
-
-/// The hash that names a config in annotations and status: SHA-256 of its
-/// canonical JSON, first 16 hex digits.
-pub fn config_hash(config: &GatewayConfig) -> String {
-    let json = serde_json::to_vec(config).unwrap_or_default();
-    Sha256::digest(&json)
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Rendered {
+        config,
+        secrets: BTreeMap::new(),
+    }
 }
 
 fn issuer(idp: &ResolvedIdp) -> IssuerConfig {
@@ -241,12 +283,13 @@ mod tests {
 
     #[test]
     fn a_backend_renders_into_a_valid_gateway_config() {
-        let config = render(
+        let rendered = render(
             &spec(),
             &[keycloak()],
-            Some("redis://r:6379/0".into()),
+            Some("redis://:pw@r:6379/0".into()),
             PORTS,
         );
+        let config = &rendered.config;
         config.validate().unwrap();
         assert_eq!(config.listen.port, 11434);
         assert_eq!(config.upstream.url, "http://127.0.0.1:11435");
@@ -268,27 +311,49 @@ mod tests {
         assert_eq!(config.unauthenticated_paths, ["/"]);
         assert!(!config.deny_all);
         // What the operator writes is what the gateway reads.
-        let yaml = serde_yaml::to_string(&config).unwrap();
-        assert_eq!(GatewayConfig::parse(&yaml).unwrap(), config);
+        let yaml = rendered.config_yaml();
+        assert_eq!(&GatewayConfig::parse(&yaml).unwrap(), config);
+        // The Redis password goes to the Secret; the config names the file.
+        assert!(!yaml.contains("pw@"), "{yaml}");
+        assert!(
+            yaml.contains("urlFile: /etc/attach/secrets/redis-url"),
+            "{yaml}"
+        );
+        assert_eq!(rendered.secrets[REDIS_URL_KEY], "redis://:pw@r:6379/0");
     }
 
     #[test]
     fn the_hash_changes_with_the_config_and_only_then() {
-        let a = render(&spec(), &[keycloak()], None, PORTS);
-        let b = render(&spec(), &[keycloak()], None, PORTS);
-        assert_eq!(config_hash(&a), config_hash(&b));
+        let url = || Some("redis://r:6379/0".to_owned());
+        let a = render(&spec(), &[keycloak()], url(), PORTS);
+        let b = render(&spec(), &[keycloak()], url(), PORTS);
+        assert_eq!(a.hash(), b.hash());
         let mut changed = spec();
         changed.quotas[0].tokens_per_minute = Some(10_000);
         assert_ne!(
-            config_hash(&a),
-            config_hash(&render(&changed, &[keycloak()], None, PORTS))
+            a.hash(),
+            render(&changed, &[keycloak()], url(), PORTS).hash()
         );
-        assert_eq!(config_hash(&a).len(), 16);
+        let other_secret = render(
+            &spec(),
+            &[keycloak()],
+            Some("redis://r2:6379/0".into()),
+            PORTS,
+        );
+        assert_eq!(other_secret.config, a.config);
+        assert_ne!(
+            other_secret.hash(),
+            a.hash(),
+            "a changed secret changes the hash"
+        );
+        assert_eq!(a.hash().len(), 16);
     }
 
     #[test]
     fn unresolved_backends_fail_closed() {
-        let config = render_deny_all(&spec(), PORTS);
+        let rendered = render_deny_all(&spec(), PORTS);
+        assert!(rendered.secrets.is_empty());
+        let config = rendered.config;
         config.validate().unwrap();
         assert!(config.deny_all);
         assert!(config.issuers.is_empty(), "no token can verify");

@@ -501,7 +501,28 @@ impl GatewayConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text)
+        let mut config: Self = serde_yaml::from_str(&text)?;
+        config.read_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the values the config names by file (`quotas.store.urlFile`),
+    /// as mounted Secrets are. Their contents are never logged.
+    pub fn read_files(&mut self) -> Result<(), ConfigError> {
+        if let StoreConfig::Redis {
+            url,
+            url_file: Some(path),
+            ..
+        } = &mut self.quotas.store
+        {
+            let text = std::fs::read_to_string(&*path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            *url = text.trim().to_owned();
+        }
+        Ok(())
     }
 
     /// Parses and validates config text.
@@ -577,14 +598,21 @@ impl GatewayConfig {
             .map_err(|(i, message)| ConfigError::invalid(format!("access.rules[{i}]"), message))?;
         crate::quota::limits::validate(&self.quotas.limits)
             .map_err(|(i, message)| ConfigError::invalid(format!("quotas.limits[{i}]"), message))?;
-        if let StoreConfig::Redis { url, .. } = &self.quotas.store
-            && redis::Client::open(url.as_str()).is_err()
-        {
-            // The URL may hold a password: it is not repeated here.
-            return Err(ConfigError::invalid(
-                "quotas.store.url",
-                "is not a redis:// URL",
-            ));
+        if let StoreConfig::Redis { url, url_file, .. } = &self.quotas.store {
+            if url.is_empty() && url_file.is_none() {
+                return Err(ConfigError::invalid(
+                    "quotas.store.url",
+                    "url or urlFile is required for a redis store",
+                ));
+            }
+            // Empty with a urlFile: the file is read when the config is loaded.
+            if !url.is_empty() && redis::Client::open(url.as_str()).is_err() {
+                // The URL may hold a password: it is not repeated here.
+                return Err(ConfigError::invalid(
+                    "quotas.store.url",
+                    "is not a redis:// URL",
+                ));
+            }
         }
         if self.limits.token_cache_entries == 0 {
             return Err(ConfigError::invalid(
@@ -730,9 +758,17 @@ issuers:
             c.quotas.store,
             StoreConfig::Redis {
                 url: "redis://r:6379/0".into(),
+                url_file: None,
                 fail_mode: FailMode::Open,
                 key_prefix: "x:".into()
             }
+        );
+        let neither = minimal() + "quotas:\n  store: {type: redis}\n";
+        assert!(
+            GatewayConfig::parse(&neither)
+                .unwrap_err()
+                .to_string()
+                .contains("url or urlFile is required")
         );
         let bad = minimal() + "quotas:\n  store: {type: redis, url: \"http://r\"}\n";
         assert!(
@@ -744,6 +780,38 @@ issuers:
         assert_eq!(
             GatewayConfig::parse(&minimal()).unwrap().quotas.store,
             StoreConfig::Memory
+        );
+    }
+
+    #[test]
+    fn the_redis_url_is_read_from_a_mounted_secret_file() {
+        use crate::quota::store::StoreConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("redis-url");
+        std::fs::write(&secret, "redis://:s3cret@r:6379/0\n").unwrap();
+        let config_path = dir.path().join("gateway.yaml");
+        let yaml = format!(
+            "{}quotas:\n  store: {{type: redis, urlFile: {}}}\n",
+            minimal(),
+            secret.display()
+        );
+        std::fs::write(&config_path, &yaml).unwrap();
+        let c = GatewayConfig::load(&config_path).unwrap();
+        let StoreConfig::Redis { url, .. } = &c.quotas.store else {
+            panic!("not a redis store: {:?}", c.quotas.store);
+        };
+        assert_eq!(url, "redis://:s3cret@r:6379/0", "read and trimmed");
+
+        // A missing file is an error naming the file, never a memory store.
+        std::fs::remove_file(&secret).unwrap();
+        let err = GatewayConfig::load(&config_path).unwrap_err().to_string();
+        assert!(err.contains("redis-url"), "{err}");
+        // A file with no redis URL in it is refused without echoing it.
+        std::fs::write(&secret, "s3cret").unwrap();
+        let err = GatewayConfig::load(&config_path).unwrap_err().to_string();
+        assert!(
+            err.contains("quotas.store.url") && !err.contains("s3cret"),
+            "{err}"
         );
     }
 

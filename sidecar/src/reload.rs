@@ -64,6 +64,7 @@ pub fn load(path: &std::path::Path, overrides: &Overrides) -> Result<GatewayConf
         source,
     })?;
     let mut config: GatewayConfig = serde_yaml::from_str(&text)?;
+    config.read_files()?;
     overrides.apply(&mut config);
     config.validate()?;
     Ok(config)

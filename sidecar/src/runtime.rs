@@ -48,6 +48,7 @@ impl Shared {
             url,
             fail_mode,
             key_prefix,
+            ..
         } = &config.quotas.store
         {
             let redis = RedisStore::new(url, key_prefix, Arc::new(SystemClock)).map_err(|_| {

@@ -200,6 +200,7 @@ pub fn config_from_env(
         };
         config.quotas.store = StoreConfig::Redis {
             url,
+            url_file: None,
             fail_mode,
             key_prefix: "attach:quota:".into(),
         };

@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway;
 pub mod keycloak;
 pub mod mock_model;
+pub mod operator;
 pub mod pki;
 pub mod ports;
 pub mod process;

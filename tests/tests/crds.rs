@@ -184,6 +184,16 @@ async fn invalid_objects_are_refused_naming_the_field() {
             "spec.openai",
         ),
         (
+            "port out of range",
+            backend(&base.replace("port: 11434", "port: 70000")),
+            "spec.port",
+        ),
+        (
+            "port name with spaces",
+            backend(&base.replace("port: 11434", "port: \"my port\"")),
+            "spec.port",
+        ),
+        (
             "probe path without a slash",
             backend(&format!("{base}  unauthenticatedPaths: [health]\n")),
             "spec.unauthenticatedPaths[0]",

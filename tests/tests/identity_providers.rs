@@ -10,18 +10,8 @@ use std::time::Duration;
 
 use attach_operator::crd::{ClusterIdentityProvider, IdentityProvider};
 use attach_tests::keycloak::{OTHER_REALM, REALM};
-use attach_tests::process::{self, Supervised};
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-
-fn start_operator(world: &attach_tests::World, dir: &std::path::Path) -> Supervised {
-    let bin = attach_tests::binaries::build("attach-operator", "attach-operator").unwrap();
-    let mut cmd = process::command(bin);
-    cmd.env("KUBECONFIG", &world.control_plane().unwrap().kubeconfig)
-        .arg("--log-format")
-        .arg("text");
-    Supervised::spawn("attach-operator", cmd, dir.join("operator.log")).unwrap()
-}
+use attach_tests::operator::OperatorProcess;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 fn idp(name: &str, issuer: &str) -> IdentityProvider {
     serde_json::from_value(serde_json::json!({
@@ -32,48 +22,15 @@ fn idp(name: &str, issuer: &str) -> IdentityProvider {
     .unwrap()
 }
 
-/// Polls until the object's Ready condition has `status`; returns the object.
-async fn wait_ready<K>(api: &Api<K>, name: &str, status: &str) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    for _ in 0..150 {
-        let obj = api.get(name).await.unwrap();
-        let json = serde_json::to_value(&obj).unwrap();
-        let ready = json["status"]["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-            .and_then(|c| c["status"].as_str().map(str::to_owned));
-        if ready.as_deref() == Some(status) {
-            return obj;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{name} never became Ready={status}: {:?}",
-        api.get(name).await.unwrap()
-    );
-}
-
-async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<(String, String)> {
-    let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let list = events
-        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-        .await
-        .unwrap();
-    list.items
-        .into_iter()
-        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
-        .collect()
-}
-
 #[tokio::test]
 async fn identity_providers_report_keys_failures_and_recovery() {
     let world = common::world();
     let kc = world.keycloak().unwrap();
     common::install_crds();
-    let dir = tempfile::tempdir().unwrap();
-    let _operator = start_operator(world, dir.path());
+    let _operator =
+        OperatorProcess::start(world, &format!("idp-{}", std::process::id()), "idp", &[])
+            .await
+            .unwrap();
     let ns = world.namespace("idp").await.unwrap();
     let client = world.client().await.unwrap();
     let idps: Api<IdentityProvider> = Api::namespaced(client.clone(), &ns);
@@ -81,7 +38,7 @@ async fn identity_providers_report_keys_failures_and_recovery() {
     idps.create(&PostParams::default(), &idp("keycloak", &kc.issuer(REALM)))
         .await
         .unwrap();
-    let ready = wait_ready(&idps, "keycloak", "True").await;
+    let ready = common::wait_ready(&idps, "keycloak", "True").await;
     let status = ready.status.unwrap();
     assert_eq!(
         status.jwks_uri.as_deref(),
@@ -100,7 +57,7 @@ async fn identity_providers_report_keys_failures_and_recovery() {
     )
     .await
     .unwrap();
-    let failed = wait_ready(&idps, "unreachable", "False").await;
+    let failed = common::wait_ready(&idps, "unreachable", "False").await;
     let condition = &failed.status.unwrap().conditions[0];
     assert_eq!(condition.reason, "DiscoveryFailed");
     assert!(
@@ -110,7 +67,7 @@ async fn identity_providers_report_keys_failures_and_recovery() {
     );
     let mut events = Vec::new();
     for _ in 0..50 {
-        events = events_for(&client, &ns, "unreachable").await;
+        events = common::events_for(&client, &ns, "unreachable").await;
         if !events.is_empty() {
             break;
         }
@@ -126,11 +83,11 @@ async fn identity_providers_report_keys_failures_and_recovery() {
     idps.patch("unreachable", &PatchParams::default(), &Patch::Merge(&fix))
         .await
         .unwrap();
-    let recovered = wait_ready(&idps, "unreachable", "True").await;
+    let recovered = common::wait_ready(&idps, "unreachable", "True").await;
     assert_eq!(recovered.status.unwrap().observed_generation, Some(2));
     let mut events = Vec::new();
     for _ in 0..50 {
-        events = events_for(&client, &ns, "unreachable").await;
+        events = common::events_for(&client, &ns, "unreachable").await;
         if events.iter().any(|(_, r)| r == "IdentityProviderReady") {
             break;
         }
@@ -151,7 +108,7 @@ async fn identity_providers_report_keys_failures_and_recovery() {
     }))
     .unwrap();
     cidps.create(&PostParams::default(), &cidp).await.unwrap();
-    let ready = wait_ready(&cidps, &name, "True").await;
+    let ready = common::wait_ready(&cidps, &name, "True").await;
     assert_eq!(
         ready.status.unwrap().jwks_uri.as_deref(),
         Some(kc.jwks_uri(OTHER_REALM).as_str())

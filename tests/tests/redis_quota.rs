@@ -28,6 +28,7 @@ fn config(
     config.quotas.limits = vec![limit];
     config.quotas.store = StoreConfig::Redis {
         url: redis.url(),
+        url_file: None,
         fail_mode: mode,
         key_prefix: prefix.into(),
     };

@@ -1,56 +1,263 @@
-//! The controllers.
+//! The controllers, and the watches that wake them.
 
+pub mod conditions;
 pub mod identity_provider;
+pub mod llm_backend;
+pub mod owned;
+pub mod resolve;
+pub mod selection;
 
+use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use kube::Client;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
 
-use crate::crd::{ClusterIdentityProvider, IdentityProvider};
-use identity_provider::{Context, error_policy, reconcile, reporter};
+use crate::crd::llm_backend::{IdentityProviderKind, QuotaStoreType};
+use crate::crd::{ClusterIdentityProvider, IdentityProvider, LLMBackend};
+use crate::metrics::Metrics;
+use resolve::IdpStores;
 
-/// Runs every controller until `shutdown` resolves.
-pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>) {
-    let ctx = Arc::new(Context {
+/// Runs every controller until `shutdown` resolves; reconciles in flight
+/// finish first.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = shutdown.shared();
+    let recorder = Recorder::new(client.clone(), identity_provider::reporter());
+    let idp_ctx = Arc::new(identity_provider::Context {
         client: client.clone(),
         http: attach_sidecar::idp_client::IdpClient::new(),
-        recorder: Recorder::new(client.clone(), reporter()),
+        recorder: recorder.clone(),
     });
-    let idps = Controller::new(
+
+    let idps = {
+        let metrics = metrics.clone();
+        Controller::new(
+            Api::<IdentityProvider>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            move |obj, ctx| {
+                let metrics = metrics.clone();
+                async move {
+                    metrics
+                        .measure("IdentityProvider", identity_provider::reconcile(obj, ctx))
+                        .await
+                }
+            },
+            identity_provider::error_policy::<IdentityProvider>,
+            idp_ctx.clone(),
+        )
+        .for_each(|_| async {})
+    };
+    let cluster_idps = {
+        let metrics = metrics.clone();
+        Controller::new(
+            Api::<ClusterIdentityProvider>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            move |obj, ctx| {
+                let metrics = metrics.clone();
+                async move {
+                    metrics
+                        .measure(
+                            "ClusterIdentityProvider",
+                            identity_provider::reconcile(obj, ctx),
+                        )
+                        .await
+                }
+            },
+            identity_provider::error_policy::<ClusterIdentityProvider>,
+            idp_ctx,
+        )
+        .for_each(|_| async {})
+    };
+    let backends = backend_controller(client, recorder, metrics, shutdown);
+    futures::join!(idps, cluster_idps, backends);
+    tracing::info!("controllers stopped");
+}
+
+/// The LLMBackend controller with its watches: owned ConfigMaps and Secrets,
+/// referenced IdPs and Secrets, matching pods, and overlapping backends.
+async fn backend_controller(
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let owned_only = watcher::Config::default().labels(&owned::selector());
+    let controller = Controller::new(
+        Api::<LLMBackend>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let backends = controller.store();
+
+    let (idp_store, idp_writer) = reflector::store::<IdentityProvider>();
+    let idp_events = watcher(
         Api::<IdentityProvider>::all(client.clone()),
         watcher::Config::default(),
     )
-    .run(
-        reconcile::<IdentityProvider>,
-        error_policy::<IdentityProvider>,
-        ctx.clone(),
-    )
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "identity provider controller");
-        }
-    });
-    let cluster_idps = Controller::new(
-        Api::<ClusterIdentityProvider>::all(client),
+    .default_backoff()
+    .reflect(idp_writer)
+    .touched_objects();
+    let (cluster_store, cluster_writer) = reflector::store::<ClusterIdentityProvider>();
+    let cluster_events = watcher(
+        Api::<ClusterIdentityProvider>::all(client.clone()),
         watcher::Config::default(),
     )
-    .run(
-        reconcile::<ClusterIdentityProvider>,
-        error_policy::<ClusterIdentityProvider>,
-        ctx,
+    .default_backoff()
+    .reflect(cluster_writer)
+    .touched_objects();
+    let (pod_store, pod_writer) = reflector::store::<PartialObjectMeta<Pod>>();
+    let pod_events = watcher(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        watcher::Config::default(),
     )
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "cluster identity provider controller");
-        }
+    .default_backoff()
+    .modify(|pod| pod.managed_fields_mut().clear())
+    .reflect(pod_writer)
+    .touched_objects();
+    let secret_events = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let ctx = Arc::new(llm_backend::Context {
+        client: client.clone(),
+        recorder,
+        backends: backends.clone(),
+        idps: IdpStores {
+            namespaced: idp_store,
+            cluster: cluster_store,
+        },
+        pods: pod_store,
     });
-    tokio::select! {
-        () = idps => {}
-        () = cluster_idps => {}
-        () = shutdown => tracing::info!("shutting down"),
-    }
+
+    let by_idp = backends.clone();
+    let by_cluster_idp = backends.clone();
+    let by_pod = backends.clone();
+    let by_secret = backends.clone();
+    let by_backend = backends;
+    controller
+        .owns(Api::<ConfigMap>::all(client.clone()), owned_only)
+        .watches_stream(idp_events, move |idp: IdentityProvider| {
+            referring(
+                &by_idp,
+                IdentityProviderKind::IdentityProvider,
+                idp.namespace(),
+                &idp.name_any(),
+            )
+        })
+        .watches_stream(cluster_events, move |idp: ClusterIdentityProvider| {
+            referring(
+                &by_cluster_idp,
+                IdentityProviderKind::ClusterIdentityProvider,
+                None,
+                &idp.name_any(),
+            )
+        })
+        .watches_stream(pod_events, move |pod: PartialObjectMeta<Pod>| {
+            let ns = pod.namespace().unwrap_or_default();
+            by_pod
+                .state()
+                .iter()
+                .filter(|b| {
+                    b.namespace().as_deref() == Some(ns.as_str())
+                        && selection::selects(&b.spec.selector, pod.labels())
+                })
+                .map(|b| ObjectRef::from_obj(b.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
+            secret_users(&by_secret, &secret)
+        })
+        .watches(
+            Api::<LLMBackend>::all(client),
+            watcher::Config::default(),
+            move |backend: LLMBackend| {
+                selection::overlapping(&backend, &by_backend.state())
+                    .map(ObjectRef::from_obj)
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |obj, ctx| {
+                let metrics = metrics.clone();
+                async move {
+                    metrics
+                        .measure("LLMBackend", llm_backend::reconcile(obj, ctx))
+                        .await
+                }
+            },
+            llm_backend::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+/// Backends that refer to the IdP `name` of `kind` (in `namespace` for the
+/// namespaced kind).
+fn referring(
+    backends: &reflector::Store<LLMBackend>,
+    kind: IdentityProviderKind,
+    namespace: Option<String>,
+    name: &str,
+) -> Vec<ObjectRef<LLMBackend>> {
+    backends
+        .state()
+        .iter()
+        .filter(|b| {
+            kind == IdentityProviderKind::ClusterIdentityProvider || b.namespace() == namespace
+        })
+        .filter(|b| {
+            b.spec
+                .identity_provider_refs
+                .iter()
+                .any(|r| r.kind == kind && r.name == name)
+        })
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
+}
+
+/// Backends whose quota store names the Secret, or that own it.
+fn secret_users(
+    backends: &reflector::Store<LLMBackend>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<LLMBackend>> {
+    let name = secret.name_any();
+    let ns = secret.namespace();
+    let owner = secret
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == LLMBackend::kind(&()) && o.controller == Some(true))
+        .map(|o| o.name.clone());
+    backends
+        .state()
+        .iter()
+        .filter(|b| b.namespace() == ns)
+        .filter(|b| {
+            owner.as_deref() == Some(b.name_any().as_str())
+                || b.spec.quota_store.as_ref().is_some_and(|s| {
+                    s.type_ == QuotaStoreType::Redis
+                        && s.url_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                })
+        })
+        .map(|b| ObjectRef::from_obj(b.as_ref()))
+        .collect()
 }

@@ -287,6 +287,7 @@ pub struct SidecarOverrides {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("size(self.selector.matchLabels) > 0").message("spec.selector.matchLabels must select pods by at least one label").field_path(".selector.matchLabels"))]
+#[x_kube(validation = Rule::new("type(self.port) == int ? (self.port >= 1 && self.port <= 65535) : self.port.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.port) <= 15").message("spec.port must be a port number (1-65535) or a container port name").field_path(".port"))]
 #[x_kube(validation = Rule::new("self.engine != 'openai' || has(self.openai)").message("spec.openai is required when engine is openai: say how to bind the server to loopback").field_path(".openai"))]
 pub struct LLMBackendSpec {
     /// The model pods, by labels.

@@ -28,8 +28,14 @@ pub enum StoreConfig {
     Memory,
     /// Counters in Redis, shared by every replica.
     Redis {
-        /// `redis://[:password@]host:port/db`; never logged.
+        /// `redis://[:password@]host:port/db`; never logged. Give this or
+        /// `urlFile`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         url: String,
+        /// A file holding the URL (a mounted Secret), read when the config
+        /// file is loaded; it wins over `url`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url_file: Option<std::path::PathBuf>,
         /// What to do when Redis cannot be reached.
         #[serde(default)]
         fail_mode: FailMode,

@@ -54,3 +54,72 @@ pub fn install_crds() {
         ]);
     });
 }
+
+/// Polls until the object's `Ready` condition has `status`; returns it.
+pub async fn wait_ready<K>(api: &kube::Api<K>, name: &str, status: &str) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    wait_for(api, name, &format!("Ready={status}"), |obj| {
+        condition(obj, "Ready").is_some_and(|c| c["status"] == status)
+    })
+    .await
+}
+
+/// Polls (up to 30 s) until `done` holds for the object; returns it.
+pub async fn wait_for<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    what: &str,
+    mut done: impl FnMut(&K) -> bool,
+) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for _ in 0..300 {
+        if let Some(obj) = api.get_opt(name).await.unwrap()
+            && done(&obj)
+        {
+            return obj;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{name} never became {what}: {:?}", api.get_opt(name).await);
+}
+
+/// The condition of `type_` in an object's status, as JSON.
+pub fn condition<K: serde::Serialize>(obj: &K, type_: &str) -> Option<serde_json::Value> {
+    let json = serde_json::to_value(obj).ok()?;
+    json["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// `(type, reason)` of the Events about the object `name` in `ns`.
+pub async fn events_for(client: &kube::Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(client.clone(), ns);
+    let list = events
+        .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap();
+    list.items
+        .into_iter()
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+        .collect()
+}
+
+/// Polls (up to 10 s) until an Event of `type_` and `reason` is about `name`.
+pub async fn wait_event(client: &kube::Client, ns: &str, name: &str, type_: &str, reason: &str) {
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = events_for(client, ns, name).await;
+        if events.iter().any(|(t, r)| t == type_ && r == reason) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no {type_} {reason} event about {name}: {events:?}");
+}
