@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use attach_operator::admin::{self, Health};
+use attach_operator::controller::Settings;
 use attach_operator::leader::{Candidate, Election};
 use attach_operator::metrics::Metrics;
 use clap::{ArgAction, Parser, ValueEnum};
@@ -40,6 +41,9 @@ struct Args {
     /// How long the Lease holds without renewal, in seconds.
     #[arg(long, default_value_t = 15, env = "ATTACH_LEASE_DURATION_SECONDS")]
     lease_duration_seconds: u64,
+    /// Reconciles of one kind running at once.
+    #[arg(long, default_value_t = 16, env = "ATTACH_CONCURRENCY")]
+    concurrency: u16,
     /// This replica's identity in the election (default: host name and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -109,9 +113,13 @@ async fn run(args: Args) -> ExitCode {
         "attach-operator starting"
     );
 
+    let settings = Settings {
+        concurrency: args.concurrency.max(1),
+        ..Settings::default()
+    };
     if !args.leader_elect {
         metrics.leader.set(1);
-        attach_operator::controller::run(client, metrics, shutdown).await;
+        attach_operator::controller::run(client, metrics, settings, shutdown).await;
         return ExitCode::SUCCESS;
     }
     let election = Election {
@@ -141,7 +149,7 @@ async fn run(args: Args) -> ExitCode {
     tracing::info!(identity = %election.identity, "leading: controllers start");
     metrics.leader.set(1);
     let lost = tokio::select! {
-        () = attach_operator::controller::run(client, metrics.clone(), shutdown) => false,
+        () = attach_operator::controller::run(client, metrics.clone(), settings, shutdown) => false,
         () = candidate.lost() => true,
     };
     metrics.leader.set(0);

@@ -10,13 +10,15 @@ pub mod selection;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::llm_backend::{IdentityProviderKind, QuotaStoreType};
@@ -24,11 +26,39 @@ use crate::crd::{ClusterIdentityProvider, IdentityProvider, LLMBackend};
 use crate::metrics::Metrics;
 use resolve::IdpStores;
 
+/// How the controllers schedule reconciles.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Reconciles of one kind running at once.
+    pub concurrency: u16,
+    /// How long to wait for more changes to an object before reconciling it,
+    /// so a burst (spec, owned objects, status) costs one reconcile.
+    pub debounce: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            debounce: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Settings {
+    fn controller_config(self) -> controller::Config {
+        controller::Config::default()
+            .concurrency(self.concurrency)
+            .debounce(self.debounce)
+    }
+}
+
 /// Runs every controller until `shutdown` resolves; reconciles in flight
 /// finish first.
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
@@ -45,6 +75,7 @@ pub async fn run(
             Api::<IdentityProvider>::all(client.clone()),
             watcher::Config::default(),
         )
+        .with_config(settings.controller_config())
         .graceful_shutdown_on(shutdown.clone())
         .run(
             move |obj, ctx| {
@@ -66,6 +97,7 @@ pub async fn run(
             Api::<ClusterIdentityProvider>::all(client.clone()),
             watcher::Config::default(),
         )
+        .with_config(settings.controller_config())
         .graceful_shutdown_on(shutdown.clone())
         .run(
             move |obj, ctx| {
@@ -84,7 +116,7 @@ pub async fn run(
         )
         .for_each(|_| async {})
     };
-    let backends = backend_controller(client, recorder, metrics, shutdown);
+    let backends = backend_controller(client, recorder, metrics, settings, shutdown);
     futures::join!(idps, cluster_idps, backends);
     tracing::info!("controllers stopped");
 }
@@ -95,14 +127,36 @@ async fn backend_controller(
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let owned_only = watcher::Config::default().labels(&owned::selector());
-    let controller = Controller::new(
+    // The backends, cached without managed fields; every change also wakes
+    // the backends whose selectors overlap (a conflict may start or end).
+    let (backends, backend_writer) = reflector::store::<LLMBackend>();
+    let (overlap_tx, overlap_rx) = tokio::sync::mpsc::unbounded_channel();
+    let overlap_store = backends.clone();
+    let backend_events = watcher(
         Api::<LLMBackend>::all(client.clone()),
         watcher::Config::default(),
-    );
-    let backends = controller.store();
+    )
+    .default_backoff()
+    .modify(|b| b.managed_fields_mut().clear())
+    .reflect(backend_writer)
+    .touched_objects()
+    .inspect_ok(move |backend| {
+        for other in selection::overlapping(backend, &overlap_store.state()) {
+            let _ = overlap_tx.send(ObjectRef::from_obj(other));
+        }
+    })
+    // A status write (ours) changes no generation: no reconcile for it.
+    .predicate_filter(predicates::generation, Default::default());
+    let overlaps = futures::stream::unfold(overlap_rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    });
+    let controller = Controller::for_stream(backend_events, backends.clone())
+        .with_config(settings.controller_config())
+        .reconcile_on(overlaps);
 
     let (idp_store, idp_writer) = reflector::store::<IdentityProvider>();
     let idp_events = watcher(
@@ -150,8 +204,7 @@ async fn backend_controller(
     let by_idp = backends.clone();
     let by_cluster_idp = backends.clone();
     let by_pod = backends.clone();
-    let by_secret = backends.clone();
-    let by_backend = backends;
+    let by_secret = backends;
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), owned_only)
         .watches_stream(idp_events, move |idp: IdentityProvider| {
@@ -185,15 +238,6 @@ async fn backend_controller(
         .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
             secret_users(&by_secret, &secret)
         })
-        .watches(
-            Api::<LLMBackend>::all(client),
-            watcher::Config::default(),
-            move |backend: LLMBackend| {
-                selection::overlapping(&backend, &by_backend.state())
-                    .map(ObjectRef::from_obj)
-                    .collect::<Vec<_>>()
-            },
-        )
         .graceful_shutdown_on(shutdown)
         .run(
             move |obj, ctx| {
