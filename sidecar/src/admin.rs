@@ -10,6 +10,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::app_probe::AppProbes;
 use crate::body::{Body, full};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -75,19 +76,37 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     response
 }
 
-/// The admin service, for [`crate::server::serve`].
+/// The admin service, for [`crate::server::serve`]: the endpoints above,
+/// and the application probes under `/probe/` (see [`crate::app_probe`]).
 pub fn service(
     current: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
+    probes: Arc<AppProbes>,
 ) -> impl tower::Service<
     Request<Incoming>,
     Response = Response<Body>,
     Error = Infallible,
-    Future = std::future::Ready<Result<Response<Body>, Infallible>>,
+    Future = futures::future::BoxFuture<'static, Result<Response<Body>, Infallible>>,
 > + Clone
 + Send
 + 'static {
     tower::service_fn(move |request: Request<Incoming>| {
-        std::future::ready(Ok(handle(&request, &current, &metrics)))
+        let path = request.uri().path();
+        if path.starts_with(crate::app_probe::PATH_PREFIX) {
+            let probes = probes.clone();
+            let path = path.to_owned();
+            return Box::pin(async move {
+                Ok(match probes.run(&path).await {
+                    Some(status) => {
+                        let mut response = Response::new(crate::body::empty());
+                        *response.status_mut() = status;
+                        response
+                    }
+                    None => text(StatusCode::NOT_FOUND, "no such probe\n"),
+                })
+            }) as futures::future::BoxFuture<'static, _>;
+        }
+        let response = handle(&request, &current, &metrics);
+        Box::pin(std::future::ready(Ok(response)))
     })
 }

@@ -45,6 +45,7 @@ pub struct Gateway {
     source: ConfigSource,
     proxy: TcpListener,
     admin: TcpListener,
+    app_probes: Arc<crate::app_probe::AppProbes>,
 }
 
 impl Gateway {
@@ -65,7 +66,15 @@ impl Gateway {
             source,
             proxy: bind(proxy_addr).await?,
             admin: bind(admin_addr).await?,
+            app_probes: Arc::default(),
         })
+    }
+
+    /// The application probes the admin port answers under `/probe/`.
+    #[must_use]
+    pub fn with_app_probes(mut self, probes: crate::app_probe::AppProbes) -> Self {
+        self.app_probes = Arc::new(probes);
+        self
     }
 
     /// The proxy listener's address (useful with port 0).
@@ -112,8 +121,11 @@ impl Gateway {
             self.shared.metrics.clone(),
             self.shared.audit.clone(),
         );
-        let admin_service =
-            crate::admin::service(self.current.clone(), self.shared.metrics.clone());
+        let admin_service = crate::admin::service(
+            self.current.clone(),
+            self.shared.metrics.clone(),
+            self.app_probes.clone(),
+        );
         let reloader = match &self.source {
             ConfigSource::File { path, overrides } => Some(Reloader::new(
                 path.clone(),

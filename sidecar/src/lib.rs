@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app_probe;
 pub mod audit;
 pub mod body;
 pub mod claims;

@@ -101,6 +101,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let app_probes = match attach_sidecar::app_probe::AppProbes::from_env() {
+        Ok(probes) => probes,
+        Err(e) => {
+            eprintln!(
+                "attach-gateway: {} is not valid JSON probes: {e}",
+                attach_sidecar::app_probe::ENV
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     runtime.block_on(async move {
         let gateway = match Gateway::bind(config, source).await {
             Ok(gateway) => gateway,
@@ -113,6 +123,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let gateway = gateway.with_app_probes(app_probes);
         tracing::info!(
             proxy = %gateway.proxy_addr().map(|a| a.to_string()).unwrap_or_default(),
             admin = %gateway.admin_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -1,0 +1,164 @@
+//! Moving the model onto loopback, per engine: Ollama by `OLLAMA_HOST`,
+//! vLLM by `--host 127.0.0.1 --port N` (in the args, or in the command line
+//! where the flags already are), a generic server as its LLMBackend says.
+
+use k8s_openapi::api::core::v1::{Container, EnvVar};
+
+use crate::crd::LLMBackendSpec;
+use crate::crd::llm_backend::Engine;
+
+/// Rebinds `model` to `127.0.0.1:<port>`.
+pub fn rebind(model: &mut Container, spec: &LLMBackendSpec, port: u16) {
+    match spec.engine {
+        Engine::Ollama => set_env(model, "OLLAMA_HOST", &format!("127.0.0.1:{port}")),
+        Engine::Vllm => rebind_vllm(model, port),
+        Engine::Openai => {
+            let rebind = spec.openai.clone().unwrap_or_default();
+            for (name, value) in &rebind.env {
+                set_env(model, name, &value.replace("{port}", &port.to_string()));
+            }
+            if !rebind.args.is_empty() {
+                let args = model.args.get_or_insert_with(Vec::new);
+                args.extend(
+                    rebind
+                        .args
+                        .iter()
+                        .map(|a| a.replace("{port}", &port.to_string())),
+                );
+            }
+        }
+    }
+}
+
+fn set_env(container: &mut Container, name: &str, value: &str) {
+    let env = container.env.get_or_insert_with(Vec::new);
+    env.retain(|e| e.name != name);
+    env.push(EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    });
+}
+
+/// vLLM's flags live in `args`, in `command`, or in a shell line
+/// (`sh -c "vllm serve m --port 8000 && ..."`). Flags present are rewritten
+/// where they are; missing ones go to the end of the args, or of the vLLM
+/// command in a shell line.
+fn rebind_vllm(model: &mut Container, port: u16) {
+    let port = port.to_string();
+    if let Some(line) = shell_line(model) {
+        let mut words: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        let end = words
+            .iter()
+            .position(|w| matches!(w.as_str(), "&&" | "||" | ";" | "|" | "&"))
+            .unwrap_or(words.len());
+        set_flags(&mut words, end, &port);
+        *line = words.join(" ");
+        return;
+    }
+    let in_command = model.command.as_ref().is_some_and(|c| has_flags(c));
+    if in_command && let Some(command) = model.command.as_mut() {
+        let end = command.len();
+        set_flags(command, end, &port);
+        return;
+    }
+    let args = model.args.get_or_insert_with(Vec::new);
+    let end = args.len();
+    set_flags(args, end, &port);
+}
+
+fn has_flags(words: &[String]) -> bool {
+    words.iter().any(|w| {
+        w == "--port" || w == "--host" || w.starts_with("--port=") || w.starts_with("--host=")
+    })
+}
+
+/// Sets `--host 127.0.0.1` and `--port <port>` in `words`: in place for
+/// each spelling present (`--flag v`, `--flag=v`), else inserted at `end`.
+fn set_flags(words: &mut Vec<String>, mut end: usize, port: &str) {
+    let mut missing = Vec::new();
+    for (flag, value) in [("--host", "127.0.0.1"), ("--port", port)] {
+        let mut found = false;
+        let mut i = 0;
+        while i < words.len() {
+            if words[i] == flag {
+                found = true;
+                if i + 1 < words.len() {
+                    words[i + 1] = value.to_owned();
+                } else {
+                    // A trailing flag without its value.
+                    if end >= words.len() {
+                        end += 1;
+                    }
+                    words.push(value.to_owned());
+                }
+                i += 2;
+                continue;
+            }
+            if words[i].starts_with(&format!("{flag}=")) {
+                found = true;
+                words[i] = format!("{flag}={value}");
+            }
+            i += 1;
+        }
+        if !found {
+            missing.push(flag.to_owned());
+            missing.push(value.to_owned());
+        }
+    }
+    let end = end.min(words.len());
+    words.splice(end..end, missing);
+}
+
+/// The script of `sh -c '<line>'` (in command or args) when it runs vLLM.
+fn shell_line(model: &mut Container) -> Option<&mut String> {
+    let command = model.command.clone().unwrap_or_default();
+    let is_shell = command
+        .first()
+        .is_some_and(|c| c.ends_with("sh") || c.ends_with("bash"));
+    if !is_shell || command.get(1).map(String::as_str) != Some("-c") {
+        return None;
+    }
+    let runs_vllm = |s: &String| s.contains("vllm");
+    if command.get(2).is_some_and(runs_vllm) {
+        return model.command.as_mut().and_then(|c| c.get_mut(2));
+    }
+    if model
+        .args
+        .as_ref()
+        .and_then(|a| a.first())
+        .is_some_and(runs_vllm)
+    {
+        return model.args.as_mut().and_then(|a| a.get_mut(0));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn flags_are_rewritten_where_they_are_or_added_at_the_end() {
+        let mut w = words("--model m --host 0.0.0.0 --port=8000 --dtype auto");
+        let end = w.len();
+        set_flags(&mut w, end, "15434");
+        assert_eq!(
+            w,
+            words("--model m --host 127.0.0.1 --port=15434 --dtype auto")
+        );
+        let mut w = words("vllm serve m && echo done");
+        set_flags(&mut w, 3, "15434");
+        assert_eq!(
+            w,
+            words("vllm serve m --host 127.0.0.1 --port 15434 && echo done")
+        );
+        let mut w = words("--port");
+        set_flags(&mut w, 1, "9");
+        assert_eq!(w, words("--port 9 --host 127.0.0.1"));
+    }
+}

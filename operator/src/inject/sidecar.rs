@@ -1,0 +1,204 @@
+//! The injected gateway: a native sidecar (an init container with
+//! `restartPolicy: Always`, so it starts before the model and stops after
+//! it), locked down, reading the backend's rendered ConfigMap and Secret
+//! from one read-only projected volume.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath,
+    Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
+    SecurityContext, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use attach_sidecar::app_probe::{AppProbes, ENV as APP_PROBES_ENV};
+
+use super::SIDECAR_NAME;
+use crate::controller::owned;
+use crate::crd::LLMBackend;
+use crate::crd::llm_backend::QuotaStoreType;
+use crate::render::{CONFIG_KEY, Ports, REDIS_URL_KEY};
+
+/// Where the projected volume is mounted (`config/`, `secrets/` inside).
+const MOUNT: &str = "/etc/attach";
+const VOLUME: &str = "attach-gateway";
+
+/// What the operator injects when the backend does not say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    pub image: String,
+    pub resources: ResourceRequirements,
+    pub log_level: String,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        let quantities = |cpu: &str, memory: &str| {
+            BTreeMap::from([
+                ("cpu".to_owned(), Quantity(cpu.to_owned())),
+                ("memory".to_owned(), Quantity(memory.to_owned())),
+            ])
+        };
+        Self {
+            image: format!(
+                "ghcr.io/attach-dev/attach-gateway:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            resources: ResourceRequirements {
+                requests: Some(quantities("50m", "32Mi")),
+                limits: Some(quantities("1", "128Mi")),
+                ..ResourceRequirements::default()
+            },
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// The gateway container for `backend`, taking over `port`.
+pub fn container(
+    backend: &LLMBackend,
+    port: &ContainerPort,
+    layout: Ports,
+    probes: &AppProbes,
+    defaults: &Defaults,
+) -> Container {
+    let overrides = backend.spec.sidecar.clone().unwrap_or_default();
+    let admin_probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(i32::from(layout.admin)),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(5),
+        ..Probe::default()
+    };
+    let env = (!probes.0.is_empty()).then(|| {
+        vec![EnvVar {
+            name: APP_PROBES_ENV.to_owned(),
+            value: serde_json::to_string(probes).ok(),
+            value_from: None,
+        }]
+    });
+    Container {
+        name: SIDECAR_NAME.to_owned(),
+        image: Some(overrides.image.unwrap_or_else(|| defaults.image.clone())),
+        args: Some(vec![
+            "--config".into(),
+            format!("{MOUNT}/config/{CONFIG_KEY}"),
+            "--port".into(),
+            layout.listen.to_string(),
+            "--admin-port".into(),
+            layout.admin.to_string(),
+            "--upstream".into(),
+            format!("http://127.0.0.1:{}", layout.upstream),
+            "--log-level".into(),
+            overrides
+                .log_level
+                .unwrap_or_else(|| defaults.log_level.clone()),
+        ]),
+        env,
+        ports: Some(vec![
+            ContainerPort {
+                // The model's port, name included: Services and
+                // NetworkPolicies that named it now reach the gateway.
+                name: port.name.clone(),
+                container_port: port.container_port,
+                protocol: port.protocol.clone(),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("attach-admin".into()),
+                container_port: i32::from(layout.admin),
+                ..ContainerPort::default()
+            },
+        ]),
+        restart_policy: Some("Always".into()),
+        resources: Some(
+            overrides
+                .resources
+                .unwrap_or_else(|| defaults.resources.clone()),
+        ),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: VOLUME.into(),
+            mount_path: MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        // The model starts once the gateway answers; ready once keys load.
+        startup_probe: Some(Probe {
+            failure_threshold: Some(30),
+            period_seconds: Some(1),
+            ..admin_probe("/healthz")
+        }),
+        liveness_probe: Some(admin_probe("/healthz")),
+        readiness_probe: Some(admin_probe("/readyz")),
+        ..Container::default()
+    }
+}
+
+/// The projected volume of the backend's ConfigMap and Secret.
+pub fn volume(backend: &LLMBackend) -> Volume {
+    let name = owned::name(&backend.name_any());
+    let mut sources = vec![VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name: name.clone(),
+            items: Some(vec![KeyToPath {
+                key: CONFIG_KEY.into(),
+                path: format!("config/{CONFIG_KEY}"),
+                mode: None,
+            }]),
+            optional: Some(false),
+        }),
+        ..VolumeProjection::default()
+    }];
+    let uses_redis = backend
+        .spec
+        .quota_store
+        .as_ref()
+        .is_some_and(|s| s.type_ == QuotaStoreType::Redis);
+    if uses_redis {
+        sources.push(VolumeProjection {
+            secret: Some(SecretProjection {
+                name,
+                items: Some(vec![KeyToPath {
+                    key: REDIS_URL_KEY.into(),
+                    path: format!("secrets/{REDIS_URL_KEY}"),
+                    mode: None,
+                }]),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        });
+    }
+    Volume {
+        name: VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            // World-readable inside the one container that mounts it: the gateway
+            // runs as a non-root user the files are not owned by.
+            default_mode: Some(0o444),
+        }),
+        ..Volume::default()
+    }
+}
