@@ -11,6 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod ports;
 pub mod render;
+pub mod webhook;
 
 /// The binary's name, as shown in `--help` and in logs.
 pub const BINARY_NAME: &str = "attach-operator";

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use attach_operator::admin::{self, Health};
 use attach_operator::controller::Settings;
+use attach_operator::inject::Defaults;
 use attach_operator::leader::{Candidate, Election};
 use attach_operator::metrics::Metrics;
+use attach_operator::webhook::{self, CertMode, WebhookSettings, certs::CertSettings};
 use clap::{ArgAction, Parser, ValueEnum};
 use futures::FutureExt;
 use tracing_subscriber::EnvFilter;
@@ -35,15 +37,55 @@ struct Args {
     /// The leader Lease's name.
     #[arg(long, default_value = "attach-operator", env = "ATTACH_LEASE_NAME")]
     lease_name: String,
-    /// The leader Lease's namespace (the operator's own).
+    /// The operator's own namespace: its Lease and webhook Secret live there.
     #[arg(long, default_value = "default", env = "POD_NAMESPACE")]
-    lease_namespace: String,
+    namespace: String,
     /// How long the Lease holds without renewal, in seconds.
     #[arg(long, default_value_t = 15, env = "ATTACH_LEASE_DURATION_SECONDS")]
     lease_duration_seconds: u64,
     /// Reconciles of one kind running at once.
     #[arg(long, default_value_t = 16, env = "ATTACH_CONCURRENCY")]
     concurrency: u16,
+    /// Serve the mutating webhook that injects attach-gateway.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, env = "ATTACH_WEBHOOK")]
+    webhook: bool,
+    /// Where the webhook listens (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:9443", env = "ATTACH_WEBHOOK_ADDR")]
+    webhook_addr: SocketAddr,
+    /// Who provides the webhook's certificate.
+    #[arg(long, value_enum, default_value_t = CertMode::SelfManaged, env = "ATTACH_WEBHOOK_CERT_MODE")]
+    webhook_cert_mode: CertMode,
+    /// The Secret holding the self-managed CA and certificate.
+    #[arg(
+        long,
+        default_value = "attach-operator-webhook-tls",
+        env = "ATTACH_WEBHOOK_SECRET"
+    )]
+    webhook_secret: String,
+    /// Names (DNS or IP) the certificate covers (default: the webhook
+    /// Service `attach-operator-webhook` in the operator's namespace).
+    #[arg(long, value_delimiter = ',', env = "ATTACH_WEBHOOK_DNS_NAMES")]
+    webhook_dns_names: Vec<String>,
+    /// Days a self-managed serving certificate is valid (renewed with a third left).
+    #[arg(long, default_value_t = 365, env = "ATTACH_WEBHOOK_CERT_DAYS")]
+    webhook_cert_days: u32,
+    /// The MutatingWebhookConfiguration whose caBundle the operator sets.
+    #[arg(
+        long,
+        default_value = "attach-operator",
+        env = "ATTACH_WEBHOOK_CONFIGURATION"
+    )]
+    webhook_configuration: String,
+    /// Where cert-manager's tls.crt and tls.key are mounted.
+    #[arg(
+        long,
+        default_value = "/etc/attach/webhook-tls",
+        env = "ATTACH_WEBHOOK_CERT_DIR"
+    )]
+    webhook_cert_dir: std::path::PathBuf,
+    /// The attach-gateway image injected when a backend names none.
+    #[arg(long, env = "ATTACH_GATEWAY_IMAGE")]
+    gateway_image: Option<String>,
     /// This replica's identity in the election (default: host name and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -106,6 +148,48 @@ async fn run(args: Args) -> ExitCode {
         tracing::error!(error = %e, "cannot reach the Kubernetes API server");
         return ExitCode::from(69);
     }
+    if args.webhook {
+        let names = if args.webhook_dns_names.is_empty() {
+            let svc = format!("attach-operator-webhook.{}.svc", args.namespace);
+            vec![svc.clone(), format!("{svc}.cluster.local")]
+        } else {
+            args.webhook_dns_names.clone()
+        };
+        let mut defaults = Defaults::default();
+        if let Some(image) = &args.gateway_image {
+            defaults.image.clone_from(image);
+        }
+        let settings = WebhookSettings {
+            addr: args.webhook_addr,
+            cert_mode: args.webhook_cert_mode,
+            certs: CertSettings {
+                secret: args.webhook_secret.clone(),
+                namespace: args.namespace.clone(),
+                names,
+                validity_days: args.webhook_cert_days,
+            },
+            configuration: args.webhook_configuration.clone(),
+            cert_dir: args.webhook_cert_dir.clone(),
+            defaults,
+        };
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            attach_operator::controller::identity_provider::reporter(),
+        );
+        if let Err(e) = webhook::start(
+            client.clone(),
+            settings,
+            metrics.clone(),
+            recorder,
+            shutdown.clone(),
+        )
+        .await
+        {
+            tracing::error!(error = %e, "cannot start the webhook");
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(addr = %args.webhook_addr, "webhook serving");
+    }
     ready.store(true, Ordering::Release);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -124,7 +208,7 @@ async fn run(args: Args) -> ExitCode {
     }
     let election = Election {
         lease_name: args.lease_name,
-        namespace: args.lease_namespace,
+        namespace: args.namespace,
         identity: args.identity.unwrap_or_else(default_identity),
         lease_duration: Duration::from_secs(args.lease_duration_seconds),
     };

@@ -17,6 +17,15 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// `attach_operator_admissions_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `injected`, `skipped` or `invalid`.
+    pub result: &'static str,
+    /// Why a pod was skipped (empty otherwise).
+    pub reason: &'static str,
+}
+
 /// Every metric, in one registry for the process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -26,6 +35,9 @@ pub struct Metrics {
     duration: Family<KindLabels, Histogram>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    admissions: Family<AdmissionLabels, Counter>,
+    /// How long answering an AdmissionReview took.
+    pub admission_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -43,6 +55,18 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
         let leader = Gauge::default();
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        let admission_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "admissions",
+            "AdmissionReviews answered, by result and skip reason",
+            admissions.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "How long answering an AdmissionReview took",
+            admission_duration.clone(),
+        );
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -65,7 +89,16 @@ impl Metrics {
             errors,
             duration,
             leader,
+            admissions,
+            admission_duration,
         }
+    }
+
+    /// Counts one admission.
+    pub fn admission(&self, result: &'static str, reason: &'static str) {
+        self.admissions
+            .get_or_create(&AdmissionLabels { result, reason })
+            .inc();
     }
 
     /// Runs one reconcile of `kind`, counting and timing it.

@@ -50,8 +50,13 @@ impl OperatorProcess {
                 "attach_operator=debug,info",
             ])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--lease-name", lease, "--identity", identity])
-            .args(extra_args);
+            .args(["--lease-name", lease, "--identity", identity]);
+        // The webhook only where a test asks for it (it needs a port and a
+        // MutatingWebhookConfiguration of its own).
+        if !extra_args.contains(&"--webhook") {
+            cmd.args(["--webhook", "false"]);
+        }
+        cmd.args(extra_args);
         let mut process = Supervised::spawn("attach-operator", cmd, log.clone())?;
         let admin_url = format!("http://127.0.0.1:{port}");
         let probe = format!("{admin_url}/readyz");

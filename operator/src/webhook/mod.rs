@@ -1,0 +1,203 @@
+//! The mutating admission webhook that injects attach-gateway: an HTTPS
+//! server on every replica (leader or not), deciding from in-memory caches.
+
+pub mod admission;
+pub mod certs;
+pub mod server;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+
+use crate::crd::LLMBackend;
+use admission::Index;
+
+/// Starts the reflectors behind the webhook's index; they run until the
+/// process ends. The index is ready once both have listed.
+pub fn start_index(client: &Client) -> Index {
+    let (backends, backend_writer) = reflector::store::<LLMBackend>();
+    let (namespaces, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    tokio::spawn(
+        watcher(
+            Api::<LLMBackend>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|b| b.managed_fields_mut().clear())
+        .reflect(backend_writer)
+        .for_each(|_| async {}),
+    );
+    tokio::spawn(
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|ns| ns.managed_fields_mut().clear())
+        .reflect(ns_writer)
+        .for_each(|_| async {}),
+    );
+    Index {
+        backends,
+        namespaces,
+    }
+}
+
+/// Waits until the index has listed backends and namespaces once: before
+/// that, a decision could miss a backend and admit a pod uninjected.
+pub async fn index_ready(
+    backends: &Store<LLMBackend>,
+    namespaces: &Store<PartialObjectMeta<Namespace>>,
+) -> bool {
+    backends.wait_until_ready().await.is_ok() && namespaces.wait_until_ready().await.is_ok()
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CertMode {
+    /// The operator keeps a CA and certificate in a Secret and sets the
+    /// caBundle itself.
+    SelfManaged,
+    /// cert-manager writes the certificate (mounted as files) and its CA
+    /// injector sets the caBundle.
+    CertManager,
+}
+
+/// How to run the webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub addr: std::net::SocketAddr,
+    pub cert_mode: CertMode,
+    pub certs: certs::CertSettings,
+    /// The MutatingWebhookConfiguration whose caBundle is kept.
+    pub configuration: String,
+    /// Where cert-manager's `tls.crt` and `tls.key` are mounted.
+    pub cert_dir: std::path::PathBuf,
+    pub defaults: crate::inject::Defaults,
+}
+
+/// Why the webhook could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error(transparent)]
+    Certs(#[from] certs::CertError),
+    #[error("reading {path}: {source}")]
+    CertFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the caches stopped before they were filled")]
+    CachesGone,
+}
+
+/// Starts the webhook: index, certificate, listener. Returns once it serves
+/// (so readiness can say so); it stops when `shutdown` resolves.
+pub async fn start(
+    client: Client,
+    settings: WebhookSettings,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    recorder: kube::runtime::events::Recorder,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + 'static,
+) -> Result<(), WebhookError> {
+    use std::sync::Arc;
+    let index = start_index(&client);
+    let (key, renew) = match settings.cert_mode {
+        CertMode::SelfManaged => {
+            let current = certs::ensure(&client, &settings.certs).await?;
+            if let Err(e) =
+                certs::patch_ca_bundle(&client, &settings.configuration, &current.ca_pem).await
+            {
+                // Installed after us, perhaps: the renewal loop tries again.
+                tracing::warn!(error = %e, "caBundle not set yet");
+            }
+            (current.certified_key()?, Some(current))
+        }
+        CertMode::CertManager => (read_cert_dir(&settings.cert_dir)?, None),
+    };
+    let current = Arc::new(certs::CurrentCert::new(key));
+    let tls = Arc::new(certs::server_config(current.clone()));
+    if !index_ready(&index.backends, &index.namespaces).await {
+        return Err(WebhookError::CachesGone);
+    }
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .map_err(|source| WebhookError::Bind {
+            addr: settings.addr,
+            source,
+        })?;
+    let webhook = server::Webhook {
+        index,
+        defaults: Arc::new(settings.defaults.clone()),
+        metrics,
+        recorder: Some(recorder),
+    };
+    tokio::spawn(server::serve(listener, tls, webhook, shutdown.clone()));
+    tokio::spawn(keep_current(client, settings, current, renew, shutdown));
+    Ok(())
+}
+
+fn read_cert_dir(dir: &std::path::Path) -> Result<rustls::sign::CertifiedKey, WebhookError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| WebhookError::CertFile { path, source })
+    };
+    Ok(certs::WebhookCerts::from_pem(read("tls.crt")?, read("tls.key")?).certified_key()?)
+}
+
+/// Every minute: renew (self-managed) or reload the mounted files
+/// (cert-manager), and keep the caBundle set.
+async fn keep_current(
+    client: Client,
+    settings: WebhookSettings,
+    current: std::sync::Arc<certs::CurrentCert>,
+    mut certs_now: Option<certs::WebhookCerts>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            () = &mut shutdown => return,
+        }
+        match settings.cert_mode {
+            CertMode::CertManager => match read_cert_dir(&settings.cert_dir) {
+                Ok(key) => current.replace(key),
+                Err(e) => tracing::warn!(error = %e, "reloading the webhook certificate failed"),
+            },
+            CertMode::SelfManaged => match certs::ensure(&client, &settings.certs).await {
+                Ok(latest) => {
+                    if certs_now.as_ref() != Some(&latest) {
+                        match latest.certified_key() {
+                            Ok(key) => {
+                                current.replace(key);
+                                tracing::info!(not_after = %latest.not_after, "webhook certificate renewed");
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "renewed webhook certificate unusable")
+                            }
+                        }
+                    }
+                    if let Err(e) =
+                        certs::patch_ca_bundle(&client, &settings.configuration, &latest.ca_pem)
+                            .await
+                    {
+                        tracing::warn!(error = %e, "setting the caBundle failed");
+                    }
+                    certs_now = Some(latest);
+                }
+                Err(e) => tracing::warn!(error = %e, "checking the webhook certificate failed"),
+            },
+        }
+    }
+}
