@@ -30,13 +30,15 @@ struct Setup {
     client: Client,
 }
 
-/// A namespace this run's webhook applies to (or, `opted_out`, one labelled
-/// `attach.dev/injection=disabled`).
-async fn namespace(client: &Client, run: &str, prefix: &str, injection: &str) -> String {
+/// A namespace of this run, with `labels`.
+async fn namespace(client: &Client, run: &str, prefix: &str, labels: serde_json::Value) -> String {
     let name = format!("{prefix}-{run}");
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name,
-        "labels": {"attach.dev/injection": injection, "attach.dev/webhook-test": run}}}))
-    .unwrap();
+    let mut all = json!({"attach.dev/webhook-test": run});
+    if let (Some(all), Some(labels)) = (all.as_object_mut(), labels.as_object()) {
+        all.extend(labels.clone());
+    }
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": all}})).unwrap();
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await
@@ -67,7 +69,16 @@ async fn setup() -> Setup {
             "admissionReviewVersions": ["v1"],
             "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate-pods")},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"attach.dev/injection": "enabled", "attach.dev/webhook-test": run}},
+            // The chart's selector (every namespace but the opted-out ones;
+            // kube-system and the operator's own are excluded there too),
+            // narrowed to this run's namespaces: the world is shared.
+            "namespaceSelector": {
+                "matchLabels": {"attach.dev/webhook-test": run},
+                "matchExpressions": [
+                    {"key": "attach.dev/injection", "operator": "NotIn", "values": ["disabled"]},
+                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]},
+                ],
+            },
             "failurePolicy": "Fail",
             "sideEffects": "None",
             "timeoutSeconds": 5,
@@ -207,7 +218,7 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
     })
     .await;
 
-    let ns = namespace(&client, &run, "models", "enabled").await;
+    let ns = namespace(&client, &run, "models", json!({})).await;
     idp_and_backends(&client, &ns).await;
     let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
     let ollama_backend = common::wait_ready(&backends, "ollama", "True").await;
@@ -298,7 +309,13 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
     bypass_is_closed(&client, &ns, &pod).await;
 
     // An opted-out namespace is left alone.
-    let off = namespace(&client, &run, "optout", "disabled").await;
+    let off = namespace(
+        &client,
+        &run,
+        "optout",
+        json!({"attach.dev/injection": "disabled"}),
+    )
+    .await;
     idp_and_backends(&client, &off).await;
     deploy(
         &client,
@@ -324,10 +341,12 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
         .unwrap_err();
     assert!(err.to_string().contains("inject.attach.dev"), "{err}");
     let unrelated = common::world().namespace("unrelated").await.unwrap();
-    Api::<Pod>::namespaced(client.clone(), &unrelated)
-        .create(&PostParams::default(), &bare)
-        .await
-        .unwrap();
+    for ns in [unrelated, off] {
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &bare)
+            .await
+            .unwrap_or_else(|e| panic!("{ns}: {e}"));
+    }
 }
 
 /// Runs the injected pod's model (a mock, bound as the patch says) and its
