@@ -66,7 +66,7 @@ struct Args {
     /// Service `attach-operator-webhook` in the operator's namespace).
     #[arg(long, value_delimiter = ',', env = "ATTACH_WEBHOOK_DNS_NAMES")]
     webhook_dns_names: Vec<String>,
-    /// Days a self-managed serving certificate is valid (renewed with a third left).
+    /// Days a self-managed serving certificate is valid (at least 7; renewed with a third left).
     #[arg(long, default_value_t = 365, env = "ATTACH_WEBHOOK_CERT_DAYS")]
     webhook_cert_days: u32,
     /// The MutatingWebhookConfiguration whose caBundle the operator sets.

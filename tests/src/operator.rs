@@ -35,6 +35,17 @@ impl OperatorProcess {
         identity: &str,
         extra_args: &[&str],
     ) -> Result<Self, HarnessError> {
+        let mut args = vec!["--lease-name", lease, "--identity", identity];
+        args.extend_from_slice(extra_args);
+        Self::start_with_kubeconfig(&world.control_plane()?.kubeconfig, &args).await
+    }
+
+    /// Starts an operator with `kubeconfig` (e.g. one that impersonates a
+    /// service account) and `extra_args`.
+    pub async fn start_with_kubeconfig(
+        kubeconfig: &std::path::Path,
+        extra_args: &[&str],
+    ) -> Result<Self, HarnessError> {
         let port = free_port()?;
         let dir = tempfile::Builder::new()
             .prefix("attach-operator-")
@@ -42,15 +53,14 @@ impl OperatorProcess {
             .map_err(HarnessError::io("tempdir"))?;
         let log = dir.path().join("operator.log");
         let mut cmd = process::command(binary()?);
-        cmd.env("KUBECONFIG", &world.control_plane()?.kubeconfig)
+        cmd.env("KUBECONFIG", kubeconfig)
             .args([
                 "--log-format",
                 "text",
                 "--log-level",
                 "attach_operator=debug,info",
             ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--lease-name", lease, "--identity", identity]);
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
         // The webhook only where a test asks for it (it needs a port and a
         // MutatingWebhookConfiguration of its own).
         if !extra_args.contains(&"--webhook") {

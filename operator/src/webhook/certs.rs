@@ -144,7 +144,7 @@ pub fn issue(
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let (_, y, m, d) = day_after(now, -1).ok_or_else(|| CertError::Unusable("clock".into()))?;
     params.not_before = rcgen::date_time_ymd(y, m, d);
-    let (not_after, y, m, d) = day_after(now, i64::from(validity_days.max(1)))
+    let (not_after, y, m, d) = day_after(now, i64::from(validity_days.max(MIN_VALIDITY_DAYS)))
         .ok_or_else(|| CertError::Unusable("clock".into()))?;
     params.not_after = rcgen::date_time_ymd(y, m, d);
     let key = KeyPair::generate()?;
@@ -158,10 +158,15 @@ pub fn issue(
     })
 }
 
+/// The shortest validity: certificates end at midnight UTC, so a shorter
+/// one would be due for renewal as soon as it is issued.
+pub const MIN_VALIDITY_DAYS: u32 = 7;
+
 /// Whether a serving certificate valid for `validity_days` and expiring at
 /// `not_after` must be renewed: less than a third of its life is left.
 pub fn needs_renewal(not_after: Timestamp, validity_days: u32, now: Timestamp) -> bool {
-    let third = SignedDuration::from_hours(24 * i64::from(validity_days.max(1))) / 3;
+    let days = validity_days.max(MIN_VALIDITY_DAYS);
+    let third = SignedDuration::from_hours(24 * i64::from(days)) / 3;
     now.checked_add(third).map_or(true, |t| t >= not_after)
 }
 
