@@ -211,19 +211,31 @@ fn write_configmap(
 }
 
 fn write_configmap_text(dir: &Path, text: &str, generation: &mut u32) -> Result<(), HarnessError> {
+    write_configmap_file(dir, "config.yaml", text, generation)
+}
+
+/// Writes `text` as the file `name` of a ConfigMap volume at `dir`, the way
+/// the kubelet updates one: a new `..gen_N` folder, then an atomic rename of
+/// the `..data` link (`name -> ..data/name`).
+pub fn write_configmap_file(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    generation: &mut u32,
+) -> Result<(), HarnessError> {
     *generation += 1;
     let data_dir = format!("..gen_{:04}", *generation);
     let target = dir.join(&data_dir);
     std::fs::create_dir_all(&target).map_err(HarnessError::io(&target))?;
-    std::fs::write(target.join("config.yaml"), text).map_err(HarnessError::io(&target))?;
+    std::fs::write(target.join(name), text).map_err(HarnessError::io(&target))?;
     let tmp_link = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp_link);
     symlink(&data_dir, &tmp_link).map_err(HarnessError::io(&tmp_link))?;
     let old = std::fs::read_link(dir.join("..data")).ok();
     std::fs::rename(&tmp_link, dir.join("..data")).map_err(HarnessError::io(dir.join("..data")))?;
-    let file_link = dir.join("config.yaml");
+    let file_link = dir.join(name);
     if !file_link.exists() {
-        symlink("..data/config.yaml", &file_link).map_err(HarnessError::io(&file_link))?;
+        symlink(format!("..data/{name}"), &file_link).map_err(HarnessError::io(&file_link))?;
     }
     if let Some(old) = old {
         let _ = std::fs::remove_dir_all(dir.join(old));

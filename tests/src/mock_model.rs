@@ -4,6 +4,7 @@
 //!
 //! Request headers steer it:
 //! - `x-mock-chunks: N` streams N content chunks (default 3);
+//! - `x-mock-usage: N` reports N completion tokens (default: the chunks);
 //! - `x-mock-delay-ms: N` waits N ms between chunks;
 //! - `x-mock-header-delay-ms: N` waits N ms before the response headers;
 //! - `x-mock-hold: 1` sends the first chunk, then waits for [`MockModel::release`].
@@ -152,6 +153,7 @@ async fn handle(
     let stream = json_body["stream"].as_bool();
     let plan = StreamPlan {
         chunks: header_u64(&parts.headers, "x-mock-chunks").unwrap_or(3),
+        usage: header_u64(&parts.headers, "x-mock-usage"),
         delay: Duration::from_millis(header_u64(&parts.headers, "x-mock-delay-ms").unwrap_or(0)),
         hold: parts.headers.contains_key("x-mock-hold"),
         state: state.clone(),
@@ -176,7 +178,13 @@ async fn handle(
         (Method::POST, "/api/chat" | "/api/generate") => {
             let chat = parts.uri.path() == "/api/chat";
             if stream == Some(false) {
-                json_response(ollama_final(&model, chat, plan.chunks, true))
+                json_response(ollama_final(
+                    &model,
+                    chat,
+                    plan.chunks,
+                    plan.completion_tokens(),
+                    true,
+                ))
             } else {
                 ollama_stream(model, chat, plan)
             }
@@ -190,7 +198,7 @@ async fn handle(
                 json_response(json!({
                     "id": "chatcmpl-1", "object": "chat.completion", "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello ".repeat(plan.chunks as usize)}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 11, "completion_tokens": plan.chunks, "total_tokens": 11 + plan.chunks},
+                    "usage": {"prompt_tokens": 11, "completion_tokens": plan.completion_tokens(), "total_tokens": 11 + plan.completion_tokens()},
                 }))
             }
         }
@@ -222,9 +230,17 @@ async fn handle(
 
 struct StreamPlan {
     chunks: u64,
+    /// Completion tokens to report, when not the chunk count.
+    usage: Option<u64>,
     delay: Duration,
     hold: bool,
     state: Arc<State>,
+}
+
+impl StreamPlan {
+    fn completion_tokens(&self) -> u64 {
+        self.usage.unwrap_or(self.chunks)
+    }
 }
 
 fn text(body: &str) -> Response<MockBody> {
@@ -245,10 +261,10 @@ fn json_response(v: Value) -> Response<MockBody> {
     r
 }
 
-fn ollama_final(model: &str, chat: bool, chunks: u64, whole: bool) -> Value {
+fn ollama_final(model: &str, chat: bool, chunks: u64, usage: u64, whole: bool) -> Value {
     let mut v = json!({
         "model": model, "created_at": "2026-01-01T00:00:00Z", "done": true, "done_reason": "stop",
-        "total_duration": 1000, "prompt_eval_count": 11, "eval_count": chunks,
+        "total_duration": 1000, "prompt_eval_count": 11, "eval_count": usage,
     });
     let content = if whole {
         "hello ".repeat(chunks as usize)
@@ -313,7 +329,7 @@ fn ollama_stream(model: String, chat: bool, plan: StreamPlan) -> Response<MockBo
     }
     lines.push(format!(
         "{}\n",
-        ollama_final(&model, chat, plan.chunks, false)
+        ollama_final(&model, chat, plan.chunks, plan.completion_tokens(), false)
     ));
     streamed(lines, plan, "application/x-ndjson")
 }
@@ -328,7 +344,7 @@ fn openai_stream(model: String, include_usage: bool, plan: StreamPlan) -> Respon
     }
     if include_usage {
         let v = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model, "choices": [],
-            "usage": {"prompt_tokens": 11, "completion_tokens": plan.chunks, "total_tokens": 11 + plan.chunks}});
+            "usage": {"prompt_tokens": 11, "completion_tokens": plan.completion_tokens(), "total_tokens": 11 + plan.completion_tokens()}});
         lines.push(format!("data: {v}\n\n"));
     }
     lines.push("data: [DONE]\n\n".to_owned());

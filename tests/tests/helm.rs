@@ -7,14 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
-use std::time::Duration;
-
 use attach_operator::crd::LLMBackend;
-use attach_tests::operator::OperatorProcess;
 use kube::api::{Api, PostParams};
 use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -140,77 +137,18 @@ fn helm_template_matches_its_golden_files() {
 #[tokio::test]
 async fn the_chart_installs_and_its_rbac_runs_the_operator() {
     let world = common::world();
-    common::install_crds();
-    let release_ns = world.namespace("attach-system").await.unwrap();
-    let run = release_ns.rsplit('-').next().unwrap().to_owned();
-    let port = attach_tests::ports::free_port().unwrap();
-    let release = format!("attach-{run}");
-    helm(&[
-        "install",
-        &release,
-        chart().to_str().unwrap(),
-        "--namespace",
-        &release_ns,
-        "--set",
-        &format!("webhook.url=https://127.0.0.1:{port}/mutate-pods"),
-        // The world is shared: only this run's namespaces go to the webhook.
-        "--set",
-        &format!("webhook.namespaceLabels.attach\\.dev/chart-test={run}"),
-        "--wait=false",
-    ]);
+    let chart = common::install_chart().await;
 
-    // The operator, outside the cluster, as the chart's ServiceAccount.
-    let sa = format!("system:serviceaccount:{release_ns}:{release}-operator");
-    let kubeconfig = impersonating(&world.control_plane().unwrap().kubeconfig, &sa, &release_ns);
-    let operator = OperatorProcess::start_with_kubeconfig(
-        &kubeconfig,
-        &[
-            "--lease-name",
-            &format!("{release}-operator"),
-            "--namespace",
-            &release_ns,
-            "--webhook",
-            "true",
-            "--webhook-addr",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-dns-names",
-            "127.0.0.1",
-            "--webhook-secret",
-            &format!("{release}-webhook-tls"),
-            "--webhook-configuration",
-            &release,
-        ],
-    )
-    .await
-    .unwrap();
-
-    // What it needs, it may do: the caBundle is set, a backend gets Ready,
-    // a selected pod is injected.
+    // What it needs, it may do: the caBundle is set (install_chart waits
+    // for it), a backend gets Ready, a selected pod is injected.
     let client = world.client().await.unwrap();
-    let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
-        Api::all(client.clone());
-    common::wait_for(&mwcs, &release, "caBundle set", |m| {
-        m.webhooks
-            .iter()
-            .flatten()
-            .all(|w| w.client_config.ca_bundle.is_some())
-    })
-    .await;
-    let ns = world.namespace("chart-team").await.unwrap();
-    kubectl(&[
-        "label",
-        "namespace",
-        &ns,
-        &format!("attach.dev/chart-test={run}"),
-    ]);
+    let ns = chart.namespace("chart-team").await;
     let kc = world.keycloak().unwrap();
     let manifest = format!(
         "apiVersion: attach.dev/v1alpha1\nkind: IdentityProvider\nmetadata: {{name: keycloak, namespace: {ns}}}\nspec: {{issuer: \"{}\", insecure: true, audiences: [attach-gateway], preset: keycloak}}\n---\napiVersion: attach.dev/v1alpha1\nkind: LLMBackend\nmetadata: {{name: ollama, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: ollama}}}}\n  engine: ollama\n  port: 11434\n  identityProviderRefs: [{{name: keycloak}}]\n",
         kc.issuer(attach_tests::keycloak::REALM)
     );
-    let path = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(path.path(), manifest).unwrap();
-    kubectl(&["apply", "-f", path.path().to_str().unwrap()]);
+    common::kubectl_apply(&manifest);
     let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
     common::wait_ready(&backends, "ollama", "True").await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
@@ -230,7 +168,11 @@ async fn the_chart_installs_and_its_rbac_runs_the_operator() {
             .any(|c| c.name == "attach-gateway"),
         "not injected"
     );
-    assert!(!operator.log().contains("Forbidden"), "{}", operator.log());
+    assert!(
+        !chart.operator.log().contains("Forbidden"),
+        "{}",
+        chart.operator.log()
+    );
 
     // What it does not need, it may not do.
     for (verb, resource, namespace) in [
@@ -245,7 +187,14 @@ async fn the_chart_installs_and_its_rbac_runs_the_operator() {
         ("update", "leases", ns.as_str()),
     ] {
         let mut cmd = world.kubectl().unwrap();
-        cmd.args(["auth", "can-i", verb, resource, "--as", &sa]);
+        cmd.args([
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            "--as",
+            &chart.service_account,
+        ]);
         if !namespace.is_empty() {
             cmd.args(["-n", namespace]);
         }
@@ -256,25 +205,6 @@ async fn the_chart_installs_and_its_rbac_runs_the_operator() {
             "the chart grants {verb} {resource}"
         );
     }
-    drop(operator);
-    tokio::time::sleep(Duration::from_millis(10)).await;
-}
-
-/// A copy of `kubeconfig` whose user impersonates `user` (a service account).
-fn impersonating(kubeconfig: &Path, user: &str, namespace: &str) -> tempfile::TempPath {
-    let text = std::fs::read_to_string(kubeconfig).unwrap();
-    let mut config: serde_json::Value = serde_yaml::from_str(&text).unwrap();
-    for u in config["users"].as_array_mut().unwrap() {
-        u["user"]["as"] = json!(user);
-        u["user"]["as-groups"] = json!([
-            "system:serviceaccounts",
-            format!("system:serviceaccounts:{namespace}"),
-            "system:authenticated"
-        ]);
-    }
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_yaml::to_string(&config).unwrap()).unwrap();
-    file.into_temp_path()
 }
 
 #[tokio::test]

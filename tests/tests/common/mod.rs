@@ -2,6 +2,10 @@
 //! the gateway config most tests start from.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod chart;
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use chart::{install_chart, kubectl_apply};
+
 use attach_sidecar::claims::Preset;
 use attach_sidecar::config::{GatewayConfig, IssuerConfig};
 use attach_tests::World;

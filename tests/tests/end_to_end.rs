@@ -1,0 +1,352 @@
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+//! The whole chain on the real control plane: `helm install`, the operator
+//! as the chart's ServiceAccount, the GitOps example applied, its pods
+//! injected; then the injected pod's model (a mock bound as the patch says)
+//! and gateway (the exact rendered config file) serve real Keycloak tokens:
+//! access by group, admin endpoints, quotas, a live quota change through the
+//! ConfigMap, and garbage collection at the end.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use attach_operator::crd::{ClusterIdentityProvider, LLMBackend};
+use attach_tests::gateway::{metric_sum, write_configmap_file};
+use attach_tests::keycloak::{AUDIENCE, REALM};
+use attach_tests::ports::free_port;
+use attach_tests::process::{self, Supervised};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+fn example(path: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(path),
+    )
+    .unwrap()
+}
+
+async fn pod_of(client: &Client, ns: &str, app: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for _ in 0..300 {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap();
+        if let Some(pod) = list.items.into_iter().next() {
+            return pod;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {app} pod in {ns}");
+}
+
+fn env_of(container: &Container, name: &str) -> Option<String> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+/// The injected pod, run as processes: the mock model where `OLLAMA_HOST`
+/// says, the gateway with the pod's args (ports mapped to free ones on this
+/// shared machine) and the rendered config file in a ConfigMap-style folder.
+struct RunningPod {
+    _model: Supervised,
+    gateway: Supervised,
+    config_dir: tempfile::TempDir,
+    generation: u32,
+    url: String,
+    admin: String,
+}
+
+async fn run_pod(pod: &Pod, config: &str) -> RunningPod {
+    let spec = pod.spec.as_ref().unwrap();
+    let gateway = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "attach-gateway")
+        .unwrap_or_else(|| panic!("not injected: {pod:?}"));
+    let ollama_host = env_of(&spec.containers[0], "OLLAMA_HOST").unwrap();
+    let (ip, model_port) = ollama_host.rsplit_once(':').unwrap();
+    let args = gateway.args.clone().unwrap();
+    let flag = |name: &str| args[args.iter().position(|a| a == name).unwrap() + 1].clone();
+    let ports: BTreeMap<String, String> =
+        [model_port.to_owned(), flag("--port"), flag("--admin-port")]
+            .into_iter()
+            .map(|p| (p, free_port().unwrap().to_string()))
+            .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let mut generation = 0;
+    write_configmap_file(config_dir.path(), "gateway.yaml", config, &mut generation).unwrap();
+
+    let mut model = process::command(
+        attach_tests::binaries::build("attach-tests", "attach-mock-model").unwrap(),
+    );
+    model.args(["--listen", &format!("{ip}:{}", ports[model_port])]);
+    let model = Supervised::spawn("mock-model", model, dir.path().join("model.log")).unwrap();
+
+    let mut cmd = process::command(attach_tests::gateway::binary().unwrap());
+    let mut mapped = Vec::new();
+    let mut iter = args.iter();
+    while let Some(a) = iter.next() {
+        mapped.push(a.clone());
+        if let Some(value) = iter.next() {
+            let value = match a.as_str() {
+                "--config" => config_dir.path().join("gateway.yaml").display().to_string(),
+                "--port" | "--admin-port" => ports[value].clone(),
+                "--upstream" => format!("http://{ip}:{}", ports[model_port]),
+                _ => value.clone(),
+            };
+            mapped.push(value);
+        }
+    }
+    cmd.args(&mapped).args(["--log-format", "json"]);
+    let mut gateway_process =
+        Supervised::spawn("attach-gateway", cmd, dir.path().join("gateway.log")).unwrap();
+    std::mem::forget(dir);
+    let admin = format!("http://127.0.0.1:{}", ports[&flag("--admin-port")]);
+    let http = reqwest::Client::new();
+    attach_tests::wait::until_ready(
+        &mut gateway_process,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            http.get(format!("{admin}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await
+    .unwrap();
+    RunningPod {
+        _model: model,
+        gateway: gateway_process,
+        config_dir,
+        generation,
+        url: format!("http://127.0.0.1:{}", ports[&flag("--port")]),
+        admin,
+    }
+}
+
+async fn chat(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    model: &str,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = http.post(format!("{url}/api/chat")).json(
+        &json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn from_helm_install_to_enforced_quotas() {
+    let world = common::world();
+    let chart = common::install_chart().await;
+    let client = world.client().await.unwrap();
+    let kc = world.keycloak().unwrap();
+
+    // The platform layer: the corporate IdP, here the world's Keycloak.
+    let cidp: ClusterIdentityProvider = serde_json::from_value(json!({
+        "apiVersion": "attach.dev/v1alpha1", "kind": "ClusterIdentityProvider",
+        "metadata": {"name": "keycloak"},
+        "spec": {"issuer": kc.issuer(REALM), "insecure": true, "audiences": [AUDIENCE], "preset": "keycloak", "algorithms": ["RS256"]},
+    }))
+    .unwrap();
+    let cidps: Api<ClusterIdentityProvider> = Api::all(client.clone());
+    cidps.create(&PostParams::default(), &cidp).await.unwrap();
+    // The team layer: the example as committed.
+    common::kubectl_apply(&example("ml-team/namespace.yaml"));
+    chart.label_namespace("ml-team");
+    // The backend before the model: pods created before their backend exists
+    // are not injected (the webhook only acts at creation).
+    common::kubectl_apply(&example("ml-team/llm-backend.yaml"));
+    common::wait_ready(&cidps, "keycloak", "True").await;
+    let backends: Api<LLMBackend> = Api::namespaced(client.clone(), "ml-team");
+    common::wait_ready(&backends, "ollama", "True").await;
+    common::kubectl_apply(&example("ml-team/ollama.yaml"));
+    let pod = pod_of(&client, "ml-team", "ollama").await;
+    assert_eq!(
+        pod.annotations()
+            .get("attach.dev/backend")
+            .map(String::as_str),
+        Some("ollama")
+    );
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "ml-team");
+    let cm = config_maps.get("ollama-gateway").await.unwrap();
+    let mut running = run_pod(&pod, &cm.data.as_ref().unwrap()["gateway.yaml"]).await;
+    let http = reqwest::Client::new();
+    let alice = kc.token_for("alice").await.unwrap();
+    let bob = kc.token_for("bob").await.unwrap();
+
+    // alice (ai-power-users): a large model, streamed.
+    let resp = chat(
+        &http,
+        &running.url,
+        Some(&alice),
+        "llama3.1:70b",
+        &[("x-mock-chunks", "5")],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        body.lines().count(),
+        6,
+        "5 chunks and the final line:\n{body}"
+    );
+    // bob (staff): not that one, but a small one.
+    let resp = chat(&http, &running.url, Some(&bob), "llama3.1:70b", &[]).await;
+    assert_eq!(resp.status(), 403);
+    let resp = chat(&http, &running.url, Some(&bob), "llama3.2:1b", &[]).await;
+    assert_eq!(resp.status(), 200);
+    // No token.
+    let resp = chat(&http, &running.url, None, "llama3.2:1b", &[]).await;
+    assert_eq!(resp.status(), 401);
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    // An admin endpoint.
+    let resp = http
+        .post(format!("{}/api/pull", running.url))
+        .bearer_auth(&bob)
+        .json(&json!({"model": "llama3.2:1b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    // bob spends his 20,000 tokens a minute, then is refused.
+    let resp = chat(
+        &http,
+        &running.url,
+        Some(&bob),
+        "llama3.2:1b",
+        &[("x-mock-usage", "20000")],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let resp = chat(&http, &running.url, Some(&bob), "llama3.2:1b", &[]).await;
+    assert_eq!(resp.status(), 429);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+
+    // The team raises the quota in Git; kubectl apply; the ConfigMap changes.
+    let before = cm.annotations()["attach.dev/config-hash"].clone();
+    common::kubectl_apply(
+        &example("ml-team/llm-backend.yaml")
+            .replace("tokensPerMinute: 20000", "tokensPerMinute: 60000"),
+    );
+    let cm = common::wait_for(&config_maps, "ollama-gateway", "re-rendered", |cm| {
+        cm.annotations()["attach.dev/config-hash"] != before
+    })
+    .await;
+    // A stream in flight while the kubelet swaps the file.
+    let pid = running.gateway.pid();
+    let in_flight = {
+        let (http, url, alice) = (http.clone(), running.url.clone(), alice.clone());
+        tokio::spawn(async move {
+            let resp = chat(
+                &http,
+                &url,
+                Some(&alice),
+                "llama3.1:70b",
+                &[("x-mock-chunks", "20"), ("x-mock-delay-ms", "150")],
+            )
+            .await;
+            (resp.status(), resp.text().await.unwrap().lines().count())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reloads = || async {
+        let metrics = http
+            .get(format!("{}/metrics", running.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_sum(&metrics, "attach_config_reloads_total{result=\"ok\"}")
+    };
+    let reloaded_before = reloads().await;
+    write_configmap_file(
+        running.config_dir.path(),
+        "gateway.yaml",
+        &cm.data.as_ref().unwrap()["gateway.yaml"],
+        &mut running.generation,
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if reloads().await > reloaded_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reloads().await > reloaded_before,
+        "the new config was not loaded"
+    );
+    assert_eq!(
+        in_flight.await.unwrap(),
+        (reqwest::StatusCode::OK, 21),
+        "the stream in flight completed"
+    );
+    assert_eq!(running.gateway.pid(), pid, "no restart");
+    running.gateway.check_running().unwrap();
+    // The new limit applies: bob's 20,011 tokens are under 60,000.
+    let resp = chat(&http, &running.url, Some(&bob), "llama3.2:1b", &[]).await;
+    assert_eq!(resp.status(), 200);
+
+    // The backend goes; what it owns goes with it.
+    backends
+        .delete("ollama", &DeleteParams::default())
+        .await
+        .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "ml-team");
+    for _ in 0..300 {
+        if config_maps
+            .get_opt("ollama-gateway")
+            .await
+            .unwrap()
+            .is_none()
+            && secrets.get_opt("ollama-gateway").await.unwrap().is_none()
+        {
+            cidps
+                .delete("keycloak", &DeleteParams::default())
+                .await
+                .unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the ConfigMap and Secret of the deleted backend remain");
+}
