@@ -1,5 +1,6 @@
-//! Prints the CRDs as YAML, or writes them into a folder:
-//! `crdgen` (stdout, separated by `---`) or `crdgen --out crds`.
+//! Prints the CRDs as YAML, or writes them into a folder, or writes the API
+//! reference: `crdgen` (stdout, separated by `---`), `crdgen --out crds`,
+//! `crdgen --reference docs/crd-reference.md`.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -10,8 +11,22 @@ fn main() -> ExitCode {
     let out = match (args.next().as_deref(), args.next()) {
         (None, _) => None,
         (Some("--out"), Some(dir)) => Some(PathBuf::from(dir)),
+        (Some("--reference"), Some(file)) => {
+            let crds: Vec<_> = attach_operator::crd::all()
+                .into_iter()
+                .map(|(_, crd)| crd)
+                .collect();
+            let text = attach_operator::crd::reference::markdown(&crds);
+            return match std::fs::write(&file, text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("crdgen: {file}: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         _ => {
-            eprintln!("usage: crdgen [--out DIR]");
+            eprintln!("usage: crdgen [--out DIR | --reference FILE]");
             return ExitCode::from(64);
         }
     };

@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod identity_provider;
 pub mod llm_backend;
+pub mod reference;
 
 pub use conditions::Condition;
 pub use identity_provider::{ClusterIdentityProvider, IdentityProvider, IdentityProviderSpec};
@@ -49,6 +50,24 @@ mod tests {
                 "crds/{file} differs from the Rust types: run `cargo run -p attach-operator --bin crdgen -- --out crds`"
             );
         }
+    }
+
+    #[test]
+    fn the_committed_reference_matches_the_types() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/crd-reference.md");
+        let crds: Vec<_> = super::all().into_iter().map(|(_, crd)| crd).collect();
+        let generated = super::reference::markdown(&crds);
+        assert!(
+            std::fs::read_to_string(&path).unwrap_or_default() == generated,
+            "docs/crd-reference.md differs from the types: run `cargo run -p attach-operator --bin crdgen -- --reference docs/crd-reference.md`"
+        );
+        for kind in ["IdentityProvider", "ClusterIdentityProvider", "LLMBackend"] {
+            assert!(generated.contains(&format!("## {kind}\n")), "{kind}");
+        }
+        assert!(
+            generated
+                .contains("| `spec.quotas[].tokensPerMinute` | integer | LLM tokens per minute. |")
+        );
     }
 
     #[test]
