@@ -88,3 +88,20 @@ YAML
 
 # peak_rss_mib PID
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+# use_world: attach to the world `tests/cluster up` started, or start one
+# (then world_cleanup stops it). Sets the world's exports and own_world.
+use_world() {
+  own_world=
+  local env
+  if ! env=$(cd "$root" && tests/cluster env 2>/dev/null); then
+    echo "starting a world (control plane, Keycloak, Redis)" >&2
+    env=$(cd "$root" && tests/cluster up)
+    own_world=1
+  fi
+  eval "$env"
+}
+
+world_cleanup() {
+  if [[ -n "${own_world:-}" ]]; then (cd "$root" && tests/cluster down); fi
+}

@@ -16,20 +16,14 @@ count=${1:-1000}
 namespaces=${2:-50}
 per_ns=$(( (count + namespaces - 1) / namespaces ))
 
-own_world=
-if ! world_env=$(tests/cluster env 2>/dev/null); then
-  echo "starting a world (control plane, Keycloak, Redis)" >&2
-  world_env=$(tests/cluster up)
-  own_world=1
-fi
-eval "$world_env"
+use_world
 operator_cleanup() {
   [[ -n "${run_id:-}" ]] && {
     kubectl delete ns -l "attach.dev/bench=$run_id" --wait=false >/dev/null 2>&1 || true
     kubectl delete clusteridentityprovider "bench-$run_id" --wait=false >/dev/null 2>&1 || true
   }
   bench_cleanup
-  [[ -n "$own_world" ]] && tests/cluster down
+  world_cleanup
 }
 trap operator_cleanup EXIT
 

@@ -15,18 +15,12 @@ source "$(dirname "$0")/lib.sh"
 cd "$root"
 reviews=${1:-1000}
 
-own_world=
-if ! world_env=$(tests/cluster env 2>/dev/null); then
-  echo "starting a world (control plane, Keycloak, Redis)" >&2
-  world_env=$(tests/cluster up)
-  own_world=1
-fi
-eval "$world_env"
+use_world
 run_id=$(printf '%06x' $((RANDOM * 32768 + RANDOM)))
 webhook_cleanup() {
   kubectl delete ns -l "attach.dev/bench=$run_id" --wait=false >/dev/null 2>&1 || true
   bench_cleanup
-  [[ -n "$own_world" ]] && tests/cluster down
+  world_cleanup
 }
 trap webhook_cleanup EXIT
 

@@ -13,6 +13,7 @@ pub mod binaries;
 pub mod control_plane;
 pub mod error;
 pub mod gateway;
+pub mod injected_pod;
 pub mod keycloak;
 pub mod mock_model;
 pub mod operator;

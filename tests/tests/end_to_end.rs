@@ -8,16 +8,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use attach_operator::crd::{ClusterIdentityProvider, LLMBackend};
-use attach_tests::gateway::{metric_sum, write_configmap_file};
+use attach_tests::gateway::metric_sum;
+use attach_tests::injected_pod::InjectedPod;
 use attach_tests::keycloak::{AUDIENCE, REALM};
-use attach_tests::ports::free_port;
-use attach_tests::process::{self, Supervised};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -44,99 +42,6 @@ async fn pod_of(client: &Client, ns: &str, app: &str) -> Pod {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no {app} pod in {ns}");
-}
-
-fn env_of(container: &Container, name: &str) -> Option<String> {
-    container
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == name)
-        .and_then(|e| e.value.clone())
-}
-
-/// The injected pod, run as processes: the mock model where `OLLAMA_HOST`
-/// says, the gateway with the pod's args (ports mapped to free ones on this
-/// shared machine) and the rendered config file in a ConfigMap-style folder.
-struct RunningPod {
-    _model: Supervised,
-    gateway: Supervised,
-    config_dir: tempfile::TempDir,
-    generation: u32,
-    url: String,
-    admin: String,
-}
-
-async fn run_pod(pod: &Pod, config: &str) -> RunningPod {
-    let spec = pod.spec.as_ref().unwrap();
-    let gateway = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .find(|c| c.name == "attach-gateway")
-        .unwrap_or_else(|| panic!("not injected: {pod:?}"));
-    let ollama_host = env_of(&spec.containers[0], "OLLAMA_HOST").unwrap();
-    let (ip, model_port) = ollama_host.rsplit_once(':').unwrap();
-    let args = gateway.args.clone().unwrap();
-    let flag = |name: &str| args[args.iter().position(|a| a == name).unwrap() + 1].clone();
-    let ports: BTreeMap<String, String> =
-        [model_port.to_owned(), flag("--port"), flag("--admin-port")]
-            .into_iter()
-            .map(|p| (p, free_port().unwrap().to_string()))
-            .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let config_dir = tempfile::tempdir().unwrap();
-    let mut generation = 0;
-    write_configmap_file(config_dir.path(), "gateway.yaml", config, &mut generation).unwrap();
-
-    let mut model = process::command(
-        attach_tests::binaries::build("attach-tests", "attach-mock-model").unwrap(),
-    );
-    model.args(["--listen", &format!("{ip}:{}", ports[model_port])]);
-    let model = Supervised::spawn("mock-model", model, dir.path().join("model.log")).unwrap();
-
-    let mut cmd = process::command(attach_tests::gateway::binary().unwrap());
-    let mut mapped = Vec::new();
-    let mut iter = args.iter();
-    while let Some(a) = iter.next() {
-        mapped.push(a.clone());
-        if let Some(value) = iter.next() {
-            let value = match a.as_str() {
-                "--config" => config_dir.path().join("gateway.yaml").display().to_string(),
-                "--port" | "--admin-port" => ports[value].clone(),
-                "--upstream" => format!("http://{ip}:{}", ports[model_port]),
-                _ => value.clone(),
-            };
-            mapped.push(value);
-        }
-    }
-    cmd.args(&mapped).args(["--log-format", "json"]);
-    let mut gateway_process =
-        Supervised::spawn("attach-gateway", cmd, dir.path().join("gateway.log")).unwrap();
-    std::mem::forget(dir);
-    let admin = format!("http://127.0.0.1:{}", ports[&flag("--admin-port")]);
-    let http = reqwest::Client::new();
-    attach_tests::wait::until_ready(
-        &mut gateway_process,
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        async || {
-            http.get(format!("{admin}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await
-    .unwrap();
-    RunningPod {
-        _model: model,
-        gateway: gateway_process,
-        config_dir,
-        generation,
-        url: format!("http://127.0.0.1:{}", ports[&flag("--port")]),
-        admin,
-    }
 }
 
 async fn chat(
@@ -194,7 +99,9 @@ async fn from_helm_install_to_enforced_quotas() {
 
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "ml-team");
     let cm = config_maps.get("ollama-gateway").await.unwrap();
-    let mut running = run_pod(&pod, &cm.data.as_ref().unwrap()["gateway.yaml"]).await;
+    let mut running = InjectedPod::start(&pod, &cm.data.as_ref().unwrap()["gateway.yaml"])
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
     let alice = kc.token_for("alice").await.unwrap();
     let bob = kc.token_for("bob").await.unwrap();
@@ -269,7 +176,7 @@ async fn from_helm_install_to_enforced_quotas() {
     })
     .await;
     // A stream in flight while the kubelet swaps the file.
-    let pid = running.gateway.pid();
+    let pid = running.gateway_pid();
     let in_flight = {
         let (http, url, alice) = (http.clone(), running.url.clone(), alice.clone());
         tokio::spawn(async move {
@@ -285,9 +192,10 @@ async fn from_helm_install_to_enforced_quotas() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = running.admin.clone();
     let reloads = || async {
         let metrics = http
-            .get(format!("{}/metrics", running.admin))
+            .get(format!("{admin}/metrics"))
             .send()
             .await
             .unwrap()
@@ -297,13 +205,9 @@ async fn from_helm_install_to_enforced_quotas() {
         metric_sum(&metrics, "attach_config_reloads_total{result=\"ok\"}")
     };
     let reloaded_before = reloads().await;
-    write_configmap_file(
-        running.config_dir.path(),
-        "gateway.yaml",
-        &cm.data.as_ref().unwrap()["gateway.yaml"],
-        &mut running.generation,
-    )
-    .unwrap();
+    running
+        .write_config(&cm.data.as_ref().unwrap()["gateway.yaml"])
+        .unwrap();
     for _ in 0..100 {
         if reloads().await > reloaded_before {
             break;
@@ -319,8 +223,8 @@ async fn from_helm_install_to_enforced_quotas() {
         (reqwest::StatusCode::OK, 21),
         "the stream in flight completed"
     );
-    assert_eq!(running.gateway.pid(), pid, "no restart");
-    running.gateway.check_running().unwrap();
+    assert_eq!(running.gateway_pid(), pid, "no restart");
+    running.check_running().unwrap();
     // The new limit applies: bob's 20,011 tokens are under 60,000.
     let resp = chat(&http, &running.url, Some(&bob), "llama3.2:1b", &[]).await;
     assert_eq!(resp.status(), 200);

@@ -9,14 +9,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use attach_operator::crd::{IdentityProvider, LLMBackend};
+use attach_tests::injected_pod::InjectedPod;
 use attach_tests::keycloak::{AUDIENCE, REALM};
 use attach_tests::operator::OperatorProcess;
 use attach_tests::ports::free_port;
-use attach_tests::process::{self, Supervised};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod};
@@ -350,21 +349,9 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
 }
 
 /// Runs the injected pod's model (a mock, bound as the patch says) and its
-/// gateway (with the rendered config), with the pod's ports mapped to free
-/// ones, and shows the model answers only through the gateway, with a token.
+/// gateway (with the rendered config), and shows the model answers only
+/// through the gateway, with a token.
 async fn bypass_is_closed(client: &Client, ns: &str, pod: &Pod) {
-    let gateway = sidecar(pod).unwrap();
-    let model = &pod.spec.as_ref().unwrap().containers[0];
-    let ollama_host = env_of(model, "OLLAMA_HOST").unwrap();
-    let (model_ip, model_port) = ollama_host.rsplit_once(':').unwrap();
-    assert_eq!(model_ip, "127.0.0.1");
-    // The pod's ports, mapped to free ones on this shared machine.
-    let mut map = BTreeMap::new();
-    for p in [model_port.to_owned(), "11434".into(), "15090".into()] {
-        map.insert(p, free_port().unwrap().to_string());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("config")).unwrap();
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get(&format!(
             "{}-gateway",
@@ -372,65 +359,14 @@ async fn bypass_is_closed(client: &Client, ns: &str, pod: &Pod) {
         ))
         .await
         .unwrap();
-    std::fs::write(
-        dir.path().join("config/gateway.yaml"),
-        &cm.data.unwrap()["gateway.yaml"],
-    )
-    .unwrap();
-
-    let mock = attach_tests::binaries::build("attach-tests", "attach-mock-model").unwrap();
-    let mut mock_cmd = process::command(mock);
-    mock_cmd.args(["--listen", &format!("{model_ip}:{}", map[model_port])]);
-    let _model = Supervised::spawn("mock-model", mock_cmd, dir.path().join("model.log")).unwrap();
-
-    let args: Vec<String> = gateway
-        .args
-        .clone()
-        .unwrap()
-        .into_iter()
-        .map(|a| {
-            let a = a.replace("/etc/attach", &dir.path().display().to_string());
-            map.iter().fold(a, |a, (from, to)| {
-                if a == *from {
-                    to.clone()
-                } else {
-                    a.replace(&format!(":{from}"), &format!(":{to}"))
-                }
-            })
-        })
-        .collect();
-    let mut gw_cmd = process::command(attach_tests::gateway::binary().unwrap());
-    gw_cmd.args(&args).args(["--log-format", "text"]);
-    for e in gateway.env.iter().flatten() {
-        let value = map
-            .iter()
-            .fold(e.value.clone().unwrap_or_default(), |v, (from, to)| {
-                v.replace(&format!("\"port\":{from}"), &format!("\"port\":{to}"))
-            });
-        gw_cmd.env(&e.name, value);
-    }
-    let mut gw =
-        Supervised::spawn("attach-gateway", gw_cmd, dir.path().join("gateway.log")).unwrap();
-    let admin = format!("http://127.0.0.1:{}", map["15090"]);
+    let running = InjectedPod::start(pod, &cm.data.unwrap()["gateway.yaml"])
+        .await
+        .unwrap();
+    assert_eq!(running.model_ip, "127.0.0.1");
     let http = reqwest::Client::new();
-    attach_tests::wait::until_ready(
-        &mut gw,
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        async || {
-            http.get(format!("{admin}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await
-    .unwrap();
-
-    let gateway_url = format!("http://127.0.0.1:{}", map["11434"]);
     // The model's original port, now the gateway's: no token, no answer.
     let anonymous = http
-        .get(format!("{gateway_url}/api/tags"))
+        .get(format!("{}/api/tags", running.url))
         .send()
         .await
         .unwrap();
@@ -443,23 +379,26 @@ async fn bypass_is_closed(client: &Client, ns: &str, pod: &Pod) {
         .await
         .unwrap();
     let authed = http
-        .get(format!("{gateway_url}/api/tags"))
+        .get(format!("{}/api/tags", running.url))
         .bearer_auth(&token)
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        authed.status(),
-        200,
-        "{}",
-        std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
-    );
+    assert_eq!(authed.status(), 200, "{}", running.gateway_log());
     // The gateway listens on every address of the pod...
-    let other_address = format!("http://127.0.0.2:{}/api/tags", map["11434"]);
-    assert_eq!(http.get(&other_address).send().await.unwrap().status(), 401);
+    let other_address = running.url.replace("127.0.0.1", "127.0.0.2");
+    assert_eq!(
+        http.get(format!("{other_address}/api/tags"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     // ...the model only on 127.0.0.1: from any other address it is refused.
+    let model_port = running.port(running.model_port).unwrap();
     let direct = http
-        .get(format!("http://127.0.0.2:{}/api/tags", map[model_port]))
+        .get(format!("http://127.0.0.2:{model_port}/api/tags"))
         .send()
         .await;
     assert!(
@@ -468,13 +407,13 @@ async fn bypass_is_closed(client: &Client, ns: &str, pod: &Pod) {
     );
     // The kubelet's probe, through the admin port, gets the model's answer.
     let probe = http
-        .get(format!("{admin}/probe/ollama/readiness"))
+        .get(format!("{}/probe/ollama/readiness", running.admin))
         .send()
         .await
         .unwrap();
     assert_eq!(probe.status(), 200);
     let unknown = http
-        .get(format!("{admin}/probe/ollama/api/tags"))
+        .get(format!("{}/probe/ollama/api/tags", running.admin))
         .send()
         .await
         .unwrap();

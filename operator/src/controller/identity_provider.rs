@@ -52,6 +52,8 @@ pub struct Context {
 pub trait IdpObject:
     Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
 {
+    /// The kind, as a metric label.
+    const KIND: &'static str;
     fn issuer(&self) -> &str;
     fn jwks_uri(&self) -> Option<&str>;
     fn status(&self) -> Option<&IdentityProviderStatus>;
@@ -59,6 +61,7 @@ pub trait IdpObject:
 }
 
 impl IdpObject for IdentityProvider {
+    const KIND: &'static str = "IdentityProvider";
     fn issuer(&self) -> &str {
         &self.spec.issuer
     }
@@ -74,6 +77,7 @@ impl IdpObject for IdentityProvider {
 }
 
 impl IdpObject for ClusterIdentityProvider {
+    const KIND: &'static str = "ClusterIdentityProvider";
     fn issuer(&self) -> &str {
         &self.spec.issuer
     }

@@ -69,56 +69,50 @@ pub async fn run(
         recorder: recorder.clone(),
     });
 
-    let idps = {
-        let metrics = metrics.clone();
-        Controller::new(
-            Api::<IdentityProvider>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .with_config(settings.controller_config())
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            move |obj, ctx| {
-                let metrics = metrics.clone();
-                async move {
-                    metrics
-                        .measure("IdentityProvider", identity_provider::reconcile(obj, ctx))
-                        .await
-                }
-            },
-            identity_provider::error_policy::<IdentityProvider>,
-            idp_ctx.clone(),
-        )
-        .for_each(|_| async {})
-    };
-    let cluster_idps = {
-        let metrics = metrics.clone();
-        Controller::new(
-            Api::<ClusterIdentityProvider>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .with_config(settings.controller_config())
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            move |obj, ctx| {
-                let metrics = metrics.clone();
-                async move {
-                    metrics
-                        .measure(
-                            "ClusterIdentityProvider",
-                            identity_provider::reconcile(obj, ctx),
-                        )
-                        .await
-                }
-            },
-            identity_provider::error_policy::<ClusterIdentityProvider>,
-            idp_ctx,
-        )
-        .for_each(|_| async {})
-    };
+    let idps = idp_controller::<IdentityProvider>(
+        client.clone(),
+        idp_ctx.clone(),
+        metrics.clone(),
+        settings,
+        shutdown.clone(),
+    );
+    let cluster_idps = idp_controller::<ClusterIdentityProvider>(
+        client.clone(),
+        idp_ctx,
+        metrics.clone(),
+        settings,
+        shutdown.clone(),
+    );
     let backends = backend_controller(client, recorder, metrics, settings, shutdown);
     futures::join!(idps, cluster_idps, backends);
     tracing::info!("controllers stopped");
+}
+
+/// The controller of one identity-provider kind.
+async fn idp_controller<K: identity_provider::IdpObject>(
+    client: Client,
+    ctx: Arc<identity_provider::Context>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    Controller::new(Api::<K>::all(client), watcher::Config::default())
+        .with_config(settings.controller_config())
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |obj, ctx| {
+                let metrics = metrics.clone();
+                async move {
+                    metrics
+                        .measure(K::KIND, identity_provider::reconcile(obj, ctx))
+                        .await
+                }
+            },
+            identity_provider::error_policy::<K>,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
 }
 
 /// The LLMBackend controller with its watches: owned ConfigMaps and Secrets,

@@ -76,6 +76,10 @@ impl Problem {
     }
 }
 
+fn ready(status: Option<&crate::crd::identity_provider::IdentityProviderStatus>) -> bool {
+    status.is_some_and(|s| is_true(&s.conditions, READY))
+}
+
 /// Maps either IdP kind's spec (they share every field) to what rendering needs.
 macro_rules! resolved_idp {
     ($spec:expr) => {{
@@ -111,60 +115,30 @@ impl IdpStores {
         let mut resolved = Vec::with_capacity(refs.len());
         let mut not_ready = None;
         for r in refs {
-            let (found, ready) = match r.kind {
-                IdentityProviderKind::IdentityProvider => {
-                    match self
-                        .namespaced
+            let (reference, found) = match r.kind {
+                IdentityProviderKind::IdentityProvider => (
+                    format!("IdentityProvider {namespace}/{}", r.name),
+                    self.namespaced
                         .get(&ObjectRef::new(&r.name).within(namespace))
-                    {
-                        Some(idp) => (
-                            resolved_idp!(idp.spec),
-                            idp.status
-                                .as_ref()
-                                .is_some_and(|s| is_true(&s.conditions, READY)),
-                        ),
-                        None => {
-                            return (
-                                Vec::new(),
-                                Some(Problem::IdentityProviderNotFound {
-                                    reference: format!("IdentityProvider {namespace}/{}", r.name),
-                                }),
-                            );
-                        }
-                    }
-                }
-                IdentityProviderKind::ClusterIdentityProvider => {
-                    match self.cluster.get(&ObjectRef::new(&r.name)) {
-                        Some(idp) => (
-                            resolved_idp!(idp.spec),
-                            idp.status
-                                .as_ref()
-                                .is_some_and(|s| is_true(&s.conditions, READY)),
-                        ),
-                        None => {
-                            return (
-                                Vec::new(),
-                                Some(Problem::IdentityProviderNotFound {
-                                    reference: format!("ClusterIdentityProvider {}", r.name),
-                                }),
-                            );
-                        }
-                    }
-                }
+                        .map(|idp| (resolved_idp!(idp.spec), ready(idp.status.as_ref()))),
+                ),
+                IdentityProviderKind::ClusterIdentityProvider => (
+                    format!("ClusterIdentityProvider {}", r.name),
+                    self.cluster
+                        .get(&ObjectRef::new(&r.name))
+                        .map(|idp| (resolved_idp!(idp.spec), ready(idp.status.as_ref()))),
+                ),
             };
-            if !ready && not_ready.is_none() {
-                not_ready = Some(Problem::IdentityProviderNotReady {
-                    reference: match r.kind {
-                        IdentityProviderKind::IdentityProvider => {
-                            format!("IdentityProvider {namespace}/{}", r.name)
-                        }
-                        IdentityProviderKind::ClusterIdentityProvider => {
-                            format!("ClusterIdentityProvider {}", r.name)
-                        }
-                    },
-                });
+            let Some((idp, is_ready)) = found else {
+                return (
+                    Vec::new(),
+                    Some(Problem::IdentityProviderNotFound { reference }),
+                );
+            };
+            if !is_ready && not_ready.is_none() {
+                not_ready = Some(Problem::IdentityProviderNotReady { reference });
             }
-            resolved.push(found);
+            resolved.push(idp);
         }
         (resolved, not_ready)
     }
