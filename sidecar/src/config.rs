@@ -257,6 +257,10 @@ pub struct IssuerConfig {
     /// For local testing only: keys fetched over plain HTTP can be forged.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Exchange this issuer's tokens for downstream-scoped ones (RFC 8693)
+    /// before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<crate::exchange::TokenExchangeConfig>,
 }
 
 impl IssuerConfig {
@@ -274,6 +278,7 @@ impl IssuerConfig {
             jwks_refresh_interval: default_jwks_refresh(),
             jwks_cooldown: default_jwks_cooldown(),
             allow_insecure_http: false,
+            token_exchange: None,
         }
     }
 }
@@ -510,6 +515,17 @@ impl GatewayConfig {
     /// Reads the values the config names by file (`quotas.store.urlFile`),
     /// as mounted Secrets are. Their contents are never logged.
     pub fn read_files(&mut self) -> Result<(), ConfigError> {
+        for issuer in &mut self.issuers {
+            if let Some(exchange) = &mut issuer.token_exchange
+                && let Some(path) = &exchange.client_secret_file
+            {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                exchange.client_secret = text.trim().to_owned();
+            }
+        }
         if let StoreConfig::Redis {
             url,
             url_file: Some(path),
@@ -585,6 +601,42 @@ impl GatewayConfig {
                 .claims
                 .validate()
                 .map_err(|message| ConfigError::invalid(field("claims"), message))?;
+            if let Some(exchange) = &issuer.token_exchange {
+                if let Some(url) = &exchange.token_endpoint {
+                    check_fetch_url(
+                        &field("tokenExchange.tokenEndpoint"),
+                        url,
+                        issuer.allow_insecure_http,
+                    )?;
+                }
+                if exchange.client_id.trim().is_empty() {
+                    return Err(ConfigError::invalid(
+                        field("tokenExchange.clientId"),
+                        "is required",
+                    ));
+                }
+                if exchange.client_secret.is_empty() && exchange.client_secret_file.is_none() {
+                    return Err(ConfigError::invalid(
+                        field("tokenExchange.clientSecret"),
+                        "clientSecret or clientSecretFile is required",
+                    ));
+                }
+                if http::HeaderName::from_bytes(exchange.header.as_bytes()).is_err() {
+                    return Err(ConfigError::invalid(
+                        field("tokenExchange.header"),
+                        "is not a valid header name",
+                    ));
+                }
+                if exchange.audience.is_none()
+                    && exchange.resource.is_none()
+                    && exchange.scopes.is_empty()
+                {
+                    return Err(ConfigError::invalid(
+                        field("tokenExchange"),
+                        "name an audience, a resource or scopes: a token for the same audience gains nothing",
+                    ));
+                }
+            }
         }
         for (i, path) in self.unauthenticated_paths.iter().enumerate() {
             if !path.starts_with('/') {

@@ -46,6 +46,9 @@ pub enum GatewayError {
     /// A bug or an impossible state: 500.
     #[error("internal error")]
     Internal,
+    /// The token exchange failed; nothing was forwarded.
+    #[error("{0}")]
+    Exchange(crate::exchange::ExchangeError),
 }
 
 impl GatewayError {
@@ -74,6 +77,11 @@ impl GatewayError {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "internal",
+            Self::Exchange(e) => match e {
+                crate::exchange::ExchangeError::Refused(_) => "token_exchange_refused",
+                crate::exchange::ExchangeError::Unavailable => "token_exchange_unavailable",
+                crate::exchange::ExchangeError::BadResponse(_) => "token_exchange_bad_response",
+            },
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,22 +23,22 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum FetchError {
     #[error("invalid URL {url}: {message}")]
     Url { url: String, message: String },
-    #[error("GET {url} failed: {message}")]
+    #[error("{url} failed: {message}")]
     Transport { url: String, message: String },
-    #[error("GET {url} timed out after {}s", FETCH_TIMEOUT.as_secs())]
+    #[error("{url} timed out after {}s", FETCH_TIMEOUT.as_secs())]
     Timeout { url: String },
-    #[error("GET {url} answered {status}")]
+    #[error("{url} answered {status}")]
     Status { url: String, status: u16 },
-    #[error("GET {url}: body over {MAX_DOCUMENT_BYTES} bytes or unreadable: {message}")]
+    #[error("{url}: body over {MAX_DOCUMENT_BYTES} bytes or unreadable: {message}")]
     Body { url: String, message: String },
-    #[error("GET {url}: not the expected JSON: {message}")]
+    #[error("{url}: not the expected JSON: {message}")]
     Json { url: String, message: String },
 }
 
 /// A small pooled HTTPS client for IdP documents.
 #[derive(Clone, Debug)]
 pub struct IdpClient {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl IdpClient {
@@ -67,23 +67,63 @@ impl IdpClient {
 
     /// GETs `url` and parses its JSON body into `T`.
     pub async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, FetchError> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| FetchError::Url {
+        let request = request(http::Method::GET, url, None)?;
+        let (status, body) = self.send(url, request).await?;
+        if !status.is_success() {
+            return Err(FetchError::Status {
                 url: url.to_owned(),
-                message: e.to_string(),
-            })?;
-        let request = http::Request::get(uri)
-            .header(http::header::ACCEPT, "application/json")
-            .header(
-                http::header::USER_AGENT,
-                concat!("attach-gateway/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Empty::new())
-            .map_err(|e| FetchError::Url {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
+                status: status.as_u16(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| FetchError::Json {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// POSTs a form to `url` with HTTP Basic client authentication (RFC 6749
+    /// §2.3.1); returns the status and the JSON body, whatever the status
+    /// (OAuth errors come as JSON with 4xx). Neither the form nor the
+    /// credentials appear in errors.
+    pub async fn post_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        client: (&str, &str),
+    ) -> Result<(http::StatusCode, serde_json::Value), FetchError> {
+        use base64::Engine;
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            form_encode(client.0),
+            form_encode(client.1)
+        ));
+        let mut request = request(http::Method::POST, url, Some(Bytes::from(body)))?;
+        let headers = request.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        if let Ok(value) = http::HeaderValue::from_str(&format!("Basic {credentials}")) {
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        let (status, body) = self.send(url, request).await?;
+        let json = serde_json::from_slice(&body).map_err(|e| FetchError::Json {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok((status, json))
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(http::StatusCode, Bytes), FetchError> {
         let fetch = async {
             let response =
                 self.client
@@ -94,31 +134,53 @@ impl IdpClient {
                         message: error_chain(&e),
                     })?;
             let status = response.status();
-            if !status.is_success() {
-                return Err(FetchError::Status {
-                    url: url.to_owned(),
-                    status: status.as_u16(),
-                });
-            }
             Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
                 .collect()
                 .await
-                .map(|b| b.to_bytes())
+                .map(|b| (status, b.to_bytes()))
                 .map_err(|e| FetchError::Body {
                     url: url.to_owned(),
                     message: e.to_string(),
                 })
         };
-        let body = tokio::time::timeout(FETCH_TIMEOUT, fetch)
+        tokio::time::timeout(FETCH_TIMEOUT, fetch)
             .await
             .map_err(|_| FetchError::Timeout {
                 url: url.to_owned(),
-            })??;
-        serde_json::from_slice(&body).map_err(|e| FetchError::Json {
+            })?
+    }
+}
+
+fn request(
+    method: http::Method,
+    url: &str,
+    body: Option<Bytes>,
+) -> Result<http::Request<Full<Bytes>>, FetchError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| FetchError::Url {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?;
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::ACCEPT, "application/json")
+        .header(
+            http::header::USER_AGENT,
+            concat!("attach-gateway/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(body.unwrap_or_default()))
+        .map_err(|e| FetchError::Url {
             url: url.to_owned(),
             message: e.to_string(),
         })
-    }
+}
+
+/// `application/x-www-form-urlencoded` (also what RFC 6749 §2.3.1 asks of
+/// client ids and secrets in Basic credentials).
+fn form_encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 impl Default for IdpClient {

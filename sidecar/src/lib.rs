@@ -14,6 +14,7 @@ pub mod body;
 pub mod claims;
 pub mod config;
 pub mod error;
+pub mod exchange;
 pub mod gateway;
 pub mod idp_client;
 pub mod jwt;

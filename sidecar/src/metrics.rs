@@ -80,6 +80,8 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     pub quota_store_duration: Histogram,
     pub quota_store_errors: Counter,
+    /// `attach_token_exchanges_total{result}`.
+    pub token_exchanges: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -149,8 +151,15 @@ impl Metrics {
             "Quota store operations that failed",
             quota_store_errors.clone(),
         );
+        let token_exchanges = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "token_exchanges",
+            "Token exchanges by result: hit (cached), exchanged, refused, unavailable, bad_response",
+            token_exchanges.clone(),
+        );
         Self {
             registry,
+            token_exchanges,
             tokens,
             quota_store_duration,
             quota_store_errors,
@@ -162,6 +171,13 @@ impl Metrics {
             config_reloads,
             in_flight,
         }
+    }
+
+    /// Counts one token exchange outcome.
+    pub fn token_exchange(&self, result: &'static str) {
+        self.token_exchanges
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// The metrics in the Prometheus text format.

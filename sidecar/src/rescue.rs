@@ -21,6 +21,7 @@ pub struct Reason(pub &'static str);
 
 /// Builds the answer for `error`.
 pub fn rescue(error: &GatewayError) -> Response<Body> {
+    use crate::exchange::ExchangeError;
     let (status, code) = match error {
         GatewayError::Auth { error, .. } => match error {
             AuthError::KeysUnavailable => {
@@ -44,6 +45,14 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         GatewayError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
         GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
         GatewayError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        GatewayError::Exchange(e) => match e {
+            ExchangeError::Refused(_) => (StatusCode::FORBIDDEN, "token_exchange_refused"),
+            ExchangeError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_exchange_unavailable",
+            ),
+            ExchangeError::BadResponse(_) => (StatusCode::BAD_GATEWAY, "token_exchange_failed"),
+        },
     };
     let mut body = serde_json::json!({ "error": code, "message": error.to_string() });
     if let GatewayError::Forbidden(kind) = error {
@@ -79,7 +88,10 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         // carry another request, and the client must not try.
         headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if matches!(error, GatewayError::QuotaUnavailable) {
+    if matches!(
+        error,
+        GatewayError::QuotaUnavailable | GatewayError::Exchange(ExchangeError::Unavailable)
+    ) {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if let GatewayError::QuotaExceeded(r) = error {

@@ -144,6 +144,8 @@ pub struct Runtime {
     pub policy: Policy,
     pub quota_store: Arc<QuotaStore>,
     pub metrics: Arc<Metrics>,
+    /// Token exchangers by issuer, for the issuers that exchange.
+    pub exchangers: std::collections::HashMap<String, Arc<crate::exchange::TokenExchanger>>,
 }
 
 impl Runtime {
@@ -170,7 +172,30 @@ impl Runtime {
             shared.metrics.clone(),
         );
         let upstream = build_upstream(&config)?;
+        let exchangers = config
+            .issuers
+            .iter()
+            .filter_map(|issuer| {
+                let exchange = issuer.token_exchange.clone()?;
+                // An unchanged exchange keeps its cache across reloads.
+                let reused = previous
+                    .and_then(|p| p.exchangers.get(&issuer.issuer))
+                    .filter(|e| e.config() == &exchange)
+                    .cloned();
+                Some((
+                    issuer.issuer.clone(),
+                    reused.unwrap_or_else(|| {
+                        Arc::new(crate::exchange::TokenExchanger::new(
+                            &issuer.issuer,
+                            exchange,
+                            shared.idp.clone(),
+                        ))
+                    }),
+                ))
+            })
+            .collect();
         Ok(Self {
+            exchangers,
             policy: Policy::new(&config.access.rules, config.access.allow_unknown_endpoints),
             unauthenticated_paths: config.unauthenticated_paths.iter().cloned().collect(),
             config: Arc::new(config),

@@ -20,6 +20,12 @@
 //! | `MAX_CONCURRENT_REQUESTS` | requests in flight per user |
 //! | `REDIS_URL` | keep quota counters in Redis, shared by replicas (default: in memory) |
 //! | `QUOTA_FAIL_MODE` | `closed` (503, default) or `open` (local limit) while Redis is down |
+//! | `ENABLE_DESCOPE_EXCHANGE` | exchange tokens at Descope (RFC 8693) before forwarding |
+//! | `DESCOPE_PROJECT_ID`, `DESCOPE_CLIENT_ID`, `DESCOPE_CLIENT_SECRET` | the Descope project (its discovery names the token endpoint) and the exchanging client |
+//! | `TOKEN_EXCHANGE_CLIENT_ID`, `TOKEN_EXCHANGE_CLIENT_SECRET` | generic RFC 8693 exchange at the issuer's token endpoint |
+//! | `TOKEN_EXCHANGE_ENDPOINT` | the token endpoint (default: from the issuer's discovery) |
+//! | `TOKEN_EXCHANGE_AUDIENCE`, `TOKEN_EXCHANGE_RESOURCE`, `TOKEN_EXCHANGE_SCOPES` | what the downstream token is for |
+//! | `TOKEN_EXCHANGE_HEADER` | the header the downstream token goes in (default `Authorization`) |
 //!
 //! `--port` (default 8080) and `--admin-port` (default 9090) set the ports.
 
@@ -49,6 +55,51 @@ pub const MAX_REQUESTS_PER_MIN: &str = "MAX_REQUESTS_PER_MIN";
 pub const MAX_CONCURRENT_REQUESTS: &str = "MAX_CONCURRENT_REQUESTS";
 pub const REDIS_URL: &str = "REDIS_URL";
 pub const QUOTA_FAIL_MODE: &str = "QUOTA_FAIL_MODE";
+pub const ENABLE_DESCOPE_EXCHANGE: &str = "ENABLE_DESCOPE_EXCHANGE";
+pub const DESCOPE_PROJECT_ID: &str = "DESCOPE_PROJECT_ID";
+pub const DESCOPE_CLIENT_ID: &str = "DESCOPE_CLIENT_ID";
+pub const DESCOPE_CLIENT_SECRET: &str = "DESCOPE_CLIENT_SECRET";
+pub const TOKEN_EXCHANGE_CLIENT_ID: &str = "TOKEN_EXCHANGE_CLIENT_ID";
+pub const TOKEN_EXCHANGE_CLIENT_SECRET: &str = "TOKEN_EXCHANGE_CLIENT_SECRET";
+pub const TOKEN_EXCHANGE_ENDPOINT: &str = "TOKEN_EXCHANGE_ENDPOINT";
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "TOKEN_EXCHANGE_AUDIENCE";
+pub const TOKEN_EXCHANGE_RESOURCE: &str = "TOKEN_EXCHANGE_RESOURCE";
+pub const TOKEN_EXCHANGE_SCOPES: &str = "TOKEN_EXCHANGE_SCOPES";
+pub const TOKEN_EXCHANGE_HEADER: &str = "TOKEN_EXCHANGE_HEADER";
+
+/// The token exchange the environment asks for, if any.
+fn exchange_from_env(
+    env: &impl Env,
+) -> Result<Option<crate::exchange::TokenExchangeConfig>, ConfigError> {
+    let required = |key: &str| {
+        non_empty(env, key)
+            .ok_or_else(|| ConfigError::invalid(key, "is required for token exchange"))
+    };
+    let mut exchange = if flag(env, ENABLE_DESCOPE_EXCHANGE)? {
+        let project = required(DESCOPE_PROJECT_ID)?;
+        let mut exchange = crate::exchange::TokenExchangeConfig::new(
+            required(DESCOPE_CLIENT_ID)?,
+            required(DESCOPE_CLIENT_SECRET)?,
+        );
+        exchange.discovery_issuer = Some(format!("https://api.descope.com/{project}"));
+        exchange
+    } else if let Some(client_id) = non_empty(env, TOKEN_EXCHANGE_CLIENT_ID) {
+        crate::exchange::TokenExchangeConfig::new(
+            client_id,
+            required(TOKEN_EXCHANGE_CLIENT_SECRET)?,
+        )
+    } else {
+        return Ok(None);
+    };
+    exchange.token_endpoint = non_empty(env, TOKEN_EXCHANGE_ENDPOINT);
+    exchange.audience = non_empty(env, TOKEN_EXCHANGE_AUDIENCE);
+    exchange.resource = non_empty(env, TOKEN_EXCHANGE_RESOURCE);
+    exchange.scopes = list(env, TOKEN_EXCHANGE_SCOPES);
+    if let Some(header) = non_empty(env, TOKEN_EXCHANGE_HEADER) {
+        exchange.header = header.to_ascii_lowercase();
+    }
+    Ok(Some(exchange))
+}
 
 /// Where environment variables come from: the process, or a map in tests.
 pub trait Env {
@@ -171,6 +222,7 @@ pub fn config_from_env(
         namespace: non_empty(env, AUTH0_CLAIM_NAMESPACE),
         ..ClaimMapping::preset(preset)
     };
+    issuer.token_exchange = exchange_from_env(env)?;
 
     let mut config = GatewayConfig::new(vec![issuer]);
     if let Some(url) = non_empty(env, UPSTREAM_URL) {
@@ -233,6 +285,49 @@ mod tests {
         assert_eq!(issuer.claims.preset, Preset::Auth0);
         assert_eq!(config.upstream.url, "http://127.0.0.1:11434");
         assert_eq!(config.listen.port, 8080);
+    }
+
+    #[test]
+    fn the_descope_exchange_variables_turn_exchange_on() {
+        let e = env(&[
+            (OIDC_ISSUER, "https://api.descope.com/P2abc"),
+            (OIDC_AUD, "P2abc"),
+            (AUTH_BACKEND, "descope"),
+            (ENABLE_DESCOPE_EXCHANGE, "true"),
+            (DESCOPE_PROJECT_ID, "P2abc"),
+            (DESCOPE_CLIENT_ID, "gateway"),
+            (DESCOPE_CLIENT_SECRET, "s3cret"),
+            (TOKEN_EXCHANGE_AUDIENCE, "llm-downstream"),
+        ]);
+        let config = config_from_env(&e, &Overrides::default()).unwrap();
+        let exchange = config.issuers[0].token_exchange.as_ref().unwrap();
+        assert_eq!(
+            exchange.discovery_issuer.as_deref(),
+            Some("https://api.descope.com/P2abc"),
+            "the endpoint comes from the project's discovery"
+        );
+        assert_eq!(exchange.client_id, "gateway");
+        assert_eq!(exchange.audience.as_deref(), Some("llm-downstream"));
+        assert_eq!(exchange.header, "authorization");
+        // Without a secret: a clear error, naming the variable.
+        let e = env(&[
+            (OIDC_ISSUER, "https://api.descope.com/P2abc"),
+            (OIDC_AUD, "P2abc"),
+            (ENABLE_DESCOPE_EXCHANGE, "true"),
+            (DESCOPE_PROJECT_ID, "P2abc"),
+            (DESCOPE_CLIENT_ID, "gateway"),
+        ]);
+        let err = config_from_env(&e, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(DESCOPE_CLIENT_SECRET), "{err}");
+        // Off unless asked.
+        let e = env(&[(OIDC_ISSUER, "https://idp.example"), (OIDC_AUD, "llm")]);
+        assert!(
+            config_from_env(&e, &Overrides::default()).unwrap().issuers[0]
+                .token_exchange
+                .is_none()
+        );
     }
 
     #[test]

@@ -32,6 +32,10 @@ fn bearer_header(headers: &HeaderMap) -> Result<HeaderValue, AuthError> {
     }
 }
 
+/// The verified inbound token, kept only when its issuer exchanges tokens.
+#[derive(Clone)]
+pub struct SubjectToken(pub Arc<str>);
+
 /// The token of an `Authorization: Bearer` header value (RFC 6750 §2.1).
 fn bearer_token_of(value: &HeaderValue) -> Result<&str, AuthError> {
     let value = value.to_str().map_err(|_| AuthError::Malformed)?;
@@ -126,6 +130,15 @@ where
             }
             if let Some(trail) = request.extensions().get::<Arc<AuditTrail>>() {
                 trail.identity(&identity);
+            }
+            if runtime.exchangers.contains_key(&identity.iss)
+                && let Ok(header) = &header
+                && let Ok(token) = bearer_token_of(header)
+            {
+                // For the exchange layer: the subject token, already verified.
+                request
+                    .extensions_mut()
+                    .insert(SubjectToken(Arc::from(token)));
             }
             request.extensions_mut().insert(identity);
             inner.call(request).await

@@ -18,6 +18,7 @@ pub mod admit;
 pub mod audit_trail;
 pub mod authenticate;
 pub mod authorize;
+pub mod exchange;
 pub mod forward;
 pub mod identity_headers;
 pub mod observe;
@@ -72,6 +73,7 @@ where
         .layer(authorize::AuthorizeLayer)
         .layer(admit::AdmitLayer)
         .layer(identity_headers::IdentityHeadersLayer)
+        .layer(exchange::ExchangeLayer)
         .service(forward::Forward)
 }
 
