@@ -198,6 +198,7 @@ async fn run(args: Args) -> ExitCode {
     );
 
     let settings = Settings {
+        namespace: args.namespace.clone(),
         concurrency: args.concurrency.max(1),
         ..Settings::default()
     };

@@ -27,6 +27,13 @@ pub struct ResolvedIdp {
     pub algorithms: Option<Vec<Algorithm>>,
     pub leeway_seconds: Option<u32>,
     pub insecure: bool,
+    /// Token exchange at this IdP, and its client secret (resolved).
+    pub token_exchange: Option<(crate::crd::identity_provider::TokenExchange, String)>,
+}
+
+/// The owned Secret's key for the exchange client secret of issuer `i`.
+pub fn exchange_secret_key(i: usize) -> String {
+    format!("exchange-client-secret-{i}")
 }
 
 /// Where the rendered gateway listens, and where the model was moved to.
@@ -95,6 +102,19 @@ pub fn render(
 ) -> Rendered {
     let mut secrets = BTreeMap::new();
     let mut config = GatewayConfig::new(idps.iter().map(issuer).collect());
+    for (i, idp) in idps.iter().enumerate() {
+        if let Some((spec, secret)) = &idp.token_exchange {
+            let key = exchange_secret_key(i);
+            let mut exchange =
+                attach_sidecar::exchange::TokenExchangeConfig::new(spec.client_id.clone(), "");
+            exchange.token_endpoint = Some(spec.token_endpoint.clone());
+            exchange.client_secret_file = Some(Path::new(SECRETS_DIR).join(&key));
+            exchange.audience.clone_from(&spec.audience);
+            exchange.scopes.clone_from(&spec.scopes);
+            config.issuers[i].token_exchange = Some(exchange);
+            secrets.insert(key, secret.clone());
+        }
+    }
     config.listen.port = ports.listen;
     config.admin.port = ports.admin;
     config.upstream.url = format!("http://127.0.0.1:{}", ports.upstream);
@@ -110,10 +130,16 @@ pub fn render(
                     r.models.iter().map(String::as_str).collect()
                 };
                 let classes: Vec<GatewayClass> = r.endpoints.iter().map(|e| class(*e)).collect();
-                Rule::new(r.name.clone(), subjects(&r.subjects), &models, &classes)
+                let mut rule = Rule::new(r.name.clone(), subjects(&r.subjects), &models, &classes);
+                rule.human_only = r.human_only.unwrap_or(false);
+                rule
             })
             .collect();
         config.access.allow_unknown_endpoints = access.allow_unknown_endpoints.unwrap_or(false);
+        config
+            .access
+            .denied_agents
+            .clone_from(&access.denied_agents);
     }
     config.quotas.limits = spec
         .quotas
@@ -124,6 +150,7 @@ pub fn render(
                 QuotaKey::Group => GatewayQuotaKey::Group,
                 QuotaKey::Tenant => GatewayQuotaKey::Tenant,
                 QuotaKey::Client => GatewayQuotaKey::Client,
+                QuotaKey::Agent => GatewayQuotaKey::Agent,
             },
             subjects: q.subjects.as_ref().map(subjects),
             models: q.models.clone(),
@@ -237,6 +264,7 @@ fn subjects(s: &Subjects) -> GatewaySubjects {
         scopes: s.scopes.clone(),
         tenants: s.tenants.clone(),
         clients: s.clients.clone(),
+        agents: s.agents.clone(),
     }
 }
 
@@ -272,6 +300,7 @@ mod tests {
             algorithms: Some(vec![Algorithm::RS256]),
             leeway_seconds: Some(30),
             insecure: false,
+            token_exchange: None,
         }
     }
 
@@ -347,6 +376,32 @@ mod tests {
             "a changed secret changes the hash"
         );
         assert_eq!(a.hash().len(), 16);
+    }
+
+    #[test]
+    fn token_exchange_goes_to_the_config_and_its_secret_to_the_secret() {
+        let mut idp = keycloak();
+        idp.token_exchange = Some((
+            serde_json::from_value(serde_json::json!({
+                "tokenEndpoint": "https://kc.example/realms/corp/protocol/openid-connect/token",
+                "clientId": "attach-gateway",
+                "clientSecretRef": {"name": "gw", "key": "secret"},
+                "audience": "llm-downstream",
+            }))
+            .unwrap(),
+            "s3cret".into(),
+        ));
+        let rendered = render(&spec(), &[idp], None, PORTS);
+        rendered.config.validate().unwrap();
+        let exchange = rendered.config.issuers[0].token_exchange.as_ref().unwrap();
+        assert_eq!(exchange.client_id, "attach-gateway");
+        assert_eq!(exchange.audience.as_deref(), Some("llm-downstream"));
+        assert_eq!(
+            exchange.client_secret_file.as_deref(),
+            Some(Path::new("/etc/attach/secrets/exchange-client-secret-0"))
+        );
+        assert_eq!(rendered.secrets["exchange-client-secret-0"], "s3cret");
+        assert!(!rendered.config_yaml().contains("s3cret"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The audit log: one JSON line per request decision, to stdout or a file.
 //!
-//! Fields: `time`, `request_id`, `user`, `tenant`, `client`, `model`,
+//! Fields: `time`, `request_id`, `user` (the subject), `agent` (who acted
+//! for it: the `act` chain, current actor first, or the machine client
+//! acting alone; absent for a human acting directly), `tenant`, `client`, `model`,
 //! `endpoint`, `decision` (`allow`/`deny`), `reason`, `rule`, `status`,
 //! `prompt_tokens`, `completion_tokens`, `tokens_estimated`, `latency_ms`.
 //! It never holds a token, an `Authorization` header or a body.
@@ -106,6 +108,7 @@ pub struct AuditRecord {
     pub time: String,
     pub request_id: String,
     pub user: Option<String>,
+    pub agent: Option<Vec<String>>,
     pub tenant: Option<String>,
     pub client: Option<String>,
     pub model: Option<String>,
@@ -155,6 +158,8 @@ impl AuditTrail {
     pub fn identity(&self, identity: &Identity) {
         self.with(|r| {
             r.user = Some(identity.user.clone());
+            let agents = identity.agents();
+            r.agent = (!agents.is_empty()).then(|| agents.into_iter().map(str::to_owned).collect());
             r.tenant.clone_from(&identity.tenant);
             r.client.clone_from(&identity.client);
         });

@@ -250,6 +250,15 @@ pub struct Identity {
     pub tenant: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// The actor chain of a delegated token (RFC 8693 §4.1 `act`): the
+    /// current actor first, then the actors it acted for, as `sub` (or
+    /// `client_id`) of each.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub actors: Vec<String>,
+    /// The token has no human subject: a machine client acting alone
+    /// (client credentials).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub machine: bool,
     /// The token's expiry (seconds since the epoch).
     pub exp: u64,
     /// Raw claims chosen by `identity.forwardClaims`.
@@ -278,6 +287,12 @@ impl ResolvedMapping {
             .filter(|u| !u.is_empty())
             .ok_or("the token has no user claim")?;
         let iss = claims.get("iss").and_then(text).unwrap_or_default();
+        let client: Option<String> = self.client.lookup(claims).and_then(text);
+        let actors = actor_chain(claims);
+        let machine = actors.is_empty()
+            && client
+                .as_deref()
+                .is_some_and(|c| is_machine(claims, &sub, c));
         Ok(Identity {
             iss,
             sub,
@@ -290,7 +305,9 @@ impl ResolvedMapping {
                 .map(scope_list)
                 .unwrap_or_default(),
             tenant: self.tenant.lookup(claims).and_then(text),
-            client: self.client.lookup(claims).and_then(text),
+            client,
+            actors,
+            machine,
             exp,
             claims: forward
                 .iter()
@@ -298,6 +315,59 @@ impl ResolvedMapping {
                 .collect(),
             rendered_headers: std::sync::OnceLock::new(),
         })
+    }
+}
+
+/// The `act` chain (RFC 8693 §4.1): `act.sub`, then `act.act.sub`, ... A
+/// chain deeper than 8 is cut there.
+fn actor_chain(claims: &Map<String, Value>) -> Vec<String> {
+    let mut chain = Vec::new();
+    let mut act = claims.get("act");
+    while let Some(Value::Object(actor)) = act {
+        if chain.len() == 8 {
+            break;
+        }
+        let Some(id) = actor
+            .get("sub")
+            .or_else(|| actor.get("client_id"))
+            .and_then(Value::as_str)
+        else {
+            break;
+        };
+        chain.push(id.to_owned());
+        act = actor.get("act");
+    }
+    chain
+}
+
+/// Whether a token with no `act` was issued to `client` acting for itself:
+/// `sub` is the client (Okta, Entra, generic), `<client>@clients` (Auth0),
+/// or Keycloak's service account `service-account-<client>`.
+fn is_machine(claims: &Map<String, Value>, sub: &str, client: &str) -> bool {
+    sub == client
+        || sub.strip_suffix("@clients") == Some(client)
+        || claims
+            .get("preferred_username")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u.strip_prefix("service-account-") == Some(client))
+}
+
+impl Identity {
+    /// Who acts, when it is not the user: the actor chain of a delegated
+    /// token, or the machine client acting alone.
+    pub fn agents(&self) -> Vec<&str> {
+        if !self.actors.is_empty() {
+            return self.actors.iter().map(String::as_str).collect();
+        }
+        match (&self.client, self.machine) {
+            (Some(client), true) => vec![client.as_str()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A human subject acting directly: no actor, not a machine client.
+    pub fn is_human(&self) -> bool {
+        self.actors.is_empty() && !self.machine
     }
 }
 
@@ -341,6 +411,38 @@ mod tests {
         let mapping = ClaimMapping::preset(preset).resolve().unwrap();
         let Value::Object(map) = claims else { panic!() };
         mapping.identity(&map, 0, &[]).unwrap()
+    }
+
+    #[test]
+    fn delegation_and_machine_clients_are_told_apart_from_humans() {
+        // RFC 8693 §4.1: the current actor first, then whom it acted for.
+        let delegated = identity(
+            Preset::Generic,
+            json!({"sub": "alice", "azp": "planner", "act": {"sub": "summariser",
+                   "act": {"client_id": "planner"}}}),
+        );
+        assert_eq!(delegated.actors, ["summariser", "planner"]);
+        assert_eq!(delegated.agents(), ["summariser", "planner"]);
+        assert!(!delegated.is_human() && !delegated.machine);
+        assert_eq!(delegated.user, "alice", "the subject stays the user");
+        // A machine client acting alone, in each IdP's convention.
+        for claims in [
+            json!({"sub": "batch-job", "client_id": "batch-job"}),
+            json!({"sub": "batch-job@clients", "azp": "batch-job"}),
+            json!({"sub": "0c7d", "azp": "batch-job", "preferred_username": "service-account-batch-job"}),
+        ] {
+            let m = identity(Preset::Generic, claims.clone());
+            assert!(m.machine, "{claims}");
+            assert_eq!(m.agents(), ["batch-job"]);
+            assert!(!m.is_human());
+        }
+        // A person through an app: human, no agent.
+        let human = identity(Preset::Generic, json!({"sub": "u1", "azp": "attach-cli"}));
+        assert!(human.is_human());
+        assert!(human.agents().is_empty());
+        // A malformed act is no actor.
+        let odd = identity(Preset::Generic, json!({"sub": "u1", "act": "x"}));
+        assert!(odd.actors.is_empty());
     }
 
     #[test]

@@ -319,6 +319,9 @@ pub struct AccessConfig {
     /// Forward paths that are in no endpoint class (default: deny them).
     #[serde(default)]
     pub allow_unknown_endpoints: bool,
+    /// Agents (actors or machine clients) refused whatever the rules say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_agents: Vec<String>,
     /// Trim `GET /api/tags` and `GET /v1/models` to the models the caller
     /// may use.
     #[serde(default = "default_true")]
@@ -330,6 +333,7 @@ impl Default for AccessConfig {
         Self {
             rules: default_rules(),
             allow_unknown_endpoints: false,
+            denied_agents: Vec::new(),
             filter_model_lists: true,
         }
     }

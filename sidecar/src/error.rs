@@ -63,6 +63,7 @@ impl GatewayError {
                 DenyKind::Model => "denied_model",
                 DenyKind::UnknownEndpoint => "denied_unknown_endpoint",
                 DenyKind::MissingModel => "denied_missing_model",
+                DenyKind::Agent => "denied_agent",
             },
             Self::BadPath(_) => "bad_path",
             Self::QuotaUnavailable => "quota_store_unavailable",

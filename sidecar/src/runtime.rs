@@ -196,7 +196,8 @@ impl Runtime {
             .collect();
         Ok(Self {
             exchangers,
-            policy: Policy::new(&config.access.rules, config.access.allow_unknown_endpoints),
+            policy: Policy::new(&config.access.rules, config.access.allow_unknown_endpoints)
+                .deny_agents(&config.access.denied_agents),
             unauthenticated_paths: config.unauthenticated_paths.iter().cloned().collect(),
             config: Arc::new(config),
             verifier,

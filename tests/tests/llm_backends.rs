@@ -227,7 +227,8 @@ async fn a_backend_is_rendered_re_rendered_failed_closed_and_collected() {
         ready_condition["message"]
             .as_str()
             .unwrap()
-            .contains("Secret redis")
+            .contains("/redis (spec.quotaStore.urlSecretRef) does not exist"),
+        "{ready_condition}"
     );
     let cm = common::wait_for(&config_maps, "chat-gateway", "deny-all", |cm| {
         cm.data.as_ref().unwrap()["gateway.yaml"].contains("denyAll: true")
@@ -417,6 +418,88 @@ async fn of_two_operators_only_the_leader_reconciles() {
     assert!(reconciles(&metrics) >= 1.0, "{}", b.log());
     common::wait_for(&backends, "chat", "observed generation 2", |b| {
         b.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_identity_providers_token_exchange_is_rendered_with_its_secret() {
+    let world = common::world();
+    common::install_crds();
+    let _operator = OperatorProcess::start(world, &lease("exchange"), "exchange", &[])
+        .await
+        .unwrap();
+    let ns = world.namespace("exchange").await.unwrap();
+    let client = world.client().await.unwrap();
+    let kc = world.keycloak().unwrap();
+    let idp: IdentityProvider = serde_json::from_value(json!({
+        "apiVersion": "attach.dev/v1alpha1", "kind": "IdentityProvider",
+        "metadata": {"name": "keycloak"},
+        "spec": {"issuer": kc.issuer(REALM), "insecure": true, "audiences": [AUDIENCE], "preset": "keycloak",
+                 "tokenExchange": {
+                     "tokenEndpoint": format!("{}/protocol/openid-connect/token", kc.issuer(REALM)),
+                     "clientId": "attach-gateway",
+                     "clientSecretRef": {"name": "exchange", "key": "secret"},
+                     "audience": "llm-downstream"}},
+    }))
+    .unwrap();
+    Api::<IdentityProvider>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &idp)
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "exchange"}, "stringData": {"secret": "attach-gateway-secret"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
+    backends
+        .create(
+            &PostParams::default(),
+            &backend("chat", "ollama", json!({})),
+        )
+        .await
+        .unwrap();
+    common::wait_ready(&backends, "chat", "True").await;
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let cm = config_maps.get("chat-gateway").await.unwrap();
+    let owned = secrets.get("chat-gateway").await.unwrap();
+    assert_eq!(
+        owned.data.as_ref().unwrap()["exchange-client-secret-0"].0,
+        b"attach-gateway-secret"
+    );
+    assert!(!cm.data.as_ref().unwrap()["gateway.yaml"].contains("attach-gateway-secret"));
+    let config = load_rendered(&cm, &owned);
+    let exchange = config.issuers[0].token_exchange.as_ref().unwrap();
+    assert_eq!(exchange.client_id, "attach-gateway");
+    assert_eq!(
+        exchange.client_secret, "attach-gateway-secret",
+        "read from the mounted Secret"
+    );
+    assert_eq!(exchange.audience.as_deref(), Some("llm-downstream"));
+
+    // The exchange secret goes: fail closed.
+    secrets
+        .delete("exchange", &DeleteParams::default())
+        .await
+        .unwrap();
+    let failed = common::wait_ready(&backends, "chat", "False").await;
+    let ready = common::condition(&failed, "Ready").unwrap();
+    assert_eq!(ready["reason"], "SecretNotFound");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokenExchange.clientSecretRef"),
+        "{ready}"
+    );
+    common::wait_for(&config_maps, "chat-gateway", "deny-all", |cm| {
+        cm.data.as_ref().unwrap()["gateway.yaml"].contains("denyAll: true")
     })
     .await;
 }

@@ -18,11 +18,11 @@ use kube::{Client, Resource, ResourceExt};
 use super::conditions::{Verdict, find, same};
 use super::identity_provider::FIELD_MANAGER;
 use super::owned;
-use super::resolve::{IdpStores, Problem, redis_url};
+use super::resolve::{IdpStores, Problem, redis_url, secret_value};
 use super::selection;
 use crate::crd::LLMBackend;
 use crate::crd::conditions::types::{CONFIG_RENDERED, IDENTITY_PROVIDERS_RESOLVED, READY};
-use crate::crd::llm_backend::LLMBackendStatus;
+use crate::crd::llm_backend::{IdentityProviderKind, LLMBackendStatus};
 use crate::ports;
 use crate::render::{render, render_deny_all};
 
@@ -59,6 +59,8 @@ pub struct Context {
     pub idps: IdpStores,
     /// Pod metadata, for matched and injected counts.
     pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Where the Secrets of ClusterIdentityProviders live.
+    pub operator_namespace: String,
 }
 
 impl Context {
@@ -93,8 +95,35 @@ async fn decide(backend: &LLMBackend, ns: &str, ctx: &Context) -> Result<Decisio
             with: earlier.name_any(),
         });
     }
-    let (idps, idp_problem) = ctx.idps.resolve(ns, &spec.identity_provider_refs);
+    let (mut idps, idp_problem) = ctx.idps.resolve(ns, &spec.identity_provider_refs);
     problems.extend(idp_problem.clone());
+    // Exchange client secrets: beside a namespaced IdP, or in the operator's
+    // namespace for a ClusterIdentityProvider.
+    for (idp, r) in idps.iter_mut().zip(&spec.identity_provider_refs) {
+        let Some((exchange, secret)) = &mut idp.token_exchange else {
+            continue;
+        };
+        let namespace = match r.kind {
+            IdentityProviderKind::IdentityProvider => ns,
+            IdentityProviderKind::ClusterIdentityProvider => ctx.operator_namespace.as_str(),
+        };
+        let found = secret_value(
+            &ctx.client,
+            namespace,
+            &exchange.client_secret_ref.name,
+            &exchange.client_secret_ref.key,
+            "the identity provider's spec.tokenExchange.clientSecretRef",
+        )
+        .await
+        .map_err(|source| Error::ReadSecret {
+            name: exchange.client_secret_ref.name.clone(),
+            source,
+        })?;
+        match found {
+            Ok(value) => *secret = value,
+            Err(problem) => problems.push(problem),
+        }
+    }
     let url = match redis_url(&ctx.client, ns, spec)
         .await
         .map_err(|source| Error::ReadSecret {

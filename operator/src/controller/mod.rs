@@ -27,8 +27,10 @@ use crate::metrics::Metrics;
 use resolve::IdpStores;
 
 /// How the controllers schedule reconciles.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
+    /// The operator's own namespace (Secrets of ClusterIdentityProviders).
+    pub namespace: String,
     /// Reconciles of one kind running at once.
     pub concurrency: u16,
     /// How long to wait for more changes to an object before reconciling it,
@@ -39,6 +41,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
+            namespace: "default".into(),
             concurrency: 16,
             debounce: Duration::from_millis(500),
         }
@@ -46,7 +49,7 @@ impl Default for Settings {
 }
 
 impl Settings {
-    fn controller_config(self) -> controller::Config {
+    fn controller_config(&self) -> controller::Config {
         controller::Config::default()
             .concurrency(self.concurrency)
             .debounce(self.debounce)
@@ -73,14 +76,14 @@ pub async fn run(
         client.clone(),
         idp_ctx.clone(),
         metrics.clone(),
-        settings,
+        settings.controller_config(),
         shutdown.clone(),
     );
     let cluster_idps = idp_controller::<ClusterIdentityProvider>(
         client.clone(),
         idp_ctx,
         metrics.clone(),
-        settings,
+        settings.controller_config(),
         shutdown.clone(),
     );
     let backends = backend_controller(client, recorder, metrics, settings, shutdown);
@@ -93,11 +96,11 @@ async fn idp_controller<K: identity_provider::IdpObject>(
     client: Client,
     ctx: Arc<identity_provider::Context>,
     metrics: Arc<Metrics>,
-    settings: Settings,
+    config: controller::Config,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     Controller::new(Api::<K>::all(client), watcher::Config::default())
-        .with_config(settings.controller_config())
+        .with_config(config)
         .graceful_shutdown_on(shutdown)
         .run(
             move |obj, ctx| {
@@ -193,12 +196,13 @@ async fn backend_controller(
             cluster: cluster_store,
         },
         pods: pod_store,
+        operator_namespace: settings.namespace.clone(),
     });
 
     let by_idp = backends.clone();
     let by_cluster_idp = backends.clone();
     let by_pod = backends.clone();
-    let by_secret = backends;
+    let by_secret = (backends, ctx.idps.clone(), settings.namespace.clone());
     controller
         .owns(Api::<ConfigMap>::all(client.clone()), owned_only)
         .watches_stream(idp_events, move |idp: IdentityProvider| {
@@ -230,7 +234,7 @@ async fn backend_controller(
                 .collect::<Vec<_>>()
         })
         .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
-            secret_users(&by_secret, &secret)
+            secret_users(&by_secret.0, &by_secret.1, &by_secret.2, &secret)
         })
         .graceful_shutdown_on(shutdown)
         .run(
@@ -273,13 +277,38 @@ fn referring(
         .collect()
 }
 
-/// Backends whose quota store names the Secret, or that own it.
+/// Backends whose quota store names the Secret, that own it, or whose
+/// identity provider's token exchange names it (beside a namespaced IdP, or
+/// in the operator's namespace for a ClusterIdentityProvider).
 fn secret_users(
     backends: &reflector::Store<LLMBackend>,
+    idps: &IdpStores,
+    operator_namespace: &str,
     secret: &PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<LLMBackend>> {
     let name = secret.name_any();
     let ns = secret.namespace();
+    let exchange_secret = |r: &crate::crd::llm_backend::IdentityProviderRef, b: &LLMBackend| {
+        let names = |spec: Option<&crate::crd::identity_provider::TokenExchange>| {
+            spec.is_some_and(|e| e.client_secret_ref.name == name)
+        };
+        match r.kind {
+            IdentityProviderKind::IdentityProvider => {
+                b.namespace() == ns
+                    && idps
+                        .namespaced
+                        .get(&ObjectRef::new(&r.name).within(ns.as_deref().unwrap_or_default()))
+                        .is_some_and(|i| names(i.spec.token_exchange.as_ref()))
+            }
+            IdentityProviderKind::ClusterIdentityProvider => {
+                ns.as_deref() == Some(operator_namespace)
+                    && idps
+                        .cluster
+                        .get(&ObjectRef::new(&r.name))
+                        .is_some_and(|i| names(i.spec.token_exchange.as_ref()))
+            }
+        }
+    };
     let owner = secret
         .owner_references()
         .iter()
@@ -288,13 +317,18 @@ fn secret_users(
     backends
         .state()
         .iter()
-        .filter(|b| b.namespace() == ns)
         .filter(|b| {
-            owner.as_deref() == Some(b.name_any().as_str())
-                || b.spec.quota_store.as_ref().is_some_and(|s| {
-                    s.type_ == QuotaStoreType::Redis
-                        && s.url_secret_ref.as_ref().is_some_and(|r| r.name == name)
-                })
+            let here = b.namespace() == ns;
+            (here
+                && (owner.as_deref() == Some(b.name_any().as_str())
+                    || b.spec.quota_store.as_ref().is_some_and(|s| {
+                        s.type_ == QuotaStoreType::Redis
+                            && s.url_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                    })))
+                || b.spec
+                    .identity_provider_refs
+                    .iter()
+                    .any(|r| exchange_secret(r, b))
         })
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()

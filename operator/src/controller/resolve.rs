@@ -4,9 +4,9 @@
 //! a reason and a message a user can act on.
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, ResourceExt};
 
 use super::conditions::is_true;
 use crate::crd::conditions::types::READY;
@@ -23,10 +23,14 @@ pub enum Problem {
     IdentityProviderNotFound { reference: String },
     /// A referenced IdP exists but its keys could not be loaded.
     IdentityProviderNotReady { reference: String },
-    /// The quota store's Secret does not exist.
-    SecretNotFound { name: String },
+    /// A referenced Secret does not exist (`field` refers to it).
+    SecretNotFound { name: String, field: &'static str },
     /// The Secret exists without the key.
-    SecretKeyNotFound { name: String, key: String },
+    SecretKeyNotFound {
+        name: String,
+        key: String,
+        field: &'static str,
+    },
     /// The rendered config fails the gateway's own validation.
     InvalidConfig { message: String },
 }
@@ -56,11 +60,11 @@ impl Problem {
             Self::IdentityProviderNotReady { reference } => format!(
                 "{reference} is not Ready (see its status): tokens cannot be verified until its keys load"
             ),
-            Self::SecretNotFound { name } => {
-                format!("Secret {name} (spec.quotaStore.urlSecretRef) does not exist; create it")
+            Self::SecretNotFound { name, field } => {
+                format!("Secret {name} ({field}) does not exist; create it")
             }
-            Self::SecretKeyNotFound { name, key } => {
-                format!("Secret {name} has no key {key:?} (spec.quotaStore.urlSecretRef.key)")
+            Self::SecretKeyNotFound { name, key, field } => {
+                format!("Secret {name} has no key {key:?} ({field})")
             }
             Self::InvalidConfig { message } => {
                 format!("the rendered gateway config is invalid: {message}")
@@ -93,6 +97,11 @@ macro_rules! resolved_idp {
             algorithms: spec.algorithms.clone(),
             leeway_seconds: spec.leeway_seconds,
             insecure: spec.insecure.unwrap_or(false),
+            // The client secret is read later (an API call), by the caller.
+            token_exchange: spec
+                .token_exchange
+                .clone()
+                .map(|exchange| (exchange, String::new())),
         }
     }};
 }
@@ -144,6 +153,37 @@ impl IdpStores {
     }
 }
 
+/// Reads `key` of Secret `name` in `namespace`: `Ok(Err(problem))` when the
+/// Secret or key is missing, `Err` when the API could not be asked.
+pub async fn secret_value(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    field: &'static str,
+) -> Result<Result<String, Problem>, kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let Some(secret) = secrets.get_opt(name).await? else {
+        return Ok(Err(Problem::SecretNotFound {
+            name: format!("{namespace}/{name}"),
+            field,
+        }));
+    };
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned());
+    Ok(match value {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(Problem::SecretKeyNotFound {
+            name: format!("{namespace}/{name}"),
+            key: key.to_owned(),
+            field,
+        }),
+    })
+}
+
 /// The Redis URL when the quota store is Redis: `Ok(Err(problem))` when the
 /// Secret or key is missing, `Err` when the API could not be asked.
 pub async fn redis_url(
@@ -161,29 +201,13 @@ pub async fn redis_url(
     else {
         return Ok(Ok(None));
     };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let Some(secret) = secrets.get_opt(&secret_ref.name).await? else {
-        return Ok(Err(Problem::SecretNotFound {
-            name: secret_ref.name.clone(),
-        }));
-    };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(&secret_ref.key))
-        .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&secret_ref.key))
-                .map(|s| s.trim().to_owned())
-        });
-    Ok(match value {
-        Some(url) if !url.is_empty() => Ok(Some(url)),
-        _ => Err(Problem::SecretKeyNotFound {
-            name: secret.name_any(),
-            key: secret_ref.key.clone(),
-        }),
-    })
+    Ok(secret_value(
+        client,
+        namespace,
+        &secret_ref.name,
+        &secret_ref.key,
+        "spec.quotaStore.urlSecretRef",
+    )
+    .await?
+    .map(Some))
 }

@@ -93,6 +93,10 @@ pub struct Subjects {
     /// Client ids.
     #[serde(default)]
     pub clients: Vec<String>,
+    /// Agents: an actor of a delegated token (the `act` chain), or a machine
+    /// client acting alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
 }
 
 /// An endpoint class.
@@ -110,7 +114,7 @@ pub enum EndpointClass {
 /// One allow rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.subjects.anyAuthenticated) && self.subjects.anyAuthenticated || size(self.subjects.users) + size(self.subjects.groups) + size(self.subjects.roles) + size(self.subjects.scopes) + size(self.subjects.tenants) + size(self.subjects.clients) > 0").message("subjects must name someone, or set anyAuthenticated").field_path(".subjects"))]
+#[x_kube(validation = Rule::new("has(self.subjects.anyAuthenticated) && self.subjects.anyAuthenticated || size(self.subjects.users) + size(self.subjects.groups) + size(self.subjects.roles) + size(self.subjects.scopes) + size(self.subjects.tenants) + size(self.subjects.clients) + (has(self.subjects.agents) ? size(self.subjects.agents) : 0) > 0").message("subjects must name someone, or set anyAuthenticated").field_path(".subjects"))]
 pub struct AccessRule {
     /// A name for audit lines.
     #[schemars(length(min = 1))]
@@ -124,6 +128,10 @@ pub struct AccessRule {
     /// Endpoint classes granted.
     #[schemars(length(min = 1))]
     pub endpoints: Vec<EndpointClass>,
+    /// Only for a human acting directly: not an agent acting for one, nor a
+    /// machine client (e.g. for admin endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub human_only: Option<bool>,
 }
 
 /// The access policy.
@@ -136,6 +144,9 @@ pub struct Access {
     /// Forward paths that are in no endpoint class (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_unknown_endpoints: Option<bool>,
+    /// Agents (actors or machine clients) refused whatever the rules say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_agents: Vec<String>,
 }
 
 /// What a quota counts per.
@@ -149,6 +160,7 @@ pub enum QuotaKey {
     Group,
     Tenant,
     Client,
+    Agent,
 }
 
 /// One quota.

@@ -20,7 +20,7 @@ use super::SIDECAR_NAME;
 use crate::controller::owned;
 use crate::crd::LLMBackend;
 use crate::crd::llm_backend::QuotaStoreType;
-use crate::render::{CONFIG_KEY, Ports, REDIS_URL_KEY};
+use crate::render::{CONFIG_KEY, Ports, REDIS_URL_KEY, exchange_secret_key};
 
 /// Where the projected volume is mounted (`config/`, `secrets/` inside).
 const MOUNT: &str = "/etc/attach";
@@ -172,25 +172,36 @@ pub fn volume(backend: &LLMBackend) -> Volume {
         }),
         ..VolumeProjection::default()
     }];
+    // Every key the operator may render: the Redis URL and one exchange
+    // client secret per identity provider. Optional, so absent keys are
+    // skipped; a config that names a missing file fails to load (closed).
+    let mut items = Vec::new();
     let uses_redis = backend
         .spec
         .quota_store
         .as_ref()
         .is_some_and(|s| s.type_ == QuotaStoreType::Redis);
     if uses_redis {
-        sources.push(VolumeProjection {
-            secret: Some(SecretProjection {
-                name,
-                items: Some(vec![KeyToPath {
-                    key: REDIS_URL_KEY.into(),
-                    path: format!("secrets/{REDIS_URL_KEY}"),
-                    mode: None,
-                }]),
-                optional: Some(false),
-            }),
-            ..VolumeProjection::default()
-        });
+        items.push(REDIS_URL_KEY.to_owned());
     }
+    items.extend((0..backend.spec.identity_provider_refs.len()).map(exchange_secret_key));
+    sources.push(VolumeProjection {
+        secret: Some(SecretProjection {
+            name,
+            items: Some(
+                items
+                    .into_iter()
+                    .map(|key| KeyToPath {
+                        path: format!("secrets/{key}"),
+                        key,
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            optional: Some(true),
+        }),
+        ..VolumeProjection::default()
+    });
     Volume {
         name: VOLUME.into(),
         projected: Some(ProjectedVolumeSource {

@@ -28,6 +28,10 @@ pub struct Subjects {
     pub tenants: Vec<String>,
     #[serde(default)]
     pub clients: Vec<String>,
+    /// Agents: an actor of a delegated token (`act`), or a machine client
+    /// acting alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
 }
 
 impl Subjects {
@@ -63,6 +67,10 @@ impl Subjects {
                 .client
                 .as_ref()
                 .is_some_and(|c| self.clients.contains(c))
+            || identity
+                .agents()
+                .iter()
+                .any(|a| self.agents.iter().any(|w| w == a))
     }
 
     fn is_empty(&self) -> bool {
@@ -73,6 +81,7 @@ impl Subjects {
             && self.scopes.is_empty()
             && self.tenants.is_empty()
             && self.clients.is_empty()
+            && self.agents.is_empty()
     }
 }
 
@@ -89,6 +98,10 @@ pub struct Rule {
     pub models: Vec<String>,
     /// Endpoint classes the rule grants.
     pub endpoints: Vec<EndpointClass>,
+    /// The rule applies only to a human acting directly: not to an agent
+    /// acting for one, nor to a machine client (e.g. for admin endpoints).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub human_only: bool,
 }
 
 fn all_models() -> Vec<String> {
@@ -109,6 +122,7 @@ impl Rule {
             subjects,
             models: models.iter().map(|m| (*m).to_owned()).collect(),
             endpoints: endpoints.to_vec(),
+            human_only: false,
         }
     }
 }
@@ -126,6 +140,8 @@ pub enum DenyKind {
     UnknownEndpoint,
     /// The request names no model where one is required.
     MissingModel,
+    /// An agent the config denies acts in this request.
+    Agent,
 }
 
 impl DenyKind {
@@ -136,6 +152,7 @@ impl DenyKind {
             Self::Model => "model",
             Self::UnknownEndpoint => "unknown_endpoint",
             Self::MissingModel => "missing_model",
+            Self::Agent => "agent",
         }
     }
 }
@@ -145,11 +162,13 @@ impl DenyKind {
 pub struct Policy {
     rules: Vec<(Rule, Vec<WildMatch>)>,
     allow_unknown: bool,
+    denied_agents: Vec<String>,
 }
 
 impl Policy {
     pub fn new(rules: &[Rule], allow_unknown: bool) -> Self {
         Self {
+            denied_agents: Vec::new(),
             rules: rules
                 .iter()
                 .map(|r| {
@@ -161,6 +180,13 @@ impl Policy {
                 .collect(),
             allow_unknown,
         }
+    }
+
+    /// Refuses any request in which one of `agents` acts, whatever the rules.
+    #[must_use]
+    pub fn deny_agents(mut self, agents: &[String]) -> Self {
+        self.denied_agents = agents.to_vec();
+        self
     }
 
     /// Decides whether `identity` may call an endpoint of `class` with
@@ -179,10 +205,17 @@ impl Policy {
                 Err(DenyKind::UnknownEndpoint)
             };
         }
+        if identity
+            .agents()
+            .iter()
+            .any(|a| self.denied_agents.iter().any(|d| d == a))
+        {
+            return Err(DenyKind::Agent);
+        }
         let mut caller_matched = false;
         let mut endpoint_matched = false;
         for (rule, globs) in &self.rules {
-            if !rule.subjects.matches(identity) {
+            if !rule.subjects.matches(identity) || (rule.human_only && !identity.is_human()) {
                 continue;
             }
             caller_matched = true;
@@ -400,5 +433,47 @@ mod tests {
         assert!(validate(&[Rule::new("r", ok.clone(), &[], &[EndpointClass::Read])]).is_err());
         assert!(validate(&[Rule::new("r", ok.clone(), &["a b"], &[EndpointClass::Read])]).is_err());
         assert!(validate(&[Rule::new("r", ok, &["*"], &[])]).is_err());
+    }
+
+    #[test]
+    fn agents_are_matched_denied_and_kept_from_human_only_rules() {
+        let mut admin = Rule::new(
+            "admins",
+            Subjects::groups(&["admins"]),
+            &["*"],
+            &[EndpointClass::Admin, EndpointClass::Inference],
+        );
+        admin.human_only = true;
+        let bots = Rule::new(
+            "bots",
+            Subjects {
+                agents: vec!["summariser".into()],
+                ..Subjects::default()
+            },
+            &["*"],
+            &[EndpointClass::Inference],
+        );
+        let p = Policy::new(&[admin, bots], false).deny_agents(&["rogue".into()]);
+        let human = who(serde_json::json!({"sub": "alice", "groups": ["admins"]}));
+        assert_eq!(p.decide(&human, EndpointClass::Admin, None), Ok("admins"));
+        // The same user through an agent: not for human-only rules (the
+        // bots rule applies to the caller, but grants no admin).
+        let through_agent = who(serde_json::json!({"sub": "alice", "groups": ["admins"],
+            "act": {"sub": "summariser"}}));
+        assert_eq!(
+            p.decide(&through_agent, EndpointClass::Admin, None),
+            Err(DenyKind::Endpoint)
+        );
+        assert_eq!(
+            p.decide(&through_agent, EndpointClass::Inference, Some("m")),
+            Ok("bots")
+        );
+        // A denied agent anywhere in the chain is refused whatever the rules.
+        let rogue = who(serde_json::json!({"sub": "alice", "groups": ["admins"],
+            "act": {"sub": "summariser", "act": {"sub": "rogue"}}}));
+        assert_eq!(
+            p.decide(&rogue, EndpointClass::Inference, Some("m")),
+            Err(DenyKind::Agent)
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! | `X-Attach-Groups`  | groups, comma-separated |
 //! | `X-Attach-Tenant`  | the tenant |
 //! | `X-Attach-Client`  | the calling client (`azp` / `client_id`) |
+//! | `X-Attach-Agent`   | who acts when it is not the user: the `act` chain (current actor first), or the machine client acting alone; absent for a human acting directly |
 //! | `X-Attach-Claims`  | base64url (no padding) of a JSON object: `iss`, `sub`, `user`, `groups`, `roles`, `scopes`, `tenant`, `client`, `exp`, and `claims` (the raw claims listed in `identity.forwardClaims`) |
 //!
 //! Text values are percent-encoded where they hold `%`, `,`, control or
@@ -32,6 +33,7 @@ pub const GROUPS: HeaderName = HeaderName::from_static("x-attach-groups");
 pub const TENANT: HeaderName = HeaderName::from_static("x-attach-tenant");
 pub const CLIENT: HeaderName = HeaderName::from_static("x-attach-client");
 pub const CLAIMS: HeaderName = HeaderName::from_static("x-attach-claims");
+pub const AGENT: HeaderName = HeaderName::from_static("x-attach-agent");
 
 /// Encoded in header text: controls (and, implicitly, non-ASCII), `%` so
 /// that decoding is unambiguous, and `,` which separates list items.
@@ -64,6 +66,16 @@ pub fn render(identity: &Identity) -> Rendered {
     }
     if let Some(v) = identity.client.as_deref().and_then(encode) {
         out.push((CLIENT, v));
+    }
+    let agents: Vec<String> = identity
+        .agents()
+        .iter()
+        .map(|a| utf8_percent_encode(a, UNSAFE).to_string())
+        .collect();
+    if !agents.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&agents.join(","))
+    {
+        out.push((AGENT, v));
     }
     if let Ok(json) = serde_json::to_vec(identity)
         && let Ok(v) = HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(json))
@@ -139,6 +151,8 @@ mod tests {
             scopes: vec![],
             tenant: Some("acme".into()),
             client: Some("attach-cli".into()),
+            actors: vec![],
+            machine: false,
             exp: 42,
             claims: Map::new(),
             rendered_headers: Default::default(),
@@ -153,6 +167,12 @@ mod tests {
         assert_eq!(h[GROUPS], "ai-power-users,a%2Cb");
         assert_eq!(h[TENANT], "acme");
         assert_eq!(h[CLIENT], "attach-cli");
+        assert!(h.get(AGENT).is_none(), "a human acting directly");
+        let mut agent = identity();
+        agent.actors = vec!["summariser".into(), "planner,1".into()];
+        let mut h = HeaderMap::new();
+        set_identity(&mut h, &agent);
+        assert_eq!(h[AGENT], "summariser,planner%2C1");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub enum QuotaKey {
     Tenant,
     /// Each client (application) has its own budget.
     Client,
+    /// Each agent (the current actor, or a machine client acting alone) has
+    /// its own budget; requests with no agent are not counted here.
+    Agent,
 }
 
 /// One limit.
@@ -99,6 +102,11 @@ impl QuotaLimit {
                 .iter()
                 .map(|c| format!("client={c}"))
                 .collect(),
+            QuotaKey::Agent => identity
+                .agents()
+                .first()
+                .map(|a| vec![format!("agent={a}")])
+                .unwrap_or_default(),
             QuotaKey::Group => identity
                 .groups
                 .iter()

@@ -108,6 +108,7 @@ fn fixture(backends: Vec<LLMBackend>, idps: Vec<IdentityProvider>) -> Fixture {
             cluster,
         },
         pods,
+        operator_namespace: "attach-system".into(),
     });
     Fixture {
         server,
