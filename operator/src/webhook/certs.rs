@@ -351,21 +351,16 @@ impl ResolvesServerCert for CurrentCert {
     }
 }
 
-/// The rustls config serving `cert`.
-pub fn server_config(cert: Arc<CurrentCert>) -> rustls::ServerConfig {
+/// The rustls config serving `cert` (TLS 1.2 and 1.3, HTTP/2 and 1.1).
+pub fn server_config(cert: Arc<CurrentCert>) -> Result<rustls::ServerConfig, CertError> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_no_client_auth().with_cert_resolver(cert))
-    .unwrap_or_else(|_| unreachable_config());
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config
-}
-
-fn unreachable_config() -> rustls::ServerConfig {
-    // The ring provider supports the default protocol versions.
-    unreachable!("ring supports TLS 1.2 and 1.3")
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -126,7 +126,7 @@ pub async fn start(
         CertMode::CertManager => (read_cert_dir(&settings.cert_dir)?, None),
     };
     let current = Arc::new(certs::CurrentCert::new(key));
-    let tls = Arc::new(certs::server_config(current.clone()));
+    let tls = Arc::new(certs::server_config(current.clone())?);
     if !index_ready(&index.backends, &index.namespaces).await {
         return Err(WebhookError::CachesGone);
     }
