@@ -221,10 +221,24 @@ impl World {
     /// controller manager has given it a `default` service account, so that
     /// pods can be created in it at once.
     pub async fn namespace(&self, prefix: &str) -> Result<String, HarnessError> {
+        self.namespace_with_labels(prefix, &[]).await
+    }
+
+    /// [`World::namespace`], with `labels` besides `attach.dev/test`.
+    pub async fn namespace_with_labels(
+        &self,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<String, HarnessError> {
         let client = self.client().await?;
         let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let mut all = serde_json::Map::new();
+        all.insert("attach.dev/test".into(), "true".into());
+        for (key, value) in labels {
+            all.insert((*key).into(), (*value).into());
+        }
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {"attach.dev/test": "true"}}
+            "metadata": {"name": name, "labels": all}
         }))
         .map_err(|source| HarnessError::Json {
             what: "namespace".into(),

@@ -15,9 +15,9 @@ use attach_operator::crd::{ClusterIdentityProvider, LLMBackend};
 use attach_tests::gateway::metric_sum;
 use attach_tests::injected_pod::InjectedPod;
 use attach_tests::keycloak::{AUDIENCE, REALM};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::{Client, ResourceExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 fn example(path: &str) -> String {
@@ -27,21 +27,6 @@ fn example(path: &str) -> String {
             .join(path),
     )
     .unwrap()
-}
-
-async fn pod_of(client: &Client, ns: &str, app: &str) -> Pod {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    for _ in 0..300 {
-        let list = pods
-            .list(&ListParams::default().labels(&format!("app={app}")))
-            .await
-            .unwrap();
-        if let Some(pod) = list.items.into_iter().next() {
-            return pod;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no {app} pod in {ns}");
 }
 
 async fn chat(
@@ -89,7 +74,7 @@ async fn from_helm_install_to_enforced_quotas() {
     let backends: Api<LLMBackend> = Api::namespaced(client.clone(), "ml-team");
     common::wait_ready(&backends, "ollama", "True").await;
     common::kubectl_apply(&example("ml-team/ollama.yaml"));
-    let pod = pod_of(&client, "ml-team", "ollama").await;
+    let pod = common::pod_of(&client, "ml-team", "ollama").await;
     assert_eq!(
         pod.annotations()
             .get("attach.dev/backend")

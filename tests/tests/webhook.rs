@@ -18,8 +18,8 @@ use attach_tests::operator::OperatorProcess;
 use attach_tests::ports::free_port;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod};
+use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -29,29 +29,14 @@ struct Setup {
     client: Client,
 }
 
-/// A namespace of this run, with `labels`.
-async fn namespace(client: &Client, run: &str, prefix: &str, labels: serde_json::Value) -> String {
-    let name = format!("{prefix}-{run}");
-    let mut all = json!({"attach.dev/webhook-test": run});
-    if let (Some(all), Some(labels)) = (all.as_object_mut(), labels.as_object()) {
-        all.extend(labels.clone());
-    }
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": all}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
+/// A fresh namespace of this run (which its webhook covers), with `labels`.
+async fn namespace(run: &str, prefix: &str, labels: &[(&str, &str)]) -> String {
+    let mut all = vec![("attach.dev/webhook-test", run)];
+    all.extend_from_slice(labels);
+    common::world()
+        .namespace_with_labels(prefix, &all)
         .await
-        .unwrap();
-    // Pods need the default service account.
-    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(client.clone(), &name);
-    for _ in 0..300 {
-        if sa.get_opt("default").await.unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    name
+        .unwrap()
 }
 
 async fn setup() -> Setup {
@@ -167,21 +152,6 @@ async fn deploy(client: &Client, ns: &str, app: &str, container: serde_json::Val
 }
 
 /// The pod the ReplicaSet made for `app`.
-async fn pod_of(client: &Client, ns: &str, app: &str) -> Pod {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    for _ in 0..300 {
-        let list = pods
-            .list(&ListParams::default().labels(&format!("app={app}")))
-            .await
-            .unwrap();
-        if let Some(pod) = list.items.into_iter().next() {
-            return pod;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no pod for {app} in {ns}");
-}
-
 fn sidecar(pod: &Pod) -> Option<&Container> {
     pod.spec
         .as_ref()?
@@ -217,7 +187,7 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
     })
     .await;
 
-    let ns = namespace(&client, &run, "models", json!({})).await;
+    let ns = namespace(&run, "models", &[]).await;
     idp_and_backends(&client, &ns).await;
     let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
     let ollama_backend = common::wait_ready(&backends, "ollama", "True").await;
@@ -241,7 +211,7 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
     .await;
 
     // Ollama: sidecar first, native, taking over port 11434 and its name.
-    let pod = pod_of(&client, &ns, "ollama").await;
+    let pod = common::pod_of(&client, &ns, "ollama").await;
     let gateway = sidecar(&pod).unwrap_or_else(|| panic!("not injected: {pod:?}"));
     assert_eq!(
         pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0].name,
@@ -281,7 +251,7 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
     assert_eq!(probe.path.as_deref(), Some("/probe/ollama/readiness"));
 
     // vLLM: rebound by flags.
-    let vllm = pod_of(&client, &ns, "vllm").await;
+    let vllm = common::pod_of(&client, &ns, "vllm").await;
     assert!(sidecar(&vllm).is_some(), "vllm not injected");
     assert_eq!(
         vllm.spec.as_ref().unwrap().containers[0]
@@ -308,13 +278,7 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
     bypass_is_closed(&client, &ns, &pod).await;
 
     // An opted-out namespace is left alone.
-    let off = namespace(
-        &client,
-        &run,
-        "optout",
-        json!({"attach.dev/injection": "disabled"}),
-    )
-    .await;
+    let off = namespace(&run, "optout", &[("attach.dev/injection", "disabled")]).await;
     idp_and_backends(&client, &off).await;
     deploy(
         &client,
@@ -324,7 +288,7 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
         "ports": [{"name": "http", "containerPort": 11434}]}),
     )
     .await;
-    let untouched = pod_of(&client, &off, "ollama").await;
+    let untouched = common::pod_of(&client, &off, "ollama").await;
     assert!(sidecar(&untouched).is_none());
     assert!(!untouched.annotations().contains_key("attach.dev/injected"));
 

@@ -127,3 +127,21 @@ pub async fn wait_event(client: &kube::Client, ns: &str, name: &str, type_: &str
     }
     panic!("no {type_} {reason} event about {name}: {events:?}");
 }
+
+/// The first pod labelled `app=<app>` in `ns` (waiting up to 30 s for the
+/// ReplicaSet to create it).
+pub async fn pod_of(client: &kube::Client, ns: &str, app: &str) -> k8s_openapi::api::core::v1::Pod {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), ns);
+    for _ in 0..300 {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap();
+        if let Some(pod) = list.items.into_iter().next() {
+            return pod;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no pod for {app} in {ns}");
+}
