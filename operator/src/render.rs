@@ -265,6 +265,7 @@ fn subjects(s: &Subjects) -> GatewaySubjects {
         tenants: s.tenants.clone(),
         clients: s.clients.clone(),
         agents: s.agents.clone(),
+        ..GatewaySubjects::default()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The audit log: one JSON line per request decision, to stdout or a file.
 //!
-//! Fields: `time`, `request_id`, `user` (the subject), `agent` (who acted
+//! Fields: `time`, `request_id`, `issuer` (whose names `user`, `agent`,
+//! `tenant` and `client` are), `user` (the subject), `agent` (who acted
 //! for it: the `act` chain, current actor first, or the machine client
 //! acting alone; absent for a human acting directly), `tenant`, `client`, `model`,
 //! `endpoint`, `decision` (`allow`/`deny`), `reason`, `rule`, `status`,
@@ -107,6 +108,7 @@ impl AuditSink {
 pub struct AuditRecord {
     pub time: String,
     pub request_id: String,
+    pub issuer: Option<String>,
     pub user: Option<String>,
     pub agent: Option<Vec<String>>,
     pub tenant: Option<String>,
@@ -157,6 +159,7 @@ impl AuditTrail {
 
     pub fn identity(&self, identity: &Identity) {
         self.with(|r| {
+            r.issuer = Some(identity.iss.clone());
             r.user = Some(identity.user.clone());
             let agents = identity.agents();
             r.agent = (!agents.is_empty()).then(|| agents.into_iter().map(str::to_owned).collect());

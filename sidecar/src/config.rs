@@ -247,6 +247,13 @@ pub struct IssuerConfig {
     /// Where the caller's identity is in the token.
     #[serde(default)]
     pub claims: ClaimMapping,
+    /// The clients people sign in through (their apps, CLIs). With it, a
+    /// person's token held by any other client was obtained for them by
+    /// that client (token exchange, on-behalf-of), and that client is an
+    /// agent acting for them. Required by `humanOnly` rules: without it, an
+    /// exchanged token cannot be told from a direct sign-in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_clients: Vec<String>,
     /// How often the keys are refreshed in the background.
     #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
     pub jwks_refresh_interval: Duration,
@@ -275,6 +282,7 @@ impl IssuerConfig {
             leeway: default_leeway(),
             required_scopes: Vec::new(),
             claims: ClaimMapping::preset(preset),
+            user_clients: Vec::new(),
             jwks_refresh_interval: default_jwks_refresh(),
             jwks_cooldown: default_jwks_cooldown(),
             allow_insecure_http: false,
@@ -613,6 +621,16 @@ impl GatewayConfig {
                         issuer.allow_insecure_http,
                     )?;
                 }
+                if let Some(url) = &exchange.discovery_issuer {
+                    check_fetch_url(
+                        &field("tokenExchange.discoveryIssuer"),
+                        url,
+                        issuer.allow_insecure_http,
+                    )?;
+                }
+                exchange
+                    .validate()
+                    .map_err(|m| ConfigError::invalid(field("tokenExchange"), m))?;
                 if exchange.client_id.trim().is_empty() {
                     return Err(ConfigError::invalid(
                         field("tokenExchange.clientId"),
@@ -654,6 +672,7 @@ impl GatewayConfig {
             .map_err(|(i, message)| ConfigError::invalid(format!("access.rules[{i}]"), message))?;
         crate::quota::limits::validate(&self.quotas.limits)
             .map_err(|(i, message)| ConfigError::invalid(format!("quotas.limits[{i}]"), message))?;
+        self.validate_identity_scopes()?;
         if let StoreConfig::Redis { url, url_file, .. } = &self.quotas.store {
             if url.is_empty() && url_file.is_none() {
                 return Err(ConfigError::invalid(
@@ -678,6 +697,46 @@ impl GatewayConfig {
         }
         if self.reload_interval.is_zero() {
             return Err(ConfigError::invalid("reloadInterval", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+impl GatewayConfig {
+    /// Names in rules and quotas belong to one issuer; human-only rules
+    /// need each issuer's user clients (see [`crate::policy::scope`]).
+    fn validate_identity_scopes(&self) -> Result<(), ConfigError> {
+        use crate::policy::scope::{TrustedIssuer, check_human_only, check_subjects};
+        let trusted: Vec<TrustedIssuer<'_>> = self
+            .issuers
+            .iter()
+            .map(|i| TrustedIssuer {
+                issuer: &i.issuer,
+                has_user_clients: !i.user_clients.is_empty(),
+            })
+            .collect();
+        for (i, rule) in self.access.rules.iter().enumerate() {
+            let field = format!("access.rules[{i}]");
+            check_subjects(&rule.subjects, &trusted)
+                .map_err(|m| ConfigError::invalid(&field, m))?;
+            if rule.human_only {
+                check_human_only(&rule.subjects, &trusted)
+                    .map_err(|m| ConfigError::invalid(&field, m))?;
+            }
+        }
+        for (i, limit) in self.quotas.limits.iter().enumerate() {
+            if let Some(subjects) = &limit.subjects {
+                check_subjects(subjects, &trusted)
+                    .map_err(|m| ConfigError::invalid(format!("quotas.limits[{i}]"), m))?;
+            }
+        }
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            if issuer.user_clients.iter().any(|c| c.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    format!("issuers[{i}].userClients"),
+                    "client ids must not be empty",
+                ));
+            }
         }
         Ok(())
     }
@@ -881,5 +940,58 @@ issuers:
         let opted_in =
             minimal().replace("https://idp", "http://idp") + "    allowInsecureHttp: true\n";
         assert!(GatewayConfig::parse(&opted_in).is_ok());
+    }
+
+    #[test]
+    fn names_must_say_their_issuer_when_two_are_trusted() {
+        let two = minimal() + "  - issuer: https://partner.example.com/\n    audiences: [llm]\n";
+        let named = two.clone()
+            + "access:\n  rules:\n    - {name: r, subjects: {groups: [admins]}, endpoints: [admin]}\n";
+        assert!(refused(&named).contains("access.rules[0]: subjects.issuer is required"));
+        let scoped = two.clone()
+            + "access:\n  rules:\n    - {name: r, subjects: {issuer: \"https://idp.example.com/\", groups: [admins]}, endpoints: [admin]}\n";
+        assert!(GatewayConfig::parse(&scoped).is_ok());
+        let unknown = two.clone()
+            + "access:\n  rules:\n    - {name: r, subjects: {issuer: \"https://else.example/\", groups: [a]}, endpoints: [admin]}\n";
+        assert!(refused(&unknown).contains("not one of the trusted issuers"));
+        let quota = two
+            + "quotas:\n  limits:\n    - {name: q, per: group, subjects: {groups: [staff]}, concurrent: 1}\n";
+        assert!(refused(&quota).contains("quotas.limits[0]"));
+        // Everyone of every issuer needs no scope.
+        let everyone = minimal()
+            + "  - issuer: https://partner.example.com/\n    audiences: [llm]\n"
+            + "access:\n  rules:\n    - {name: r, subjects: {anyAuthenticated: true}, endpoints: [read]}\n";
+        assert!(GatewayConfig::parse(&everyone).is_ok());
+    }
+
+    #[test]
+    fn human_only_rules_need_the_user_clients() {
+        let rule = "access:\n  rules:\n    - {name: r, subjects: {groups: [admins]}, endpoints: [admin], humanOnly: true}\n";
+        let without = minimal() + rule;
+        assert!(refused(&without).contains("humanOnly needs issuers[].userClients"));
+        let with = minimal() + "    userClients: [attach-cli]\n" + rule;
+        assert_eq!(
+            GatewayConfig::parse(&with).unwrap().issuers[0].user_clients,
+            ["attach-cli"]
+        );
+    }
+
+    #[test]
+    fn identity_settings_that_cannot_work_are_refused() {
+        let namespace = minimal() + "    claims: {preset: auth0, namespace: example.com}\n";
+        assert!(refused(&namespace).contains("issuers[0].claims: namespace"));
+        let exchange = |extra: &str| {
+            minimal()
+                + "    tokenExchange: {clientId: gw, clientSecret: s, audience: down"
+                + extra
+                + "}\n"
+        };
+        assert!(GatewayConfig::parse(&exchange("")).is_ok());
+        assert!(
+            refused(&exchange(", discoveryIssuer: \"http://idp.example.com\""))
+                .contains("tokenExchange.discoveryIssuer")
+        );
+        assert!(refused(&exchange(", timeout: 0s")).contains("timeout"));
+        assert!(refused(&exchange(", refusalCacheTtl: 1h")).contains("refusalCacheTtl"));
     }
 }

@@ -3,7 +3,12 @@
 //! model receives. Results are cached per (subject token hash, audience,
 //! scope) until the new token's expiry minus a skew, with single flight
 //! (concurrent requests for the same token make one exchange), in a bounded
-//! cache. Tokens and the client secret are never logged.
+//! cache. A refusal is cached too, for `refusalCacheTtl`, so one caller with
+//! a refused token cannot make the gateway call the IdP on every request;
+//! an unreachable or nonsensical IdP is remembered for two seconds, so the
+//! requests that waited on one exchange all get its answer at once instead
+//! of retrying one after another. Each exchange is bounded by `timeout`.
+//! Tokens and the client secret are never logged.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use quick_cache::sync::Cache;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::idp_client::{FetchError, IdpClient};
@@ -59,6 +65,13 @@ pub struct TokenExchangeConfig {
     /// How long before its expiry an exchanged token is no longer used.
     #[serde(default = "default_skew", with = "humantime_serde")]
     pub expiry_skew: Duration,
+    /// How long one exchange may take, discovery included. Past it: 503.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a refusal is remembered for its subject token: requests with
+    /// it get the same 403 without asking the IdP again.
+    #[serde(default = "default_refusal_ttl", with = "humantime_serde")]
+    pub refusal_cache_ttl: Duration,
 }
 
 impl std::fmt::Debug for TokenExchangeConfig {
@@ -70,6 +83,7 @@ impl std::fmt::Debug for TokenExchangeConfig {
             .field("resource", &self.resource)
             .field("scopes", &self.scopes)
             .field("header", &self.header)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +97,23 @@ fn default_cache_entries() -> usize {
 fn default_skew() -> Duration {
     Duration::from_secs(30)
 }
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_refusal_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The longest lifetime believed of an exchanged token, whatever
+/// `expires_in` says.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The lifetime assumed when the IdP gives no `expires_in`.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
+/// How long an unreachable or nonsensical IdP is remembered per token.
+const FAILURE_TTL: Duration = Duration::from_secs(2);
+/// The longest exchange timeout and refusal memory accepted.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_REFUSAL_TTL: Duration = Duration::from_secs(300);
 
 impl TokenExchangeConfig {
     /// An exchange for `client_id` with defaults elsewhere.
@@ -99,7 +130,32 @@ impl TokenExchangeConfig {
             header: default_header(),
             cache_entries: default_cache_entries(),
             expiry_skew: default_skew(),
+            timeout: default_timeout(),
+            refusal_cache_ttl: default_refusal_ttl(),
         }
+    }
+
+    /// Checks the numbers.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(format!(
+                "timeout must be between 1ms and {}s",
+                MAX_TIMEOUT.as_secs()
+            ));
+        }
+        if self.refusal_cache_ttl > MAX_REFUSAL_TTL {
+            return Err(format!(
+                "refusalCacheTtl must be at most {}s",
+                MAX_REFUSAL_TTL.as_secs()
+            ));
+        }
+        if self.cache_entries == 0 {
+            return Err("cacheEntries must be at least 1".into());
+        }
+        if self.expiry_skew >= MAX_LIFETIME {
+            return Err("expirySkew must be under a day".into());
+        }
+        Ok(())
     }
 }
 
@@ -117,10 +173,33 @@ pub enum ExchangeError {
     BadResponse(String),
 }
 
+/// What the cache remembers for one subject token.
 #[derive(Clone)]
-struct Exchanged {
-    token: Arc<str>,
-    usable_until: Instant,
+enum Cached {
+    Token {
+        token: Arc<str>,
+        usable_until: Instant,
+    },
+    Failed {
+        error: ExchangeError,
+        until: Instant,
+    },
+}
+
+impl Cached {
+    fn is_live(&self, now: Instant) -> bool {
+        match self {
+            Self::Token { usable_until, .. } => *usable_until > now,
+            Self::Failed { until, .. } => *until > now,
+        }
+    }
+
+    fn into_result(self) -> Result<Arc<str>, ExchangeError> {
+        match self {
+            Self::Token { token, .. } => Ok(token),
+            Self::Failed { error, .. } => Err(error),
+        }
+    }
 }
 
 type Key = ([u8; 32], Option<String>, String);
@@ -128,10 +207,12 @@ type Key = ([u8; 32], Option<String>, String);
 /// Exchanges tokens for one issuer.
 pub struct TokenExchanger {
     config: TokenExchangeConfig,
+    /// The issuer as configured (discovery compares it exactly).
     issuer: String,
+    header: http::HeaderName,
     http: IdpClient,
     endpoint: tokio::sync::OnceCell<String>,
-    cache: Cache<Key, Exchanged>,
+    cache: Cache<Key, Cached>,
 }
 
 impl std::fmt::Debug for TokenExchanger {
@@ -143,7 +224,7 @@ impl std::fmt::Debug for TokenExchanger {
     }
 }
 
-/// Whether an exchange was answered from the cache.
+/// Whether an answer came from the cache or from the IdP just now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Cache,
@@ -152,9 +233,13 @@ pub enum Source {
 
 impl TokenExchanger {
     pub fn new(issuer: &str, config: TokenExchangeConfig, http: IdpClient) -> Self {
+        // The config was validated: the name parses.
+        let header = http::HeaderName::from_bytes(config.header.as_bytes())
+            .unwrap_or(http::header::AUTHORIZATION);
         Self {
             cache: Cache::new(config.cache_entries.max(1)),
-            issuer: issuer.trim_end_matches('/').to_owned(),
+            issuer: issuer.to_owned(),
+            header,
             config,
             http,
             endpoint: tokio::sync::OnceCell::new(),
@@ -162,8 +247,8 @@ impl TokenExchanger {
     }
 
     /// The header the exchanged token goes in.
-    pub fn header(&self) -> &str {
-        &self.config.header
+    pub fn header(&self) -> &http::HeaderName {
+        &self.header
     }
 
     /// What this exchanger was built from.
@@ -171,8 +256,9 @@ impl TokenExchanger {
         &self.config
     }
 
-    /// The downstream token for `subject_token`.
-    pub async fn exchange(&self, subject_token: &str) -> Result<(Arc<str>, Source), ExchangeError> {
+    /// The downstream token for `subject_token`, and whether the answer (a
+    /// token or a refusal) came from the cache.
+    pub async fn exchange(&self, subject_token: &str) -> (Result<Arc<str>, ExchangeError>, Source) {
         let key: Key = (
             Sha256::digest(subject_token.as_bytes()).into(),
             self.config.audience.clone(),
@@ -180,24 +266,50 @@ impl TokenExchanger {
         );
         for _ in 0..2 {
             match self.cache.get_value_or_guard_async(&key).await {
-                Ok(hit) if hit.usable_until > Instant::now() => {
-                    return Ok((hit.token, Source::Cache));
+                Ok(cached) if cached.is_live(Instant::now()) => {
+                    return (cached.into_result(), Source::Cache);
                 }
                 // Expired: drop it and go round once more for a guard.
                 Ok(_) => {
                     self.cache.remove(&key);
                 }
                 Err(guard) => {
-                    let exchanged = self.request(subject_token).await?;
-                    let token = exchanged.token.clone();
-                    let _ = guard.insert(exchanged);
-                    return Ok((token, Source::Exchange));
+                    let cached = self.bounded_request(subject_token).await;
+                    let _ = guard.insert(cached.clone());
+                    return (cached.into_result(), Source::Exchange);
                 }
             }
         }
-        self.request(subject_token)
+        (
+            self.bounded_request(subject_token).await.into_result(),
+            Source::Exchange,
+        )
+    }
+
+    /// One exchange within `timeout`, as what the cache keeps of it.
+    async fn bounded_request(&self, subject_token: &str) -> Cached {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.config.timeout, self.request(subject_token))
             .await
-            .map(|e| (e.token, Source::Exchange))
+            .unwrap_or_else(|_| {
+                tracing::warn!(issuer = %self.issuer, timeout = ?self.config.timeout, "token exchange timed out");
+                Err(ExchangeError::Unavailable)
+            });
+        let after = |ttl: Duration| started.checked_add(ttl).unwrap_or(started);
+        match result {
+            Ok((token, lifetime)) => Cached::Token {
+                token,
+                usable_until: after(lifetime.saturating_sub(self.config.expiry_skew)),
+            },
+            Err(error @ ExchangeError::Refused(_)) => Cached::Failed {
+                error,
+                until: after(self.config.refusal_cache_ttl),
+            },
+            Err(error) => Cached::Failed {
+                error,
+                until: after(FAILURE_TTL),
+            },
+        }
     }
 
     async fn token_endpoint(&self) -> Result<&str, ExchangeError> {
@@ -206,28 +318,25 @@ impl TokenExchanger {
         }
         self.endpoint
             .get_or_try_init(|| async {
-                #[derive(Deserialize)]
-                struct Discovery {
-                    token_endpoint: String,
-                }
                 let issuer = self
                     .config
                     .discovery_issuer
                     .as_deref()
-                    .unwrap_or(&self.issuer)
-                    .trim_end_matches('/');
-                let url = format!("{issuer}/.well-known/openid-configuration");
-                self.http
-                    .get_json::<Discovery>(&url)
+                    .unwrap_or(&self.issuer);
+                crate::discovery::discover(&self.http, issuer)
                     .await
-                    .map(|d| d.token_endpoint)
-                    .map_err(|e| unavailable(&e))
+                    .and_then(|d| d.endpoint("token_endpoint"))
+                    .map_err(|e| {
+                        tracing::warn!(issuer, error = %e, "token endpoint discovery refused");
+                        discovery_failure(&e)
+                    })
             })
             .await
             .map(String::as_str)
     }
 
-    async fn request(&self, subject_token: &str) -> Result<Exchanged, ExchangeError> {
+    /// Exchanges once: the token and how long it lives.
+    async fn request(&self, subject_token: &str) -> Result<(Arc<str>, Duration), ExchangeError> {
         let endpoint = self.token_endpoint().await?;
         let scope = self.config.scopes.join(" ");
         let mut form = vec![
@@ -245,7 +354,6 @@ impl TokenExchanger {
         if !scope.is_empty() {
             form.push(("scope", &scope));
         }
-        let started = Instant::now();
         let (status, body) = self
             .http
             .post_form(
@@ -273,11 +381,39 @@ impl TokenExchanger {
             .as_str()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ExchangeError::BadResponse("no access_token".into()))?;
-        let lifetime = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(60));
-        Ok(Exchanged {
-            token: Arc::from(token),
-            usable_until: started + lifetime.saturating_sub(self.config.expiry_skew),
-        })
+        Ok((Arc::from(token), lifetime(&body["expires_in"])?))
+    }
+}
+
+/// The token's lifetime from `expires_in` (RFC 6749 §5.1: seconds, a
+/// positive integer): at most [`MAX_LIFETIME`], [`DEFAULT_LIFETIME`] when
+/// absent, and anything that is not a positive integer is a bad answer.
+fn lifetime(expires_in: &Value) -> Result<Duration, ExchangeError> {
+    match expires_in {
+        Value::Null => Ok(DEFAULT_LIFETIME),
+        Value::Number(n) => match n.as_u64() {
+            Some(0) | None => Err(ExchangeError::BadResponse(
+                "expires_in is not a positive integer".into(),
+            )),
+            Some(secs) => Ok(Duration::from_secs(secs).min(MAX_LIFETIME)),
+        },
+        _ => Err(ExchangeError::BadResponse(
+            "expires_in is not a number".into(),
+        )),
+    }
+}
+
+fn discovery_failure(e: &crate::discovery::DiscoveryError) -> ExchangeError {
+    use crate::discovery::DiscoveryError as D;
+    match e {
+        D::Fetch(e) => unavailable(e),
+        D::WrongIssuer { .. } => {
+            ExchangeError::BadResponse("the discovery document names another issuer".into())
+        }
+        D::Missing(_) => ExchangeError::BadResponse("discovery names no token_endpoint".into()),
+        D::Unusable { .. } => {
+            ExchangeError::BadResponse("the discovered token endpoint is not usable".into())
+        }
     }
 }
 
@@ -292,48 +428,91 @@ fn unavailable(e: &FetchError) -> ExchangeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A token endpoint that counts calls and answers after a pause.
-    async fn endpoint(answer: &'static str, status: u16) -> (String, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/token", listener.local_addr().unwrap());
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counted = calls.clone();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            while let Ok((mut s, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let _ = s.read(&mut buf).await;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let reply = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                    let _ = s.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
-        (url, calls)
+    /// A stand-in IdP on loopback: serves a discovery document (built by
+    /// `discovery` from its own base URL) and answers token requests with
+    /// `status` and `answer` after `delay`, counting them.
+    struct FakeIdp {
+        base: String,
+        token_calls: Arc<AtomicUsize>,
     }
 
-    fn exchanger(url: String) -> TokenExchanger {
-        let mut config = TokenExchangeConfig::new("gw", "s3cret");
-        config.token_endpoint = Some(url);
-        config.audience = Some("downstream".into());
-        TokenExchanger::new("http://idp", config, IdpClient::new())
+    impl FakeIdp {
+        async fn start(
+            discovery: impl Fn(&str) -> Value + Send + 'static,
+            status: u16,
+            answer: String,
+            delay: Duration,
+        ) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let doc = discovery(&base).to_string();
+            let token_calls = Arc::new(AtomicUsize::new(0));
+            let counted = token_calls.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                while let Ok((mut s, _)) = listener.accept().await {
+                    let doc = doc.clone();
+                    let answer = answer.clone();
+                    let counted = counted.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16384];
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        let (status, body) = if buf[..n].starts_with(b"GET /.well-known/") {
+                            (200, doc)
+                        } else {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            (status, answer)
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = s.write_all(reply.as_bytes()).await;
+                    });
+                }
+            });
+            Self { base, token_calls }
+        }
+
+        /// Answers `answer` to token requests; its discovery is sound.
+        async fn answering(status: u16, answer: &str) -> Self {
+            Self::start(
+                sound_discovery,
+                status,
+                answer.to_owned(),
+                Duration::from_millis(100),
+            )
+            .await
+        }
+
+        fn calls(&self) -> usize {
+            self.token_calls.load(Ordering::SeqCst)
+        }
+
+        /// An exchanger for this IdP as the issuer, its endpoint discovered.
+        fn exchanger(&self, tune: impl FnOnce(&mut TokenExchangeConfig)) -> TokenExchanger {
+            let mut config = TokenExchangeConfig::new("gw", "s3cret");
+            config.audience = Some("downstream".into());
+            tune(&mut config);
+            TokenExchanger::new(&self.base, config, IdpClient::new())
+        }
     }
+
+    fn sound_discovery(base: &str) -> Value {
+        json!({"issuer": base, "token_endpoint": format!("{base}/token")})
+    }
+
+    const GOOD: &str = r#"{"access_token":"down","token_type":"Bearer","expires_in":300}"#;
+    const REFUSED: &str = r#"{"error":"unauthorized_client","error_description":"x"}"#;
 
     #[tokio::test]
     async fn concurrent_requests_for_one_token_make_one_exchange() {
-        let (url, calls) = endpoint(
-            r#"{"access_token":"down","token_type":"Bearer","expires_in":300}"#,
-            200,
-        )
-        .await;
-        let exchanger = Arc::new(exchanger(url));
+        let idp = FakeIdp::answering(200, GOOD).await;
+        let exchanger = Arc::new(idp.exchanger(|_| {}));
         let tasks: Vec<_> = (0..10)
             .map(|_| {
                 let e = exchanger.clone();
@@ -342,47 +521,158 @@ mod tests {
             .collect();
         let mut sources = Vec::new();
         for t in tasks {
-            let (token, source) = t.await.unwrap().unwrap();
-            assert_eq!(&*token, "down");
+            let (token, source) = t.await.unwrap();
+            assert_eq!(&*token.unwrap(), "down");
             sources.push(source);
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "single flight");
+        assert_eq!(idp.calls(), 1, "single flight");
         assert_eq!(
             sources.iter().filter(|s| **s == Source::Exchange).count(),
             1
         );
         // Another subject token is another exchange.
-        exchanger.exchange("other").await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        exchanger.exchange("other").await.0.unwrap();
+        assert_eq!(idp.calls(), 2);
     }
 
     #[tokio::test]
-    async fn failures_map_to_refused_or_unavailable_and_are_not_cached() {
-        let (url, calls) = endpoint(
-            r#"{"error":"unauthorized_client","error_description":"x"}"#,
-            400,
-        )
-        .await;
-        let e = exchanger(url);
+    async fn a_refusal_is_remembered_for_its_token_then_asked_again() {
+        let idp = FakeIdp::answering(400, REFUSED).await;
+        let e = idp.exchanger(|c| c.refusal_cache_ttl = Duration::from_millis(600));
+        let refused = ExchangeError::Refused("unauthorized_client".into());
         assert_eq!(
-            e.exchange("subject").await.unwrap_err(),
-            ExchangeError::Refused("unauthorized_client".into())
+            e.exchange("subject").await,
+            (Err(refused.clone()), Source::Exchange)
         );
-        e.exchange("subject").await.unwrap_err();
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "refusals are not cached");
+        // A storm from the same caller: answered from memory.
+        for _ in 0..150 {
+            assert_eq!(
+                e.exchange("subject").await,
+                (Err(refused.clone()), Source::Cache)
+            );
+        }
+        assert_eq!(idp.calls(), 1, "one IdP call for 151 refused requests");
+        // Another token is its own question.
+        e.exchange("another").await.0.unwrap_err();
+        assert_eq!(idp.calls(), 2);
+        // Briefly: after the TTL the IdP is asked again.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(e.exchange("subject").await.1, Source::Exchange);
+        assert_eq!(idp.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_unavailable() {
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}/token", l.local_addr().unwrap())
         };
+        let mut config = TokenExchangeConfig::new("gw", "s3cret");
+        config.token_endpoint = Some(closed);
+        config.audience = Some("downstream".into());
+        let e = TokenExchanger::new("http://127.0.0.1:1", config, IdpClient::new());
         assert_eq!(
-            exchanger(closed).exchange("subject").await.unwrap_err(),
-            ExchangeError::Unavailable
+            e.exchange("subject").await.0,
+            Err(ExchangeError::Unavailable)
         );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_endpoint_fails_every_waiter_at_once_within_the_timeout() {
+        let idp = FakeIdp::start(sound_discovery, 200, GOOD.into(), Duration::from_secs(60)).await;
+        let e = Arc::new(idp.exchanger(|c| c.timeout = Duration::from_millis(400)));
+        let started = Instant::now();
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let e = e.clone();
+                tokio::spawn(async move { e.exchange("subject").await.0 })
+            })
+            .collect();
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Err(ExchangeError::Unavailable));
+        }
+        let took = started.elapsed();
+        // Not one timeout after another: the waiters share the one answer.
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+        assert_eq!(idp.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn expires_in_is_bounded_and_checked_never_a_panic() {
+        for huge in [
+            u64::MAX.to_string(),
+            "18446744073709551615".into(),
+            "1e300".into(),
+        ] {
+            let answer = format!(r#"{{"access_token":"down","expires_in":{huge}}}"#);
+            let idp = FakeIdp::start(sound_discovery, 200, answer, Duration::ZERO).await;
+            let e = idp.exchanger(|_| {});
+            let (token, _) = e.exchange("subject").await;
+            if huge == "1e300" {
+                assert!(
+                    matches!(token, Err(ExchangeError::BadResponse(_))),
+                    "{huge}"
+                );
+            } else {
+                assert_eq!(&*token.unwrap(), "down", "{huge}: capped, usable");
+                assert_eq!(e.exchange("subject").await.1, Source::Cache);
+            }
+        }
+        for bad in ["0", "-5", "\"300\"", "3.5", "[]"] {
+            let answer = format!(r#"{{"access_token":"down","expires_in":{bad}}}"#);
+            let idp = FakeIdp::start(sound_discovery, 200, answer, Duration::ZERO).await;
+            let (token, _) = idp.exchanger(|_| {}).exchange("subject").await;
+            assert!(matches!(token, Err(ExchangeError::BadResponse(_))), "{bad}");
+        }
+        assert_eq!(lifetime(&Value::Null).unwrap(), DEFAULT_LIFETIME);
+        assert_eq!(lifetime(&json!(u64::MAX)).unwrap(), MAX_LIFETIME);
+    }
+
+    #[tokio::test]
+    async fn discovery_for_the_token_endpoint_is_as_strict_as_for_the_keys() {
+        // A document speaking for another issuer: the secret is never posted.
+        let impostor = FakeIdp::start(
+            |base| json!({"issuer": "https://corp.example", "token_endpoint": format!("{base}/token")}),
+            200,
+            GOOD.into(),
+            Duration::ZERO,
+        )
+        .await;
+        let (result, _) = impostor.exchanger(|_| {}).exchange("subject").await;
+        assert!(
+            matches!(result, Err(ExchangeError::BadResponse(_))),
+            "{result:?}"
+        );
+        assert_eq!(impostor.calls(), 0, "nothing posted to it");
+        // An https issuer whose document names an http token endpoint.
+        let idp = FakeIdp::answering(200, GOOD).await;
+        let doc = json!({"issuer": "https://idp.example", "token_endpoint": format!("{}/token", idp.base)});
+        let discovered = crate::discovery::Discovery::checked("https://idp.example", doc).unwrap();
+        assert!(discovered.endpoint("token_endpoint").is_err());
+        // The sound document works.
+        assert_eq!(
+            &*idp.exchanger(|_| {}).exchange("subject").await.0.unwrap(),
+            "down"
+        );
+        assert_eq!(idp.calls(), 1);
     }
 
     #[test]
     fn the_secret_stays_out_of_debug() {
         let config = TokenExchangeConfig::new("gw", "s3cret");
         assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn timeouts_and_memories_are_bounded() {
+        let mut config = TokenExchangeConfig::new("gw", "s");
+        assert!(config.validate().is_ok());
+        config.timeout = Duration::ZERO;
+        assert!(config.validate().is_err());
+        config.timeout = Duration::from_secs(3600);
+        assert!(config.validate().is_err());
+        config.timeout = Duration::from_secs(5);
+        config.refusal_cache_ttl = Duration::from_secs(86_400);
+        assert!(config.validate().is_err());
     }
 }

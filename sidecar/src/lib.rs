@@ -13,6 +13,7 @@ pub mod audit;
 pub mod body;
 pub mod claims;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod exchange;
 pub mod gateway;

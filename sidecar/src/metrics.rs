@@ -42,6 +42,15 @@ pub struct IssuerLabels {
     pub issuer: String,
 }
 
+/// `attach_claims_ignored_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// A configured issuer.
+    pub issuer: String,
+    /// The mapped field: `groups`, `roles`, `scopes`, `tenant`, `client`.
+    pub claim: &'static str,
+}
+
 /// `attach_tokens_total` labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
@@ -82,6 +91,8 @@ pub struct Metrics {
     pub quota_store_errors: Counter,
     /// `attach_token_exchanges_total{result}`.
     pub token_exchanges: Family<ResultLabels, Counter>,
+    /// `attach_claims_ignored_total{issuer,claim}`.
+    pub claims_ignored: Family<ClaimLabels, Counter>,
 }
 
 impl Metrics {
@@ -157,8 +168,15 @@ impl Metrics {
             "Token exchanges by result: hit (cached), exchanged, refused, unavailable, bad_response",
             token_exchanges.clone(),
         );
+        let claims_ignored = Family::<ClaimLabels, Counter>::default();
+        registry.register(
+            "claims_ignored",
+            "Verified tokens whose mapped claim had a shape the IdP does not document, so it was left out (never turned into names)",
+            claims_ignored.clone(),
+        );
         Self {
             registry,
+            claims_ignored,
             token_exchanges,
             tokens,
             quota_store_duration,
@@ -177,6 +195,16 @@ impl Metrics {
     pub fn token_exchange(&self, result: &'static str) {
         self.token_exchanges
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a claim left out of an identity for its shape.
+    pub fn claim_ignored(&self, issuer: &str, claim: &'static str) {
+        self.claims_ignored
+            .get_or_create(&ClaimLabels {
+                issuer: issuer.to_owned(),
+                claim,
+            })
             .inc();
     }
 

@@ -10,6 +10,7 @@
 //! | `OIDC_ALGORITHMS` | allowed algorithms, comma-separated (default: every asymmetric one) |
 //! | `OIDC_LEEWAY_SECONDS` | clock skew allowed (default 60) |
 //! | `OIDC_REQUIRED_SCOPES` | scopes every token must carry, comma-separated |
+//! | `OIDC_USER_CLIENTS` | the clients people sign in through, comma-separated (a person's token held by another client is that client acting for them) |
 //! | `OIDC_ALLOW_INSECURE_HTTP` | allow a non-loopback `http://` issuer (testing only) |
 //! | `AUTH0_CLAIM_NAMESPACE` | Auth0 custom-claim namespace, e.g. `https://example.com` |
 //! | `UPSTREAM_URL` | the model (default `http://127.0.0.1:11434`); `--upstream` wins |
@@ -45,6 +46,7 @@ pub const OIDC_JWKS_URI: &str = "OIDC_JWKS_URI";
 pub const OIDC_ALGORITHMS: &str = "OIDC_ALGORITHMS";
 pub const OIDC_LEEWAY_SECONDS: &str = "OIDC_LEEWAY_SECONDS";
 pub const OIDC_REQUIRED_SCOPES: &str = "OIDC_REQUIRED_SCOPES";
+pub const OIDC_USER_CLIENTS: &str = "OIDC_USER_CLIENTS";
 pub const OIDC_ALLOW_INSECURE_HTTP: &str = "OIDC_ALLOW_INSECURE_HTTP";
 pub const AUTH0_CLAIM_NAMESPACE: &str = "AUTH0_CLAIM_NAMESPACE";
 pub const UPSTREAM_URL: &str = "UPSTREAM_URL";
@@ -217,6 +219,7 @@ pub fn config_from_env(
         issuer.leeway = Duration::from_secs(secs);
     }
     issuer.required_scopes = list(env, OIDC_REQUIRED_SCOPES);
+    issuer.user_clients = list(env, OIDC_USER_CLIENTS);
     issuer.allow_insecure_http = flag(env, OIDC_ALLOW_INSECURE_HTTP)?;
     issuer.claims = ClaimMapping {
         namespace: non_empty(env, AUTH0_CLAIM_NAMESPACE),

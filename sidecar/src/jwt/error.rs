@@ -50,6 +50,10 @@ pub enum AuthError {
     /// The mapped user claim is absent or empty.
     #[error("token has no user claim")]
     NoUser,
+    /// The `act` chain is longer than the gateway accepts (it is refused,
+    /// never cut short).
+    #[error("actor chain too long")]
+    ActorChainTooLong,
     /// Verified, but without a required scope: 403 `insufficient_scope`.
     #[error("insufficient scope")]
     InsufficientScope { required: Vec<String> },
@@ -78,6 +82,7 @@ impl AuthError {
             Self::MissingClaim(_) => "missing_claim",
             Self::InvalidClaim(_) => "invalid_claim",
             Self::NoUser => "no_user",
+            Self::ActorChainTooLong => "actor_chain_too_long",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::KeysUnavailable => "keys_unavailable",
         }

@@ -287,29 +287,16 @@ impl JwksCache {
     }
 }
 
-/// Finds `jwks_uri` in `issuer`'s discovery document. The document must name
-/// the same issuer (OpenID Connect Discovery §4.3), and an HTTPS issuer's
-/// keys must come over HTTPS too.
+/// Finds `jwks_uri` in `issuer`'s discovery document, as strictly as every
+/// discovered endpoint (see [`crate::discovery`]).
 pub async fn discover_jwks_uri(http: &IdpClient, issuer: &str) -> Result<String, RefreshError> {
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let doc: Value = http.get_json(&url).await?;
-    let named = doc.get("issuer").and_then(Value::as_str);
-    if named != Some(issuer) {
-        return Err(RefreshError::Discovery(format!(
-            "the discovery document names issuer {named:?}, not {issuer:?}"
-        )));
-    }
-    let jwks_uri = doc
-        .get("jwks_uri")
-        .and_then(Value::as_str)
-        .ok_or(RefreshError::NoJwksUri)?;
-    if issuer.starts_with("https://") && !jwks_uri.starts_with("https://") {
-        return Err(RefreshError::Discovery(format!(
-            "jwks_uri {jwks_uri:?} is not https:// for an https:// issuer"
-        )));
-    }
-    Ok(jwks_uri.to_owned())
+    use crate::discovery::DiscoveryError;
+    let found = crate::discovery::discover(http, issuer)
+        .await
+        .and_then(|d| d.endpoint("jwks_uri"));
+    found.map_err(|e| match e {
+        DiscoveryError::Fetch(e) => RefreshError::Fetch(e),
+        DiscoveryError::Missing(_) => RefreshError::NoJwksUri,
+        other => RefreshError::Discovery(other.to_string()),
+    })
 }

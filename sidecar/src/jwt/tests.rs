@@ -515,7 +515,8 @@ fn the_token_cache_forgets_expired_entries_and_stays_bounded() {
             .resolve()
             .unwrap()
             .identity(json!({"sub": "u"}).as_object().unwrap(), 100, &[])
-            .unwrap(),
+            .unwrap()
+            .identity,
     );
     let hash = super::token_cache::hash_token("t");
     cache.insert(hash, identity.clone(), 160);
@@ -732,4 +733,86 @@ async fn discovery_must_name_the_configured_issuer() {
         1,
         "keys were not fetched"
     );
+}
+
+#[tokio::test]
+async fn the_issuers_algorithm_allow_list_refuses_what_it_does_not_list() {
+    // The keys would verify RS256 and EdDSA: only the allow-list says no.
+    let mut config = IssuerConfig::new(ISSUER, vec![AUDIENCE.into()], Preset::Keycloak);
+    config.algorithms = vec![crate::config::Algorithm::ES256];
+    let metrics = Arc::new(Metrics::new());
+    let cache = JwksCache::with_keys(ISSUER.into(), &jwks(), metrics.clone());
+    let policy = IssuerPolicy::new(&config, Arc::new(cache)).unwrap();
+    let verifier = Verifier::new(vec![(ISSUER.into(), policy)], 100, vec![], metrics);
+    for (alg, kid, key) in [
+        (Algorithm::RS256, "rsa-1", rsa_key()),
+        (Algorithm::EdDSA, "ed-1", ed_key()),
+    ] {
+        let token = sign(&claims(), alg, Some(kid), &key);
+        assert_eq!(
+            verifier.verify(&token).await.unwrap_err(),
+            AuthError::AlgorithmNotAllowed,
+            "{alg:?} is not in this issuer's list"
+        );
+    }
+    let listed = sign(&claims(), Algorithm::ES256, Some("ec-1"), &ec_key());
+    assert!(verifier.verify(&listed).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_malformed_or_overlong_delegation_is_refused_with_401() {
+    let verifier = verifier();
+    let mut deep = json!({"sub": "agent-9"});
+    for i in (1..=8).rev() {
+        deep = json!({"sub": format!("agent-{i}"), "act": deep});
+    }
+    for (act, expected) in [
+        (json!(["summariser"]), AuthError::InvalidClaim("act")),
+        (json!("summariser"), AuthError::InvalidClaim("act")),
+        (json!({"sub": 7}), AuthError::InvalidClaim("act")),
+        (
+            json!({"client_id": "summariser"}),
+            AuthError::InvalidClaim("act"),
+        ),
+        (
+            json!({"sub": "a", "act": []}),
+            AuthError::InvalidClaim("act"),
+        ),
+        (deep, AuthError::ActorChainTooLong),
+    ] {
+        let token = with(|c| {
+            c.insert("act".into(), act.clone());
+        });
+        let err = verifier.verify(&token).await.unwrap_err();
+        assert_eq!(err, expected, "{act}");
+        let response = rescue(&GatewayError::Auth {
+            error: err,
+            resource_metadata: None,
+        });
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{act}");
+    }
+}
+
+#[tokio::test]
+async fn claims_of_the_wrong_shape_are_left_out_and_counted() {
+    let metrics = Arc::new(Metrics::new());
+    let cache = JwksCache::with_keys(ISSUER.into(), &jwks(), metrics.clone());
+    let config = IssuerConfig::new(ISSUER, vec![AUDIENCE.into()], Preset::Keycloak);
+    let policy = IssuerPolicy::new(&config, Arc::new(cache)).unwrap();
+    let verifier = Verifier::new(vec![(ISSUER.into(), policy)], 100, vec![], metrics.clone());
+    let token = with(|c| {
+        c.insert("groups".into(), json!({"staff": false}));
+        c.insert(
+            "realm_access".into(),
+            json!({"roles": [{"llm-admin": true}]}),
+        );
+    });
+    let identity = verifier.verify(&token).await.unwrap();
+    assert!(identity.groups.is_empty() && identity.roles.is_empty());
+    let text = metrics.encode();
+    for claim in ["groups", "roles"] {
+        let line =
+            format!("attach_claims_ignored_total{{issuer=\"{ISSUER}\",claim=\"{claim}\"}} 1");
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
 }

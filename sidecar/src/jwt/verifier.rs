@@ -16,7 +16,7 @@ use super::error::AuthError;
 use super::jwks::JwksCache;
 use super::keys::VerifyingKey;
 use super::token_cache::{TokenCache, hash_token};
-use crate::claims::{Identity, ResolvedMapping};
+use crate::claims::{Identity, MappingError, ResolvedMapping};
 use crate::config::IssuerConfig;
 use crate::metrics::{Metrics, VerifyLabels};
 
@@ -32,6 +32,8 @@ pub struct IssuerPolicy {
     validation: Validation,
     required_scopes: Vec<String>,
     mapping: ResolvedMapping,
+    /// The issuer, for metric labels.
+    issuer: String,
 }
 
 impl IssuerPolicy {
@@ -54,7 +56,11 @@ impl IssuerPolicy {
             leeway,
             validation,
             required_scopes: config.required_scopes.clone(),
-            mapping: config.claims.resolve()?,
+            mapping: config
+                .claims
+                .resolve()?
+                .with_user_clients(&config.user_clients),
+            issuer: config.issuer.clone(),
         })
     }
 }
@@ -175,10 +181,20 @@ impl Verifier {
         {
             return Err(AuthError::IssuedInFuture);
         }
-        let identity = policy
+        let mapped = policy
             .mapping
             .identity(&claims, exp, &self.forward_claims)
-            .map_err(|_| AuthError::NoUser)?;
+            .map_err(|e| match e {
+                MappingError::NoUser => AuthError::NoUser,
+                MappingError::InvalidActor => AuthError::InvalidClaim("act"),
+                MappingError::TooManyActors => AuthError::ActorChainTooLong,
+            })?;
+        for claim in mapped.ignored {
+            // Once per verified token: the identity is cached with it.
+            self.metrics.claim_ignored(&policy.issuer, claim);
+            tracing::debug!(issuer = %policy.issuer, claim, "claim of an unexpected shape ignored");
+        }
+        let identity = mapped.identity;
         let missing: Vec<String> = policy
             .required_scopes
             .iter()

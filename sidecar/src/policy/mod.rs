@@ -4,6 +4,7 @@
 pub mod endpoint;
 pub mod model_list;
 pub mod rules;
+pub mod scope;
 
 pub use endpoint::{EndpointClass, classify, normalize_path};
 pub use rules::{DenyKind, Policy, Rule, Subjects};

@@ -10,10 +10,19 @@ use super::endpoint::EndpointClass;
 use crate::claims::Identity;
 
 /// Who a rule applies to: a caller matches if any listed value matches.
+///
+/// Names are unique only within their issuer: with more than one trusted
+/// issuer, a rule that names anyone must say whose names they are
+/// (`issuer`), so partner IdP B's `alice` is never corp IdP A's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subjects {
-    /// Every authenticated caller.
+    /// The issuer whose tokens these names come from (its exact URL).
+    /// Optional with a single trusted issuer; required with several unless
+    /// the subjects are only `anyAuthenticated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Every authenticated caller (of `issuer`, when set).
     #[serde(default)]
     pub any_authenticated: bool,
     #[serde(default)]
@@ -28,10 +37,16 @@ pub struct Subjects {
     pub tenants: Vec<String>,
     #[serde(default)]
     pub clients: Vec<String>,
-    /// Agents: an actor of a delegated token (`act`), or a machine client
-    /// acting alone.
+    /// Agents: the actor acting now (the current `act`, or the client that
+    /// obtained a person's token for them), or a machine client acting for
+    /// itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<String>,
+    /// Match `agents` against every actor in the delegation chain, not only
+    /// the current one. Off by default: an agent must not borrow the grant
+    /// of an actor it acts for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_actor: bool,
 }
 
 impl Subjects {
@@ -51,9 +66,24 @@ impl Subjects {
         }
     }
 
+    /// The same subjects, read from `issuer`'s tokens only.
+    #[must_use]
+    pub fn of_issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuer = Some(issuer.into());
+        self
+    }
+
     /// Whether `identity` is one of these subjects.
     pub fn matches(&self, identity: &Identity) -> bool {
+        if self
+            .issuer
+            .as_deref()
+            .is_some_and(|issuer| issuer != identity.iss)
+        {
+            return false;
+        }
         let any = |wanted: &[String], have: &[String]| wanted.iter().any(|w| have.contains(w));
+        let agent = |a: &str| self.agents.iter().any(|w| w == a);
         self.any_authenticated
             || self.users.contains(&identity.user)
             || any(&self.groups, &identity.groups)
@@ -67,21 +97,26 @@ impl Subjects {
                 .client
                 .as_ref()
                 .is_some_and(|c| self.clients.contains(c))
-            || identity
-                .agents()
-                .iter()
-                .any(|a| self.agents.iter().any(|w| w == a))
+            || if self.any_actor {
+                identity.agents().into_iter().any(agent)
+            } else {
+                identity.current_agent().is_some_and(agent)
+            }
     }
 
-    fn is_empty(&self) -> bool {
-        !self.any_authenticated
-            && self.users.is_empty()
+    /// Whether these subjects name anyone (beyond "every caller").
+    pub fn names_anyone(&self) -> bool {
+        !(self.users.is_empty()
             && self.groups.is_empty()
             && self.roles.is_empty()
             && self.scopes.is_empty()
             && self.tenants.is_empty()
             && self.clients.is_empty()
-            && self.agents.is_empty()
+            && self.agents.is_empty())
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.any_authenticated && !self.names_anyone()
     }
 }
 
@@ -182,11 +217,19 @@ impl Policy {
         }
     }
 
-    /// Refuses any request in which one of `agents` acts, whatever the rules.
+    /// Refuses any request in which one of `agents` acts, whatever the
+    /// rules: anywhere in the actor chain, or as the client holding the
+    /// token. Denied agents apply to every issuer (over-denying is safe).
     #[must_use]
     pub fn deny_agents(mut self, agents: &[String]) -> Self {
         self.denied_agents = agents.to_vec();
         self
+    }
+
+    /// Whether a denied agent acts in this request.
+    fn denied_agent_acts(&self, identity: &Identity) -> bool {
+        let denied = |a: &str| self.denied_agents.iter().any(|d| d == a);
+        identity.agents().into_iter().any(denied) || identity.client.as_deref().is_some_and(denied)
     }
 
     /// Decides whether `identity` may call an endpoint of `class` with
@@ -198,19 +241,16 @@ impl Policy {
         class: EndpointClass,
         model: Option<&str>,
     ) -> Result<&'a str, DenyKind> {
+        // First: a denied agent is refused on every endpoint, known or not.
+        if self.denied_agent_acts(identity) {
+            return Err(DenyKind::Agent);
+        }
         if class == EndpointClass::Unknown {
             return if self.allow_unknown {
                 Ok("unknown-endpoints-allowed")
             } else {
                 Err(DenyKind::UnknownEndpoint)
             };
-        }
-        if identity
-            .agents()
-            .iter()
-            .any(|a| self.denied_agents.iter().any(|d| d == a))
-        {
-            return Err(DenyKind::Agent);
         }
         let mut caller_matched = false;
         let mut endpoint_matched = false;
@@ -288,6 +328,7 @@ mod tests {
             .unwrap()
             .identity(claims.as_object().unwrap(), 0, &[])
             .unwrap()
+            .identity
     }
 
     fn policy() -> Policy {
@@ -474,6 +515,103 @@ mod tests {
         assert_eq!(
             p.decide(&rogue, EndpointClass::Inference, Some("m")),
             Err(DenyKind::Agent)
+        );
+    }
+
+    #[test]
+    fn a_denied_agent_is_refused_on_unknown_endpoints_too() {
+        // allowUnknownEndpoints must not open a path around deniedAgents.
+        let p = Policy::new(&[], true).deny_agents(&["rogue".into()]);
+        let rogue = who(json!({"sub": "alice", "act": {"sub": "rogue"}}));
+        assert_eq!(
+            p.decide(&rogue, EndpointClass::Unknown, None),
+            Err(DenyKind::Agent)
+        );
+        let alice = who(json!({"sub": "alice"}));
+        assert!(p.decide(&alice, EndpointClass::Unknown, None).is_ok());
+    }
+
+    #[test]
+    fn a_denied_agent_is_refused_as_the_client_holding_the_token() {
+        // Without userClients an exchanged token looks like a direct
+        // sign-in, but the client holding it is still the one denied.
+        let p = Policy::new(
+            &[Rule::new(
+                "all",
+                Subjects::groups(&["admins"]),
+                &["*"],
+                &[EndpointClass::Inference],
+            )],
+            false,
+        )
+        .deny_agents(&["attach-agent".into()]);
+        let exchanged = who(json!({"sub": "alice", "azp": "attach-agent", "groups": ["admins"]}));
+        assert_eq!(
+            p.decide(&exchanged, EndpointClass::Inference, Some("m")),
+            Err(DenyKind::Agent)
+        );
+    }
+
+    #[test]
+    fn agent_rules_match_the_current_actor_unless_they_opt_into_the_chain() {
+        let by_agent = |any_actor| {
+            Policy::new(
+                &[Rule::new(
+                    "planner",
+                    Subjects {
+                        agents: vec!["planner".into()],
+                        any_actor,
+                        ..Subjects::default()
+                    },
+                    &["*"],
+                    &[EndpointClass::Inference],
+                )],
+                false,
+            )
+        };
+        // The summariser acts now, for the planner: it must not borrow the
+        // planner's grant.
+        let chain =
+            who(json!({"sub": "alice", "act": {"sub": "summariser", "act": {"sub": "planner"}}}));
+        assert_eq!(
+            by_agent(false).decide(&chain, EndpointClass::Inference, Some("m")),
+            Err(DenyKind::Subject)
+        );
+        assert_eq!(
+            by_agent(true).decide(&chain, EndpointClass::Inference, Some("m")),
+            Ok("planner")
+        );
+        let planner = who(json!({"sub": "alice", "act": {"sub": "planner"}}));
+        assert_eq!(
+            by_agent(false).decide(&planner, EndpointClass::Inference, Some("m")),
+            Ok("planner")
+        );
+    }
+
+    #[test]
+    fn names_of_one_issuer_never_match_anothers() {
+        let p = Policy::new(
+            &[Rule::new(
+                "corp-alice",
+                Subjects {
+                    users: vec!["alice".into()],
+                    ..Subjects::default()
+                }
+                .of_issuer("https://corp.example"),
+                &["*"],
+                &[EndpointClass::Admin],
+            )],
+            false,
+        );
+        let corp = who(json!({"iss": "https://corp.example", "sub": "alice"}));
+        let partner = who(json!({"iss": "https://partner.example", "sub": "alice"}));
+        assert_eq!(
+            p.decide(&corp, EndpointClass::Admin, None),
+            Ok("corp-alice")
+        );
+        assert_eq!(
+            p.decide(&partner, EndpointClass::Admin, None),
+            Err(DenyKind::Subject)
         );
     }
 }

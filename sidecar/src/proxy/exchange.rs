@@ -1,8 +1,11 @@
-//! Token exchange before forwarding: when the caller's issuer has
+//! Token exchange before quota admission: when the caller's issuer has
 //! `tokenExchange`, the verified token is exchanged (RFC 8693, cached) and
-//! the downstream token is set in the configured header (`Authorization` by
-//! default). A failed exchange answers 403 (refused) or 503/502 (IdP down
-//! or answering nonsense): the request is never forwarded without it.
+//! the downstream token is handed to `identity_headers`, which sets it in
+//! the configured header (`Authorization` by default) after removing every
+//! client-sent copy. A failed exchange answers 403 (refused) or 503/502
+//! (IdP down or answering nonsense): the request is never forwarded without
+//! it. It runs before admission so that no quota slot is held while the IdP
+//! is waited on (each exchange is bounded by its `timeout`).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,6 +19,22 @@ use crate::body::Body;
 use crate::claims::Identity;
 use crate::error::GatewayError;
 use crate::exchange::{ExchangeError, Source};
+
+/// The exchanged token and the header it goes in, for `identity_headers`.
+#[derive(Clone)]
+pub struct Exchanged {
+    pub header: HeaderName,
+    pub value: HeaderValue,
+}
+
+impl std::fmt::Debug for Exchanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Exchanged")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ExchangeLayer;
@@ -66,26 +85,28 @@ where
         };
         Box::pin(async move {
             let runtime = runtime_of(&request)?;
-            let result = exchanger.exchange(&subject).await;
-            runtime.metrics.token_exchange(match &result {
-                Ok((_, Source::Cache)) => "hit",
-                Ok((_, Source::Exchange)) => "exchanged",
-                Err(ExchangeError::Refused(_)) => "refused",
-                Err(ExchangeError::Unavailable) => "unavailable",
-                Err(ExchangeError::BadResponse(_)) => "bad_response",
+            let (result, source) = exchanger.exchange(&subject).await;
+            runtime.metrics.token_exchange(match (&result, source) {
+                (Ok(_), Source::Cache) => "hit",
+                (Ok(_), Source::Exchange) => "exchanged",
+                (Err(ExchangeError::Refused(_)), Source::Exchange) => "refused",
+                (Err(ExchangeError::Refused(_)), Source::Cache) => "refused_cached",
+                (Err(ExchangeError::Unavailable), Source::Exchange) => "unavailable",
+                (Err(ExchangeError::Unavailable), Source::Cache) => "unavailable_cached",
+                (Err(ExchangeError::BadResponse(_)), Source::Exchange) => "bad_response",
+                (Err(ExchangeError::BadResponse(_)), Source::Cache) => "bad_response_cached",
             });
-            let (token, _) = result.map_err(GatewayError::Exchange)?;
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(exchanger.header().as_bytes()),
-                HeaderValue::from_str(&format!("Bearer {token}")),
-            ) else {
+            let token = result.map_err(GatewayError::Exchange)?;
+            let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) else {
                 return Err(GatewayError::Exchange(ExchangeError::BadResponse(
                     "the token is not header-safe".into(),
                 )));
             };
-            let mut value = value;
             value.set_sensitive(true);
-            request.headers_mut().insert(name, value);
+            request.extensions_mut().insert(Exchanged {
+                header: exchanger.header().clone(),
+                value,
+            });
             call_boxed(&mut inner, request).await
         })
     }

@@ -3,17 +3,21 @@
 //!
 //! | header             | value |
 //! |--------------------|-------|
+//! | `X-Attach-Issuer`  | the token's issuer: user, group, tenant, client and agent names are unique only within it, so a subject is `X-Attach-Issuer` + `X-Attach-User` |
 //! | `X-Attach-User`    | the mapped user claim (default `sub`) |
 //! | `X-Attach-Groups`  | groups, comma-separated |
 //! | `X-Attach-Tenant`  | the tenant |
 //! | `X-Attach-Client`  | the calling client (`azp` / `client_id`) |
-//! | `X-Attach-Agent`   | who acts when it is not the user: the `act` chain (current actor first), or the machine client acting alone; absent for a human acting directly |
+//! | `X-Attach-Agent`   | who acts when it is not the user: the actor chain (current actor first: `act`, or the client that obtained a person's token for them), or the machine client acting alone; absent for a person acting directly |
 //! | `X-Attach-Claims`  | base64url (no padding) of a JSON object: `iss`, `sub`, `user`, `groups`, `roles`, `scopes`, `tenant`, `client`, `exp`, and `claims` (the raw claims listed in `identity.forwardClaims`) |
 //!
 //! Text values are percent-encoded where they hold `%`, `,`, control or
 //! non-ASCII characters, so any value is header-safe and lists split cleanly
 //! on `,`. The caller's `Authorization` header is removed unless
-//! `identity.forwardAuthorization` is set.
+//! `identity.forwardAuthorization` is set, and so is every header a token
+//! exchange of any issuer writes (`tokenExchange.header`), on every request
+//! (those with no exchange, and probes, too): only the gateway sets it, with
+//! the token it exchanged.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,9 +29,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tower::{Layer, Service};
 
+use super::exchange::Exchanged;
 use crate::claims::Identity;
 use crate::runtime::Runtime;
 
+pub const ISSUER: HeaderName = HeaderName::from_static("x-attach-issuer");
 pub const USER: HeaderName = HeaderName::from_static("x-attach-user");
 pub const GROUPS: HeaderName = HeaderName::from_static("x-attach-groups");
 pub const TENANT: HeaderName = HeaderName::from_static("x-attach-tenant");
@@ -49,7 +55,10 @@ pub struct Rendered(Vec<(HeaderName, HeaderValue)>);
 
 /// Renders the identity headers of `identity`.
 pub fn render(identity: &Identity) -> Rendered {
-    let mut out = Vec::with_capacity(5);
+    let mut out = Vec::with_capacity(7);
+    if let Some(v) = encode(&identity.iss) {
+        out.push((ISSUER, v));
+    }
     if let Some(v) = encode(&identity.user) {
         out.push((USER, v));
     }
@@ -121,12 +130,25 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let forward_authorization = request
-            .extensions()
-            .get::<Arc<Runtime>>()
+        let runtime = request.extensions().get::<Arc<Runtime>>().cloned();
+        let forward_authorization = runtime
+            .as_ref()
             .is_some_and(|r| r.config.identity.forward_authorization);
+        let headers = request.headers_mut();
         if !forward_authorization {
-            request.headers_mut().remove(AUTHORIZATION);
+            headers.remove(AUTHORIZATION);
+        }
+        if let Some(runtime) = &runtime {
+            // Downstream-token headers come only from the gateway's own
+            // exchange (Authorization follows forwardAuthorization above).
+            for exchanger in runtime.exchangers.values() {
+                if exchanger.header() != AUTHORIZATION {
+                    headers.remove(exchanger.header());
+                }
+            }
+        }
+        if let Some(Exchanged { header, value }) = request.extensions_mut().remove::<Exchanged>() {
+            request.headers_mut().insert(header, value);
         }
         if let Some(identity) = request.extensions().get::<Arc<Identity>>().cloned() {
             set_identity(request.headers_mut(), &identity);
@@ -163,6 +185,7 @@ mod tests {
     fn values_are_header_safe_and_lists_split_cleanly() {
         let mut h = HeaderMap::new();
         set_identity(&mut h, &identity());
+        assert_eq!(h[ISSUER], "https://idp");
         assert_eq!(h[USER], "zo%C3%AB%2Cadmin");
         assert_eq!(h[GROUPS], "ai-power-users,a%2Cb");
         assert_eq!(h[TENANT], "acme");

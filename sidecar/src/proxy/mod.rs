@@ -9,8 +9,10 @@
 //! protected_resource   RFC 9728 metadata, served without a token
 //! authenticate         bearer token -> verified Identity, or refuse
 //! authorize            endpoint class, model, allow rules; trims model lists
+//! exchange             RFC 8693 token exchange, before any quota slot is held
 //! admit                quota admission (429); usage metered and charged
-//! identity_headers     X-Attach-* from the Identity; drop Authorization
+//! identity_headers     X-Attach-* from the Identity; drop Authorization and
+//!                      client-sent downstream-token headers; set the exchanged one
 //! forward              stream to the model on loopback and back
 //! ```
 
@@ -71,9 +73,9 @@ where
         .layer(protected_resource::ProtectedResourceLayer)
         .layer(authenticate::AuthenticateLayer)
         .layer(authorize::AuthorizeLayer)
+        .layer(exchange::ExchangeLayer)
         .layer(admit::AdmitLayer)
         .layer(identity_headers::IdentityHeadersLayer)
-        .layer(exchange::ExchangeLayer)
         .service(forward::Forward)
 }
 

@@ -73,7 +73,10 @@ impl QuotaLimit {
     }
 
     /// The budget keys this limit gives `identity` for `model`: none if the
-    /// limit does not apply.
+    /// limit does not apply. Every key names the issuer beside the owner, as
+    /// names are unique only within their issuer: `<limit>|iss=<issuer>|
+    /// <kind>=<name>[|model=<model>]`, with `%`, `|` and `=` in the issuer
+    /// and the name percent-encoded so that no two owners share a key.
     pub fn keys(&self, identity: &Identity, model: Option<&str>) -> Vec<String> {
         if let Some(subjects) = &self.subjects
             && !subjects.matches(identity)
@@ -90,22 +93,21 @@ impl QuotaLimit {
                 _ => return Vec::new(),
             }
         };
-        let owners: Vec<String> = match self.per {
-            QuotaKey::User => vec![format!("user={}", identity.user)],
+        let owners: Vec<(&str, &str)> = match self.per {
+            QuotaKey::User => vec![("user", identity.user.as_str())],
             QuotaKey::Tenant => identity
                 .tenant
                 .iter()
-                .map(|t| format!("tenant={t}"))
+                .map(|t| ("tenant", t.as_str()))
                 .collect(),
             QuotaKey::Client => identity
                 .client
                 .iter()
-                .map(|c| format!("client={c}"))
+                .map(|c| ("client", c.as_str()))
                 .collect(),
             QuotaKey::Agent => identity
-                .agents()
-                .first()
-                .map(|a| vec![format!("agent={a}")])
+                .current_agent()
+                .map(|a| vec![("agent", a)])
                 .unwrap_or_default(),
             QuotaKey::Group => identity
                 .groups
@@ -115,12 +117,19 @@ impl QuotaLimit {
                         .as_ref()
                         .is_none_or(|s| s.groups.is_empty() || s.groups.contains(g))
                 })
-                .map(|g| format!("group={g}"))
+                .map(|g| ("group", g.as_str()))
                 .collect(),
         };
+        let issuer = key_part(&identity.iss);
         owners
             .into_iter()
-            .map(|owner| format!("{}|{owner}{scope}", self.name))
+            .map(|(kind, owner)| {
+                format!(
+                    "{}|iss={issuer}|{kind}={}{scope}",
+                    self.name,
+                    key_part(owner)
+                )
+            })
             .collect()
     }
 
@@ -131,6 +140,14 @@ impl QuotaLimit {
             && self.concurrent.is_none()
             && self.tokens_per_day.is_none()
     }
+}
+
+/// Encoded in key parts: the separators, and `%` so decoding is unambiguous.
+const KEY_SEPARATORS: &percent_encoding::AsciiSet =
+    &percent_encoding::CONTROLS.add(b'%').add(b'|').add(b'=');
+
+fn key_part(value: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::utf8_percent_encode(value, KEY_SEPARATORS).into()
 }
 
 /// Checks a limit list: names unique, every number positive.
@@ -158,4 +175,95 @@ pub fn validate(limits: &[QuotaLimit]) -> Result<(), (usize, String)> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::claims::ClaimMapping;
+
+    fn who(claims: serde_json::Value) -> Identity {
+        ClaimMapping::default()
+            .resolve()
+            .unwrap()
+            .identity(claims.as_object().unwrap(), 0, &[])
+            .unwrap()
+            .identity
+    }
+
+    fn every_kind() -> Vec<QuotaLimit> {
+        [
+            QuotaKey::User,
+            QuotaKey::Group,
+            QuotaKey::Tenant,
+            QuotaKey::Client,
+            QuotaKey::Agent,
+        ]
+        .into_iter()
+        .map(|per| QuotaLimit {
+            per,
+            requests_per_minute: Some(1),
+            ..QuotaLimit::named(format!("{per:?}"))
+        })
+        .collect()
+    }
+
+    #[test]
+    fn the_same_names_from_two_issuers_are_two_budgets() {
+        let claims = |iss: &str| {
+            json!({"iss": iss, "sub": "alice", "groups": ["staff"], "tenant": "acme",
+                   "azp": "cli", "act": {"sub": "summariser"}})
+        };
+        let corp = who(claims("https://corp.example"));
+        let partner = who(claims("https://partner.example"));
+        for limit in every_kind() {
+            let a = limit.keys(&corp, None);
+            let b = limit.keys(&partner, None);
+            assert_eq!(a.len(), 1, "{limit:?}");
+            assert_ne!(
+                a, b,
+                "{:?}: partner's alice spends corp's alice's budget",
+                limit.per
+            );
+            assert!(a[0].contains("iss=https://corp.example"), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn names_cannot_forge_another_owners_key() {
+        let limit = QuotaLimit {
+            requests_per_minute: Some(1),
+            ..QuotaLimit::named("l")
+        };
+        // A user named like the key of another issuer's user.
+        let forged = who(json!({"iss": "https://a", "sub": "x|iss=https://b|user=alice"}));
+        let real = who(json!({"iss": "https://b", "sub": "alice"}));
+        assert_ne!(limit.keys(&forged, None), limit.keys(&real, None));
+        assert_eq!(
+            limit.keys(&forged, None),
+            ["l|iss=https://a|user=x%7Ciss%3Dhttps://b%7Cuser%3Dalice"]
+        );
+    }
+
+    #[test]
+    fn an_agent_budget_belongs_to_the_current_actor() {
+        let limit = QuotaLimit {
+            per: QuotaKey::Agent,
+            requests_per_minute: Some(1),
+            ..QuotaLimit::named("a")
+        };
+        let chain = who(json!({"iss": "https://a", "sub": "alice",
+                               "act": {"sub": "summariser", "act": {"sub": "planner"}}}));
+        assert_eq!(
+            limit.keys(&chain, None),
+            ["a|iss=https://a|agent=summariser"]
+        );
+        let person = who(json!({"iss": "https://a", "sub": "alice"}));
+        assert!(
+            limit.keys(&person, None).is_empty(),
+            "no agent, no agent budget"
+        );
+    }
 }

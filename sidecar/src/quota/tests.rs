@@ -14,6 +14,7 @@ fn who(claims: serde_json::Value) -> Identity {
         .unwrap()
         .identity(claims.as_object().unwrap(), 0, &[])
         .unwrap()
+        .identity
 }
 
 fn store(clock: &Arc<ManualClock>) -> MemoryStore {

@@ -1,0 +1,415 @@
+//! The identity read out of each IdP's documented tokens (fixtures in
+//! `testdata/tokens/`, each citing its source), and every claim shape that
+//! must not grant.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn mapping(preset: Preset) -> ResolvedMapping {
+    ClaimMapping::preset(preset).resolve().unwrap()
+}
+
+fn identity(preset: Preset, claims: Value) -> Identity {
+    mapped(&mapping(preset), claims).identity
+}
+
+fn mapped(mapping: &ResolvedMapping, claims: Value) -> Mapped {
+    let Value::Object(map) = claims else {
+        panic!("claims must be an object")
+    };
+    mapping.identity(&map, 0, &[]).unwrap()
+}
+
+/// Every fixture under `testdata/tokens/`: the claims, and what the gateway
+/// must make of them.
+#[test]
+fn documented_tokens_of_every_preset_map_as_their_idp_says() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tokens");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let fixture: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(
+            fixture["source"].as_str().is_some_and(|s| s.len() > 20),
+            "{name}: cite the documentation"
+        );
+        let preset: Preset = fixture["preset"].as_str().unwrap().parse().unwrap();
+        seen.insert(format!("{preset:?}"));
+        let mut claims = ClaimMapping::preset(preset);
+        claims.namespace = fixture["namespace"].as_str().map(str::to_owned);
+        let user_clients: Vec<String> =
+            serde_json::from_value(fixture["userClients"].clone()).unwrap_or_default();
+        let mapping = claims.resolve().unwrap().with_user_clients(&user_clients);
+        let id = mapped(&mapping, fixture["claims"].clone()).identity;
+        let expect = &fixture["expect"];
+        let check = |field: &str, got: Value| {
+            if !expect[field].is_null() {
+                assert_eq!(got, expect[field], "{name}: {field}");
+            }
+        };
+        check("user", json!(id.user));
+        check("client", json!(id.client));
+        check("tenant", json!(id.tenant));
+        check("scopes", json!(id.scopes));
+        check("roles", json!(id.roles));
+        check("groups", json!(id.groups));
+        check("machine", json!(id.machine));
+        check("agents", json!(id.agents()));
+        check("human", json!(id.is_human()));
+        assert_eq!(
+            id.iss,
+            fixture["claims"]["iss"].as_str().unwrap(),
+            "{name}: the issuer travels with the subject"
+        );
+    }
+    for preset in ["Entra", "Okta", "Auth0", "Descope", "Keycloak"] {
+        assert!(seen.contains(preset), "no fixture for {preset}");
+    }
+}
+
+#[test]
+fn a_service_account_name_makes_no_machine_unless_the_token_says_so() {
+    // A person Keycloak let sign up as `service-account-attach-cli`,
+    // signing in through attach-cli: no service-account client_id claim.
+    let person = identity(
+        Preset::Keycloak,
+        json!({"sub": "57ad1eb3", "azp": "attach-cli",
+               "preferred_username": "service-account-attach-cli"}),
+    );
+    assert!(!person.machine && person.is_human());
+    assert!(person.agents().is_empty());
+    // The same name for every other preset: still a person.
+    for preset in [Preset::Generic, Preset::Okta, Preset::Descope] {
+        let id = identity(
+            preset,
+            json!({"sub": "57ad1eb3", "azp": "x", "cid": "x", "uid": "u",
+                   "preferred_username": "service-account-x"}),
+        );
+        assert!(!id.machine, "{preset:?}");
+    }
+    // Keycloak's service account, as its service_account scope marks it.
+    let sa = identity(
+        Preset::Keycloak,
+        json!({"sub": "8dbf", "azp": "attach-m2m", "client_id": "attach-m2m",
+               "preferred_username": "service-account-attach-m2m"}),
+    );
+    assert!(sa.machine);
+    assert_eq!(sa.agents(), ["attach-m2m"]);
+    // A client_id naming another client than the one holding the token is
+    // no service account of this client.
+    let odd = identity(
+        Preset::Keycloak,
+        json!({"sub": "8dbf", "azp": "attach-agent", "client_id": "attach-m2m"}),
+    );
+    assert!(!odd.machine);
+}
+
+#[test]
+fn a_persons_token_held_by_another_client_is_a_delegation_by_that_client() {
+    let mapping = mapping(Preset::Keycloak).with_user_clients(&["attach-cli".into()]);
+    // Signed in through a user client: a person acting directly.
+    let direct = mapped(&mapping, json!({"sub": "alice", "azp": "attach-cli"})).identity;
+    assert!(direct.is_human());
+    // Exchanged by attach-agent (Keycloak's standard token exchange keeps
+    // sub, sets azp to the requester and adds no act).
+    let exchanged = mapped(&mapping, json!({"sub": "alice", "azp": "attach-agent"})).identity;
+    assert!(!exchanged.is_human());
+    assert_eq!(exchanged.actors, ["attach-agent"]);
+    assert_eq!(exchanged.current_agent(), Some("attach-agent"));
+    assert_eq!(exchanged.user, "alice", "the subject stays the user");
+    // A service account's token exchanged by another client: the token no
+    // longer says which client's account it is, and another client holds
+    // it: that client acts.
+    let sa = mapped(
+        &mapping,
+        json!({"sub": "8dbf", "azp": "attach-agent",
+               "preferred_username": "service-account-attach-m2m"}),
+    )
+    .identity;
+    assert!(!sa.is_human());
+    assert_eq!(sa.agents(), ["attach-agent"]);
+    // An explicit act chain wins over azp.
+    let act = mapped(
+        &mapping,
+        json!({"sub": "alice", "azp": "attach-agent", "act": {"sub": "summariser"}}),
+    )
+    .identity;
+    assert_eq!(act.actors, ["summariser"]);
+    // Without userClients the gateway cannot tell, and says so by
+    // refusing human-only rules at config load (see config validation).
+    let unknown = identity(
+        Preset::Keycloak,
+        json!({"sub": "alice", "azp": "attach-agent"}),
+    );
+    assert!(unknown.is_human());
+}
+
+#[test]
+fn malformed_delegation_is_refused_not_read_as_no_actor() {
+    let m = mapping(Preset::Generic);
+    for act in [
+        json!(["agent"]),
+        json!("agent"),
+        json!({"sub": 7}),
+        json!({}),
+    ] {
+        let claims = json!({"sub": "alice", "act": act});
+        assert_eq!(
+            m.identity(claims.as_object().unwrap(), 0, &[]).unwrap_err(),
+            MappingError::InvalidActor,
+            "{claims}"
+        );
+    }
+    let mut deep = json!({"sub": "a9"});
+    for i in (1..=MAX_ACTORS).rev() {
+        deep = json!({"sub": format!("a{i}"), "act": deep});
+    }
+    let claims = json!({"sub": "alice", "act": deep});
+    assert_eq!(
+        m.identity(claims.as_object().unwrap(), 0, &[]).unwrap_err(),
+        MappingError::TooManyActors
+    );
+}
+
+#[test]
+fn claims_of_undocumented_shapes_never_become_names() {
+    for (preset, claims, field) in [
+        (
+            Preset::Generic,
+            json!({"sub": "u", "groups": {"staff": false}}),
+            "groups",
+        ),
+        (
+            Preset::Generic,
+            json!({"sub": "u", "groups": [{"staff": "no"}]}),
+            "groups",
+        ),
+        (
+            Preset::Keycloak,
+            json!({"sub": "u", "groups": "staff"}),
+            "groups",
+        ),
+        (
+            Preset::Descope,
+            json!({"sub": "u", "roles": {"llm-admin": false}}),
+            "roles",
+        ),
+        (
+            Preset::Descope,
+            json!({"sub": "u", "roles": {"llm-admin": true}}),
+            "roles",
+        ),
+        (
+            Preset::Keycloak,
+            json!({"sub": "u", "realm_access": {"roles": {"llm-admin": 1}}}),
+            "roles",
+        ),
+        (
+            Preset::Generic,
+            json!({"sub": "u", "roles": ["llm-admin", 1]}),
+            "roles",
+        ),
+        (
+            Preset::Generic,
+            json!({"sub": "u", "scope": {"llm:read": true}}),
+            "scopes",
+        ),
+        (
+            Preset::Generic,
+            json!({"sub": "u", "tenant": ["acme"]}),
+            "tenant",
+        ),
+        (
+            Preset::Generic,
+            json!({"sub": "u", "tenant": {"acme": true}}),
+            "tenant",
+        ),
+        (
+            Preset::Descope,
+            json!({"sub": "u", "tenants": {"T1": {}, "T2": {}}}),
+            "tenant",
+        ),
+        (
+            Preset::Generic,
+            json!({"sub": "u", "azp": ["bot"]}),
+            "client",
+        ),
+    ] {
+        let out = mapped(&mapping(preset), claims.clone());
+        let id = out.identity;
+        assert!(
+            id.groups.is_empty() && id.roles.is_empty() && id.scopes.is_empty(),
+            "{claims}"
+        );
+        assert!(id.tenant.is_none() && id.client.is_none(), "{claims}");
+        assert_eq!(out.ignored, [field], "{claims}: reported for the metric");
+    }
+    // A user claim that is not a name refuses the token.
+    for claims in [
+        json!({"sub": {"alice": true}}),
+        json!({"sub": ["alice"]}),
+        json!({"sub": ""}),
+    ] {
+        assert_eq!(
+            mapping(Preset::Generic)
+                .identity(claims.as_object().unwrap(), 0, &[])
+                .unwrap_err(),
+            MappingError::NoUser,
+            "{claims}"
+        );
+    }
+}
+
+#[test]
+fn auth0_reads_custom_claims_only_under_its_namespace() {
+    let mapping = ClaimMapping {
+        namespace: Some("https://example.com/".into()),
+        ..ClaimMapping::preset(Preset::Auth0)
+    }
+    .resolve()
+    .unwrap();
+    let id = mapped(
+        &mapping,
+        json!({"sub": "auth0|1", "https://example.com/roles": ["admin"],
+               "https://example.com/groups": ["ml"], "https://example.com/tenant": "org_1",
+               "azp": "app", "permissions": ["read:models"]}),
+    )
+    .identity;
+    assert_eq!(id.roles, ["admin"]);
+    assert_eq!(id.groups, ["ml"]);
+    assert_eq!(id.tenant.as_deref(), Some("org_1"));
+    assert_eq!(id.scopes, ["read:models"]);
+    // The namespaced claim missing or null: no fallback to a plain one that
+    // any Action (or another namespace) could have written.
+    for claims in [
+        json!({"sub": "auth0|1", "roles": ["llm-admin"], "groups": ["admins"], "org_id": "o"}),
+        json!({"sub": "auth0|1", "https://example.com/roles": null, "roles": ["llm-admin"]}),
+    ] {
+        let id = mapped(&mapping, claims.clone()).identity;
+        assert!(
+            id.roles.is_empty() && id.groups.is_empty() && id.tenant.is_none(),
+            "{claims}"
+        );
+    }
+}
+
+#[test]
+fn an_auth0_namespace_must_be_a_url() {
+    for bad in [
+        "example.com",
+        "example.com/claims",
+        "ftp://example.com",
+        "https://",
+        "",
+    ] {
+        let err = ClaimMapping {
+            namespace: Some(bad.into()),
+            ..ClaimMapping::preset(Preset::Auth0)
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.starts_with("namespace"), "{bad:?}: {err}");
+    }
+    let other_preset = ClaimMapping {
+        namespace: Some("https://example.com".into()),
+        ..ClaimMapping::preset(Preset::Okta)
+    };
+    assert!(other_preset.resolve().is_err(), "a namespace nobody reads");
+}
+
+#[test]
+fn delegated_tokens_keep_the_subject_as_the_user() {
+    // RFC 8693 §4.1: the current actor first, then whom it acted for.
+    let delegated = identity(
+        Preset::Generic,
+        json!({"sub": "alice", "azp": "planner", "act": {"sub": "summariser",
+               "act": {"sub": "planner"}}}),
+    );
+    assert_eq!(delegated.actors, ["summariser", "planner"]);
+    assert_eq!(delegated.agents(), ["summariser", "planner"]);
+    assert_eq!(delegated.current_agent(), Some("summariser"));
+    assert!(!delegated.is_human() && !delegated.machine);
+    assert_eq!(delegated.user, "alice");
+    // RFC 9068: a client-credentials token's sub is the client.
+    let m = identity(
+        Preset::Generic,
+        json!({"sub": "batch-job", "client_id": "batch-job"}),
+    );
+    assert!(m.machine);
+    assert_eq!(m.agents(), ["batch-job"]);
+    // A person through an app: human, no agent.
+    let human = identity(Preset::Generic, json!({"sub": "u1", "azp": "attach-cli"}));
+    assert!(human.is_human());
+    assert!(human.agents().is_empty());
+}
+
+#[test]
+fn keycloak_reads_realm_roles_groups_and_tenant() {
+    let id = identity(
+        Preset::Keycloak,
+        json!({"sub": "u1", "azp": "attach-cli", "groups": ["staff"],
+               "realm_access": {"roles": ["llm-user"]}, "scope": "openid email",
+               "tenant": "acme"}),
+    );
+    assert_eq!(id.user, "u1");
+    assert_eq!(id.groups, ["staff"]);
+    assert_eq!(id.roles, ["llm-user"]);
+    assert_eq!(id.scopes, ["openid", "email"]);
+    assert_eq!(id.tenant.as_deref(), Some("acme"));
+    assert_eq!(id.client.as_deref(), Some("attach-cli"));
+}
+
+#[test]
+fn every_field_can_be_overridden_by_a_path() {
+    let mapping = ClaimMapping {
+        user: Some("preferred_username".into()),
+        roles: Some("resource_access.attach-gateway.roles".into()),
+        tenant: Some("org.id".into()),
+        ..ClaimMapping::preset(Preset::Keycloak)
+    }
+    .resolve()
+    .unwrap();
+    let id = mapped(
+        &mapping,
+        json!({"sub": "s", "preferred_username": "alice",
+               "resource_access": {"attach-gateway": {"roles": ["r"]}},
+               "org": {"id": 7}}),
+    )
+    .identity;
+    assert_eq!(id.user, "alice");
+    assert_eq!(id.roles, ["r"]);
+    assert_eq!(id.tenant.as_deref(), Some("7"));
+}
+
+#[test]
+fn a_token_without_a_user_is_refused() {
+    let mapping = ClaimMapping::default().resolve().unwrap();
+    for claims in [json!({"iss": "x"}), json!({"sub": ""})] {
+        assert_eq!(
+            mapping
+                .identity(claims.as_object().unwrap(), 0, &[])
+                .unwrap_err(),
+            MappingError::NoUser
+        );
+    }
+}
+
+#[test]
+fn bad_paths_are_refused() {
+    for bad in ["", "a..b", "a|", ".a"] {
+        assert!(ClaimPath::parse(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn presets_parse_from_auth_backend_names() {
+    assert_eq!("Keycloak".parse::<Preset>(), Ok(Preset::Keycloak));
+    assert_eq!("entra".parse::<Preset>(), Ok(Preset::Entra));
+    assert!("cognito".parse::<Preset>().is_err());
+}
