@@ -36,6 +36,14 @@ pub const M2M_SECRET: &str = "attach-m2m-secret";
 pub const EXCHANGE_CLIENT: &str = "attach-gateway";
 /// `attach-gateway`'s secret in the fixture.
 pub const EXCHANGE_SECRET: &str = "attach-gateway-secret";
+/// An agent backend: a confidential client with its own service account
+/// that may exchange user and `attach-m2m` tokens (both carry it in `aud`).
+pub const AGENT_CLIENT: &str = "attach-agent";
+/// `attach-agent`'s secret in the fixture.
+pub const AGENT_SECRET: &str = "attach-agent-secret";
+/// A person whose user name looks like a service account's
+/// (`service-account-attach-cli`): member of `staff`, tenant `acme`.
+pub const LOOKALIKE_USER: &str = "service-account-attach-cli";
 
 /// Where the committed realm fixtures live.
 pub fn fixtures_dir() -> PathBuf {
@@ -187,10 +195,42 @@ impl KeycloakInfo {
 
     /// A `client_credentials` token for the machine-to-machine client.
     pub async fn m2m_token(&self) -> Result<String, HarnessError> {
+        self.client_token(M2M_CLIENT, M2M_SECRET).await
+    }
+
+    /// A `client_credentials` token (a service account's) of the `attach`
+    /// realm.
+    pub async fn client_token(&self, client: &str, secret: &str) -> Result<String, HarnessError> {
         let form = [
             ("grant_type", "client_credentials"),
-            ("client_id", M2M_CLIENT),
-            ("client_secret", M2M_SECRET),
+            ("client_id", client),
+            ("client_secret", secret),
+        ];
+        self.token(REALM, &form).await.map(|t| t.access_token)
+    }
+
+    /// `subject_token` exchanged by `client` (RFC 8693, Keycloak's standard
+    /// token exchange) for an access token for `audience`.
+    pub async fn exchange(
+        &self,
+        client: &str,
+        secret: &str,
+        subject_token: &str,
+        audience: &str,
+    ) -> Result<String, HarnessError> {
+        let form = [
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("client_id", client),
+            ("client_secret", secret),
+            ("subject_token", subject_token),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            ("audience", audience),
         ];
         self.token(REALM, &form).await.map(|t| t.access_token)
     }

@@ -4,9 +4,10 @@
 //! acting alone) and a delegated token carrying `act` (RFC 8693 §4.1).
 //! Keycloak's token exchange does not add `act`, so the delegated tokens are
 //! signed here, by a second issuer whose keys the gateway reads from a file.
-//! Checked: `X-Attach-Agent` beside `X-Attach-User`, rules by agent, a
-//! human-only admin rule, denied agents, a quota per agent, and audit lines
-//! naming both the user and the agent.
+//! Checked: `X-Attach-Agent` beside `X-Attach-User`, rules by agent (the
+//! current actor's, not the chain's), a human-only admin rule, a person's
+//! token held by another client, malformed delegations (401), denied agents,
+//! a quota per agent, and audit lines naming both the user and the agent.
 
 mod common;
 
@@ -36,10 +37,6 @@ fn local_key() -> EncodingKey {
 
 /// A token of the local issuer: alice (an admin), through `actors`.
 fn delegated(actors: &[&str]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     let mut act = serde_json::Value::Null;
     for actor in actors.iter().rev() {
         act = if act.is_null() {
@@ -48,10 +45,22 @@ fn delegated(actors: &[&str]) -> String {
             json!({"sub": actor, "act": act})
         };
     }
-    let claims = json!({
-        "iss": LOCAL_ISSUER, "aud": AUDIENCE, "sub": "alice-id", "azp": "planner",
-        "groups": ["admins", "ai-power-users"], "iat": now, "exp": now + 300, "act": act,
+    local_token(json!({"azp": "planner", "act": act}))
+}
+
+/// A token of the local issuer for alice (an admin) with `extra` claims.
+fn local_token(extra: serde_json::Value) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut claims = json!({
+        "iss": LOCAL_ISSUER, "aud": AUDIENCE, "sub": "alice-id",
+        "groups": ["admins", "ai-power-users"], "iat": now, "exp": now + 300,
     });
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some("local-1".into());
     jsonwebtoken::encode(&header, &claims, &local_key()).unwrap()
@@ -69,32 +78,72 @@ async fn agents_are_identified_authorised_limited_and_audited() {
     let audit_path = dir.path().join("audit.jsonl");
 
     let mut config = common::gateway_config(&model);
+    let kc_issuer = config.issuers[0].issuer.clone();
+    // People sign in through attach-cli (Keycloak) or planner (local).
+    config.issuers[0].user_clients = vec!["attach-cli".into()];
     let mut local = IssuerConfig::new(LOCAL_ISSUER, vec![AUDIENCE.into()], Preset::Keycloak);
     local.jwks_file = Some(jwks_file);
+    local.user_clients = vec!["planner".into()];
     config.issuers.push(local);
-    let mut admins = Rule::new(
+    // Two issuers: every rule says whose names it uses.
+    let rule = |name: &str,
+                issuer: &str,
+                subjects: Subjects,
+                models: &[&str],
+                endpoints: &[EndpointClass]| {
+        Rule::new(name, subjects.of_issuer(issuer), models, endpoints)
+    };
+    let inference = [EndpointClass::Inference, EndpointClass::Read];
+    let mut admins = rule(
         "admins",
+        &kc_issuer,
         Subjects::groups(&["admins"]),
         &["*"],
         &[EndpointClass::Admin],
     );
     admins.human_only = true;
-    let batch = Rule::new(
-        "batch",
-        Subjects {
-            agents: vec!["attach-m2m".into(), "summariser".into()],
-            ..Subjects::default()
-        },
+    let mut local_admins = rule(
+        "local-admins",
+        LOCAL_ISSUER,
+        Subjects::groups(&["admins"]),
         &["*"],
-        &[EndpointClass::Inference, EndpointClass::Read],
+        &[EndpointClass::Admin],
     );
-    let people = Rule::new(
+    local_admins.human_only = true;
+    let agents = |names: &[&str]| Subjects {
+        agents: names.iter().map(|n| (*n).to_owned()).collect(),
+        ..Subjects::default()
+    };
+    let batch = rule(
+        "batch",
+        &kc_issuer,
+        agents(&["attach-m2m"]),
+        &["*"],
+        &inference,
+    );
+    let local_batch = rule(
+        "local-batch",
+        LOCAL_ISSUER,
+        agents(&["summariser", "drafter"]),
+        &["llama3.2:1b"],
+        &inference,
+    );
+    // Only for the planner acting now (not for whoever acts for it).
+    let planner = rule(
+        "planner",
+        LOCAL_ISSUER,
+        agents(&["planner"]),
+        &["planner-model"],
+        &[EndpointClass::Inference],
+    );
+    let people = rule(
         "people",
+        &kc_issuer,
         Subjects::groups(&["ai-power-users", "staff"]),
         &["*"],
-        &[EndpointClass::Inference, EndpointClass::Read],
+        &inference,
     );
-    config.access.rules = vec![admins, batch, people];
+    config.access.rules = vec![admins, local_admins, batch, local_batch, planner, people];
     config.access.denied_agents = vec!["rogue".into()];
     config.quotas.limits = vec![QuotaLimit {
         per: QuotaKey::Agent,
@@ -104,19 +153,20 @@ async fn agents_are_identified_authorised_limited_and_audited() {
     config.audit.path = Some(audit_path.clone());
     let gw = GatewayProcess::start(config).await.unwrap();
     let http = reqwest::Client::new();
-    let chat = |token: String| {
+    let chat_with = |token: String, model: &'static str| {
         let http = http.clone();
         let url = format!("{}/api/chat", gw.url);
         async move {
             http.post(url)
                 .bearer_auth(token)
-                .json(&json!({"model": "llama3.2:1b", "stream": false, "messages": []}))
+                .json(&json!({"model": model, "stream": false, "messages": []}))
                 .send()
                 .await
                 .unwrap()
                 .status()
         }
     };
+    let chat = |token: String| chat_with(token, "llama3.2:1b");
     let pull = |token: String| {
         let http = http.clone();
         let url = format!("{}/api/pull", gw.url);
@@ -161,6 +211,38 @@ async fn agents_are_identified_authorised_limited_and_audited() {
 
     // A denied agent anywhere in the chain.
     assert_eq!(chat(delegated(&["summariser", "rogue"])).await, 403);
+
+    // The summariser acting for the planner does not borrow the planner's
+    // grant; the planner acting itself has it.
+    assert_eq!(
+        chat_with(delegated(&["summariser", "planner"]), "planner-model").await,
+        403
+    );
+    assert_eq!(
+        chat_with(delegated(&["planner"]), "planner-model").await,
+        200
+    );
+
+    // alice's token held by drafter with no act (exchanged): drafter acts
+    // for her, so no human-only admin.
+    let held = local_token(json!({"azp": "drafter"}));
+    assert_eq!(pull(held.clone()).await, 403, "not alice in person");
+    assert_eq!(chat(held).await, 200, "drafter's own grant");
+    assert_eq!(
+        model.last().await.unwrap().headers["x-attach-agent"],
+        "drafter"
+    );
+
+    // Malformed or overlong delegation is refused, never read as alice.
+    let deep: Vec<String> = (0..9).map(|i| format!("agent-{i}")).collect();
+    let deep: Vec<&str> = deep.iter().map(String::as_str).collect();
+    for token in [
+        local_token(json!({"azp": "planner", "act": ["summariser"]})),
+        local_token(json!({"azp": "planner", "act": {"sub": 7}})),
+        delegated(&deep),
+    ] {
+        assert_eq!(pull(token).await, 401);
+    }
 
     // Two requests a minute per agent: the summariser has used one plus one
     // refused pull (refusals are not admitted), so one more, then 429;

@@ -9,7 +9,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use attach_tests::World;
-use attach_tests::keycloak::{AUDIENCE, OTHER_REALM, REALM};
+use attach_tests::keycloak::{
+    AGENT_CLIENT, AGENT_SECRET, AUDIENCE, LOOKALIKE_USER, OTHER_REALM, REALM,
+};
 use attach_tests::supervisor::{self, processes_mentioning};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -163,7 +165,9 @@ async fn keycloak_tokens_verify_against_jwks_with_the_fixture_claims() {
         ["llm-admin", "llm-user"]
     );
     assert_eq!(alice["tenant"], "acme");
-    assert_eq!(alice["aud"], AUDIENCE);
+    // The gateway's audience, and attach-agent's: the fixture's agent may
+    // exchange user tokens (Keycloak wants the requester in `aud`).
+    assert_eq!(strings(&alice["aud"]), [AGENT_CLIENT, AUDIENCE]);
 
     let bob = verify(&kc.token_for("bob").await.unwrap(), &keys, &issuer).unwrap();
     assert_eq!(strings(&bob["groups"]), ["staff"]);
@@ -179,6 +183,30 @@ async fn keycloak_tokens_verify_against_jwks_with_the_fixture_claims() {
     let m2m = verify(&kc.m2m_token().await.unwrap(), &keys, &issuer).unwrap();
     assert_eq!(m2m["azp"], "attach-m2m");
     assert_eq!(m2m["preferred_username"], "service-account-attach-m2m");
+    assert_eq!(
+        m2m["client_id"], "attach-m2m",
+        "the service_account client scope marks the service account"
+    );
+
+    // attach-agent exchanges alice's token: same subject, azp the agent, no act.
+    let exchanged = kc
+        .exchange(
+            AGENT_CLIENT,
+            AGENT_SECRET,
+            &kc.token_for("alice").await.unwrap(),
+            AUDIENCE,
+        )
+        .await
+        .unwrap();
+    let exchanged = verify(&exchanged, &keys, &issuer).unwrap();
+    assert_eq!(exchanged["sub"], alice["sub"]);
+    assert_eq!(exchanged["azp"], AGENT_CLIENT);
+    assert!(exchanged.get("act").is_none());
+
+    // A person whose user name looks like a service account's.
+    let lookalike = verify(&kc.token_for(LOOKALIKE_USER).await.unwrap(), &keys, &issuer).unwrap();
+    assert_eq!(lookalike["preferred_username"], LOOKALIKE_USER);
+    assert!(lookalike.get("client_id").is_none());
 }
 
 #[tokio::test]
