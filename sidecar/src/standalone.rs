@@ -291,6 +291,28 @@ mod tests {
     }
 
     #[test]
+    fn user_clients_and_a_namespace_come_from_the_environment_checked() {
+        let e = env(&[
+            (OIDC_ISSUER, "https://dev-123.us.auth0.com/"),
+            (OIDC_AUD, "ollama-local"),
+            (AUTH_BACKEND, "auth0"),
+            (OIDC_USER_CLIENTS, "web-app, cli"),
+            (AUTH0_CLAIM_NAMESPACE, "https://example.com"),
+        ]);
+        let config = config_from_env(&e, &Overrides::default()).unwrap();
+        assert_eq!(config.issuers[0].user_clients, ["web-app", "cli"]);
+        // A namespace without a scheme would be split on its dots: refused.
+        let bad = env(&[
+            (OIDC_ISSUER, "https://dev-123.us.auth0.com/"),
+            (OIDC_AUD, "ollama-local"),
+            (AUTH_BACKEND, "auth0"),
+            (AUTH0_CLAIM_NAMESPACE, "example.com"),
+        ]);
+        let err = config_from_env(&bad, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("namespace"), "{err}");
+    }
+
+    #[test]
     fn the_descope_exchange_variables_turn_exchange_on() {
         let e = env(&[
             (OIDC_ISSUER, "https://api.descope.com/P2abc"),

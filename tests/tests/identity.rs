@@ -340,6 +340,8 @@ async fn a_refused_exchange_is_asked_once_and_the_downstream_header_only_comes_f
     let mut config = common::gateway_config(&model);
     let mut refused = TokenExchangeConfig::new("attach-no-exchange", "attach-no-exchange-secret");
     refused.audience = Some("llm-downstream".into());
+    // Long enough that a loaded machine cannot outlast it in 30 requests.
+    refused.refusal_cache_ttl = Duration::from_secs(120);
     config.issuers[0].token_exchange = Some(refused);
     let gw = GatewayProcess::start(config).await.unwrap();
     let alice = kc.token_for("alice").await.unwrap();

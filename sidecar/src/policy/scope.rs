@@ -18,6 +18,9 @@ pub struct TrustedIssuer<'a> {
 /// Checks that `subjects` names an issuer where it must, and only a
 /// trusted one.
 pub fn check_subjects(subjects: &Subjects, issuers: &[TrustedIssuer<'_>]) -> Result<(), String> {
+    if subjects.any_actor && subjects.agents.is_empty() {
+        return Err("subjects.anyActor applies to subjects.agents: list some".into());
+    }
     if issuers.is_empty() {
         // Nothing is authenticated at all (a deny-all config).
         return Ok(());
@@ -83,6 +86,15 @@ mod tests {
             ..Subjects::default()
         };
         assert!(check_subjects(&everyone, &[A, B]).is_ok());
+        let chain_of_nobody = Subjects {
+            any_actor: true,
+            ..Subjects::groups(&["staff"])
+        };
+        assert!(
+            check_subjects(&chain_of_nobody, &[A])
+                .unwrap_err()
+                .contains("anyActor")
+        );
     }
 
     #[test]
