@@ -15,6 +15,10 @@
 # gateway reads, judges and forwards the whole body; nginx buffers it in
 # memory), saturation only, and print the gateway/nginx ratio of each.
 #
+# With BENCH_BEFORE_GATEWAY=<an attach-gateway binary> the chat cases also
+# run that binary (for example the build before a change) in the same run,
+# and print its ratio beside the current one.
+#
 # Usage: bench/gateway.sh [seconds per run, default 10] [cases: version chat, default both]
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -78,7 +82,18 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gw_port/api/ver
 [[ "$code" == 401 ]] || { echo "gateway let an unauthenticated request through ($code)" >&2; exit 1; }
 
 declare -A url=([direct]="http://127.0.0.1:$up_port" [nginx]="http://127.0.0.1:$nginx_port" [gateway]="http://127.0.0.1:$gw_port")
-auth_args() { [[ $1 == gateway ]] && printf '%s\n' -H "Authorization: Bearer $token"; return 0; }
+
+chat_paths=(direct nginx gateway)
+if [[ -n "${BENCH_BEFORE_GATEWAY:-}" && " $cases " == *" chat "* ]]; then
+  before_port=$(free_port); before_admin=$(free_port)
+  current_bin=$gateway_bin
+  gateway_bin=$BENCH_BEFORE_GATEWAY
+  start_gateway before "$before_port" "$before_admin" "$up_port"
+  gateway_bin=$current_bin
+  url[before]="http://127.0.0.1:$before_port"
+  chat_paths+=(before)
+fi
+auth_args() { [[ $1 == gateway || $1 == before ]] && printf '%s\n' -H "Authorization: Bearer $token"; return 0; }
 
 if [[ " $cases " == *" chat "* ]]; then
   for size in 1024 65536; do
@@ -109,26 +124,32 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 LUA
     echo "== saturation: wrk -t2 -c64 -d${secs}s, POST /api/chat, $size-byte body" >&2
-    for name in direct nginx gateway; do
+    for name in "${chat_paths[@]}"; do
       mapfile -t extra < <(auth_args "$name")
       wrk -t2 -c64 -d"${secs}s" --latency -s "$work/chat-$size.lua" "${extra[@]}" "${url[$name]}/api/chat" >"$work/wrk-chat-$size-$name.txt"
       grep -E "Requests/sec|Non-2xx" "$work/wrk-chat-$size-$name.txt" | sed "s/^/  $name: /" >&2
     done
   done
-  python3 - "$work" <<'PY'
+  python3 - "$work" "${chat_paths[@]}" <<'PY'
 import re, sys
-work = sys.argv[1]
+work, paths = sys.argv[1], sys.argv[2:]
 def rps(size, name):
     text = open(f"{work}/wrk-chat-{size}-{name}.txt").read()
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if bad:
         sys.exit(f"{name} answered {bad.group(1)} errors on the {size}-byte chat case")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+before = "before" in paths
 print("\nPOST /api/chat (wrk -t2 -c64)")
-print(f"{'body':>8} {'direct':>9} {'nginx':>9} {'gateway':>9} {'gateway/nginx':>14}")
+print(f"{'body':>8} {'direct':>9} {'nginx':>9} {'gateway':>9} {'gateway/nginx':>14}"
+      + (f" {'before':>9} {'before/nginx':>13} {'change':>7}" if before else ""))
 for size in (1024, 65536):
     d, n, g = (rps(size, name) for name in ("direct", "nginx", "gateway"))
-    print(f"{size:>8} {d:>9.0f} {n:>9.0f} {g:>9.0f} {g/n:>13.2f}x")
+    line = f"{size:>8} {d:>9.0f} {n:>9.0f} {g:>9.0f} {g/n:>13.2f}x"
+    if before:
+        b = rps(size, "before")
+        line += f" {b:>9.0f} {b/n:>12.2f}x {(g/n)/(b/n)-1:>+6.1%}"
+    print(line)
 PY
 fi
 [[ " $cases " == *" version "* ]] || exit 0
