@@ -86,10 +86,10 @@ declare -A url=([direct]="http://127.0.0.1:$up_port" [nginx]="http://127.0.0.1:$
 chat_paths=(direct nginx gateway)
 if [[ -n "${BENCH_BEFORE_GATEWAY:-}" && " $cases " == *" chat "* ]]; then
   before_port=$(free_port); before_admin=$(free_port)
-  current_bin=$gateway_bin
+  current_bin=$gateway_bin current_pid=$gw_pid
   gateway_bin=$BENCH_BEFORE_GATEWAY
   start_gateway before "$before_port" "$before_admin" "$up_port"
-  gateway_bin=$current_bin
+  gateway_bin=$current_bin gw_pid=$current_pid
   url[before]="http://127.0.0.1:$before_port"
   chat_paths+=(before)
 fi
