@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditConfig;
+pub use crate::canonical::Engine;
 use crate::claims::{ClaimMapping, Preset};
 use crate::policy::{EndpointClass, Rule, Subjects};
 use crate::quota::QuotaLimit;
@@ -101,6 +102,11 @@ pub struct GatewayConfig {
     /// Size limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
+    /// Addresses (CIDRs) of proxies in front of the gateway whose
+    /// `X-Forwarded-*` and `Forwarded` headers are passed on to the model.
+    /// From anyone else those headers are dropped. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// When `true`, every authenticated request is refused with 403: what the
     /// operator renders for a backend whose references cannot be resolved, so
     /// that it fails closed.
@@ -152,6 +158,24 @@ pub struct Upstream {
     /// How long an idle pooled connection to the model is kept.
     #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// The model server: `ollama` (default), `vllm`, or `openai` (another
+    /// OpenAI-compatible server). It decides how request bodies and model
+    /// names are read and which endpoints exist.
+    #[serde(default)]
+    pub engine: Engine,
+    /// For `vllm` and `openai`: the model the server runs when a request
+    /// names none. Without it such requests are denied (`missing_model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
+    /// The models the backend serves, for metric labels and per-model quota
+    /// keys (other names are counted as `(unlisted)`). Empty: read from the
+    /// engine's own list (`/api/tags`, `/v1/models`) every
+    /// `modelListRefresh`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_models: Vec<String>,
+    /// How often the engine's model list is read when `servedModels` is empty.
+    #[serde(default = "default_model_list_refresh", with = "humantime_serde")]
+    pub model_list_refresh: Duration,
 }
 
 impl Default for Upstream {
@@ -161,7 +185,43 @@ impl Default for Upstream {
             connect_timeout: default_connect_timeout(),
             response_header_timeout: default_response_header_timeout(),
             pool_idle_timeout: default_pool_idle_timeout(),
+            engine: Engine::default(),
+            default_model: None,
+            served_models: Vec::new(),
+            model_list_refresh: default_model_list_refresh(),
         }
+    }
+}
+
+impl Upstream {
+    /// The declared default model, canonical.
+    pub fn default_model(&self) -> Result<Option<crate::canonical::ModelName>, ConfigError> {
+        let Some(raw) = &self.default_model else {
+            return Ok(None);
+        };
+        if self.engine == Engine::Ollama {
+            // Ollama has no default model: a request without one fails there.
+            return Err(ConfigError::invalid(
+                "upstream.defaultModel",
+                "has no effect with engine ollama (Ollama serves no default model)",
+            ));
+        }
+        crate::canonical::canonical_name(self.engine, raw)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid("upstream.defaultModel", e.to_string()))
+    }
+
+    /// The declared served models, canonical.
+    pub fn served_models(&self) -> Result<Vec<crate::canonical::ModelName>, ConfigError> {
+        self.served_models
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                crate::canonical::canonical_name(self.engine, raw).map_err(|e| {
+                    ConfigError::invalid(format!("upstream.servedModels[{i}]"), e.to_string())
+                })
+            })
+            .collect()
     }
 }
 
@@ -453,6 +513,9 @@ fn default_response_header_timeout() -> Duration {
 fn default_pool_idle_timeout() -> Duration {
     Duration::from_secs(90)
 }
+fn default_model_list_refresh() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_algorithms() -> Vec<Algorithm> {
     DEFAULT_ALGORITHMS.to_vec()
 }
@@ -499,6 +562,7 @@ impl GatewayConfig {
             audit: AuditConfig::default(),
             metrics: MetricsConfig::default(),
             limits: Limits::default(),
+            trusted_proxies: Vec::new(),
             deny_all: false,
             reload_interval: default_reload_interval(),
         }
@@ -650,10 +714,19 @@ impl GatewayConfig {
                 ));
             }
         }
-        crate::policy::rules::validate(&self.access.rules)
+        let engine = self.upstream.engine;
+        crate::policy::rules::validate(&self.access.rules, engine)
             .map_err(|(i, message)| ConfigError::invalid(format!("access.rules[{i}]"), message))?;
-        crate::quota::limits::validate(&self.quotas.limits)
+        crate::quota::limits::validate(&self.quotas.limits, engine)
             .map_err(|(i, message)| ConfigError::invalid(format!("quotas.limits[{i}]"), message))?;
+        self.upstream.default_model()?;
+        self.upstream.served_models()?;
+        if self.upstream.model_list_refresh < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "upstream.modelListRefresh",
+                "must be at least 1s",
+            ));
+        }
         if let StoreConfig::Redis { url, url_file, .. } = &self.quotas.store {
             if url.is_empty() && url_file.is_none() {
                 return Err(ConfigError::invalid(

@@ -2,8 +2,8 @@
 //! user, group, tenant or client may use, overall or per model.
 
 use serde::{Deserialize, Serialize};
-use wildmatch::WildMatch;
 
+use crate::canonical::{Engine, JudgedModel, ModelPattern};
 use crate::claims::Identity;
 use crate::policy::Subjects;
 
@@ -38,8 +38,9 @@ pub struct QuotaLimit {
     /// the listed groups are the ones budgeted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subjects: Option<Subjects>,
-    /// Model names or globs; each matching model gets its own budget. Empty:
-    /// one budget for all models.
+    /// Model names or globs (read as rule patterns are); each matching model
+    /// gets its own budget (models the backend does not serve share one,
+    /// `(unlisted)`). Empty: one budget for all models.
     #[serde(default)]
     pub models: Vec<String>,
     /// LLM tokens (prompt + completion) per minute.
@@ -74,7 +75,12 @@ impl QuotaLimit {
 
     /// The budget keys this limit gives `identity` for `model`: none if the
     /// limit does not apply.
-    pub fn keys(&self, identity: &Identity, model: Option<&str>) -> Vec<String> {
+    pub fn keys(
+        &self,
+        identity: &Identity,
+        engine: Engine,
+        model: Option<&JudgedModel>,
+    ) -> Vec<String> {
         if let Some(subjects) = &self.subjects
             && !subjects.matches(identity)
         {
@@ -84,9 +90,7 @@ impl QuotaLimit {
             String::new()
         } else {
             match model {
-                Some(m) if self.models.iter().any(|p| WildMatch::new(p).matches(m)) => {
-                    format!("|model={m}")
-                }
+                Some(m) if self.matches_model(engine, m) => format!("|model={}", m.label()),
                 _ => return Vec::new(),
             }
         };
@@ -124,6 +128,14 @@ impl QuotaLimit {
             .collect()
     }
 
+    /// Whether one of the limit's model patterns matches `model`'s
+    /// canonical name.
+    fn matches_model(&self, engine: Engine, model: &JudgedModel) -> bool {
+        self.models
+            .iter()
+            .any(|p| ModelPattern::parse(engine, p).is_ok_and(|p| p.matches(model.name.as_str())))
+    }
+
     /// Whether the limit sets anything at all.
     pub fn is_empty(&self) -> bool {
         self.tokens_per_minute.is_none()
@@ -133,8 +145,9 @@ impl QuotaLimit {
     }
 }
 
-/// Checks a limit list: names unique, every number positive.
-pub fn validate(limits: &[QuotaLimit]) -> Result<(), (usize, String)> {
+/// Checks a limit list: names unique, every number positive, model
+/// patterns valid for `engine`.
+pub fn validate(limits: &[QuotaLimit], engine: Engine) -> Result<(), (usize, String)> {
     let mut names = std::collections::HashSet::new();
     for (i, limit) in limits.iter().enumerate() {
         if limit.name.trim().is_empty() || limit.name.contains('|') {
@@ -145,6 +158,9 @@ pub fn validate(limits: &[QuotaLimit]) -> Result<(), (usize, String)> {
         }
         if limit.is_empty() {
             return Err((i, "sets no limit".into()));
+        }
+        for model in &limit.models {
+            ModelPattern::parse(engine, model).map_err(|message| (i, message))?;
         }
         for (field, value) in [
             ("tokensPerMinute", limit.tokens_per_minute),
