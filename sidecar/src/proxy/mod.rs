@@ -107,3 +107,6 @@ where
 {
     Box::pin(inner.call(request))
 }
+
+#[cfg(test)]
+mod tests;
