@@ -945,6 +945,57 @@ issuers:
     }
 
     #[test]
+    fn the_engine_decides_how_names_and_patterns_are_read() {
+        let c = GatewayConfig::parse(&minimal()).unwrap();
+        assert_eq!(c.upstream.engine, Engine::Ollama);
+        assert_eq!(c.upstream.model_list_refresh, Duration::from_secs(30));
+        assert!(c.trusted_proxies.is_empty());
+        let vllm = minimal()
+            + "upstream:\n  url: http://127.0.0.1:8000\n  engine: vllm\n  defaultModel: meta-llama/Llama-3.1-8B\n  servedModels: [meta-llama/Llama-3.1-8B, my-lora]\ntrustedProxies: [10.0.0.0/8, \"::1/128\"]\n";
+        let c = GatewayConfig::parse(&vllm).unwrap();
+        assert_eq!(c.upstream.engine, Engine::Vllm);
+        assert_eq!(
+            c.upstream.default_model().unwrap().unwrap().as_str(),
+            "meta-llama/Llama-3.1-8B"
+        );
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let text = serde_yaml::to_string(&c).unwrap();
+        assert_eq!(GatewayConfig::parse(&text).unwrap(), c, "round trip");
+        for (yaml, field) in [
+            (
+                minimal() + "upstream:\n  url: http://127.0.0.1:1\n  defaultModel: llama3.2\n",
+                "upstream.defaultModel",
+            ),
+            (
+                minimal()
+                    + "upstream:\n  url: http://127.0.0.1:1\n  servedModels: [\"bad name\"]\n",
+                "upstream.servedModels[0]",
+            ),
+            (
+                minimal() + "upstream:\n  url: http://127.0.0.1:1\n  engine: tgi\n",
+                "unknown variant",
+            ),
+            (
+                minimal()
+                    + "access:\n  rules:\n    - {name: r, subjects: {anyAuthenticated: true}, models: [\"a/b/c/d\"], endpoints: [inference]}\n",
+                "access.rules[0]",
+            ),
+            (
+                minimal()
+                    + "quotas:\n  limits:\n    - {name: q, models: [\"x y\"], requestsPerMinute: 1}\n",
+                "quotas.limits[0]",
+            ),
+            (
+                minimal() + "trustedProxies: [not-a-cidr]\n",
+                "trustedProxies",
+            ),
+        ] {
+            let err = refused(&yaml);
+            assert!(err.contains(field), "expected {field:?} in {err:?}");
+        }
+    }
+
+    #[test]
     fn plain_http_issuers_are_allowed_on_loopback_or_when_asked() {
         let loopback =
             minimal().replace("https://idp.example.com/", "http://127.0.0.1:8080/realms/x");

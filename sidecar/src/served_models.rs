@@ -4,10 +4,12 @@
 //!
 //! The list is the config's `upstream.servedModels` when declared. Otherwise
 //! it is the engine's own list (`GET /api/tags` for Ollama, `GET /v1/models`
-//! for OpenAI engines), read in the background when it is older than
-//! `upstream.modelListRefresh` (one read at a time), and whenever a caller's
-//! model-list request passes through the gateway. Every name is canonical;
-//! at most [`MAX_SERVED_MODELS`] are kept.
+//! for OpenAI engines, sent with the user agent [`USER_AGENT`]), read again
+//! in the background when it is older than `upstream.modelListRefresh`, at
+//! once (waited for, at most [`MISS_WAIT`]) when a request names a model
+//! not on it and the list is older than [`MISS_REFRESH`], and whenever a
+//! caller's model-list request passes through the gateway. One read runs at
+//! a time. Every name is canonical; at most [`MAX_SERVED_MODELS`] are kept.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,6 +30,15 @@ pub const MAX_SERVED_MODELS: usize = 4096;
 /// The largest model list read.
 const MAX_LIST_BYTES: usize = 8 * 1024 * 1024;
 
+/// The user agent of the gateway's own model-list reads.
+pub const USER_AGENT: &str = "attach-gateway (served models)";
+
+/// A model not on the list triggers a new read only when the list is older.
+pub const MISS_REFRESH: Duration = Duration::from_secs(1);
+
+/// How long a request waits for that read.
+pub const MISS_WAIT: Duration = Duration::from_secs(1);
+
 /// The models one backend serves.
 #[derive(Debug)]
 pub struct ServedModels {
@@ -37,7 +48,10 @@ pub struct ServedModels {
     refresh_interval: Duration,
     /// When the engine's list was last read (or tried).
     read_at: std::sync::Mutex<Option<Instant>>,
-    reading: AtomicBool,
+    /// Held while a read runs: one read at a time.
+    reading: tokio::sync::Mutex<()>,
+    /// A background read is queued or running.
+    background: AtomicBool,
 }
 
 impl ServedModels {
@@ -50,7 +64,8 @@ impl ServedModels {
             names: ArcSwap::from_pointee(declared.into_iter().collect()),
             refresh_interval,
             read_at: std::sync::Mutex::new(None),
-            reading: AtomicBool::new(false),
+            reading: tokio::sync::Mutex::new(()),
+            background: AtomicBool::new(false),
         }
     }
 
@@ -78,41 +93,71 @@ impl ServedModels {
         true
     }
 
-    /// Reads the engine's list in the background if it is older than the
-    /// refresh interval and no read is running. Needs a Tokio runtime (the
-    /// request path's); without one it does nothing.
-    pub fn refresh_if_stale(self: &Arc<Self>, upstream: &Upstream) {
-        if self.declared || tokio::runtime::Handle::try_current().is_err() {
+    /// Whether the backend serves `name`: from the list as it is, or, for a
+    /// name not on it, from a fresh read if the list is older than
+    /// [`MISS_REFRESH`] (waited for at most [`MISS_WAIT`]). Also keeps the
+    /// list fresh in the background.
+    pub async fn serves(self: &Arc<Self>, name: &ModelName, upstream: &Upstream) -> bool {
+        if self.contains(name) {
+            self.refresh_if_stale(upstream);
+            return true;
+        }
+        if self.declared {
+            return false;
+        }
+        let _ = tokio::time::timeout(MISS_WAIT, self.read(upstream, MISS_REFRESH)).await;
+        self.contains(name)
+    }
+
+    /// How long ago the list was last read (or tried).
+    fn age(&self) -> Option<Duration> {
+        self.read_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|t| t.elapsed())
+    }
+
+    /// Reads the engine's list unless it was read within `fresh` (or another
+    /// read, which this one waits for, just did).
+    async fn read(&self, upstream: &Upstream, fresh: Duration) {
+        let _one_at_a_time = self.reading.lock().await;
+        if self.age().is_some_and(|age| age < fresh) {
             return;
         }
+        *self
+            .read_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        match read_list(self.engine, upstream).await {
+            Some(body) if self.observe_list(&body) => {}
+            _ => tracing::debug!("could not read the engine's model list"),
+        }
+    }
+
+    /// Reads the engine's list in the background if it is older than the
+    /// refresh interval and no background read is queued. Needs a Tokio
+    /// runtime (the request path's); without one it does nothing.
+    pub fn refresh_if_stale(self: &Arc<Self>, upstream: &Upstream) {
+        if self.declared
+            || self.age().is_some_and(|age| age < self.refresh_interval)
+            || tokio::runtime::Handle::try_current().is_err()
+            || self.background.swap(true, Ordering::AcqRel)
         {
-            let mut read_at = self
-                .read_at
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if read_at.is_some_and(|t| t.elapsed() < self.refresh_interval) {
-                return;
-            }
-            if self.reading.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            *read_at = Some(Instant::now());
+            return;
         }
         let this = Arc::clone(self);
         let upstream = upstream.clone();
         tokio::spawn(async move {
             // Released however the read ends.
-            struct Done(Arc<ServedModels>);
-            impl Drop for Done {
+            struct Queued(Arc<ServedModels>);
+            impl Drop for Queued {
                 fn drop(&mut self) {
-                    self.0.reading.store(false, Ordering::Release);
+                    self.0.background.store(false, Ordering::Release);
                 }
             }
-            let done = Done(this);
-            match read_list(done.0.engine, &upstream).await {
-                Some(body) if done.0.observe_list(&body) => {}
-                _ => tracing::debug!("could not read the engine's model list"),
-            }
+            let queued = Queued(this);
+            let interval = queued.0.refresh_interval;
+            queued.0.read(&upstream, interval).await;
         });
     }
 }
@@ -146,7 +191,10 @@ async fn read_list(engine: Engine, upstream: &Upstream) -> Option<Bytes> {
         .path_and_query(path)
         .build()
         .ok()?;
-    let request = http::Request::get(uri).body(empty()).ok()?;
+    let request = http::Request::get(uri)
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .body(empty())
+        .ok()?;
     let response = tokio::time::timeout(
         upstream.response_header_timeout,
         upstream.client().request(request),

@@ -151,11 +151,13 @@ where
             };
             set_path(&mut parts, &path)?;
 
-            let model = name.map(|name| JudgedModel {
-                served: runtime.served_models.contains(&name),
-                name,
-            });
-            runtime.served_models.refresh_if_stale(&runtime.upstream);
+            let model = match name {
+                Some(name) => Some(JudgedModel {
+                    served: runtime.served_models.serves(&name, &runtime.upstream).await,
+                    name,
+                }),
+                None => None,
+            };
             let model_name = model.as_ref().map(|m| m.name.as_str());
             let trail = parts.extensions.get::<Arc<AuditTrail>>().cloned();
             if let Some(trail) = &trail {
