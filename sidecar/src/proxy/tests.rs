@@ -73,12 +73,20 @@ impl Upstream {
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
                                 let path = parts.uri.path().to_owned();
-                                record.lock().unwrap().push(Seen {
-                                    method: parts.method.to_string(),
-                                    path: path.clone(),
-                                    headers: parts.headers,
-                                    body,
-                                });
+                                // The gateway's own list reads are not the
+                                // test's requests.
+                                let list_read = parts
+                                    .headers
+                                    .get("user-agent")
+                                    .is_some_and(|ua| ua == crate::served_models::USER_AGENT);
+                                if !list_read {
+                                    record.lock().unwrap().push(Seen {
+                                        method: parts.method.to_string(),
+                                        path: path.clone(),
+                                        headers: parts.headers,
+                                        body,
+                                    });
+                                }
                                 let answer = if path == "/api/tags" {
                                     json!({"models": [{"name": "tinyllama:latest"}, {"name": "llama3.1:70b"}]})
                                 } else {
