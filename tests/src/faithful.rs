@@ -158,6 +158,12 @@ pub struct Verdict {
     pub route: Option<String>,
     /// The model it resolved (empty when none).
     pub model: String,
+    /// Ollama: the name its parser made of the request's model, installed
+    /// or not (`invalid` when it refused it).
+    pub parsed: Option<String>,
+    /// vLLM: the request's `model` as pydantic read it, when it named one
+    /// that is not served.
+    pub requested: Option<String>,
     /// `stream` as the engine read it.
     pub stream: Option<String>,
     /// Ollama: `options.num_predict` as the handler read it.
@@ -220,6 +226,8 @@ impl Verdict {
         Self {
             route: text("x-verdict-route"),
             model: text("x-verdict-model").unwrap_or_default(),
+            parsed: text("x-verdict-parsed"),
+            requested: text("x-verdict-requested"),
             stream: text("x-verdict-stream"),
             num_predict: text("x-verdict-num-predict").filter(|s| !s.is_empty()),
             max_tokens: text("x-verdict-max-tokens").filter(|s| !s.is_empty()),

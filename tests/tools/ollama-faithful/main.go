@@ -10,6 +10,9 @@
 //
 //	X-Verdict-Model        the installed model the request resolved to
 //	                       (Ollama's DisplayShortest), empty when none
+//	X-Verdict-Parsed       chat and generate: the name Ollama's parser made
+//	                       of the request's model (DisplayShortest), whether
+//	                       installed or not; "invalid" when it refused it
 //	X-Verdict-Stream       true/false, as the handler read `stream`
 //	X-Verdict-Num-Predict  options.num_predict as the handler read it
 //	X-Verdict-Headers      base64 (std) of the JSON of the request headers
@@ -76,6 +79,14 @@ func verdict(c *gin.Context, route string, resolved string) {
 	c.Header("X-Verdict-Headers", base64.StdEncoding.EncodeToString(h))
 }
 
+func parsed(c *gin.Context, name model.Name) {
+	if name.IsValid() {
+		c.Header("X-Verdict-Parsed", name.DisplayShortest())
+	} else {
+		c.Header("X-Verdict-Parsed", "invalid")
+	}
+}
+
 func bind(c *gin.Context, req any) bool {
 	if err := c.ShouldBindJSON(req); errors.Is(err, io.EOF) {
 		c.AbortWithStatusJSON(http.StatusBadRequest, gin.H{"error": "missing request body"})
@@ -106,6 +117,7 @@ func chat(c *gin.Context) {
 		return
 	}
 	name := model.ParseName(req.Model)
+	parsed(c, name)
 	if !name.IsValid() {
 		verdict(c, "chat", "")
 		c.JSON(http.StatusBadRequest, gin.H{"error": "model is required"})
@@ -138,6 +150,7 @@ func generate(c *gin.Context) {
 		return
 	}
 	name := model.ParseName(req.Model)
+	parsed(c, name)
 	if !name.IsValid() {
 		verdict(c, "generate", "")
 		c.JSON(http.StatusNotFound, gin.H{"error": fmt.Sprintf("model '%s' not found", req.Model)})

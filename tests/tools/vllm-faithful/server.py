@@ -15,6 +15,7 @@
 Every answer carries the verdict in headers:
 
     X-Verdict-Model        the model the request would run
+    X-Verdict-Requested    the request's ``model`` as pydantic read it
     X-Verdict-Stream       the stream flag as pydantic read it
     X-Verdict-Max-Tokens   the output bound as vLLM reads it
     X-Verdict-Headers      base64 of the JSON list of raw request headers
@@ -122,13 +123,14 @@ def error(message: str, status: int, err_type: str, headers: dict[str, str] | No
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def check_model(name: str | None) -> tuple[str | None, JSONResponse | None]:
+def check_model(name: str | None, raw: Request, route: str) -> tuple[str | None, JSONResponse | None]:
     """vLLM's ``_check_model``: empty means the served model."""
     if not name:
         return SERVED[0], None
     if name in SERVED:
         return name, None
-    return None, error(f"The model `{name}` does not exist.", 404, "NotFoundError")
+    headers = verdict(raw, route, None, requested=name)
+    return None, error(f"The model `{name}` does not exist.", 404, "NotFoundError", headers)
 
 
 async def validate_json_request(request: Request) -> None:
@@ -169,7 +171,7 @@ def answer(request: Request, route: str, model: str, stream: bool, include_usage
 
 @app.post("/v1/chat/completions", dependencies=[Depends(validate_json_request)])
 async def chat(request: ChatCompletionRequest, raw: Request):
-    model, err = check_model(request.model)
+    model, err = check_model(request.model, raw, "chat")
     if err:
         return err
     max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
@@ -179,7 +181,7 @@ async def chat(request: ChatCompletionRequest, raw: Request):
 
 @app.post("/v1/completions", dependencies=[Depends(validate_json_request)])
 async def completions(request: CompletionRequest, raw: Request):
-    model, err = check_model(request.model)
+    model, err = check_model(request.model, raw, "completions")
     if err:
         return err
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -188,7 +190,7 @@ async def completions(request: CompletionRequest, raw: Request):
 
 @app.post("/v1/responses", dependencies=[Depends(validate_json_request)])
 async def responses(request: ResponsesRequest, raw: Request):
-    model, err = check_model(request.model)
+    model, err = check_model(request.model, raw, "responses")
     if err:
         return err
     return answer(raw, "responses", model, bool(request.stream), False, request.max_output_tokens)
@@ -196,7 +198,7 @@ async def responses(request: ResponsesRequest, raw: Request):
 
 @app.post("/v1/messages", dependencies=[Depends(validate_json_request)])
 async def messages(request: AnthropicMessagesRequest, raw: Request):
-    model, err = check_model(request.model)
+    model, err = check_model(request.model, raw, "messages")
     if err:
         return err
     return answer(raw, "messages", model, bool(request.stream), False, request.max_tokens)
@@ -204,7 +206,7 @@ async def messages(request: AnthropicMessagesRequest, raw: Request):
 
 def model_only(route: str):
     async def handler(request: ModelOnlyRequest, raw: Request):
-        model, err = check_model(request.model)
+        model, err = check_model(request.model, raw, route)
         if err:
             return err
         return JSONResponse({"model": model, "data": []}, headers=verdict(raw, route, model))
@@ -229,7 +231,7 @@ async def invocations(raw: Request):
             request = validator.validate_python(body)
         except ValidationError:
             continue
-        model, err = check_model(request.model)
+        model, err = check_model(request.model, raw, "invocations")
         if err:
             return err
         return JSONResponse({"model": model}, headers=verdict(raw, "invocations", model))
