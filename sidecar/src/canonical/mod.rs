@@ -347,6 +347,7 @@ fn metering(
             // `stream *bool`: absent or null streams.
             m.stream = bool_field(engine, object, "stream", true)?;
             if let Some(slot) = find(engine, object, "options").and_then(|i| object.at_mut(i)) {
+                slot.0 = json::Str::from("options");
                 match &mut slot.1 {
                     Value::Object(options) => {
                         // A map: Ollama reads its keys exactly.
