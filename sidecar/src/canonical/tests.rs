@@ -227,7 +227,7 @@ fn ollama_metering_fields_follow_go() {
     );
     let b = ollama(
         "/api/chat",
-        r#"{"model":"m","STREAM":false,"options":{"num_predict":-1}}"#,
+        r#"{"model":"m","STREAM":false,"Options":{"num_predict":-1}}"#,
     )
     .unwrap();
     assert!(!b.metering.stream);
