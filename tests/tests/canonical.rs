@@ -905,6 +905,64 @@ async fn vllm_bodies_names_and_endpoints_are_judged_as_vllm_reads_them() {
             400,
             "bad_field",
         );
+        // What Python and the gateway could read two ways is refused here too.
+        let deep = format!(
+            r#"{{"model":"tiny-lora","messages":[],"x":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for (body, reason) in [
+            (
+                r#"{"model":"tiny-lora","messages":[]} {"model":"big-chat"}"#,
+                "trailing_data",
+            ),
+            (r#"[{"model":"tiny-lora"}]"#, "not_an_object"),
+            (
+                r#"{"model":"tiny-lora","messages":[],"x":NaN}"#,
+                "invalid_json",
+            ),
+            (
+                r#"{"model":"tiny\ud800lora","messages":[]}"#,
+                "invalid_json",
+            ),
+            (deep.as_str(), "too_deep"),
+        ] {
+            refused(
+                &format!("{p} {body:.60}"),
+                &go(&gw, &bob, chat(body)).await,
+                400,
+                reason,
+            );
+        }
+        let invalid_utf8 = Call {
+            body: RawBody::Full(Bytes::from_static(
+                b"{\"model\":\"tiny-lora\",\"messages\":[],\"x\":\"\xff\"}",
+            )),
+            ..chat("")
+        };
+        refused(&p, &go(&gw, &bob, invalid_utf8).await, 400, "invalid_utf8");
+        let gzip =
+            chat(r#"{"model":"tiny-lora","messages":[]}"#).header("content-encoding", "gzip");
+        refused(&p, &go(&gw, &bob, gzip).await, 400, "content_encoding");
+        let chunked = Call {
+            body: RawBody::Chunked(vec![
+                Bytes::from_static(br#"{"model":"tiny-lora","messages":[],"#),
+                Bytes::from_static(br#""model":"big-chat"}"#),
+            ]),
+            ..chat("")
+        };
+        refused(&p, &go(&gw, &bob, chunked).await, 400, "duplicate_key");
+        // Anthropic's /v1/messages is inference with its model in the body.
+        let messages = |model: &str| {
+            post(
+                "/v1/messages",
+                &format!(
+                    r#"{{"model":"{model}","max_tokens":8,"messages":[{{"role":"user","content":"x"}}]}}"#
+                ),
+            )
+        };
+        refused(&p, &go(&gw, &bob, messages("big-chat")).await, 403, "model");
+        ran(&p, &go(&gw, &bob, messages("tiny-lora")).await, "tiny-lora");
         // Admin and unknown routes.
         for path in [
             "/pause",

@@ -72,7 +72,7 @@ pub fn integer(decoder: Decoder, value: &Value) -> Result<Option<i128>, Refused>
             }
         }
         (Decoder::Pydantic, Value::String(s)) => {
-            python_int_str(s.as_str()).ok_or(Refused).map(Some)
+            python_int_str(&s.as_str()).ok_or(Refused).map(Some)
         }
         (Decoder::Pydantic, _) => Err(Refused),
     }

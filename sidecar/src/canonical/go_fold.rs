@@ -36,14 +36,7 @@ const MAP_VALUED: [&str; 14] = [
 
 /// One key, folded as Go folds it for field matching.
 pub fn fold(key: &str) -> String {
-    key.chars()
-        .map(|c| match c {
-            'a'..='z' => c.to_ascii_uppercase(),
-            '\u{017F}' => 'S',
-            '\u{212A}' => 'K',
-            _ => c,
-        })
-        .collect()
+    key.chars().map(fold_char).collect()
 }
 
 /// Whether `key` matches the (ASCII) field name `field` for Go.
@@ -84,20 +77,26 @@ pub fn find_collision(value: &Value) -> Option<Collision> {
 }
 
 fn object_collision(object: &Object) -> Option<Collision> {
-    let folded: Vec<String> = object.iter().map(|(k, _)| fold(k.as_str())).collect();
-    for (i, a) in folded.iter().enumerate() {
-        if let Some(j) = folded[i + 1..].iter().position(|b| b == a) {
-            let key = |n: usize| {
-                object
-                    .at(n)
-                    .map(|(k, _)| k.as_str().chars().take(64).collect())
-                    .unwrap_or_default()
-            };
-            return Some(Collision {
-                first: key(i),
-                second: key(i + 1 + j),
-            });
-        }
+    let keys: Vec<std::borrow::Cow<'_, str>> = object.iter().map(|(k, _)| k.as_str()).collect();
+    let collision = if keys.len() <= 16 {
+        // Pairwise, without allocating: the usual handful of keys.
+        (0..keys.len()).find_map(|i| {
+            (i + 1..keys.len())
+                .find(|&j| fold_eq(&keys[i], &keys[j]))
+                .map(|j| (i, j))
+        })
+    } else {
+        let mut seen = std::collections::HashMap::with_capacity(keys.len());
+        keys.iter()
+            .enumerate()
+            .find_map(|(j, k)| seen.insert(fold(k), j).map(|i| (i, j)))
+    };
+    if let Some((i, j)) = collision {
+        let key = |n: usize| keys[n].chars().take(64).collect();
+        return Some(Collision {
+            first: key(i),
+            second: key(j),
+        });
     }
     object.iter().find_map(|(key, value)| {
         if is_map_valued(key) {
@@ -108,8 +107,30 @@ fn object_collision(object: &Object) -> Option<Collision> {
     })
 }
 
+fn fold_char(c: char) -> char {
+    match c {
+        'a'..='z' => c.to_ascii_uppercase(),
+        '\u{017F}' => 'S',
+        '\u{212A}' => 'K',
+        _ => c,
+    }
+}
+
+/// `fold(a) == fold(b)`, without allocating.
+fn fold_eq(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.chars(), b.chars());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if fold_char(x) == fold_char(y) => {}
+            _ => return false,
+        }
+    }
+}
+
 fn is_map_valued(key: &Str) -> bool {
-    MAP_VALUED.iter().any(|field| matches(key.as_str(), field))
+    let key = key.as_str();
+    MAP_VALUED.iter().any(|field| matches(&key, field))
 }
 
 #[cfg(test)]

@@ -13,8 +13,14 @@
 //! key twice in one object. Every one of those is a place where two JSON
 //! parsers (Go's, Python's, the gateway's) could read one body two ways.
 //!
-//! Strings and numbers are slices of the request's own buffer where they
-//! hold no escapes, so a large body is parsed without copying its text.
+//! Strings and numbers are slices of the request's own buffer, so a large
+//! body is parsed without copying its text. Keys are decoded (they are
+//! judged); string values keep their validated escaped text, which every
+//! JSON parser decodes to the same characters (the one escape they read
+//! differently, a lone UTF-16 surrogate, is refused), and are written back
+//! as they came.
+
+use std::borrow::Cow;
 
 use std::collections::HashSet;
 
@@ -22,6 +28,20 @@ use bytes::Bytes;
 
 /// How deeply arrays and objects may nest.
 pub const MAX_DEPTH: usize = 128;
+
+/// Bytes that end the fast scan of a string: the closing quote, a
+/// backslash, and the control characters JSON forbids raw.
+const STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        table[c] = true;
+        c += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// Why a body is not strict JSON.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,8 +88,8 @@ impl Value {
         }
     }
 
-    /// The string, if this is one.
-    pub fn as_str(&self) -> Option<&str> {
+    /// The string (decoded), if this is one.
+    pub fn as_str(&self) -> Option<Cow<'_, str>> {
         match self {
             Self::String(s) => Some(s.as_str()),
             _ => None,
@@ -122,37 +142,90 @@ impl Number {
     }
 }
 
-/// A decoded JSON string: escapes resolved, always valid UTF-8.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Str(Bytes);
+/// A JSON string: decoded text, or (for values read with escapes) the
+/// validated JSON text between the quotes.
+#[derive(Clone)]
+pub enum Str {
+    /// The characters themselves (valid UTF-8).
+    Plain(Bytes),
+    /// JSON string text with escapes, checked when read: valid UTF-8, valid
+    /// escapes only, surrogates paired, no raw control characters.
+    Escaped(Bytes),
+}
 
 impl Str {
-    /// The text. (Always valid UTF-8: checked when read.)
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("")
+    /// The characters, escapes resolved.
+    pub fn as_str(&self) -> Cow<'_, str> {
+        match self {
+            Self::Plain(b) => Cow::Borrowed(std::str::from_utf8(b).unwrap_or("")),
+            Self::Escaped(b) => {
+                let mut out = Vec::with_capacity(b.len());
+                let mut reader = Reader {
+                    src: b,
+                    b,
+                    pos: 0,
+                    depth: 0,
+                };
+                // Checked when read, so this cannot fail.
+                while reader.pos < b.len() {
+                    match b[reader.pos] {
+                        b'\\' => {
+                            reader.pos += 1;
+                            if reader.escape(Some(&mut out)).is_err() {
+                                break;
+                            }
+                        }
+                        c => {
+                            out.push(c);
+                            reader.pos += 1;
+                        }
+                    }
+                }
+                Cow::Owned(String::from_utf8(out).unwrap_or_default())
+            }
+        }
     }
 
-    /// The text's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    /// The decoded bytes of a plain string (keys are always plain).
+    fn plain_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Self::Plain(b) => Some(b),
+            Self::Escaped(_) => None,
+        }
+    }
+
+    /// Whether this is the (plain) text `key`.
+    fn is(&self, key: &str) -> bool {
+        match self {
+            Self::Plain(b) => b.as_ref() == key.as_bytes(),
+            Self::Escaped(_) => self.as_str() == key,
+        }
     }
 }
 
+impl PartialEq for Str {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Str {}
+
 impl From<&str> for Str {
     fn from(s: &str) -> Self {
-        Self(Bytes::copy_from_slice(s.as_bytes()))
+        Self::Plain(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
 
 impl From<String> for Str {
     fn from(s: String) -> Self {
-        Self(Bytes::from(s))
+        Self::Plain(Bytes::from(s))
     }
 }
 
 impl std::fmt::Debug for Str {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
+        std::fmt::Debug::fmt(&self.as_str(), f)
     }
 }
 
@@ -163,23 +236,17 @@ pub struct Object(Vec<(Str, Value)>);
 impl Object {
     /// The member named exactly `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.as_bytes() == key.as_bytes())
-            .map(|(_, v)| v)
+        self.0.iter().find(|(k, _)| k.is(key)).map(|(_, v)| v)
     }
 
     /// The member named exactly `key`.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
-        self.0
-            .iter_mut()
-            .find(|(k, _)| k.as_bytes() == key.as_bytes())
-            .map(|(_, v)| v)
+        self.0.iter_mut().find(|(k, _)| k.is(key)).map(|(_, v)| v)
     }
 
     /// The first member whose key `matches`, with its index.
     pub fn position(&self, mut matches: impl FnMut(&str) -> bool) -> Option<usize> {
-        self.0.iter().position(|(k, _)| matches(k.as_str()))
+        self.0.iter().position(|(k, _)| matches(&k.as_str()))
     }
 
     /// The member at `index`.
@@ -315,22 +382,25 @@ impl Reader<'_> {
             if self.b.get(self.pos) != Some(&b'"') {
                 return Err(self.syntax());
             }
-            let key = self.string()?;
+            let key = self.key()?;
+            let bytes = key.plain_bytes().unwrap_or_default();
             let duplicate = match &mut seen {
-                Some(set) => !set.insert(key.0.clone()),
+                Some(set) => !set.insert(Bytes::copy_from_slice(bytes)),
                 None => {
-                    let dup = members.iter().any(|(k, _)| k.0 == key.0);
+                    let dup = members.iter().any(|(k, _)| k.plain_bytes() == Some(bytes));
                     if members.len() >= 16 {
-                        seen = Some(members.iter().map(|(k, _)| k.0.clone()).collect());
-                        if let Some(set) = &mut seen {
-                            set.insert(key.0.clone());
-                        }
+                        let mut set: HashSet<Bytes> = members
+                            .iter()
+                            .filter_map(|(k, _)| k.plain_bytes().map(Bytes::copy_from_slice))
+                            .collect();
+                        set.insert(Bytes::copy_from_slice(bytes));
+                        seen = Some(set);
                     }
                     dup
                 }
             };
             if duplicate {
-                return Err(JsonError::DuplicateKey(bounded(key.as_str())));
+                return Err(JsonError::DuplicateKey(bounded(&key.as_str())));
             }
             self.skip_ws();
             if self.b.get(self.pos) != Some(&b':') {
@@ -379,46 +449,73 @@ impl Reader<'_> {
         }
     }
 
-    fn string(&mut self) -> Result<Str, JsonError> {
+    /// Scans a string from its opening quote: returns where its text
+    /// starts and ends (the quote excluded), and whether it has escapes,
+    /// which are checked (into `decoded` if given).
+    fn scan_string(
+        &mut self,
+        mut decoded: Option<&mut Vec<u8>>,
+    ) -> Result<(usize, usize, bool), JsonError> {
         self.pos += 1; // the opening quote
         let start = self.pos;
-        // The fast path: no escapes, so the text is a slice of the body.
+        let mut escaped = false;
+        let mut copied = start;
         loop {
-            match self.b.get(self.pos) {
-                None => return Err(self.syntax()),
-                Some(b'"') => {
-                    let s = Str(self.src.slice(start..self.pos));
-                    self.pos += 1;
-                    return Ok(s);
-                }
-                Some(b'\\') => break,
-                Some(&c) if c < 0x20 => return Err(self.syntax()),
-                Some(_) => self.pos += 1,
+            // The hot loop: one table lookup per byte.
+            while self.pos < self.b.len() && !STRING_STOP[usize::from(self.b[self.pos])] {
+                self.pos += 1;
             }
-        }
-        let mut out = Vec::with_capacity(self.pos - start + 16);
-        out.extend_from_slice(&self.b[start..self.pos]);
-        loop {
             match self.b.get(self.pos) {
                 None => return Err(self.syntax()),
                 Some(b'"') => {
+                    if let Some(out) = decoded.as_deref_mut() {
+                        out.extend_from_slice(&self.b[copied..self.pos]);
+                    }
+                    let end = self.pos;
                     self.pos += 1;
-                    return Ok(Str(Bytes::from(out)));
+                    return Ok((start, end, escaped));
                 }
                 Some(b'\\') => {
+                    escaped = true;
+                    if let Some(out) = decoded.as_deref_mut() {
+                        out.extend_from_slice(&self.b[copied..self.pos]);
+                    }
                     self.pos += 1;
-                    self.escape(&mut out)?;
+                    self.escape(decoded.as_deref_mut())?;
+                    copied = self.pos;
                 }
-                Some(&c) if c < 0x20 => return Err(self.syntax()),
-                Some(&c) => {
-                    out.push(c);
-                    self.pos += 1;
-                }
+                Some(_) => return Err(self.syntax()), // a raw control character
             }
         }
     }
 
-    fn escape(&mut self, out: &mut Vec<u8>) -> Result<(), JsonError> {
+    /// A string value: a slice of the body, escapes checked, not resolved.
+    fn string(&mut self) -> Result<Str, JsonError> {
+        let (start, end, escaped) = self.scan_string(None)?;
+        let text = self.src.slice(start..end);
+        Ok(if escaped {
+            Str::Escaped(text)
+        } else {
+            Str::Plain(text)
+        })
+    }
+
+    /// A key: decoded, as it is judged.
+    fn key(&mut self) -> Result<Str, JsonError> {
+        let mark = self.pos;
+        let (start, end, escaped) = self.scan_string(None)?;
+        if !escaped {
+            return Ok(Str::Plain(self.src.slice(start..end)));
+        }
+        self.pos = mark;
+        let mut out = Vec::with_capacity(end - start);
+        self.scan_string(Some(&mut out))?;
+        Ok(Str::Plain(Bytes::from(out)))
+    }
+
+    /// Checks one escape (after its backslash), appending what it stands for
+    /// to `out` if given.
+    fn escape(&mut self, out: Option<&mut Vec<u8>>) -> Result<(), JsonError> {
         let c = *self.b.get(self.pos).ok_or_else(|| self.syntax())?;
         self.pos += 1;
         let simple = match c {
@@ -450,13 +547,17 @@ impl Reader<'_> {
                     first
                 };
                 let ch = char::from_u32(ch).ok_or(JsonError::LoneSurrogate(at))?;
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                if let Some(out) = out {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                }
                 return Ok(());
             }
             _ => return Err(JsonError::Syntax(self.pos - 1)),
         };
-        out.push(simple);
+        if let Some(out) = out {
+            out.push(simple);
+        }
         Ok(())
     }
 
@@ -527,7 +628,13 @@ fn write(value: &Value, out: &mut Vec<u8>) {
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => out.extend_from_slice(&n.0),
-        Value::String(s) => write_str(s.as_bytes(), out),
+        Value::String(Str::Plain(s)) => write_str(s, out),
+        Value::String(Str::Escaped(s)) => {
+            // Checked JSON text: written as it came.
+            out.push(b'"');
+            out.extend_from_slice(s);
+            out.push(b'"');
+        }
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -544,7 +651,10 @@ fn write(value: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_str(key.as_bytes(), out);
+                match key {
+                    Str::Plain(k) => write_str(k, out),
+                    Str::Escaped(_) => write_str(key.as_str().as_bytes(), out),
+                }
                 out.push(b':');
                 write(value, out);
             }
@@ -557,6 +667,11 @@ fn write(value: &Value, out: &mut Vec<u8>) {
 /// characters. Everything else is written as UTF-8.
 fn write_str(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
+    if !s.iter().any(|&c| STRING_STOP[usize::from(c)]) {
+        out.extend_from_slice(s);
+        out.push(b'"');
+        return;
+    }
     let mut from = 0;
     for (i, &c) in s.iter().enumerate() {
         let escaped: &[u8] = match c {
@@ -605,10 +720,23 @@ mod tests {
     }
 
     #[test]
-    fn escapes_are_resolved_and_rewritten_minimally() {
+    fn keys_are_decoded_and_values_keep_their_checked_escapes() {
+        let text = r#"{"mod\u0065l":"a\/b\u00e9\ud83d\ude00\"\\\n\u0001"}"#;
+        // The key is judged, so it is written decoded; the value is written
+        // as it came (every JSON parser decodes it the same way).
         assert_eq!(
-            canon(r#"{"mod\u0065l":"a\/b\u00e9\ud83d\ude00\"\\\n\u0001"}"#).unwrap(),
-            "{\"model\":\"a/b\u{e9}\u{1f600}\\\"\\\\\\n\\u0001\"}"
+            canon(text).unwrap(),
+            r#"{"model":"a\/b\u00e9\ud83d\ude00\"\\\n\u0001"}"#
+        );
+        let v = parse(&Bytes::copy_from_slice(text.as_bytes())).unwrap();
+        let value = v.as_object().unwrap().get("model").unwrap();
+        assert_eq!(value.as_str().unwrap(), "a/b\u{e9}\u{1f600}\"\\\n\u{1}");
+        // A value the gateway writes is escaped minimally.
+        let mut o = Object::default();
+        o.insert("k", Value::String(Str::from("q\"\\\n\u{1}é")));
+        assert_eq!(
+            &Value::Object(o).to_bytes()[..],
+            "{\"k\":\"q\\\"\\\\\\n\\u0001é\"}".as_bytes()
         );
     }
 

@@ -18,9 +18,10 @@
 //! 5. a streamed OpenAI request that did not ask for usage gets
 //!    `stream_options.include_usage` (the answer's meter removes the extra
 //!    event again);
-//! 6. the value is serialised once: no insignificant white space, escapes
-//!    resolved, keys in their order, numbers with their exact text, and
-//!    every field the gateway does not understand kept as it was.
+//! 6. the value is serialised once: no insignificant white space, keys
+//!    decoded and in their order, string values with their checked escapes
+//!    (which every JSON parser decodes alike), numbers with their exact
+//!    text, and every field the gateway does not understand kept as it was.
 
 pub mod coerce;
 pub mod go_fold;
@@ -239,7 +240,7 @@ fn string_field(
     };
     match object.at(index).map(|(_, v)| v) {
         Some(Value::String(s)) if !s.as_str().is_empty() => {
-            Ok(Some((index, s.as_str().to_owned())))
+            Ok(Some((index, s.as_str().into_owned())))
         }
         Some(Value::String(_) | Value::Null) | None => Ok(None),
         Some(_) => Err(BodyError::BadField {

@@ -195,7 +195,7 @@ fn unknown_fields_numbers_and_order_survive() {
     .unwrap();
     assert_eq!(
         text(&b),
-        "{\"messages\":[{\"role\":\"user\",\"content\":\"h\u{e9}\"}],\"model\":\"tinyllama:latest\",\"options\":{\"temperature\":0.70,\"seed\":12345678901234567890},\"x-extra\":[1e3]}"
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"h\\u00e9\"}],\"model\":\"tinyllama:latest\",\"options\":{\"temperature\":0.70,\"seed\":12345678901234567890},\"x-extra\":[1e3]}"
     );
     // The canonical form is a fixed point.
     let again = ollama("/api/chat", &text(&b)).unwrap();

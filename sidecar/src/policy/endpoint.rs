@@ -350,45 +350,45 @@ const OPENAI: &[Route] = &[
     infer("/v1/messages", S::AnthropicMessages),
 ];
 
-/// Whether a normalised path matches a route's pattern; returns the path in
-/// the table's spelling (parameters as they came) when it does.
-fn match_path(pattern: &str, path: &str) -> Option<String> {
-    let mut want = pattern.split('/').skip(1).peekable();
+/// Whether a normalised path matches a route's pattern.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut want = pattern.split('/').skip(1);
     let mut have = path.split('/').skip(1);
-    let mut out = String::with_capacity(path.len());
-    while let Some(w) = want.next() {
-        if w == "**" {
-            let rest: Vec<&str> = have.by_ref().collect();
-            if rest.is_empty() || rest.iter().any(|s| s.is_empty()) {
-                return None;
+    loop {
+        match (want.next(), have.next()) {
+            (None, None) => return true,
+            (Some("**"), Some(first)) => {
+                return !first.is_empty() && have.all(|s| !s.is_empty());
             }
-            for s in rest {
-                out.push('/');
-                out.push_str(s);
-            }
-            return Some(out);
-        }
-        let h = have.next()?;
-        if w == "{}" {
-            if h.is_empty() {
-                return None;
-            }
-            out.push('/');
-            out.push_str(h);
-        } else if w.eq_ignore_ascii_case(h) {
-            out.push('/');
-            out.push_str(w);
-        } else {
-            return None;
+            (Some("{}"), Some(h)) if !h.is_empty() => {}
+            (Some(w), Some(h)) if w != "{}" && w != "**" && w.eq_ignore_ascii_case(h) => {}
+            _ => return false,
         }
     }
-    if have.next().is_some() {
-        return None;
+}
+
+/// A matching path in the table's spelling: literal segments as the table
+/// writes them, parameters as they came.
+fn spelled(pattern: &str, path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut want = pattern.split('/').skip(1);
+    for h in path.split('/').skip(1) {
+        out.push('/');
+        match want.next() {
+            Some(w) if w != "{}" && w != "**" => out.push_str(w),
+            Some("**") => {
+                // This and every later segment as they came.
+                out.push_str(h);
+                want = "".split('/').skip(1);
+                continue;
+            }
+            _ => out.push_str(h),
+        }
     }
     if out.is_empty() {
         out.push('/');
     }
-    Some(out)
+    out
 }
 
 /// The endpoint `method` on a normalised `path` is for `engine`. Paths in
@@ -402,15 +402,12 @@ pub fn classify(engine: crate::canonical::Engine, method: &http::Method, path: &
         Engine::Openai => OPENAI,
     };
     for r in table {
-        if let Some(spelled) = match_path(r.path, path) {
-            if !r.methods.allows(method) {
-                continue;
-            }
+        if path_matches(r.path, path) && r.methods.allows(method) {
             return Endpoint {
                 class: r.class,
                 model: r.model,
                 shape: r.shape,
-                path: spelled,
+                path: spelled(r.path, path),
             };
         }
     }

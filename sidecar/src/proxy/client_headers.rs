@@ -65,18 +65,24 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// A header name as any upstream might read it: lower case, `_` as `-`,
-/// without surrounding white space.
-pub fn normalized(name: &str) -> String {
-    name.trim()
-        .chars()
-        .map(|c| {
-            if c == '_' {
-                '-'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
-        .collect()
+/// without surrounding white space. (Borrowed when already so, as the names
+/// the server parsed usually are.)
+pub fn normalized(name: &str) -> std::borrow::Cow<'_, str> {
+    let name = name.trim();
+    if name.bytes().all(|b| b != b'_' && !b.is_ascii_uppercase()) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    std::borrow::Cow::Owned(
+        name.chars()
+            .map(|c| {
+                if c == '_' {
+                    '-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect(),
+    )
 }
 
 fn is_forwarding(normalized: &str) -> bool {
@@ -98,7 +104,7 @@ pub fn clean(headers: &mut HeaderMap, trusted: bool, extra: &[String]) -> Result
         .get_all(CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|name| normalized(&String::from_utf8_lossy(name)))
+        .map(|name| normalized(&String::from_utf8_lossy(name)).into_owned())
         .filter(|name| !name.is_empty())
         .collect();
     if let Some(owned) = named.iter().find(|n| is_gateway_owned(n, extra)) {
@@ -110,8 +116,8 @@ pub fn clean(headers: &mut HeaderMap, trusted: bool, extra: &[String]) -> Result
         .keys()
         .filter(|name| {
             let n = normalized(name.as_str());
-            HOP_BY_HOP.contains(&n.as_str())
-                || named.contains(&n)
+            HOP_BY_HOP.contains(&&*n)
+                || named.iter().any(|m| *m == *n)
                 || (!trusted && is_forwarding(&n))
                 || n.starts_with("x-amzn-sagemaker-")
         })
@@ -154,7 +160,7 @@ fn exchange_headers(runtime: &Runtime) -> Vec<String> {
         .issuers
         .iter()
         .filter_map(|i| i.token_exchange.as_ref())
-        .map(|e| normalized(&e.header))
+        .map(|e| normalized(&e.header).into_owned())
         .collect()
 }
 
