@@ -11,17 +11,26 @@
 # latency at half of the slower proxy's saturation from oha's fixed rate.
 # Prints requests/s, p50, p99, ratios, and attach-gateway's peak RSS.
 #
-# Usage: bench/gateway.sh [seconds per run, default 10]
+# The `chat` cases POST /api/chat with a 1 KiB and a 64 KiB JSON body (the
+# gateway reads, judges and forwards the whole body; nginx buffers it in
+# memory), saturation only, and print the gateway/nginx ratio of each.
+#
+# With BENCH_BEFORE_GATEWAY=<an attach-gateway binary> the chat cases also
+# run that binary (for example the build before a change) in the same run,
+# and print its ratio beside the current one.
+#
+# Usage: bench/gateway.sh [seconds per run, default 10] [cases: version chat, default both]
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$root"
 secs=${1:-10}
+cases=${2:-version chat}
 
 need wrk "apt-get install wrk"
 need nginx "apt-get install nginx-light"
 oha="$cache/oha/bin/oha"
-if [[ ! -x "$oha" ]]; then
+if [[ " $cases " == *" version "* && ! -x "$oha" ]]; then
   echo "building oha (load generator with a fixed request rate) into $cache/oha" >&2
   cargo install --quiet --locked oha --root "$cache/oha"
 fi
@@ -40,6 +49,9 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  # Request bodies are buffered whole in memory, as the gateway reads them.
+  client_body_buffer_size 1m;
+  client_max_body_size 32m;
   upstream model { server 127.0.0.1:$up_port; keepalive 64; }
   server {
     listen 127.0.0.1:$nginx_port;
@@ -70,7 +82,77 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$gw_port/api/ver
 [[ "$code" == 401 ]] || { echo "gateway let an unauthenticated request through ($code)" >&2; exit 1; }
 
 declare -A url=([direct]="http://127.0.0.1:$up_port" [nginx]="http://127.0.0.1:$nginx_port" [gateway]="http://127.0.0.1:$gw_port")
-auth_args() { [[ $1 == gateway ]] && printf '%s\n' -H "Authorization: Bearer $token"; return 0; }
+
+chat_paths=(direct nginx gateway)
+if [[ -n "${BENCH_BEFORE_GATEWAY:-}" && " $cases " == *" chat "* ]]; then
+  before_port=$(free_port); before_admin=$(free_port)
+  current_bin=$gateway_bin current_pid=$gw_pid
+  gateway_bin=$BENCH_BEFORE_GATEWAY
+  start_gateway before "$before_port" "$before_admin" "$up_port"
+  gateway_bin=$current_bin gw_pid=$current_pid
+  url[before]="http://127.0.0.1:$before_port"
+  chat_paths+=(before)
+fi
+auth_args() { [[ $1 == gateway || $1 == before ]] && printf '%s\n' -H "Authorization: Bearer $token"; return 0; }
+
+if [[ " $cases " == *" chat "* ]]; then
+  for size in 1024 65536; do
+    # A chat request of exactly $size bytes: a model, options and one long
+    # message (text with a few escapes, as real prompts have).
+    python3 - "$size" >"$work/chat-$size.json" <<'PY'
+import json, sys
+size = int(sys.argv[1])
+body = {"model": "llama3.2:1b", "stream": False, "options": {"temperature": 0.2, "num_predict": 128},
+        "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": ""}]}
+base = len(json.dumps(body, separators=(",", ":")))
+words = ("the quick brown fox \"jumps\" over the lazy dog\n" * (size // 8))
+content = words[: size - base]
+body["messages"][1]["content"] = content
+text = json.dumps(body, separators=(",", ":"))
+while len(text.encode()) > size:
+    content = content[:-1]
+    body["messages"][1]["content"] = content
+    text = json.dumps(body, separators=(",", ":"))
+body["messages"][1]["content"] = content + " " * (size - len(text.encode()))
+sys.stdout.write(json.dumps(body, separators=(",", ":")))
+PY
+    cat >"$work/chat-$size.lua" <<LUA
+local f = assert(io.open("$work/chat-$size.json", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+LUA
+    echo "== saturation: wrk -t2 -c64 -d${secs}s, POST /api/chat, $size-byte body" >&2
+    for name in "${chat_paths[@]}"; do
+      mapfile -t extra < <(auth_args "$name")
+      wrk -t2 -c64 -d"${secs}s" --latency -s "$work/chat-$size.lua" "${extra[@]}" "${url[$name]}/api/chat" >"$work/wrk-chat-$size-$name.txt"
+      grep -E "Requests/sec|Non-2xx" "$work/wrk-chat-$size-$name.txt" | sed "s/^/  $name: /" >&2
+    done
+  done
+  python3 - "$work" "${chat_paths[@]}" <<'PY'
+import re, sys
+work, paths = sys.argv[1], sys.argv[2:]
+def rps(size, name):
+    text = open(f"{work}/wrk-chat-{size}-{name}.txt").read()
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if bad:
+        sys.exit(f"{name} answered {bad.group(1)} errors on the {size}-byte chat case")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+before = "before" in paths
+print("\nPOST /api/chat (wrk -t2 -c64)")
+print(f"{'body':>8} {'direct':>9} {'nginx':>9} {'gateway':>9} {'gateway/nginx':>14}"
+      + (f" {'before':>9} {'before/nginx':>13} {'change':>7}" if before else ""))
+for size in (1024, 65536):
+    d, n, g = (rps(size, name) for name in ("direct", "nginx", "gateway"))
+    line = f"{size:>8} {d:>9.0f} {n:>9.0f} {g:>9.0f} {g/n:>13.2f}x"
+    if before:
+        b = rps(size, "before")
+        line += f" {b:>9.0f} {b/n:>12.2f}x {(g/n)/(b/n)-1:>+6.1%}"
+    print(line)
+PY
+fi
+[[ " $cases " == *" version "* ]] || exit 0
 
 echo "== saturation: wrk -t2 -c64 -d${secs}s, GET /api/version" >&2
 for name in direct nginx gateway; do

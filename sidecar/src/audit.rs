@@ -6,7 +6,9 @@
 //! acting alone; absent for a human acting directly), `tenant`, `client`, `model`,
 //! `endpoint`, `decision` (`allow`/`deny`), `reason`, `rule`, `status`,
 //! `prompt_tokens`, `completion_tokens`, `tokens_estimated`, `latency_ms`.
-//! It never holds a token, an `Authorization` header or a body.
+//! It never holds a token, an `Authorization` header or a body, and no
+//! value longer than [`MAX_VALUE_CHARS`] characters (longer ones are cut and
+//! end with `…`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,6 +19,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::claims::Identity;
 use crate::quota::usage::Usage;
+
+/// The longest text value an audit line holds, in characters.
+pub const MAX_VALUE_CHARS: usize = 256;
+
+/// `value`, cut to [`MAX_VALUE_CHARS`] characters.
+fn bounded(value: &str) -> String {
+    match value.char_indices().nth(MAX_VALUE_CHARS) {
+        None => value.to_owned(),
+        Some((end, _)) => format!("{}…", &value[..end]),
+    }
+}
 
 /// Where audit lines go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,27 +172,27 @@ impl AuditTrail {
 
     pub fn identity(&self, identity: &Identity) {
         self.with(|r| {
-            r.issuer = Some(identity.iss.clone());
-            r.user = Some(identity.user.clone());
+            r.issuer = Some(bounded(&identity.iss));
+            r.user = Some(bounded(&identity.user));
             let agents = identity.agents();
-            r.agent = (!agents.is_empty()).then(|| agents.into_iter().map(str::to_owned).collect());
-            r.tenant.clone_from(&identity.tenant);
-            r.client.clone_from(&identity.client);
+            r.agent = (!agents.is_empty()).then(|| agents.into_iter().map(bounded).collect());
+            r.tenant = identity.tenant.as_deref().map(bounded);
+            r.client = identity.client.as_deref().map(bounded);
         });
     }
 
     pub fn authorized(&self, endpoint: &'static str, model: Option<&str>, rule: &str) {
         self.with(|r| {
             r.endpoint = Some(endpoint);
-            r.model = model.map(str::to_owned);
-            r.rule = Some(rule.to_owned());
+            r.model = model.map(bounded);
+            r.rule = Some(bounded(rule));
         });
     }
 
     pub fn endpoint(&self, endpoint: &'static str, model: Option<&str>) {
         self.with(|r| {
             r.endpoint = Some(endpoint);
-            r.model = model.map(str::to_owned);
+            r.model = model.map(bounded);
         });
     }
 
@@ -230,4 +243,19 @@ impl AuditTrail {
 /// Millisecond-precision UTC timestamp, RFC 3339.
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(MAX_VALUE_CHARS + 10);
+        let cut = bounded(&long);
+        assert_eq!(cut.chars().count(), MAX_VALUE_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(bounded(&"x".repeat(MAX_VALUE_CHARS)).len(), MAX_VALUE_CHARS);
+    }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditConfig;
+pub use crate::canonical::Engine;
 use crate::claims::{ClaimMapping, Preset};
 use crate::policy::{EndpointClass, Rule, Subjects};
 use crate::quota::QuotaLimit;
@@ -101,6 +102,11 @@ pub struct GatewayConfig {
     /// Size limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
+    /// Addresses (CIDRs) of proxies in front of the gateway whose
+    /// `X-Forwarded-*` and `Forwarded` headers are passed on to the model.
+    /// From anyone else those headers are dropped. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// When `true`, every authenticated request is refused with 403: what the
     /// operator renders for a backend whose references cannot be resolved, so
     /// that it fails closed.
@@ -152,6 +158,24 @@ pub struct Upstream {
     /// How long an idle pooled connection to the model is kept.
     #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
+    /// The model server: `ollama` (default), `vllm`, or `openai` (another
+    /// OpenAI-compatible server). It decides how request bodies and model
+    /// names are read and which endpoints exist.
+    #[serde(default)]
+    pub engine: Engine,
+    /// For `vllm` and `openai`: the model the server runs when a request
+    /// names none. Without it such requests are denied (`missing_model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
+    /// The models the backend serves, for metric labels and per-model quota
+    /// keys (other names are counted as `(unlisted)`). Empty: read from the
+    /// engine's own list (`/api/tags`, `/v1/models`) every
+    /// `modelListRefresh`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_models: Vec<String>,
+    /// How often the engine's model list is read when `servedModels` is empty.
+    #[serde(default = "default_model_list_refresh", with = "humantime_serde")]
+    pub model_list_refresh: Duration,
 }
 
 impl Default for Upstream {
@@ -161,7 +185,43 @@ impl Default for Upstream {
             connect_timeout: default_connect_timeout(),
             response_header_timeout: default_response_header_timeout(),
             pool_idle_timeout: default_pool_idle_timeout(),
+            engine: Engine::default(),
+            default_model: None,
+            served_models: Vec::new(),
+            model_list_refresh: default_model_list_refresh(),
         }
+    }
+}
+
+impl Upstream {
+    /// The declared default model, canonical.
+    pub fn default_model(&self) -> Result<Option<crate::canonical::ModelName>, ConfigError> {
+        let Some(raw) = &self.default_model else {
+            return Ok(None);
+        };
+        if self.engine == Engine::Ollama {
+            // Ollama has no default model: a request without one fails there.
+            return Err(ConfigError::invalid(
+                "upstream.defaultModel",
+                "has no effect with engine ollama (Ollama serves no default model)",
+            ));
+        }
+        crate::canonical::canonical_name(self.engine, raw)
+            .map(Some)
+            .map_err(|e| ConfigError::invalid("upstream.defaultModel", e.to_string()))
+    }
+
+    /// The declared served models, canonical.
+    pub fn served_models(&self) -> Result<Vec<crate::canonical::ModelName>, ConfigError> {
+        self.served_models
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                crate::canonical::canonical_name(self.engine, raw).map_err(|e| {
+                    ConfigError::invalid(format!("upstream.servedModels[{i}]"), e.to_string())
+                })
+            })
+            .collect()
     }
 }
 
@@ -461,6 +521,9 @@ fn default_response_header_timeout() -> Duration {
 fn default_pool_idle_timeout() -> Duration {
     Duration::from_secs(90)
 }
+fn default_model_list_refresh() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_algorithms() -> Vec<Algorithm> {
     DEFAULT_ALGORITHMS.to_vec()
 }
@@ -507,6 +570,7 @@ impl GatewayConfig {
             audit: AuditConfig::default(),
             metrics: MetricsConfig::default(),
             limits: Limits::default(),
+            trusted_proxies: Vec::new(),
             deny_all: false,
             reload_interval: default_reload_interval(),
         }
@@ -668,11 +732,20 @@ impl GatewayConfig {
                 ));
             }
         }
-        crate::policy::rules::validate(&self.access.rules)
+        let engine = self.upstream.engine;
+        crate::policy::rules::validate(&self.access.rules, engine)
             .map_err(|(i, message)| ConfigError::invalid(format!("access.rules[{i}]"), message))?;
-        crate::quota::limits::validate(&self.quotas.limits)
+        crate::quota::limits::validate(&self.quotas.limits, engine)
             .map_err(|(i, message)| ConfigError::invalid(format!("quotas.limits[{i}]"), message))?;
         self.validate_identity_scopes()?;
+        self.upstream.default_model()?;
+        self.upstream.served_models()?;
+        if self.upstream.model_list_refresh < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "upstream.modelListRefresh",
+                "must be at least 1s",
+            ));
+        }
         if let StoreConfig::Redis { url, url_file, .. } = &self.quotas.store {
             if url.is_empty() && url_file.is_none() {
                 return Err(ConfigError::invalid(
@@ -928,6 +1001,57 @@ issuers:
             err.contains("quotas.store.url") && !err.contains("s3cret"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_engine_decides_how_names_and_patterns_are_read() {
+        let c = GatewayConfig::parse(&minimal()).unwrap();
+        assert_eq!(c.upstream.engine, Engine::Ollama);
+        assert_eq!(c.upstream.model_list_refresh, Duration::from_secs(30));
+        assert!(c.trusted_proxies.is_empty());
+        let vllm = minimal()
+            + "upstream:\n  url: http://127.0.0.1:8000\n  engine: vllm\n  defaultModel: meta-llama/Llama-3.1-8B\n  servedModels: [meta-llama/Llama-3.1-8B, my-lora]\ntrustedProxies: [10.0.0.0/8, \"::1/128\"]\n";
+        let c = GatewayConfig::parse(&vllm).unwrap();
+        assert_eq!(c.upstream.engine, Engine::Vllm);
+        assert_eq!(
+            c.upstream.default_model().unwrap().unwrap().as_str(),
+            "meta-llama/Llama-3.1-8B"
+        );
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let text = serde_yaml::to_string(&c).unwrap();
+        assert_eq!(GatewayConfig::parse(&text).unwrap(), c, "round trip");
+        for (yaml, field) in [
+            (
+                minimal() + "upstream:\n  url: http://127.0.0.1:1\n  defaultModel: llama3.2\n",
+                "upstream.defaultModel",
+            ),
+            (
+                minimal()
+                    + "upstream:\n  url: http://127.0.0.1:1\n  servedModels: [\"bad name\"]\n",
+                "upstream.servedModels[0]",
+            ),
+            (
+                minimal() + "upstream:\n  url: http://127.0.0.1:1\n  engine: tgi\n",
+                "unknown variant",
+            ),
+            (
+                minimal()
+                    + "access:\n  rules:\n    - {name: r, subjects: {anyAuthenticated: true}, models: [\"a/b/c/d\"], endpoints: [inference]}\n",
+                "access.rules[0]",
+            ),
+            (
+                minimal()
+                    + "quotas:\n  limits:\n    - {name: q, models: [\"x y\"], requestsPerMinute: 1}\n",
+                "quotas.limits[0]",
+            ),
+            (
+                minimal() + "trustedProxies: [not-a-cidr]\n",
+                "trustedProxies",
+            ),
+        ] {
+            let err = refused(&yaml);
+            assert!(err.contains(field), "expected {field:?} in {err:?}");
+        }
     }
 
     #[test]

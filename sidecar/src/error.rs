@@ -28,6 +28,13 @@ pub enum GatewayError {
     /// The request body could not be read: 400.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The body (or a model name) is one the model server could read
+    /// differently from the gateway, or not at all: 400.
+    #[error("bad request: {0}")]
+    BadBody(crate::canonical::BodyError),
+    /// A client header the gateway cannot forward safely: 400.
+    #[error("bad request: {0}")]
+    BadHeader(crate::proxy::client_headers::HeaderError),
     /// A quota has no room: 429 with `Retry-After`.
     #[error("quota {} exceeded: {}", .0.limit_name, .0.kind.as_str())]
     QuotaExceeded(crate::quota::Refusal),
@@ -74,6 +81,8 @@ impl GatewayError {
                 crate::quota::LimitKind::Concurrent => "quota_concurrent",
             },
             Self::BadRequest(_) => "bad_request",
+            Self::BadBody(_) => "bad_body",
+            Self::BadHeader(_) => "bad_header",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",

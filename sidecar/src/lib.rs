@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app_probe;
 pub mod audit;
 pub mod body;
+pub mod canonical;
 pub mod claims;
 pub mod config;
 pub mod discovery;
@@ -26,6 +27,7 @@ pub mod quota;
 pub mod reload;
 pub mod rescue;
 pub mod runtime;
+pub mod served_models;
 pub mod server;
 pub mod standalone;
 

@@ -34,9 +34,10 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         GatewayError::DenyAll(_) | GatewayError::Forbidden(_) => {
             (StatusCode::FORBIDDEN, "forbidden")
         }
-        GatewayError::BadPath(_) | GatewayError::BadRequest(_) => {
-            (StatusCode::BAD_REQUEST, "bad_request")
-        }
+        GatewayError::BadPath(_)
+        | GatewayError::BadRequest(_)
+        | GatewayError::BadBody(_)
+        | GatewayError::BadHeader(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         GatewayError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
         GatewayError::QuotaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "quota_unavailable"),
         GatewayError::PayloadTooLarge { .. } => {
@@ -58,6 +59,13 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
     if let GatewayError::Forbidden(kind) = error {
         // Which kind of check failed; never the rules themselves.
         body["denied_by"] = kind.as_str().into();
+    }
+    if let GatewayError::BadBody(e) = error {
+        // What was wrong with the body, for the client to fix.
+        body["reason"] = e.code().into();
+    }
+    if let GatewayError::BadHeader(_) = error {
+        body["reason"] = "connection_names_gateway_header".into();
     }
     if let GatewayError::QuotaExceeded(r) = error {
         body["limit"] = r.limit_name.clone().into();
@@ -82,7 +90,10 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
     }
     if matches!(
         error,
-        GatewayError::PayloadTooLarge { .. } | GatewayError::BadRequest(_)
+        GatewayError::PayloadTooLarge { .. }
+            | GatewayError::BadRequest(_)
+            | GatewayError::BadHeader(_)
+            | GatewayError::BadBody(crate::canonical::BodyError::ContentEncoding(_))
     ) {
         // The rest of the request body was not read: this connection cannot
         // carry another request, and the client must not try.

@@ -146,6 +146,10 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// Token exchangers by issuer, for the issuers that exchange.
     pub exchangers: std::collections::HashMap<String, Arc<crate::exchange::TokenExchanger>>,
+    /// The model an OpenAI engine runs when a request names none.
+    pub default_model: Option<crate::canonical::ModelName>,
+    /// The models the backend serves (metric labels, per-model budgets).
+    pub served_models: Arc<crate::served_models::ServedModels>,
 }
 
 impl Runtime {
@@ -194,10 +198,18 @@ impl Runtime {
                 ))
             })
             .collect();
+        let default_model = config.upstream.default_model()?;
+        let served_models = reuse_served_models(&config, previous)?;
         Ok(Self {
             exchangers,
-            policy: Policy::new(&config.access.rules, config.access.allow_unknown_endpoints)
-                .deny_agents(&config.access.denied_agents),
+            default_model,
+            served_models,
+            policy: Policy::new(
+                &config.access.rules,
+                config.access.allow_unknown_endpoints,
+                config.upstream.engine,
+            )
+            .deny_agents(&config.access.denied_agents),
             unauthenticated_paths: config.unauthenticated_paths.iter().cloned().collect(),
             config: Arc::new(config),
             verifier,
@@ -206,6 +218,30 @@ impl Runtime {
             metrics: shared.metrics.clone(),
         })
     }
+}
+
+/// The served-model list, carried over from `previous` when the model
+/// server and the list's source are unchanged (a reload keeps what was read).
+fn reuse_served_models(
+    config: &GatewayConfig,
+    previous: Option<&Runtime>,
+) -> Result<Arc<crate::served_models::ServedModels>, ConfigError> {
+    let upstream = &config.upstream;
+    if let Some(previous) = previous {
+        let was = &previous.config.upstream;
+        if was.url == upstream.url
+            && was.engine == upstream.engine
+            && was.served_models == upstream.served_models
+            && was.model_list_refresh == upstream.model_list_refresh
+        {
+            return Ok(previous.served_models.clone());
+        }
+    }
+    Ok(Arc::new(crate::served_models::ServedModels::new(
+        upstream.engine,
+        upstream.served_models()?,
+        upstream.model_list_refresh,
+    )))
 }
 
 fn key_source(issuer: &IssuerConfig) -> KeySource {

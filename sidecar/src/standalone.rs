@@ -14,6 +14,10 @@
 //! | `OIDC_ALLOW_INSECURE_HTTP` | allow a non-loopback `http://` issuer (testing only) |
 //! | `AUTH0_CLAIM_NAMESPACE` | Auth0 custom-claim namespace, e.g. `https://example.com` |
 //! | `UPSTREAM_URL` | the model (default `http://127.0.0.1:11434`); `--upstream` wins |
+//! | `UPSTREAM_ENGINE` | `ollama` (default), `vllm` or `openai`: how bodies, model names and endpoints are read |
+//! | `DEFAULT_MODEL` | for `vllm`/`openai`: the model served when a request names none |
+//! | `SERVED_MODELS` | the models served, comma-separated (default: read from the engine's list) |
+//! | `TRUSTED_PROXIES` | CIDRs whose `X-Forwarded-*`/`Forwarded` headers are kept, comma-separated |
 //! | `FORWARD_AUTHORIZATION` | also forward the caller's `Authorization` header |
 //! | `UNAUTHENTICATED_PATHS` | comma-separated paths served without a token (GET/HEAD) |
 //! | `MAX_TOKENS_PER_MIN` | LLM tokens (prompt + completion) per user per minute |
@@ -50,6 +54,10 @@ pub const OIDC_USER_CLIENTS: &str = "OIDC_USER_CLIENTS";
 pub const OIDC_ALLOW_INSECURE_HTTP: &str = "OIDC_ALLOW_INSECURE_HTTP";
 pub const AUTH0_CLAIM_NAMESPACE: &str = "AUTH0_CLAIM_NAMESPACE";
 pub const UPSTREAM_URL: &str = "UPSTREAM_URL";
+pub const UPSTREAM_ENGINE: &str = "UPSTREAM_ENGINE";
+pub const DEFAULT_MODEL: &str = "DEFAULT_MODEL";
+pub const SERVED_MODELS: &str = "SERVED_MODELS";
+pub const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
 pub const FORWARD_AUTHORIZATION: &str = "FORWARD_AUTHORIZATION";
 pub const UNAUTHENTICATED_PATHS: &str = "UNAUTHENTICATED_PATHS";
 pub const MAX_TOKENS_PER_MIN: &str = "MAX_TOKENS_PER_MIN";
@@ -231,6 +239,26 @@ pub fn config_from_env(
     if let Some(url) = non_empty(env, UPSTREAM_URL) {
         config.upstream.url = url;
     }
+    if let Some(engine) = non_empty(env, UPSTREAM_ENGINE) {
+        config.upstream.engine =
+            serde_json::from_value(serde_json::Value::String(engine.to_ascii_lowercase()))
+                .map_err(|_| {
+                    ConfigError::invalid(
+                        UPSTREAM_ENGINE,
+                        format!("{engine:?} is not ollama, vllm or openai"),
+                    )
+                })?;
+    }
+    config.upstream.default_model = non_empty(env, DEFAULT_MODEL);
+    config.upstream.served_models = list(env, SERVED_MODELS);
+    config.trusted_proxies = list(env, TRUSTED_PROXIES)
+        .iter()
+        .map(|cidr| {
+            cidr.parse().map_err(|_| {
+                ConfigError::invalid(TRUSTED_PROXIES, format!("{cidr:?} is not a CIDR"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
     config.identity.forward_authorization = flag(env, FORWARD_AUTHORIZATION)?;
     config.unauthenticated_paths = list(env, UNAUTHENTICATED_PATHS);
     let per_user = QuotaLimit {
@@ -310,6 +338,51 @@ mod tests {
         ]);
         let err = config_from_env(&bad, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("namespace"), "{err}");
+    }
+
+    #[test]
+    fn the_engine_and_its_models_come_from_the_environment() {
+        let e = env(&[
+            (OIDC_ISSUER, "https://idp.example.com/"),
+            (OIDC_AUD, "llm"),
+            (UPSTREAM_ENGINE, "vLLM"),
+            (DEFAULT_MODEL, "meta-llama/Llama-3.1-8B"),
+            (SERVED_MODELS, "meta-llama/Llama-3.1-8B, my-lora"),
+            (TRUSTED_PROXIES, "10.0.0.0/8, 192.168.1.1/32"),
+        ]);
+        let config = config_from_env(&e, &Overrides::default()).unwrap();
+        assert_eq!(config.upstream.engine, crate::config::Engine::Vllm);
+        assert_eq!(
+            config.upstream.default_model.as_deref(),
+            Some("meta-llama/Llama-3.1-8B")
+        );
+        assert_eq!(config.upstream.served_models.len(), 2);
+        assert_eq!(config.trusted_proxies.len(), 2);
+        for (key, value) in [
+            (UPSTREAM_ENGINE, "tgi"),
+            (TRUSTED_PROXIES, "10.0.0.0/33"),
+            (DEFAULT_MODEL, " spaced "),
+        ] {
+            let mut bad = e.clone();
+            bad.insert(key, value);
+            if key == DEFAULT_MODEL {
+                // Trimmed by the reader: still valid.
+                assert!(config_from_env(&bad, &Overrides::default()).is_ok());
+                continue;
+            }
+            let err = config_from_env(&bad, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        // Ollama has no default model: asking for one is an error, not ignored.
+        let mut ollama = e.clone();
+        ollama.insert(UPSTREAM_ENGINE, "ollama");
+        ollama.remove(SERVED_MODELS);
+        let err = config_from_env(&ollama, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.defaultModel"), "{err}");
     }
 
     #[test]

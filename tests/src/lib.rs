@@ -12,6 +12,7 @@
 pub mod binaries;
 pub mod control_plane;
 pub mod error;
+pub mod faithful;
 pub mod gateway;
 pub mod injected_pod;
 pub mod keycloak;
@@ -20,6 +21,7 @@ pub mod operator;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod raw_http;
 pub mod redis_server;
 pub mod supervisor;
 pub mod tools;

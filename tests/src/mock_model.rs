@@ -135,13 +135,21 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    state.count.fetch_add(1, Ordering::SeqCst);
-    state.seen.lock().await.push(SeenRequest {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    });
+    // The gateway reading which models are served is not a request a test
+    // sent: it is neither counted nor recorded.
+    let gateway_list_read = parts
+        .headers
+        .get(http::header::USER_AGENT)
+        .is_some_and(|ua| ua.as_bytes() == attach_sidecar::served_models::USER_AGENT.as_bytes());
+    if !gateway_list_read {
+        state.count.fetch_add(1, Ordering::SeqCst);
+        state.seen.lock().await.push(SeenRequest {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
     if let Some(ms) = header_u64(&parts.headers, "x-mock-header-delay-ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

@@ -100,3 +100,6 @@ if [[ -z "$best" ]]; then
 fi
 echo "$best" > "$cache/java-home"
 log "java: $best (major $best_major)"
+
+# The test upstreams that parse requests as Ollama and vLLM do.
+"$here/test-upstreams.sh" >/dev/null

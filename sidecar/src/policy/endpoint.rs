@@ -91,52 +91,331 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
-/// The class of `method` on a normalised `path`, for Ollama and
-/// OpenAI-compatible servers (vLLM, Ollama's `/v1`).
-pub fn classify(method: &http::Method, path: &str) -> EndpointClass {
-    use http::Method;
-    let lower = path.to_ascii_lowercase();
-    let p = lower.as_str();
-    let post = *method == Method::POST;
-    let get = *method == Method::GET || *method == Method::HEAD;
-    match p {
-        "/api/chat" | "/api/generate" | "/api/embed" | "/api/embeddings" if post => {
-            EndpointClass::Inference
+/// Where an endpoint's model is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The endpoint names no model.
+    None,
+    /// The answer is a model list, trimmed to the models the caller may use.
+    List,
+    /// The JSON body's `model` (Ollama: any spelling Go's decoder matches;
+    /// OpenAI engines: exactly `model`, and the declared default model when
+    /// it is absent, null or empty).
+    Body,
+    /// Ollama's `/api/show`: `model`, else `name`.
+    BodyOrName,
+    /// The last path segment (`GET /v1/models/{model}`).
+    PathSegment,
+}
+
+/// Which fields of the body change metering, and how they are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyShape {
+    /// No metering fields.
+    Other,
+    /// Ollama `/api/chat`, `/api/generate`: `stream` (default true),
+    /// `options.num_predict`.
+    OllamaGenerate,
+    /// OpenAI chat completions: `stream`, `stream_options`, `max_tokens`,
+    /// `max_completion_tokens`.
+    OpenAiChat,
+    /// OpenAI completions: `stream`, `stream_options`, `max_tokens`.
+    OpenAiCompletion,
+    /// OpenAI responses: `stream`, `max_output_tokens`.
+    OpenAiResponses,
+    /// Anthropic messages: `stream`, `max_tokens`.
+    AnthropicMessages,
+}
+
+/// What a request asks the model server to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub class: EndpointClass,
+    pub model: ModelSource,
+    pub shape: BodyShape,
+    /// The path to forward: the table's spelling of a known endpoint (so
+    /// `/API/Chat` reaches the model as the `/api/chat` it was judged as),
+    /// the normalised path otherwise.
+    pub path: String,
+}
+
+/// Methods a route answers: `GET` also covers `HEAD`.
+#[derive(Debug, Clone, Copy)]
+enum Methods {
+    Any,
+    Get,
+    Post,
+    GetPost,
+}
+
+impl Methods {
+    fn allows(self, method: &http::Method) -> bool {
+        use http::Method as M;
+        let get = *method == M::GET || *method == M::HEAD;
+        match self {
+            Self::Any => true,
+            Self::Get => get,
+            Self::Post => *method == M::POST,
+            Self::GetPost => get || *method == M::POST,
         }
-        "/v1/chat/completions"
-        | "/v1/completions"
-        | "/v1/embeddings"
-        | "/v1/responses"
-        | "/v1/rerank"
-        | "/v1/score"
-        | "/rerank"
-        | "/score"
-        | "/pooling"
-        | "/tokenize"
-        | "/detokenize"
-            if post =>
-        {
-            EndpointClass::Inference
+    }
+}
+
+/// One row of an engine's endpoint table. In `path`, `{}` is one segment
+/// and a trailing `/**` any number of them (at least one).
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    methods: Methods,
+    path: &'static str,
+    class: EndpointClass,
+    model: ModelSource,
+    shape: BodyShape,
+}
+
+const fn route(
+    methods: Methods,
+    path: &'static str,
+    class: EndpointClass,
+    model: ModelSource,
+    shape: BodyShape,
+) -> Route {
+    Route {
+        methods,
+        path,
+        class,
+        model,
+        shape,
+    }
+}
+
+const fn read(methods: Methods, path: &'static str, model: ModelSource) -> Route {
+    route(methods, path, EndpointClass::Read, model, BodyShape::Other)
+}
+
+const fn admin(path: &'static str) -> Route {
+    route(
+        Methods::Any,
+        path,
+        EndpointClass::Admin,
+        ModelSource::None,
+        BodyShape::Other,
+    )
+}
+
+const fn infer(path: &'static str, shape: BodyShape) -> Route {
+    route(
+        Methods::Post,
+        path,
+        EndpointClass::Inference,
+        ModelSource::Body,
+        shape,
+    )
+}
+
+use BodyShape as S;
+use Methods as M;
+use ModelSource as Src;
+
+/// Ollama 0.17 (`server/routes.go`, `GenerateRoutes`). Every route it
+/// registers is here.
+const OLLAMA: &[Route] = &[
+    read(M::Get, "/", Src::None),
+    read(M::Get, "/api/version", Src::None),
+    read(M::Get, "/api/status", Src::None),
+    read(M::Get, "/api/tags", Src::List),
+    read(M::Get, "/api/ps", Src::List),
+    // Judged like inference: the body's model must be one the caller may use.
+    route(
+        M::Post,
+        "/api/show",
+        EndpointClass::Read,
+        Src::BodyOrName,
+        S::Other,
+    ),
+    infer("/api/chat", S::OllamaGenerate),
+    infer("/api/generate", S::OllamaGenerate),
+    infer("/api/embed", S::Other),
+    infer("/api/embeddings", S::Other),
+    infer("/v1/chat/completions", S::OpenAiChat),
+    infer("/v1/completions", S::OpenAiCompletion),
+    infer("/v1/embeddings", S::Other),
+    infer("/v1/responses", S::OpenAiResponses),
+    infer("/v1/images/generations", S::Other),
+    infer("/v1/images/edits", S::Other),
+    infer("/v1/messages", S::AnthropicMessages),
+    read(M::Get, "/v1/models", Src::List),
+    read(M::Get, "/v1/models/{}", Src::PathSegment),
+    admin("/api/pull"),
+    admin("/api/push"),
+    admin("/api/create"),
+    admin("/api/copy"),
+    admin("/api/delete"),
+    admin("/api/blobs/**"),
+    // Aliases make one name run another model: only admins may see or
+    // change them.
+    admin("/api/experimental/aliases"),
+    // The server's own ollama.com account.
+    admin("/api/me"),
+    admin("/api/signout"),
+    admin("/api/user/keys/**"),
+];
+
+/// vLLM 0.3x's OpenAI-compatible server (`vllm/entrypoints`): every route
+/// it can register. Inference routes read `model` from the body; absent,
+/// null or empty means the served model.
+const VLLM: &[Route] = &[
+    read(M::Get, "/health", Src::None),
+    read(M::GetPost, "/ping", Src::None),
+    read(M::Get, "/version", Src::None),
+    read(M::Get, "/load", Src::None),
+    read(M::Get, "/is_sleeping", Src::None),
+    read(M::Get, "/is_paused", Src::None),
+    read(M::Get, "/v1/models", Src::List),
+    infer("/v1/chat/completions", S::OpenAiChat),
+    infer("/v1/chat/completions/batch", S::Other),
+    infer("/v1/completions", S::OpenAiCompletion),
+    infer("/v1/embeddings", S::Other),
+    infer("/v1/responses", S::OpenAiResponses),
+    infer("/v1/messages", S::AnthropicMessages),
+    infer("/v1/messages/count_tokens", S::Other),
+    infer("/v2/embed", S::Other),
+    infer("/pooling", S::Other),
+    infer("/classify", S::Other),
+    infer("/score", S::Other),
+    infer("/v1/score", S::Other),
+    infer("/rerank", S::Other),
+    infer("/v1/rerank", S::Other),
+    infer("/v2/rerank", S::Other),
+    infer("/tokenize", S::Other),
+    infer("/detokenize", S::Other),
+    // SageMaker: the body's type picks the task; its `model` picks the model.
+    infer("/invocations", S::Other),
+    infer("/cohere/v2/chat", S::Other),
+    infer("/inference/v1/generate", S::Other),
+    infer("/v1/chat/completions/render", S::Other),
+    infer("/v1/completions/render", S::Other),
+    infer("/v1/messages/render", S::Other),
+    infer("/v1/responses/render", S::Other),
+    infer("/v1/chat/completions/derender", S::Other),
+    infer("/v1/completions/derender", S::Other),
+    // Stored responses and cancellation act on other callers' requests.
+    admin("/v1/responses/{}"),
+    admin("/v1/responses/{}/cancel"),
+    admin("/v1/load_lora_adapter"),
+    admin("/v1/unload_lora_adapter"),
+    admin("/start_profile"),
+    admin("/stop_profile"),
+    admin("/reset_prefix_cache"),
+    admin("/reset_mm_cache"),
+    admin("/reset_encoder_cache"),
+    admin("/collective_rpc"),
+    admin("/sleep"),
+    admin("/wake_up"),
+    admin("/release_kv_cache_memory"),
+    admin("/pause"),
+    admin("/resume"),
+    admin("/abort_requests"),
+    admin("/inference/v1/abort_requests"),
+    admin("/init_weight_transfer_engine"),
+    admin("/shutdown_weight_transfer_engine"),
+    admin("/start_weight_update"),
+    admin("/start_draft_weight_update"),
+    admin("/update_weights"),
+    admin("/finish_weight_update"),
+    admin("/update_weight_version"),
+    admin("/weight_checker"),
+    admin("/scale_elastic_ep"),
+    admin("/is_scaling_elastic_ep"),
+    admin("/fault_tolerance/apply"),
+    admin("/fault_tolerance/status"),
+    // These describe the served model (its name, config, tokenizer).
+    admin("/server_info"),
+    admin("/tokenizer_info"),
+    admin("/weight_info"),
+    admin("/get_world_size"),
+    admin("/kv_event_sources"),
+    admin("/metrics"),
+    admin("/docs"),
+    admin("/openapi.json"),
+];
+
+/// Any other OpenAI-compatible server: the common OpenAI routes only.
+const OPENAI: &[Route] = &[
+    read(M::Get, "/health", Src::None),
+    read(M::Get, "/v1/models", Src::List),
+    infer("/v1/chat/completions", S::OpenAiChat),
+    infer("/v1/completions", S::OpenAiCompletion),
+    infer("/v1/embeddings", S::Other),
+    infer("/v1/responses", S::OpenAiResponses),
+    infer("/v1/messages", S::AnthropicMessages),
+];
+
+/// Whether a normalised path matches a route's pattern.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut want = pattern.split('/').skip(1);
+    let mut have = path.split('/').skip(1);
+    loop {
+        match (want.next(), have.next()) {
+            (None, None) => return true,
+            (Some("**"), Some(first)) => {
+                return !first.is_empty() && have.all(|s| !s.is_empty());
+            }
+            (Some("{}"), Some(h)) if !h.is_empty() => {}
+            (Some(w), Some(h)) if w != "{}" && w != "**" && w.eq_ignore_ascii_case(h) => {}
+            _ => return false,
         }
-        "/api/tags" | "/api/version" | "/api/ps" | "/v1/models" | "/version" if get => {
-            EndpointClass::Read
+    }
+}
+
+/// A matching path in the table's spelling: literal segments as the table
+/// writes them, parameters as they came.
+fn spelled(pattern: &str, path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut want = pattern.split('/').skip(1);
+    for h in path.split('/').skip(1) {
+        out.push('/');
+        match want.next() {
+            Some(w) if w != "{}" && w != "**" => out.push_str(w),
+            Some("**") => {
+                // This and every later segment as they came.
+                out.push_str(h);
+                want = "".split('/').skip(1);
+                continue;
+            }
+            _ => out.push_str(h),
         }
-        "/api/show" if post => EndpointClass::Read,
-        "/api/pull"
-        | "/api/push"
-        | "/api/create"
-        | "/api/copy"
-        | "/api/delete"
-        | "/v1/load_lora_adapter"
-        | "/v1/unload_lora_adapter"
-        | "/sleep"
-        | "/wake_up"
-        | "/reset_prefix_cache"
-        | "/start_profile"
-        | "/stop_profile" => EndpointClass::Admin,
-        _ if p.starts_with("/api/blobs/") || p == "/api/blobs" => EndpointClass::Admin,
-        _ if get && p.starts_with("/v1/models/") => EndpointClass::Read,
-        _ => EndpointClass::Unknown,
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// The endpoint `method` on a normalised `path` is for `engine`. Paths in
+/// no table are [`EndpointClass::Unknown`]; so are known paths with a method
+/// their server does not route (admin paths excepted: any method is admin).
+pub fn classify(engine: crate::canonical::Engine, method: &http::Method, path: &str) -> Endpoint {
+    use crate::canonical::Engine;
+    let table = match engine {
+        Engine::Ollama => OLLAMA,
+        Engine::Vllm => VLLM,
+        Engine::Openai => OPENAI,
+    };
+    for r in table {
+        if path_matches(r.path, path) && r.methods.allows(method) {
+            return Endpoint {
+                class: r.class,
+                model: r.model,
+                shape: r.shape,
+                path: spelled(r.path, path),
+            };
+        }
+    }
+    Endpoint {
+        class: EndpointClass::Unknown,
+        model: ModelSource::None,
+        shape: BodyShape::Other,
+        path: path.to_owned(),
     }
 }
 
@@ -145,9 +424,14 @@ mod tests {
     use http::Method;
 
     use super::*;
+    use crate::canonical::Engine;
+
+    fn endpoint(engine: Engine, method: Method, raw: &str) -> Endpoint {
+        classify(engine, &method, &normalize_path(raw).unwrap())
+    }
 
     fn class(method: Method, raw: &str) -> EndpointClass {
-        classify(&method, &normalize_path(raw).unwrap())
+        endpoint(Engine::Ollama, method, raw).class
     }
 
     #[test]
@@ -176,15 +460,25 @@ mod tests {
                 "/api/pull",
                 "{raw}"
             );
+            // Forwarded in the table's spelling.
+            assert_eq!(
+                endpoint(Engine::Ollama, Method::POST, raw).path,
+                "/api/pull"
+            );
         }
         for raw in [
             "/api/delete",
             "/API/DELETE/",
             "/api/blobs/sha256:abc",
-            "/v1/load_lora_adapter",
+            "/api/experimental/aliases",
+            "/api/user/keys/abc",
         ] {
             assert_eq!(class(Method::DELETE, raw), EndpointClass::Admin, "{raw}");
         }
+        assert_eq!(
+            endpoint(Engine::Vllm, Method::POST, "/v1/load_lora_adapter").class,
+            EndpointClass::Admin
+        );
     }
 
     #[test]
@@ -196,28 +490,78 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_fall_in_their_classes() {
-        assert_eq!(class(Method::POST, "/api/chat"), EndpointClass::Inference);
+    fn ollama_endpoints_fall_in_their_classes_with_their_model_source() {
+        use EndpointClass::*;
+        use ModelSource as Src;
+        let table = [
+            (Method::POST, "/api/chat", Inference, Src::Body),
+            (Method::POST, "/api/generate", Inference, Src::Body),
+            (Method::POST, "/api/embed", Inference, Src::Body),
+            (Method::POST, "/api/embeddings", Inference, Src::Body),
+            (Method::POST, "/v1/chat/completions", Inference, Src::Body),
+            (Method::POST, "/v1/completions", Inference, Src::Body),
+            (Method::POST, "/v1/embeddings", Inference, Src::Body),
+            (Method::POST, "/v1/responses", Inference, Src::Body),
+            (Method::POST, "/v1/messages", Inference, Src::Body),
+            (Method::POST, "/v1/images/generations", Inference, Src::Body),
+            (Method::POST, "/api/show", Read, Src::BodyOrName),
+            (Method::GET, "/api/tags", Read, Src::List),
+            (Method::HEAD, "/api/tags", Read, Src::List),
+            (Method::GET, "/api/ps", Read, Src::List),
+            (Method::GET, "/v1/models", Read, Src::List),
+            (Method::GET, "/v1/models/tinyllama", Read, Src::PathSegment),
+            (Method::GET, "/api/version", Read, Src::None),
+            (Method::GET, "/", Read, Src::None),
+            (Method::GET, "/api/experimental/aliases", Admin, Src::None),
+            (Method::POST, "/api/me", Admin, Src::None),
+            (Method::POST, "/api/signout", Admin, Src::None),
+            (Method::GET, "/api/chat", Unknown, Src::None),
+            (Method::POST, "/api/tags", Unknown, Src::None),
+            (Method::GET, "/debug/pprof", Unknown, Src::None),
+            (Method::POST, "/api/experimental/other", Unknown, Src::None),
+            (Method::GET, "/v1/models/a/b", Unknown, Src::None),
+            // vLLM's routes are not Ollama's.
+            (Method::POST, "/tokenize", Unknown, Src::None),
+            (Method::POST, "/invocations", Unknown, Src::None),
+        ];
+        for (method, path, class, model) in table {
+            let e = endpoint(Engine::Ollama, method.clone(), path);
+            assert_eq!((e.class, e.model), (class, model), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn vllm_endpoints_fall_in_their_classes() {
+        use EndpointClass::*;
+        let table = [
+            (Method::POST, "/v1/chat/completions", Inference),
+            (Method::POST, "/v1/messages", Inference),
+            (Method::POST, "/invocations", Inference),
+            (Method::POST, "/tokenize", Inference),
+            (Method::POST, "/v2/rerank", Inference),
+            (Method::POST, "/pause", Admin),
+            (Method::POST, "/update_weights", Admin),
+            (Method::GET, "/server_info", Admin),
+            (Method::GET, "/metrics", Admin),
+            (Method::GET, "/v1/responses/resp_1", Admin),
+            (Method::GET, "/v1/models", Read),
+            (Method::GET, "/health", Read),
+            // No such route in vLLM: not a way to probe for a model.
+            (Method::GET, "/v1/models/tiny", Unknown),
+            (Method::POST, "/v1/audio/transcriptions", Unknown),
+            (Method::POST, "/api/chat", Unknown),
+        ];
+        for (method, path, class) in table {
+            assert_eq!(
+                endpoint(Engine::Vllm, method.clone(), path).class,
+                class,
+                "{method} {path}"
+            );
+        }
         assert_eq!(
-            class(Method::POST, "/api/generate"),
-            EndpointClass::Inference
+            endpoint(Engine::Openai, Method::POST, "/pause").class,
+            Unknown
         );
-        assert_eq!(class(Method::POST, "/api/embed"), EndpointClass::Inference);
-        assert_eq!(
-            class(Method::POST, "/v1/chat/completions"),
-            EndpointClass::Inference
-        );
-        assert_eq!(
-            class(Method::POST, "/v1/embeddings"),
-            EndpointClass::Inference
-        );
-        assert_eq!(class(Method::GET, "/api/tags"), EndpointClass::Read);
-        assert_eq!(class(Method::POST, "/api/show"), EndpointClass::Read);
-        assert_eq!(class(Method::GET, "/v1/models"), EndpointClass::Read);
-        assert_eq!(class(Method::GET, "/api/version"), EndpointClass::Read);
-        assert_eq!(class(Method::GET, "/api/chat"), EndpointClass::Unknown);
-        assert_eq!(class(Method::POST, "/api/tags"), EndpointClass::Unknown);
-        assert_eq!(class(Method::GET, "/debug/pprof"), EndpointClass::Unknown);
     }
 
     #[test]
@@ -226,5 +570,9 @@ mod tests {
         assert_eq!(normalize_path("/a%3Fb").unwrap(), "/a%3Fb");
         assert_eq!(normalize_path("/").unwrap(), "/");
         assert_eq!(normalize_path("").unwrap(), "/");
+        assert_eq!(
+            endpoint(Engine::Ollama, Method::GET, "/V1/Models/TinyLlama").path,
+            "/v1/models/TinyLlama"
+        );
     }
 }

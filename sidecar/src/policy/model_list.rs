@@ -1,20 +1,6 @@
-//! Reading the model a request names, and trimming model lists to what the
-//! caller may use.
+//! Trimming model lists to what the caller may use.
 
-use serde::Deserialize;
 use serde_json::Value;
-
-/// The `model` field of a JSON request body, if the body is JSON and has one.
-pub fn requested_model(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Request {
-        model: Option<String>,
-        // Ollama's /api/show and older clients say `name`.
-        name: Option<String>,
-    }
-    let request: Request = serde_json::from_slice(body).ok()?;
-    request.model.or(request.name).filter(|m| !m.is_empty())
-}
 
 /// Keeps the models `allowed` says yes to, in Ollama's `/api/tags`
 /// (`models[].name`) or OpenAI's `/v1/models` (`data[].id`) shape. Returns
@@ -42,22 +28,6 @@ pub fn filter_models(body: &[u8], allowed: impl Fn(&str) -> bool) -> Option<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_model_field() {
-        assert_eq!(
-            requested_model(br#"{"model":"llama3.2:1b","stream":true}"#).as_deref(),
-            Some("llama3.2:1b")
-        );
-        assert_eq!(
-            requested_model(br#"{"name":"qwen2.5:0.5b"}"#).as_deref(),
-            Some("qwen2.5:0.5b")
-        );
-        assert_eq!(requested_model(br#"{"model":""}"#), None);
-        assert_eq!(requested_model(br#"{"messages":[]}"#), None);
-        assert_eq!(requested_model(b"not json"), None);
-        assert_eq!(requested_model(br#"{"model":7}"#), None);
-    }
 
     #[test]
     fn filters_both_list_shapes() {

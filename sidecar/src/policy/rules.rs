@@ -4,9 +4,9 @@
 //! names `admin` explicitly.
 
 use serde::{Deserialize, Serialize};
-use wildmatch::WildMatch;
 
 use super::endpoint::EndpointClass;
+use crate::canonical::{Engine, ModelPattern};
 use crate::claims::Identity;
 
 /// Who a rule applies to: a caller matches if any listed value matches.
@@ -128,7 +128,9 @@ pub struct Rule {
     pub name: String,
     /// Who the rule applies to.
     pub subjects: Subjects,
-    /// Model names or globs (`*`, `?`): `llama3.2:*`, `*:1b`, `*`.
+    /// Model names or globs (`*`, `?`): `llama3.2:*`, `*:1b`, `*`. They are
+    /// read with the engine's name grammar and matched against canonical
+    /// model names (see [`crate::canonical::model_name`]).
     #[serde(default = "all_models")]
     pub models: Vec<String>,
     /// Endpoint classes the rule grants.
@@ -192,16 +194,19 @@ impl DenyKind {
     }
 }
 
-/// The rules of one config generation, with globs compiled.
+/// The rules of one config generation, with model patterns compiled for
+/// the engine.
 #[derive(Debug)]
 pub struct Policy {
-    rules: Vec<(Rule, Vec<WildMatch>)>,
+    rules: Vec<(Rule, Vec<ModelPattern>)>,
     allow_unknown: bool,
     denied_agents: Vec<String>,
 }
 
 impl Policy {
-    pub fn new(rules: &[Rule], allow_unknown: bool) -> Self {
+    /// Compiles `rules` for `engine`. Patterns that do not compile (refused
+    /// by [`validate`] before a config is accepted) match nothing.
+    pub fn new(rules: &[Rule], allow_unknown: bool, engine: Engine) -> Self {
         Self {
             denied_agents: Vec::new(),
             rules: rules
@@ -209,7 +214,10 @@ impl Policy {
                 .map(|r| {
                     (
                         r.clone(),
-                        r.models.iter().map(|m| WildMatch::new(m)).collect(),
+                        r.models
+                            .iter()
+                            .filter_map(|m| ModelPattern::parse(engine, m).ok())
+                            .collect(),
                     )
                 })
                 .collect(),
@@ -233,8 +241,8 @@ impl Policy {
     }
 
     /// Decides whether `identity` may call an endpoint of `class` with
-    /// `model` (`None` where the endpoint names no model). Returns the name
-    /// of the rule that allowed it.
+    /// `model` (a canonical name; `None` where the endpoint names no model).
+    /// Returns the name of the rule that allowed it.
     pub fn decide<'a>(
         &'a self,
         identity: &Identity,
@@ -278,15 +286,17 @@ impl Policy {
         })
     }
 
-    /// Whether `identity` may use `model` for inference (to filter model lists).
+    /// Whether `identity` may use the canonical `model` for inference (to
+    /// filter model lists and judge endpoints that describe a model).
     pub fn may_use(&self, identity: &Identity, model: &str) -> bool {
         self.decide(identity, EndpointClass::Inference, Some(model))
             .is_ok()
     }
 }
 
-/// Checks a rule list: names, subjects, endpoints and globs.
-pub fn validate(rules: &[Rule]) -> Result<(), (usize, String)> {
+/// Checks a rule list: names, subjects, endpoints and model patterns (in
+/// `engine`'s name grammar).
+pub fn validate(rules: &[Rule], engine: Engine) -> Result<(), (usize, String)> {
     for (i, rule) in rules.iter().enumerate() {
         if rule.name.trim().is_empty() {
             return Err((i, "name must not be empty".into()));
@@ -304,12 +314,7 @@ pub fn validate(rules: &[Rule]) -> Result<(), (usize, String)> {
             return Err((i, "models must list at least one name or glob".into()));
         }
         for model in &rule.models {
-            if model.is_empty() || model.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err((
-                    i,
-                    format!("model pattern {model:?} is not a valid name or glob"),
-                ));
-            }
+            ModelPattern::parse(engine, model).map_err(|message| (i, message))?;
         }
     }
     Ok(())
@@ -386,11 +391,12 @@ mod tests {
                         users: vec!["dave".into()],
                         ..Default::default()
                     },
-                    &["?wen*"],
+                    &["?wen*:*"],
                     &[Inference],
                 ),
             ],
             false,
+            Engine::Ollama,
         )
     }
 
@@ -448,7 +454,7 @@ mod tests {
 
     #[test]
     fn unknown_endpoints_can_be_allowed_by_config() {
-        let p = Policy::new(&[], true);
+        let p = Policy::new(&[], true, Engine::Ollama);
         let anyone = who(json!({"sub": "x"}));
         assert!(p.decide(&anyone, EndpointClass::Unknown, None).is_ok());
         assert_eq!(
@@ -457,13 +463,21 @@ mod tests {
         );
     }
 
+    fn validate_ollama(rules: &[Rule]) -> Result<(), (usize, String)> {
+        validate(rules, Engine::Ollama)
+    }
+
     #[test]
     fn bad_rules_are_refused() {
         let ok = Subjects::groups(&["g"]);
-        assert!(validate(&[Rule::new("r", ok.clone(), &["*"], &[EndpointClass::Read])]).is_ok());
-        assert!(validate(&[Rule::new("", ok.clone(), &["*"], &[EndpointClass::Read])]).is_err());
         assert!(
-            validate(&[Rule::new(
+            validate_ollama(&[Rule::new("r", ok.clone(), &["*"], &[EndpointClass::Read])]).is_ok()
+        );
+        assert!(
+            validate_ollama(&[Rule::new("", ok.clone(), &["*"], &[EndpointClass::Read])]).is_err()
+        );
+        assert!(
+            validate_ollama(&[Rule::new(
                 "r",
                 Subjects::default(),
                 &["*"],
@@ -471,9 +485,14 @@ mod tests {
             )])
             .is_err()
         );
-        assert!(validate(&[Rule::new("r", ok.clone(), &[], &[EndpointClass::Read])]).is_err());
-        assert!(validate(&[Rule::new("r", ok.clone(), &["a b"], &[EndpointClass::Read])]).is_err());
-        assert!(validate(&[Rule::new("r", ok, &["*"], &[])]).is_err());
+        assert!(
+            validate_ollama(&[Rule::new("r", ok.clone(), &[], &[EndpointClass::Read])]).is_err()
+        );
+        assert!(
+            validate_ollama(&[Rule::new("r", ok.clone(), &["a b"], &[EndpointClass::Read])])
+                .is_err()
+        );
+        assert!(validate_ollama(&[Rule::new("r", ok, &["*"], &[])]).is_err());
     }
 
     #[test]
@@ -494,7 +513,7 @@ mod tests {
             &["*"],
             &[EndpointClass::Inference],
         );
-        let p = Policy::new(&[admin, bots], false).deny_agents(&["rogue".into()]);
+        let p = Policy::new(&[admin, bots], false, Engine::Ollama).deny_agents(&["rogue".into()]);
         let human = who(serde_json::json!({"sub": "alice", "groups": ["admins"]}));
         assert_eq!(p.decide(&human, EndpointClass::Admin, None), Ok("admins"));
         // The same user through an agent: not for human-only rules (the

@@ -3,22 +3,23 @@
 //! `Retry-After`. The model's answer is metered as it streams, and its real
 //! usage is charged when the answer ends, or when the client goes away.
 //!
-//! A streamed OpenAI request that did not ask for usage gets
-//! `stream_options.include_usage` added on its way to the model, and the
-//! usage-only final event is removed on the way back.
+//! A streamed OpenAI request that did not ask for usage has
+//! `stream_options.include_usage` added to its canonical body (see
+//! [`crate::canonical`]), and the usage-only final event is removed on the
+//! way back.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::authenticate::Unauthenticated;
 use super::authorize::Authorized;
 use super::{BoxFuture, call_boxed, runtime_of};
 use crate::audit::AuditTrail;
-use crate::body::{Body, full};
+use crate::body::Body;
 use crate::claims::Identity;
 use crate::error::GatewayError;
 use crate::metrics::TokenLabels;
@@ -26,7 +27,7 @@ use crate::policy::EndpointClass;
 use crate::quota::checks;
 use crate::quota::metered_body::MeteredBody;
 use crate::quota::store::NotAdmitted;
-use crate::quota::usage::{Shape, Usage, UsageMeter, request_usage};
+use crate::quota::usage::{Shape, Usage, UsageMeter};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AdmitLayer;
@@ -59,7 +60,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         if request.extensions().get::<Unauthenticated>().is_some() {
@@ -75,27 +76,13 @@ where
         let checks = checks(
             &runtime.config.quotas.limits,
             &identity,
-            authorized.model.as_deref(),
+            runtime.config.upstream.engine,
+            authorized.model.as_ref(),
         );
         let store = runtime.quota_store.clone();
 
-        // Ask the model for usage where the client did not.
-        let mut added_usage = false;
-        let openai_stream = authorized.class == EndpointClass::Inference
-            && matches!(
-                authorized.path.as_str(),
-                "/v1/chat/completions" | "/v1/completions"
-            );
-        if let (true, Some(body)) = (openai_stream, &authorized.body) {
-            let (new_body, added) = request_usage(body);
-            if added {
-                request
-                    .headers_mut()
-                    .insert(CONTENT_LENGTH, HeaderValue::from(new_body.len()));
-                *request.body_mut() = full(new_body);
-                added_usage = true;
-            }
-        }
+        // The canonical body asked the model for usage where the client did not.
+        let added_usage = authorized.body.as_ref().is_some_and(|b| b.usage_added);
         let trail = request.extensions().get::<Arc<AuditTrail>>().cloned();
 
         Box::pin(async move {
@@ -152,7 +139,12 @@ where
                 .metrics
                 .user_labels
                 .then(|| identity.user.clone());
-            let model = authorized.model.unwrap_or_default();
+            // Served models by name; made-up names share one label.
+            let model = authorized
+                .model
+                .as_ref()
+                .map(|m| m.label().to_owned())
+                .unwrap_or_default();
             let meter = UsageMeter::new(shape, added_usage);
             let on_done = Box::new(move |usage: Usage, _complete: bool| {
                 if let Some(admitted) = admitted {

@@ -3,9 +3,11 @@
 //! writes them.
 //!
 //! - The request body is capped (413 when over, declared or streamed).
-//! - Hop-by-hop headers are dropped both ways; `Host` becomes the model's
-//!   own address (Ollama refuses foreign `Host`s on loopback), and the
-//!   original goes in `X-Forwarded-Host`.
+//! - Hop-by-hop headers are dropped both ways (a request's were already
+//!   dropped by `client_headers`, before the gateway set any header); `Host`
+//!   becomes the model's own address (Ollama refuses foreign `Host`s on
+//!   loopback), and the original goes in `X-Forwarded-Host` unless a trusted
+//!   proxy already said where the request came from.
 //! - Connection refused: 502. Connect or response-header timeout: 504.
 //!   There is no total timeout: a stream runs as long as the model writes.
 
@@ -107,7 +109,9 @@ where
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    if let Some(host) = headers.remove(HOST) {
+    if let Some(host) = headers.remove(HOST)
+        && !headers.contains_key(X_FORWARDED_HOST)
+    {
         headers.insert(X_FORWARDED_HOST, host);
     }
     if let Some(ClientAddr(addr)) = parts.extensions.get::<ClientAddr>() {
@@ -120,7 +124,9 @@ where
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
     // Extensions are ours, not the model's.
     parts.extensions = http::Extensions::new();
 

@@ -5,10 +5,14 @@
 //! audit_trail          request id; one audit line per decision
 //! rescue               GatewayError -> 401/403/413/502/503/504 + JSON body
 //! snapshot             pin this request to the current config generation
-//! strip_identity       drop every client-sent X-Attach-* header
+//! client_headers       hop-by-hop headers out first; Connection naming a
+//!                      gateway header refused; X-Forwarded-* only from
+//!                      trusted proxies
+//! strip_identity       drop every client-sent X-Attach-* header, any spelling
 //! protected_resource   RFC 9728 metadata, served without a token
 //! authenticate         bearer token -> verified Identity, or refuse
-//! authorize            endpoint class, model, allow rules; trims model lists
+//! authorize            endpoint, canonical body and model, allow rules;
+//!                      trims model lists
 //! exchange             RFC 8693 token exchange, before any quota slot is held
 //! admit                quota admission (429); usage metered and charged
 //! identity_headers     X-Attach-* from the Identity; drop Authorization and
@@ -20,6 +24,7 @@ pub mod admit;
 pub mod audit_trail;
 pub mod authenticate;
 pub mod authorize;
+pub mod client_headers;
 pub mod exchange;
 pub mod forward;
 pub mod identity_headers;
@@ -69,6 +74,7 @@ where
         .layer(audit_trail::AuditLayer::new(audit))
         .layer(RescueLayer)
         .layer(snapshot::SnapshotLayer::new(current))
+        .layer(client_headers::ClientHeadersLayer)
         .layer(strip_identity::StripIdentityLayer)
         .layer(protected_resource::ProtectedResourceLayer)
         .layer(authenticate::AuthenticateLayer)
@@ -103,3 +109,6 @@ where
 {
     Box::pin(inner.call(request))
 }
+
+#[cfg(test)]
+mod tests;

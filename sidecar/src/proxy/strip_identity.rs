@@ -1,5 +1,7 @@
 //! Removes every `X-Attach-*` header the client sent, before anything else
 //! looks at the request: only the gateway speaks for the caller's identity.
+//! Every spelling an upstream could read as one goes: any case, `_` for `-`
+//! (`X_Attach_User` is `HTTP_X_ATTACH_USER` to a WSGI/CGI server).
 
 use std::task::{Context, Poll};
 
@@ -24,11 +26,12 @@ pub struct StripIdentity<S> {
     inner: S,
 }
 
-/// Removes every header whose name starts with `x-attach-`.
+/// Removes every header whose name, read as [`super::client_headers::normalized`],
+/// starts with `x-attach-`.
 pub fn strip(headers: &mut HeaderMap) {
     let names: Vec<_> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with(PREFIX))
+        .filter(|name| super::client_headers::normalized(name.as_str()).starts_with(PREFIX))
         .cloned()
         .collect();
     for name in names {
@@ -66,12 +69,17 @@ mod tests {
         headers.append("x-attach-groups", "root".parse().unwrap());
         headers.insert("X-ATTACH-CLAIMS", "e30".parse().unwrap());
         headers.insert("x-attach-anything-new", "1".parse().unwrap());
+        headers.insert("X_Attach_User", "admin".parse().unwrap());
+        headers.insert("x-attach_groups", "admins".parse().unwrap());
+        headers.insert("x_ATTACH-claims", "e30".parse().unwrap());
         headers.insert("x-attachment", "kept".parse().unwrap());
+        headers.insert("x_attachment", "kept".parse().unwrap());
         headers.insert("content-type", "application/json".parse().unwrap());
         strip(&mut headers);
         let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left.len(), 3, "{left:?}");
         assert!(headers.contains_key("x-attachment"));
+        assert!(headers.contains_key("x_attachment"));
         assert!(headers.contains_key("content-type"));
     }
 }

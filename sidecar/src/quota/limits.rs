@@ -2,8 +2,8 @@
 //! user, group, tenant or client may use, overall or per model.
 
 use serde::{Deserialize, Serialize};
-use wildmatch::WildMatch;
 
+use crate::canonical::{Engine, JudgedModel, ModelPattern};
 use crate::claims::Identity;
 use crate::policy::Subjects;
 
@@ -38,8 +38,9 @@ pub struct QuotaLimit {
     /// the listed groups are the ones budgeted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subjects: Option<Subjects>,
-    /// Model names or globs; each matching model gets its own budget. Empty:
-    /// one budget for all models.
+    /// Model names or globs (read as rule patterns are); each matching model
+    /// gets its own budget (models the backend does not serve share one,
+    /// `(unlisted)`). Empty: one budget for all models.
     #[serde(default)]
     pub models: Vec<String>,
     /// LLM tokens (prompt + completion) per minute.
@@ -75,9 +76,15 @@ impl QuotaLimit {
     /// The budget keys this limit gives `identity` for `model`: none if the
     /// limit does not apply. Every key names the issuer beside the owner, as
     /// names are unique only within their issuer: `<limit>|iss=<issuer>|
-    /// <kind>=<name>[|model=<model>]`, with `%`, `|` and `=` in the issuer
-    /// and the name percent-encoded so that no two owners share a key.
-    pub fn keys(&self, identity: &Identity, model: Option<&str>) -> Vec<String> {
+    /// <kind>=<name>[|model=<model>]`, with `%`, `|` and `=` in the issuer,
+    /// the name and the model percent-encoded so that no two owners share a
+    /// key.
+    pub fn keys(
+        &self,
+        identity: &Identity,
+        engine: Engine,
+        model: Option<&JudgedModel>,
+    ) -> Vec<String> {
         if let Some(subjects) = &self.subjects
             && !subjects.matches(identity)
         {
@@ -87,9 +94,7 @@ impl QuotaLimit {
             String::new()
         } else {
             match model {
-                Some(m) if self.models.iter().any(|p| WildMatch::new(p).matches(m)) => {
-                    format!("|model={m}")
-                }
+                Some(m) if self.matches_model(engine, m) => format!("|model={}", key_part(m.label())),
                 _ => return Vec::new(),
             }
         };
@@ -133,6 +138,14 @@ impl QuotaLimit {
             .collect()
     }
 
+    /// Whether one of the limit's model patterns matches `model`'s
+    /// canonical name.
+    fn matches_model(&self, engine: Engine, model: &JudgedModel) -> bool {
+        self.models
+            .iter()
+            .any(|p| ModelPattern::parse(engine, p).is_ok_and(|p| p.matches(model.name.as_str())))
+    }
+
     /// Whether the limit sets anything at all.
     pub fn is_empty(&self) -> bool {
         self.tokens_per_minute.is_none()
@@ -150,8 +163,9 @@ fn key_part(value: &str) -> std::borrow::Cow<'_, str> {
     percent_encoding::utf8_percent_encode(value, KEY_SEPARATORS).into()
 }
 
-/// Checks a limit list: names unique, every number positive.
-pub fn validate(limits: &[QuotaLimit]) -> Result<(), (usize, String)> {
+/// Checks a limit list: names unique, every number positive, model
+/// patterns valid for `engine`.
+pub fn validate(limits: &[QuotaLimit], engine: Engine) -> Result<(), (usize, String)> {
     let mut names = std::collections::HashSet::new();
     for (i, limit) in limits.iter().enumerate() {
         if limit.name.trim().is_empty() || limit.name.contains('|') {
@@ -162,6 +176,9 @@ pub fn validate(limits: &[QuotaLimit]) -> Result<(), (usize, String)> {
         }
         if limit.is_empty() {
             return Err((i, "sets no limit".into()));
+        }
+        for model in &limit.models {
+            ModelPattern::parse(engine, model).map_err(|message| (i, message))?;
         }
         for (field, value) in [
             ("tokensPerMinute", limit.tokens_per_minute),
@@ -219,8 +236,8 @@ mod tests {
         let corp = who(claims("https://corp.example"));
         let partner = who(claims("https://partner.example"));
         for limit in every_kind() {
-            let a = limit.keys(&corp, None);
-            let b = limit.keys(&partner, None);
+            let a = limit.keys(&corp, Engine::default(), None);
+            let b = limit.keys(&partner, Engine::default(), None);
             assert_eq!(a.len(), 1, "{limit:?}");
             assert_ne!(
                 a, b,
@@ -240,9 +257,9 @@ mod tests {
         // A user named like the key of another issuer's user.
         let forged = who(json!({"iss": "https://a", "sub": "x|iss=https://b|user=alice"}));
         let real = who(json!({"iss": "https://b", "sub": "alice"}));
-        assert_ne!(limit.keys(&forged, None), limit.keys(&real, None));
+        assert_ne!(limit.keys(&forged, Engine::default(), None), limit.keys(&real, Engine::default(), None));
         assert_eq!(
-            limit.keys(&forged, None),
+            limit.keys(&forged, Engine::default(), None),
             ["l|iss=https://a|user=x%7Ciss%3Dhttps://b%7Cuser%3Dalice"]
         );
     }
@@ -257,12 +274,12 @@ mod tests {
         let chain = who(json!({"iss": "https://a", "sub": "alice",
                                "act": {"sub": "summariser", "act": {"sub": "planner"}}}));
         assert_eq!(
-            limit.keys(&chain, None),
+            limit.keys(&chain, Engine::default(), None),
             ["a|iss=https://a|agent=summariser"]
         );
         let person = who(json!({"iss": "https://a", "sub": "alice"}));
         assert!(
-            limit.keys(&person, None).is_empty(),
+            limit.keys(&person, Engine::default(), None).is_empty(),
             "no agent, no agent budget"
         );
     }

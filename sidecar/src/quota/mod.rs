@@ -57,18 +57,26 @@ pub struct Check {
 }
 
 /// Every budget `identity` using `model` is admitted against.
-pub fn checks(limits: &[QuotaLimit], identity: &Identity, model: Option<&str>) -> Vec<Check> {
+pub fn checks(
+    limits: &[QuotaLimit],
+    identity: &Identity,
+    engine: crate::canonical::Engine,
+    model: Option<&crate::canonical::JudgedModel>,
+) -> Vec<Check> {
     limits
         .iter()
         .flat_map(|limit| {
-            limit.keys(identity, model).into_iter().map(|key| Check {
-                limit_name: limit.name.clone(),
-                key,
-                tokens_per_minute: limit.tokens_per_minute,
-                requests_per_minute: limit.requests_per_minute,
-                concurrent: limit.concurrent,
-                tokens_per_day: limit.tokens_per_day,
-            })
+            limit
+                .keys(identity, engine, model)
+                .into_iter()
+                .map(|key| Check {
+                    limit_name: limit.name.clone(),
+                    key,
+                    tokens_per_minute: limit.tokens_per_minute,
+                    requests_per_minute: limit.requests_per_minute,
+                    concurrent: limit.concurrent,
+                    tokens_per_day: limit.tokens_per_day,
+                })
         })
         .collect()
 }

@@ -5,6 +5,7 @@ use serde_json::json;
 use super::clock::ManualClock;
 use super::memory::MemoryStore;
 use super::*;
+use crate::canonical::{Engine, JudgedModel, canonical_name};
 use crate::claims::ClaimMapping;
 use crate::policy::Subjects;
 
@@ -15,6 +16,14 @@ fn who(claims: serde_json::Value) -> Identity {
         .identity(claims.as_object().unwrap(), 0, &[])
         .unwrap()
         .identity
+}
+
+/// A model the backend serves, by its canonical Ollama name.
+fn served(name: &str) -> JudgedModel {
+    JudgedModel {
+        name: canonical_name(Engine::Ollama, name).unwrap(),
+        served: true,
+    }
 }
 
 fn store(clock: &Arc<ManualClock>) -> MemoryStore {
@@ -30,7 +39,7 @@ fn a_token_budget_refuses_at_the_limit_and_reopens_with_the_next_minute() {
         tokens_per_minute: Some(100),
         ..QuotaLimit::named("per-user")
     }];
-    let c = checks(&limits, &bob, Some("m"));
+    let c = checks(&limits, &bob, Engine::Ollama, Some(&served("m")));
     assert_eq!(c.len(), 1);
     s.admit(&c).unwrap();
     s.finish(&c, 60);
@@ -55,7 +64,7 @@ fn requests_concurrency_and_daily_tokens() {
         tokens_per_day: Some(1000),
         ..QuotaLimit::named("l")
     }];
-    let c = checks(&limits, &u, None);
+    let c = checks(&limits, &u, Engine::Ollama, None);
     s.admit(&c).unwrap();
     s.admit(&c).unwrap();
     assert_eq!(s.admit(&c).unwrap_err().kind, LimitKind::Concurrent);
@@ -101,35 +110,51 @@ fn budgets_are_per_user_per_group_per_tenant_and_per_model() {
         },
     ];
     assert_eq!(
-        checks(&limits, &bob, Some("llama3.2:1b")).len(),
+        checks(&limits, &bob, Engine::Ollama, Some(&served("llama3.2:1b"))).len(),
         2,
         "user + group"
     );
     assert_eq!(
-        checks(&limits, &bob, Some("llama3.1:70b")).len(),
+        checks(&limits, &bob, Engine::Ollama, Some(&served("llama3.1:70b"))).len(),
         3,
         "+ per model"
     );
     assert_eq!(
-        checks(&limits, &eve, Some("llama3.2:1b")).len(),
+        checks(&limits, &eve, Engine::Ollama, Some(&served("llama3.2:1b"))).len(),
         1,
         "interns: no group budget"
     );
-    s.admit(&checks(&limits, &bob, Some("llama3.1:70b")))
-        .unwrap();
+    s.admit(&checks(
+        &limits,
+        &bob,
+        Engine::Ollama,
+        Some(&served("llama3.1:70b")),
+    ))
+    .unwrap();
     // Dan has his own user budget, but acme's 70b budget is spent.
     let r = s
-        .admit(&checks(&limits, &dan, Some("llama3.1:70b")))
+        .admit(&checks(
+            &limits,
+            &dan,
+            Engine::Ollama,
+            Some(&served("llama3.1:70b")),
+        ))
         .unwrap_err();
     assert_eq!(r.limit_name, "big-per-tenant");
-    s.admit(&checks(&limits, &dan, Some("llama3.2:1b")))
-        .unwrap();
+    s.admit(&checks(
+        &limits,
+        &dan,
+        Engine::Ollama,
+        Some(&served("llama3.2:1b")),
+    ))
+    .unwrap();
     // A refused request counts nowhere: the group has used 2 of 3.
     let carl = who(json!({"sub": "carl", "groups": ["staff"]}));
-    s.admit(&checks(&limits, &carl, None)).unwrap();
+    s.admit(&checks(&limits, &carl, Engine::Ollama, None))
+        .unwrap();
     let fay = who(json!({"sub": "fay", "groups": ["staff"]}));
     assert_eq!(
-        s.admit(&checks(&limits, &fay, None))
+        s.admit(&checks(&limits, &fay, Engine::Ollama, None))
             .unwrap_err()
             .limit_name,
         "staff-group"
@@ -145,7 +170,7 @@ fn limits_hold_exactly_under_concurrent_admission() {
         requests_per_minute: Some(100),
         ..QuotaLimit::named("l")
     }];
-    let c = Arc::new(checks(&limits, &u, None));
+    let c = Arc::new(checks(&limits, &u, Engine::Ollama, None));
     let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -175,8 +200,8 @@ fn memory_stays_bounded_by_evicting_idle_budgets() {
     }];
     for i in 0..20_000 {
         let u = who(json!({"sub": format!("user-{i}")}));
-        s.admit(&checks(&limits, &u, None)).unwrap();
-        s.finish(&checks(&limits, &u, None), 1);
+        s.admit(&checks(&limits, &u, Engine::Ollama, None)).unwrap();
+        s.finish(&checks(&limits, &u, Engine::Ollama, None), 1);
         if i % 1000 == 0 {
             clock.advance(1);
         }
@@ -187,23 +212,65 @@ fn memory_stays_bounded_by_evicting_idle_budgets() {
 #[test]
 fn bad_limits_are_refused() {
     assert!(
-        limits::validate(&[QuotaLimit {
-            tokens_per_minute: Some(1),
-            ..QuotaLimit::named("a")
-        }])
+        limits::validate(
+            &[QuotaLimit {
+                tokens_per_minute: Some(1),
+                ..QuotaLimit::named("a")
+            }],
+            Engine::Ollama
+        )
         .is_ok()
     );
-    assert!(limits::validate(&[QuotaLimit::named("empty")]).is_err());
+    assert!(limits::validate(&[QuotaLimit::named("empty")], Engine::Ollama).is_err());
     assert!(
-        limits::validate(&[QuotaLimit {
-            tokens_per_minute: Some(0),
-            ..QuotaLimit::named("a")
-        }])
+        limits::validate(
+            &[QuotaLimit {
+                tokens_per_minute: Some(0),
+                ..QuotaLimit::named("a")
+            }],
+            Engine::Ollama
+        )
         .is_err()
     );
     let one = QuotaLimit {
         concurrent: Some(1),
         ..QuotaLimit::named("a")
     };
-    assert!(limits::validate(&[one.clone(), one]).is_err());
+    assert!(limits::validate(&[one.clone(), one], Engine::Ollama).is_err());
+}
+
+#[test]
+fn per_model_budgets_key_on_canonical_served_names_only() {
+    let bob = who(json!({"sub": "bob"}));
+    let limits = [QuotaLimit {
+        models: vec!["tinyllama:*".into(), "*/*:70b".into()],
+        requests_per_minute: Some(1),
+        ..QuotaLimit::named("per-model")
+    }];
+    let key = |model: JudgedModel| {
+        checks(&limits, &bob, Engine::Ollama, Some(&model))
+            .into_iter()
+            .map(|c| c.key)
+            .collect::<Vec<_>>()
+    };
+    // Every spelling of one model is one budget.
+    for raw in [
+        "tinyllama",
+        "TinyLlama:latest",
+        "registry.ollama.ai/library/tinyllama",
+    ] {
+        assert_eq!(
+            key(served(raw)),
+            ["per-model|user=bob|model=tinyllama:latest"]
+        );
+    }
+    // Names the backend does not serve share one budget, whatever they are.
+    for raw in ["someone/x:70b", "someone/y:70b", "tinyllama:junk1"] {
+        let unlisted = JudgedModel {
+            served: false,
+            ..served(raw)
+        };
+        assert_eq!(key(unlisted), ["per-model|user=bob|model=(unlisted)"]);
+    }
+    assert!(key(served("llama3.2:1b")).is_empty(), "no pattern matches");
 }

@@ -239,32 +239,6 @@ fn openai_usage(v: &Value) -> Option<Usage> {
     })
 }
 
-/// For a streamed OpenAI chat/completions request that did not ask for usage,
-/// returns the body with `stream_options.include_usage = true` (so the model
-/// reports usage) and `true`; otherwise the body unchanged and `false`.
-pub fn request_usage(body: &Bytes) -> (Bytes, bool) {
-    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
-        return (body.clone(), false);
-    };
-    if map.get("stream").and_then(Value::as_bool) != Some(true) {
-        return (body.clone(), false);
-    }
-    let options = map
-        .entry("stream_options")
-        .or_insert_with(|| Value::Object(Default::default()));
-    let Some(options) = options.as_object_mut() else {
-        return (body.clone(), false);
-    };
-    if options.get("include_usage").and_then(Value::as_bool) == Some(true) {
-        return (body.clone(), false);
-    }
-    options.insert("include_usage".into(), Value::Bool(true));
-    match serde_json::to_vec(&map) {
-        Ok(v) => (Bytes::from(v), true),
-        Err(_) => (body.clone(), false),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,22 +355,5 @@ mod tests {
         let (out, usage) = run(&mut m, &SSE);
         assert_eq!(out, SSE.concat());
         assert_eq!(usage.total(), 13);
-    }
-
-    #[test]
-    fn include_usage_is_added_only_to_streamed_requests_without_it() {
-        let (body, added) = request_usage(&Bytes::from_static(br#"{"model":"m","stream":true}"#));
-        assert!(added);
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        for unchanged in [
-            r#"{"model":"m"}"#,
-            r#"{"model":"m","stream":false}"#,
-            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
-            "not json",
-        ] {
-            let input = Bytes::from(unchanged.to_owned());
-            assert_eq!(request_usage(&input), (input.clone(), false), "{unchanged}");
-        }
     }
 }

@@ -1,0 +1,445 @@
+//! The whole proxy stack ([`super::stack`]) in front of an in-process
+//! upstream that records what reaches it: mistakes in the order or the
+//! presence of a layer (the identity strip, `Authorization` removal, probe
+//! methods, deny-all, header hygiene, the canonical body) fail here, in
+//! seconds, without the test world.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
+
+use super::ClientAddr;
+use crate::claims::Preset;
+use crate::config::{GatewayConfig, IssuerConfig};
+use crate::runtime::{Runtime, Shared};
+
+const ISSUER: &str = "https://idp.stack.test/";
+const AUDIENCE: &str = "attach-gateway";
+
+/// What reached the upstream.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A model server on 127.0.0.1 that records every request and answers like
+/// Ollama (a chat answer, or a model list for `/api/tags`).
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| {
+                            let record = record.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let path = parts.uri.path().to_owned();
+                                // The gateway's own list reads are not the
+                                // test's requests.
+                                let list_read = parts
+                                    .headers
+                                    .get("user-agent")
+                                    .is_some_and(|ua| ua == crate::served_models::USER_AGENT);
+                                if !list_read {
+                                    record.lock().unwrap().push(Seen {
+                                        method: parts.method.to_string(),
+                                        path: path.clone(),
+                                        headers: parts.headers,
+                                        body,
+                                    });
+                                }
+                                let answer = if path == "/api/tags" {
+                                    json!({"models": [{"name": "tinyllama:latest"}, {"name": "llama3.1:70b"}]})
+                                } else {
+                                    json!({"model": "x", "done": true, "prompt_eval_count": 1, "eval_count": 1})
+                                };
+                                Ok::<_, Infallible>(
+                                    Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(answer.to_string())))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn key() -> EncodingKey {
+    let path = format!(
+        "{}/testdata/keys/rsa-trusted.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    EncodingKey::from_rsa_pem(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn token(claims: Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    encode(&header, &claims, &key()).unwrap()
+}
+
+fn alice() -> String {
+    let now = crate::jwt::verifier::unix_now();
+    token(
+        json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": now + 300,
+        "iat": now, "groups": ["staff"]}),
+    )
+}
+
+/// The gateway's whole request path, built from `config` (issuer and
+/// upstream filled in), with its keys loaded.
+struct Gateway {
+    service: BoxCloneService<Request<Full<Bytes>>, Response<crate::body::Body>, Infallible>,
+    upstream: Upstream,
+    _jwks: tempfile::NamedTempFile,
+}
+
+async fn gateway(mut config: GatewayConfig) -> Gateway {
+    let upstream = Upstream::start().await;
+    let mut jwk = Jwk::from_encoding_key(&key(), Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let jwks = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(jwks.path(), json!({"keys": [jwk]}).to_string()).unwrap();
+    let mut issuer = IssuerConfig::new(ISSUER, vec![AUDIENCE.into()], Preset::Keycloak);
+    issuer.jwks_file = Some(jwks.path().to_owned());
+    config.issuers = vec![issuer];
+    config.upstream.url = format!("http://{}", upstream.addr);
+    let shared = Shared::new();
+    let runtime = Runtime::build(config, None, &shared).unwrap();
+    for cache in runtime.verifier.key_caches() {
+        cache.refresh("initial").await.unwrap();
+    }
+    let current = Arc::new(ArcSwap::from_pointee(runtime));
+    let service = BoxCloneService::new(super::stack(
+        current,
+        shared.metrics.clone(),
+        shared.audit.clone(),
+    ));
+    Gateway {
+        service,
+        upstream,
+        _jwks: jwks,
+    }
+}
+
+fn base_config() -> GatewayConfig {
+    GatewayConfig::new(Vec::new())
+}
+
+impl Gateway {
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let mut request = request
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ClientAddr("192.0.2.7:50000".parse().unwrap()));
+        let response = self
+            .service
+            .ready()
+            .await
+            .unwrap()
+            .call(request)
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    fn last(&self) -> Seen {
+        self.upstream
+            .seen()
+            .pop()
+            .expect("a request reached the upstream")
+    }
+
+    fn reached(&self) -> usize {
+        self.upstream.seen().len()
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn client_identity_headers_never_reach_the_model_in_any_spelling() {
+    let mut gw = gateway(base_config()).await;
+    let auth = bearer(&alice());
+    let (status, _) = gw
+        .send(
+            "POST",
+            "/api/chat",
+            &[
+                ("authorization", &auth),
+                ("x-attach-user", "root"),
+                ("x-attach-tenant", "evil-corp"),
+                ("x-attach-role", "admin"),
+                ("x_attach_user", "root"),
+                ("X-Attach_Groups", "admins"),
+            ],
+            r#"{"model":"tinyllama"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = gw.last();
+    assert_eq!(seen.headers["x-attach-user"], "alice");
+    let forged: Vec<_> = seen
+        .headers
+        .keys()
+        .map(|k| k.as_str())
+        .filter(|k| {
+            matches!(
+                *k,
+                "x-attach-tenant" | "x-attach-role" | "x_attach_user" | "x-attach_groups"
+            )
+        })
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "client identity headers reached the model: {forged:?}"
+    );
+    assert_eq!(seen.headers.get_all("x-attach-user").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn the_callers_authorization_is_not_forwarded_unless_configured() {
+    let mut gw = gateway(base_config()).await;
+    let auth = bearer(&alice());
+    let (status, _) = gw
+        .send(
+            "POST",
+            "/api/chat",
+            &[("authorization", &auth)],
+            r#"{"model":"tinyllama"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!gw.last().headers.contains_key("authorization"));
+
+    let mut config = base_config();
+    config.identity.forward_authorization = true;
+    let mut gw = gateway(config).await;
+    gw.send(
+        "POST",
+        "/api/chat",
+        &[("authorization", &auth)],
+        r#"{"model":"tinyllama"}"#,
+    )
+    .await;
+    assert_eq!(gw.last().headers["authorization"], auth.as_str());
+}
+
+#[tokio::test]
+async fn probe_paths_pass_without_a_token_for_get_and_head_only() {
+    let mut config = base_config();
+    config.unauthenticated_paths = vec!["/".into()];
+    let mut gw = gateway(config).await;
+    let (status, _) = gw.send("GET", "/", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(gw.reached(), 1);
+    let (status, _) = gw.send("HEAD", "/", &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let (status, body) = gw.send(method, "/", &[], "{}").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} /: {body}");
+    }
+    assert_eq!(gw.reached(), 2, "no other method reached the model");
+    // Other paths always need a token.
+    let (status, _) = gw.send("GET", "/api/tags", &[], "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_deny_all_config_refuses_valid_tokens_before_the_model() {
+    let mut config = base_config();
+    config.deny_all = true;
+    let mut gw = gateway(config).await;
+    let auth = bearer(&alice());
+    for (method, path, body) in [
+        ("POST", "/api/chat", r#"{"model":"tinyllama"}"#),
+        ("GET", "/api/tags", ""),
+        ("GET", "/api/version", ""),
+    ] {
+        let (status, json) = gw
+            .send(method, path, &[("authorization", &auth)], body)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert_eq!(json["error"], "forbidden");
+    }
+    assert_eq!(gw.reached(), 0);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_go_before_the_gateway_sets_its_own() {
+    let mut gw = gateway(base_config()).await;
+    let auth = bearer(&alice());
+    for named in [
+        "x-attach-user",
+        "X_Attach_Claims",
+        "host",
+        "x-forwarded-for",
+    ] {
+        let connection = format!("close, {named}");
+        let (status, json) = gw
+            .send(
+                "POST",
+                "/api/chat",
+                &[("authorization", &auth), ("connection", &connection)],
+                r#"{"model":"tinyllama"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{named}");
+        assert_eq!(json["reason"], "connection_names_gateway_header");
+    }
+    assert_eq!(gw.reached(), 0);
+    // A Connection header naming a header of the client's own is fine, and
+    // that header is dropped with it.
+    let (status, _) = gw
+        .send(
+            "POST",
+            "/api/chat",
+            &[
+                ("authorization", &auth),
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                ("x-forwarded-for", "6.6.6.6"),
+            ],
+            r#"{"model":"tinyllama"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = gw.last();
+    assert!(!seen.headers.contains_key("x-hop"));
+    assert!(!seen.headers.contains_key("connection"));
+    assert_eq!(seen.headers["x-attach-user"], "alice");
+    // The client's own X-Forwarded-For is not trusted: only its address.
+    assert_eq!(seen.headers["x-forwarded-for"], "192.0.2.7");
+}
+
+#[tokio::test]
+async fn the_model_receives_the_canonical_body_that_was_judged() {
+    let mut config = base_config();
+    config.access.rules = vec![crate::policy::Rule::new(
+        "staff-tiny",
+        crate::policy::Subjects::groups(&["staff"]),
+        &["tinyllama"],
+        &[
+            crate::policy::EndpointClass::Inference,
+            crate::policy::EndpointClass::Read,
+        ],
+    )];
+    let mut gw = gateway(config).await;
+    let auth = bearer(&alice());
+    let (status, _) = gw
+        .send(
+            "POST",
+            "/API/Chat",
+            &[("authorization", &auth)],
+            r#"{ "MODEL" : "registry.ollama.ai/library/TinyLlama:latest", "stream": false }"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = gw.last();
+    assert_eq!(seen.path, "/api/chat");
+    assert_eq!(
+        &seen.body[..],
+        br#"{"model":"tinyllama:latest","stream":false}"#
+    );
+    assert_eq!(
+        seen.headers["content-length"],
+        seen.body.len().to_string().as_str()
+    );
+    let reached = gw.reached();
+    for (body, status) in [
+        (
+            r#"{"model":"tinyllama","MODEL":"llama3.1:70b"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"model":"tinyllama","model":"llama3.1:70b"}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (r#"{"model":"llama3.1:70b"}"#, StatusCode::FORBIDDEN),
+        (r#"{"model":"tinyllama/big"}"#, StatusCode::FORBIDDEN),
+        (r#"{"model":"tiny llama"}"#, StatusCode::BAD_REQUEST),
+    ] {
+        let (got, json) = gw
+            .send("POST", "/api/chat", &[("authorization", &auth)], body)
+            .await;
+        assert_eq!(got, status, "{body}: {json}");
+    }
+    assert_eq!(gw.reached(), reached, "nothing refused reached the model");
+    // The model list shows only what the caller may use.
+    let (status, list) = gw
+        .send("GET", "/api/tags", &[("authorization", &auth)], "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list, json!({"models": [{"name": "tinyllama:latest"}]}));
+    assert_eq!(gw.last().method, "GET");
+}
