@@ -540,7 +540,7 @@ mod tests {
     #[test]
     fn a_denied_agent_is_refused_on_unknown_endpoints_too() {
         // allowUnknownEndpoints must not open a path around deniedAgents.
-        let p = Policy::new(&[], true).deny_agents(&["rogue".into()]);
+        let p = Policy::new(&[], true, Engine::Ollama).deny_agents(&["rogue".into()]);
         let rogue = who(json!({"sub": "alice", "act": {"sub": "rogue"}}));
         assert_eq!(
             p.decide(&rogue, EndpointClass::Unknown, None),
@@ -562,6 +562,7 @@ mod tests {
                 &[EndpointClass::Inference],
             )],
             false,
+            Engine::Ollama,
         )
         .deny_agents(&["attach-agent".into()]);
         let exchanged = who(json!({"sub": "alice", "azp": "attach-agent", "groups": ["admins"]}));
@@ -586,6 +587,7 @@ mod tests {
                     &[EndpointClass::Inference],
                 )],
                 false,
+                Engine::Ollama,
             )
         };
         // The summariser acts now, for the planner: it must not borrow the
@@ -621,6 +623,7 @@ mod tests {
                 &[EndpointClass::Admin],
             )],
             false,
+            Engine::Ollama,
         );
         let corp = who(json!({"iss": "https://corp.example", "sub": "alice"}));
         let partner = who(json!({"iss": "https://partner.example", "sub": "alice"}));
