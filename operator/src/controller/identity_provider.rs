@@ -46,6 +46,12 @@ pub struct Context {
     pub client: Client,
     pub http: IdpClient,
     pub recorder: Recorder,
+    /// Failures in a row, per IdP (kind and name).
+    pub backoff: super::backoff::Backoff<(&'static str, Option<String>, String)>,
+}
+
+fn key<K: IdpObject>(obj: &K) -> (&'static str, Option<String>, String) {
+    (K::KIND, obj.namespace(), obj.name_any())
 }
 
 /// The fields both IdP kinds share that the check needs.
@@ -223,16 +229,18 @@ pub async fn reconcile<K: IdpObject>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
             tracing::warn!(error = %e, "could not publish an event");
         }
     }
+    ctx.backoff.succeeded(&key(obj.as_ref()));
     Ok(Action::requeue(match result {
         Check::Ready { .. } => RECHECK_READY,
         Check::Failed { .. } => RECHECK_FAILING,
     }))
 }
 
-/// Retries a failed reconcile after a short pause.
-pub fn error_policy<K: IdpObject>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(%error, "identity provider reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+/// Retries a failed reconcile with exponential backoff and jitter.
+pub fn error_policy<K: IdpObject>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let pause = ctx.backoff.failed(key(obj.as_ref()));
+    tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "identity provider reconcile failed");
+    Action::requeue(pause)
 }
 
 /// The event reporter of this operator.
