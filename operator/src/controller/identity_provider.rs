@@ -194,19 +194,30 @@ pub async fn reconcile<K: IdpObject>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
             Check::Failed { .. } => obj.status().and_then(|s| s.last_refresh.clone()),
         },
     };
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
+    // A failing IdP that still fails the same way has nothing new to say
+    // (a ready one has: when its keys were last fetched).
+    let unchanged = obj.status().is_some_and(|before| {
+        super::conditions::same(&before.conditions, &status.conditions)
+            && before.observed_generation == status.observed_generation
+            && before.jwks_uri == status.jwks_uri
+            && before.key_count == status.key_count
+            && before.last_refresh == status.last_refresh
     });
-    let api = K::api(ctx.client.clone(), obj.namespace().as_deref());
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Status)?;
+    if !unchanged {
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        let api = K::api(ctx.client.clone(), obj.namespace().as_deref());
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Status)?;
+    }
 
     if transition {
         let event = match &result {

@@ -35,7 +35,7 @@ use crate::render::{BackendId, render, render_deny_all};
 const RESYNC: Duration = Duration::from_secs(600);
 /// How soon a backend whose ConfigMap name is taken looks again (the owner
 /// may be an earlier backend of the same name, about to be collected).
-const TAKEN_RECHECK: Duration = Duration::from_secs(30);
+const TAKEN_RECHECK: Duration = Duration::from_secs(10);
 /// Pods named in a status message, at most.
 const NAMED_PODS: usize = 5;
 
