@@ -186,6 +186,10 @@ mod tests {
         publish(&subscribers, &[cm("one"), cm("two")]);
         assert_eq!(a_rx.recv().await.unwrap().name_any(), "one");
         assert_eq!(a_rx.recv().await.unwrap().name_any(), "two");
-        assert_eq!(subscribers.lock().unwrap().len(), 1, "the closed one is gone");
+        assert_eq!(
+            subscribers.lock().unwrap().len(),
+            1,
+            "the closed one is gone"
+        );
     }
 }

@@ -152,8 +152,7 @@ pub fn render(
             let mut exchange =
                 attach_sidecar::exchange::TokenExchangeConfig::new(spec.client_id.clone(), "");
             exchange.token_endpoint = Some(spec.token_endpoint.clone());
-            exchange.client_secret_file =
-                Some(Path::new(SECRETS_DIR).join(exchange_secret_key(i)));
+            exchange.client_secret_file = Some(Path::new(SECRETS_DIR).join(exchange_secret_key(i)));
             exchange.audience.clone_from(&spec.audience);
             exchange.scopes.clone_from(&spec.scopes);
             config.issuers[i].token_exchange = Some(exchange);
@@ -461,10 +460,15 @@ mod tests {
         open.access = None;
         let yaml = render(CHAT, &open, &[keycloak()], PORTS).config_yaml();
         let doc: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
-        let rules = doc["access"]["rules"].as_array().expect("access.rules written");
+        let rules = doc["access"]["rules"]
+            .as_array()
+            .expect("access.rules written");
         assert_eq!(rules.len(), 1, "{yaml}");
         assert_eq!(rules[0]["subjects"]["anyAuthenticated"], true);
-        assert_eq!(rules[0]["endpoints"], serde_json::json!(["inference", "read"]));
+        assert_eq!(
+            rules[0]["endpoints"],
+            serde_json::json!(["inference", "read"])
+        );
         // With rules: exactly those.
         let yaml = render(CHAT, &spec(), &[keycloak()], PORTS).config_yaml();
         let doc: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
@@ -489,7 +493,10 @@ mod tests {
         assert_eq!(a.hash(), b.hash());
         let mut changed = spec();
         changed.quotas[0].tokens_per_minute = Some(10_000);
-        assert_ne!(a.hash(), render(CHAT, &changed, &[keycloak()], PORTS).hash());
+        assert_ne!(
+            a.hash(),
+            render(CHAT, &changed, &[keycloak()], PORTS).hash()
+        );
         assert_eq!(a.hash().len(), 16);
     }
 
@@ -532,8 +539,14 @@ mod tests {
 
     #[test]
     fn durations_parse_as_the_crd_allows_them() {
-        assert_eq!(parse_duration("30s"), Some(std::time::Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Some(std::time::Duration::from_secs(300)));
+        assert_eq!(
+            parse_duration("30s"),
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration("5m"),
+            Some(std::time::Duration::from_secs(300))
+        );
         assert_eq!(
             parse_duration("1h30m"),
             Some(std::time::Duration::from_secs(5400))

@@ -134,20 +134,22 @@ pub async fn serve<L: Listener, H: Handler>(
             });
             let result = match tls {
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(io))
-                            .await
-                        {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                tracing::debug!(listener = name, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(listener = name, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let stream = match tokio::time::timeout(
+                        limits.handshake_timeout,
+                        acceptor.accept(io),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = name, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let conn = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .into_owned();

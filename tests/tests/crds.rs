@@ -118,7 +118,10 @@ fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
             if value.is_null() {
                 object.remove(key);
             } else {
-                merge(object.entry(key.clone()).or_insert(serde_json::Value::Null), value);
+                merge(
+                    object.entry(key.clone()).or_insert(serde_json::Value::Null),
+                    value,
+                );
             }
         }
     }
@@ -200,7 +203,10 @@ async fn invalid_objects_are_refused_naming_the_field() {
                 None,
             );
         } else if !stderr.contains(&case.field) {
-            failures.push(format!("{}: {} not named in {stderr}", case.name, case.field));
+            failures.push(format!(
+                "{}: {} not named in {stderr}",
+                case.name, case.field
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -213,11 +219,13 @@ async fn conditions_are_a_map_keyed_by_type() {
     let world = common::world();
     common::install_crds();
     let ns = world.namespace("crds").await.unwrap();
-    let backend = format!(
-        "apiVersion: attach.dev/v1alpha1\nkind: LLMBackend\nmetadata: {{name: chat}}\nspec: {{selector: {{matchLabels: {{app: x}}}}, engine: ollama, port: 11434, identityProviderRefs: [{{name: corp}}]}}\n"
+    let backend = "apiVersion: attach.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: chat}\nspec: {selector: {matchLabels: {app: x}}, engine: ollama, port: 11434, identityProviderRefs: [{name: corp}]}\n";
+    let out = kubectl(world, &["create", "-n", &ns, "-f", "-"], Some(backend));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let out = kubectl(world, &["create", "-n", &ns, "-f", "-"], Some(&backend));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let condition = |reason: &str| {
         serde_json::json!({"type": "Ready", "status": "True", "reason": reason, "message": "",
                            "lastTransitionTime": "2026-01-01T00:00:00Z"})
@@ -226,8 +234,17 @@ async fn conditions_are_a_map_keyed_by_type() {
     let out = kubectl(
         world,
         &[
-            "patch", "-n", &ns, "llmbackend", "chat", "--subresource", "status", "--type", "merge",
-            "-p", &patch.to_string(),
+            "patch",
+            "-n",
+            &ns,
+            "llmbackend",
+            "chat",
+            "--subresource",
+            "status",
+            "--type",
+            "merge",
+            "-p",
+            &patch.to_string(),
         ],
         None,
     );

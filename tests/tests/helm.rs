@@ -76,8 +76,14 @@ fn template(args: &[&str]) -> Vec<Value> {
 fn refused(args: &[&str]) -> String {
     let chart = chart();
     let mut cmd = common::world().helm().unwrap();
-    cmd.args(["template", "attach", chart.to_str().unwrap(), "--kube-version", "1.35.4"])
-        .args(args);
+    cmd.args([
+        "template",
+        "attach",
+        chart.to_str().unwrap(),
+        "--kube-version",
+        "1.35.4",
+    ])
+    .args(args);
     let out = cmd.output().unwrap();
     assert!(!out.status.success(), "{args:?} was accepted");
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -121,10 +127,18 @@ fn helm_lint_is_clean_and_bad_values_are_refused_by_name() {
     );
     let long_name = format!("nameOverride={}", "n".repeat(64));
     for (args, named) in [
-        (vec!["--set", "webhook.failurePolicy=Sometimes"], "failurePolicy"),
+        (
+            vec!["--set", "webhook.failurePolicy=Sometimes"],
+            "failurePolicy",
+        ),
         (vec!["--set", long_name.as_str()], "nameOverride"),
         (
-            vec!["--set", "replicaCount=2", "--set", "podDisruptionBudget.minAvailable=2"],
+            vec![
+                "--set",
+                "replicaCount=2",
+                "--set",
+                "podDisruptionBudget.minAvailable=2",
+            ],
             "podDisruptionBudget.minAvailable (2) must be less than replicaCount (2)",
         ),
         (
@@ -192,8 +206,14 @@ fn names_fit_in_63_characters() {
     let chart = chart();
     let cases = [
         vec![],
-        vec!["--set".to_owned(), format!("fullnameOverride={}", "b".repeat(63))],
-        vec!["--set".to_owned(), format!("nameOverride={}", "c".repeat(63))],
+        vec![
+            "--set".to_owned(),
+            format!("fullnameOverride={}", "b".repeat(63)),
+        ],
+        vec![
+            "--set".to_owned(),
+            format!("nameOverride={}", "c".repeat(63)),
+        ],
     ];
     for extra in cases {
         let mut args = vec![
@@ -218,15 +238,33 @@ fn names_fit_in_63_characters() {
             let name = doc["metadata"]["name"].as_str().unwrap();
             assert!(name.len() <= 253, "{kind} {name}");
             if matches!(kind, "Service" | "Deployment" | "ServiceAccount") {
-                assert!(name.len() <= 63, "{kind} {name} ({} characters)", name.len());
+                assert!(
+                    name.len() <= 63,
+                    "{kind} {name} ({} characters)",
+                    name.len()
+                );
             }
             assert!(seen.insert((kind, name)), "{kind} {name} twice ({extra:?})");
-            for value in doc["metadata"]["labels"].as_object().into_iter().flatten().map(|(_, v)| v) {
-                assert!(value.as_str().unwrap().len() <= 63, "label {value} of {kind} {name}");
+            for value in doc["metadata"]["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, v)| v)
+            {
+                assert!(
+                    value.as_str().unwrap().len() <= 63,
+                    "label {value} of {kind} {name}"
+                );
             }
         }
-        if let Some(name) = extra.get(1).and_then(|a| a.strip_prefix("fullnameOverride=")) {
-            assert!(seen.iter().any(|(k, n)| *k == "MutatingWebhookConfiguration" && *n == name));
+        if let Some(name) = extra
+            .get(1)
+            .and_then(|a| a.strip_prefix("fullnameOverride="))
+        {
+            assert!(
+                seen.iter()
+                    .any(|(k, n)| *k == "MutatingWebhookConfiguration" && *n == name)
+            );
         }
         if extra.get(1).is_some_and(|a| a.starts_with("nameOverride=")) {
             assert!(text.contains(&format!("app.kubernetes.io/name: {}", "c".repeat(63))));
@@ -235,11 +273,23 @@ fn names_fit_in_63_characters() {
 }
 
 /// One line of `kubectl auth can-i --list`: (resource or URL, names, verb).
-fn granted(world: &World, service_account: &str, namespace: &str) -> BTreeSet<(String, String, String)> {
+fn granted(
+    world: &World,
+    service_account: &str,
+    namespace: &str,
+) -> BTreeSet<(String, String, String)> {
     let out = world
         .kubectl()
         .unwrap()
-        .args(["auth", "can-i", "--list", "--as", service_account, "-n", namespace])
+        .args([
+            "auth",
+            "can-i",
+            "--list",
+            "--as",
+            service_account,
+            "-n",
+            namespace,
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -255,11 +305,18 @@ fn granted(world: &World, service_account: &str, namespace: &str) -> BTreeSet<(S
             panic!("unexpected line {line:?}");
         };
         let list = |(a, b): (usize, usize)| -> Vec<String> {
-            line[a + 1..b].split_whitespace().map(str::to_owned).collect()
+            line[a + 1..b]
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
         };
         let resource = line[..urls.0].trim().to_owned();
         let names = list(names).join(",");
-        let subjects = if resource.is_empty() { list(urls) } else { vec![resource] };
+        let subjects = if resource.is_empty() {
+            list(urls)
+        } else {
+            vec![resource]
+        };
         for subject in subjects {
             for verb in list(verbs) {
                 rules.insert((subject.clone(), names.clone(), verb));
@@ -271,9 +328,14 @@ fn granted(world: &World, service_account: &str, namespace: &str) -> BTreeSet<(S
 
 /// The reviewed allow-list for `scopes`.
 fn allow_list(release: &str, scopes: &[&str]) -> BTreeSet<(String, String, String)> {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/helm/rbac-allow-list.txt")).unwrap();
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/helm/rbac-allow-list.txt")).unwrap();
     let mut rules = BTreeSet::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let fields: Vec<&str> = line.split('|').map(str::trim).collect();
         let [scope, subject, names, verbs] = fields[..] else {
             panic!("bad allow-list line {line:?}");
@@ -329,7 +391,10 @@ async fn the_chart_installs_and_its_rbac_is_exactly_the_reviewed_allow_list() {
         "not injected"
     );
     let log = chart.operator_log();
-    assert!(!log.contains("Forbidden") && !log.contains("forbidden"), "{log}");
+    assert!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "{log}"
+    );
 
     // What it may do is exactly the reviewed list: anywhere, and in its
     // own namespace.
@@ -386,26 +451,39 @@ async fn the_operators_account_cannot_mint_tokens_or_touch_what_is_not_its_own()
         forbidden(
             &format!("create a token Secret in {namespace}"),
             secrets
-                .create(&PostParams::default(), &serde_json::from_value(token_secret.clone()).unwrap())
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(token_secret.clone()).unwrap(),
+                )
                 .await
                 .map(|s| serde_json::to_value(s).unwrap()),
         );
         forbidden(
             &format!("apply a Secret in {namespace}"),
             secrets
-                .patch("minted", &PatchParams::apply("x").force(), &Patch::Apply(&token_secret))
+                .patch(
+                    "minted",
+                    &PatchParams::apply("x").force(),
+                    &Patch::Apply(&token_secret),
+                )
                 .await
                 .map(|s| serde_json::to_value(s).unwrap()),
         );
         forbidden(
             &format!("list Secrets in {namespace}"),
-            secrets.list(&Default::default()).await.map(|l| json!(l.items.len())),
+            secrets
+                .list(&Default::default())
+                .await
+                .map(|l| json!(l.items.len())),
         );
     }
     let secrets: Api<Secret> = Api::namespaced(sa.clone(), &ns);
     forbidden(
         "read the privileged token",
-        secrets.get("admin-bot-token").await.map(|s| serde_json::to_value(s).unwrap()),
+        secrets
+            .get("admin-bot-token")
+            .await
+            .map(|s| serde_json::to_value(s).unwrap()),
     );
     forbidden(
         "read kube-system's Secrets",
@@ -429,10 +507,22 @@ async fn the_operators_account_cannot_mint_tokens_or_touch_what_is_not_its_own()
     // change anything but its own label.
     let namespaces: Api<Namespace> = Api::all(sa.clone());
     for (what, patch) in [
-        ("PodSecurity", json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})),
-        ("another webhook's opt-out", json!({"metadata": {"labels": {"other.example/inject": "disabled"}}})),
-        ("its label to another value", json!({"metadata": {"labels": {common::chart::NAMESPACE_LABEL: "false"}}})),
-        ("an annotation", json!({"metadata": {"annotations": {"scheduler.alpha.kubernetes.io/node-selector": "x=y"}}})),
+        (
+            "PodSecurity",
+            json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}),
+        ),
+        (
+            "another webhook's opt-out",
+            json!({"metadata": {"labels": {"other.example/inject": "disabled"}}}),
+        ),
+        (
+            "its label to another value",
+            json!({"metadata": {"labels": {common::chart::NAMESPACE_LABEL: "false"}}}),
+        ),
+        (
+            "an annotation",
+            json!({"metadata": {"annotations": {"scheduler.alpha.kubernetes.io/node-selector": "x=y"}}}),
+        ),
     ] {
         let result = namespaces
             .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
@@ -445,7 +535,9 @@ async fn the_operators_account_cannot_mint_tokens_or_touch_what_is_not_its_own()
         .patch(
             &ns,
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {common::chart::NAMESPACE_LABEL: "true"}}})),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {common::chart::NAMESPACE_LABEL: "true"}}}),
+            ),
         )
         .await
         .unwrap();
@@ -465,21 +557,29 @@ async fn the_operators_account_cannot_mint_tokens_or_touch_what_is_not_its_own()
         "metadata": {"name": "shop-attach-gateway"}, "data": {"gateway.yaml": "theirs"},
     }))
     .unwrap();
-    let foreign = config_maps.create(&PostParams::default(), &foreign).await.unwrap();
+    let foreign = config_maps
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
     let mut stolen = foreign.clone();
     stolen.data = Some([("gateway.yaml".to_owned(), "ours".to_owned())].into());
     stolen.metadata.labels = Some(
         [
-            ("app.kubernetes.io/managed-by".to_owned(), "attach-operator".to_owned()),
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                "attach-operator".to_owned(),
+            ),
             ("attach.dev/backend".to_owned(), "shop".to_owned()),
         ]
         .into(),
     );
-    stolen.metadata.owner_references = Some(vec![serde_json::from_value(json!({
-        "apiVersion": "attach.dev/v1alpha1", "kind": "LLMBackend", "name": "shop",
-        "uid": "00000000-0000-0000-0000-000000000000", "controller": true,
-    }))
-    .unwrap()]);
+    stolen.metadata.owner_references = Some(vec![
+        serde_json::from_value(json!({
+            "apiVersion": "attach.dev/v1alpha1", "kind": "LLMBackend", "name": "shop",
+            "uid": "00000000-0000-0000-0000-000000000000", "controller": true,
+        }))
+        .unwrap(),
+    ]);
     let as_operator: Api<ConfigMap> = Api::namespaced(sa.clone(), &ns);
     forbidden(
         "take over a ConfigMap",
@@ -529,7 +629,12 @@ async fn crds_upgrade_with_the_chart_and_uninstall_leaves_only_them() {
             .spawn()
             .unwrap();
         if let Some(text) = stdin {
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
         }
         drop(child.stdin.take());
         child.wait_with_output().unwrap()
@@ -546,7 +651,10 @@ async fn crds_upgrade_with_the_chart_and_uninstall_leaves_only_them() {
         Api::namespaced(client.clone(), &installed.release_namespace);
     let lease = format!("{}-operator", installed.release);
     common::wait_for(&leases, &lease, "held", |l| {
-        l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_some()
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_ref())
+            .is_some()
     })
     .await;
 
@@ -562,7 +670,11 @@ async fn crds_upgrade_with_the_chart_and_uninstall_leaves_only_them() {
     copy_dir(&chart(), next.path());
     let chart_yaml = next.path().join("Chart.yaml");
     let text = std::fs::read_to_string(&chart_yaml).unwrap();
-    std::fs::write(&chart_yaml, text.replace("version: 0.1.0", "version: 0.1.1")).unwrap();
+    std::fs::write(
+        &chart_yaml,
+        text.replace("version: 0.1.0", "version: 0.1.1"),
+    )
+    .unwrap();
     let crd = next.path().join("templates/crds/llmbackends.yaml");
     let text = std::fs::read_to_string(&crd).unwrap();
     let marker = "              unauthenticatedPaths:\n";
@@ -579,10 +691,21 @@ async fn crds_upgrade_with_the_chart_and_uninstall_leaves_only_them() {
     let out = world
         .helm()
         .unwrap()
-        .args(["upgrade", &installed.release, next.path().to_str().unwrap(), "--namespace", &installed.release_namespace, "--reuse-values"])
+        .args([
+            "upgrade",
+            &installed.release,
+            next.path().to_str().unwrap(),
+            "--namespace",
+            &installed.release_namespace,
+            "--reuse-values",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "helm upgrade: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "helm upgrade: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut stored = false;
     for _ in 0..100 {
         let out = kubectl_private(&["create", "-n", &ns, "-f", "-"], Some(backend));
@@ -593,19 +716,62 @@ async fn crds_upgrade_with_the_chart_and_uninstall_leaves_only_them() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(stored, "the upgraded CRD does not take spec.tier");
-    let out = kubectl_private(&["get", "llmbackend", "gold", "-n", &ns, "-o", "jsonpath={.spec.tier}"], None);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "gold", "kept, not pruned");
+    let out = kubectl_private(
+        &[
+            "get",
+            "llmbackend",
+            "gold",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.tier}",
+        ],
+        None,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "gold",
+        "kept, not pruned"
+    );
     // The Secret and the Lease the operator wrote survive the upgrade.
-    assert!(secrets.get(&tls).await.unwrap().data.unwrap().contains_key("ca.crt"));
+    assert!(
+        secrets
+            .get(&tls)
+            .await
+            .unwrap()
+            .data
+            .unwrap()
+            .contains_key("ca.crt")
+    );
 
     // Uninstall: the CRDs and the backend stay; nothing else of the chart.
     installed.uninstall();
-    let out = kubectl_private(&["get", "llmbackend", "gold", "-n", &ns, "-o", "name"], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(secrets.get_opt(&tls).await.unwrap().is_none(), "the webhook Secret is left");
-    assert!(leases.get_opt(&lease).await.unwrap().is_none(), "the Lease is left");
+    let out = kubectl_private(
+        &["get", "llmbackend", "gold", "-n", &ns, "-o", "name"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        secrets.get_opt(&tls).await.unwrap().is_none(),
+        "the webhook Secret is left"
+    );
+    assert!(
+        leases.get_opt(&lease).await.unwrap().is_none(),
+        "the Lease is left"
+    );
     let left = kubectl_private(
-        &["get", "all,secrets,leases,configmaps,serviceaccounts,roles,rolebindings,networkpolicies,poddisruptionbudgets", "-n", &installed.release_namespace, "-o", "name"],
+        &[
+            "get",
+            "all,secrets,leases,configmaps,serviceaccounts,roles,rolebindings,networkpolicies,poddisruptionbudgets",
+            "-n",
+            &installed.release_namespace,
+            "-o",
+            "name",
+        ],
         None,
     );
     let left: Vec<String> = String::from_utf8_lossy(&left.stdout)
@@ -618,14 +784,25 @@ async fn crds_upgrade_with_the_chart_and_uninstall_leaves_only_them() {
         .collect();
     assert!(left.is_empty(), "left in the release namespace: {left:?}");
     let cluster = kubectl_private(
-        &["get", "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,validatingadmissionpolicies,validatingadmissionpolicybindings", "-o", "name"],
+        &[
+            "get",
+            "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,validatingadmissionpolicies,validatingadmissionpolicybindings",
+            "-o",
+            "name",
+        ],
         None,
     );
     let cluster = String::from_utf8_lossy(&cluster.stdout).into_owned();
-    assert!(!cluster.contains(&installed.release), "left cluster-wide: {cluster}");
+    assert!(
+        !cluster.contains(&installed.release),
+        "left cluster-wide: {cluster}"
+    );
     let crds = kubectl_private(&["get", "crds", "-o", "name"], None);
     assert_eq!(
-        String::from_utf8_lossy(&crds.stdout).lines().filter(|l| l.contains("attach.dev")).count(),
+        String::from_utf8_lossy(&crds.stdout)
+            .lines()
+            .filter(|l| l.contains("attach.dev"))
+            .count(),
         3,
         "the CRDs are kept"
     );

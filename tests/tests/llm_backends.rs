@@ -167,14 +167,23 @@ async fn a_backend_is_rendered_re_rendered_failed_closed_and_collected() {
     let cm = config_maps.get("chat-attach-gateway").await.unwrap();
     assert_eq!(Some(hash_of(&cm)), status.config_hash);
     assert_eq!(cm.owner_references()[0].uid, ready.uid().unwrap());
-    assert_eq!(cm.labels()["app.kubernetes.io/managed-by"], "attach-operator");
+    assert_eq!(
+        cm.labels()["app.kubernetes.io/managed-by"],
+        "attach-operator"
+    );
     for name in ["chat-attach-gateway", "chat-gateway"] {
-        assert!(secrets.get_opt(name).await.unwrap().is_none(), "Secret {name}");
+        assert!(
+            secrets.get_opt(name).await.unwrap().is_none(),
+            "Secret {name}"
+        );
     }
     let text = cm.data.as_ref().unwrap()["gateway.yaml"].clone();
     let redis_url = world.redis_url().unwrap();
     assert!(!text.contains(redis_url), "the Redis URL is never read");
-    assert!(text.contains("urlFile: /etc/attach/secrets/redis-url"), "{text}");
+    assert!(
+        text.contains("urlFile: /etc/attach/secrets/redis-url"),
+        "{text}"
+    );
     let config = load_rendered(&cm, &[("redis-url", redis_url.as_bytes())]);
     let kc = world.keycloak().unwrap();
     assert_eq!(config.issuers.len(), 1);
@@ -194,7 +203,11 @@ async fn a_backend_is_rendered_re_rendered_failed_closed_and_collected() {
             url, key_prefix, ..
         } => {
             assert_eq!(url, redis_url, "read from the mounted Secret");
-            assert_eq!(key_prefix, &format!("attach:quota:{ns}/chat:"), "its own budgets");
+            assert_eq!(
+                key_prefix,
+                &format!("attach:quota:{ns}/chat:"),
+                "its own budgets"
+            );
         }
         other => panic!("not redis: {other:?}"),
     }
@@ -228,7 +241,10 @@ async fn a_backend_is_rendered_re_rendered_failed_closed_and_collected() {
     let ready_condition = common::condition(&unprotected, "Ready").unwrap();
     assert_eq!(ready_condition["reason"], "PodsNotInjected");
     assert!(
-        ready_condition["message"].as_str().unwrap().contains("ollama-1"),
+        ready_condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("ollama-1"),
         "{ready_condition}"
     );
     assert_eq!(unprotected.status.as_ref().unwrap().matched_pods, Some(2));
@@ -302,18 +318,27 @@ async fn objects_it_did_not_create_are_never_adopted() {
             "metadata": {"name": name, "labels": {"team": "web"}}, "data": {"gateway.yaml": "the web team's"},
         }))
         .unwrap();
-        config_maps.create(&PostParams::default(), &cm).await.unwrap();
+        config_maps
+            .create(&PostParams::default(), &cm)
+            .await
+            .unwrap();
         let secret: Secret = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"team": "web"}}, "stringData": {"redis-url": "the web team's"},
         }))
         .unwrap();
-        secrets.create(&PostParams::default(), &secret).await.unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
     }
-    let original: Vec<(ConfigMap, Secret)> = futures::future::join_all(
-        ["shop-attach-gateway", "shop-gateway"]
-            .map(|n| async { (config_maps.get(n).await.unwrap(), secrets.get(n).await.unwrap()) }),
-    )
-    .await;
+    let original: Vec<(ConfigMap, Secret)> =
+        futures::future::join_all(["shop-attach-gateway", "shop-gateway"].map(|n| async {
+            (
+                config_maps.get(n).await.unwrap(),
+                secrets.get(n).await.unwrap(),
+            )
+        }))
+        .await;
 
     let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
     backends
@@ -332,15 +357,29 @@ async fn objects_it_did_not_create_are_never_adopted() {
     common::wait_event(&client, &ns, "shop", "Warning", "Conflict").await;
     // Give a wrong write every chance, then delete the backend.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    backends.delete("shop", &DeleteParams::default()).await.unwrap();
+    backends
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (cm, secret) in &original {
         let name = cm.name_any();
         let cm_now = config_maps.get(&name).await.unwrap();
-        assert_eq!(cm_now.resource_version(), cm.resource_version(), "ConfigMap {name} written");
-        assert!(cm_now.owner_references().is_empty(), "ConfigMap {name} adopted");
+        assert_eq!(
+            cm_now.resource_version(),
+            cm.resource_version(),
+            "ConfigMap {name} written"
+        );
+        assert!(
+            cm_now.owner_references().is_empty(),
+            "ConfigMap {name} adopted"
+        );
         let secret_now = secrets.get(&name).await.unwrap();
-        assert_eq!(secret_now.resource_version(), secret.resource_version(), "Secret {name} written");
+        assert_eq!(
+            secret_now.resource_version(),
+            secret.resource_version(),
+            "Secret {name} written"
+        );
     }
 
     // A backend whose name is free, while the taken one is freed: it
@@ -356,7 +395,10 @@ async fn objects_it_did_not_create_are_never_adopted() {
         .unwrap();
     common::wait_ready(&backends, "shop", "True").await;
     let ours = config_maps.get("shop-attach-gateway").await.unwrap();
-    assert_eq!(ours.labels()["app.kubernetes.io/managed-by"], "attach-operator");
+    assert_eq!(
+        ours.labels()["app.kubernetes.io/managed-by"],
+        "attach-operator"
+    );
 }
 
 /// API writes so far, counted by the API server itself, on what the
@@ -377,9 +419,15 @@ fn api_writes(world: &attach_tests::World) -> f64 {
                 .any(|v| l.contains(&format!("verb=\"{v}\"")))
         })
         .filter(|l| {
-            ["configmaps", "secrets", "llmbackends", "namespaces", "events"]
-                .iter()
-                .any(|r| l.contains(&format!("resource=\"{r}\"")))
+            [
+                "configmaps",
+                "secrets",
+                "llmbackends",
+                "namespaces",
+                "events",
+            ]
+            .iter()
+            .any(|r| l.contains(&format!("resource=\"{r}\"")))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -391,16 +439,30 @@ fn api_writes(world: &attach_tests::World) -> f64 {
 #[tokio::test]
 async fn a_restarted_operator_writes_nothing_that_is_already_right() {
     let world: &'static attach_tests::World = Box::leak(Box::new(
-        attach_tests::World::start_private(env!("CARGO_BIN_EXE_attach-harness"), &["control-plane"])
-            .unwrap(),
+        attach_tests::World::start_private(
+            env!("CARGO_BIN_EXE_attach-harness"),
+            &["control-plane"],
+        )
+        .unwrap(),
     ));
     let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
     for args in [
         vec!["apply", "--server-side", "-f", crds],
-        vec!["wait", "--for", "condition=established", "--timeout=30s", "-f", crds],
+        vec![
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=30s",
+            "-f",
+            crds,
+        ],
     ] {
         let out = world.kubectl().unwrap().args(&args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let lease = lease("steady");
     let mut operator = OperatorProcess::start(world, &lease, "steady-a", &[])
@@ -427,7 +489,10 @@ async fn a_restarted_operator_writes_nothing_that_is_already_right() {
             .await
             .unwrap();
         common::wait_for(&backends, name, "rendered", |b| {
-            b.status.as_ref().and_then(|s| s.config_hash.as_ref()).is_some()
+            b.status
+                .as_ref()
+                .and_then(|s| s.config_hash.as_ref())
+                .is_some()
         })
         .await;
     }
@@ -460,7 +525,11 @@ async fn a_restarted_operator_writes_nothing_that_is_already_right() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(reconciles(&restarted.metrics().await.unwrap()) >= 2.0, "{}", restarted.log());
+    assert!(
+        reconciles(&restarted.metrics().await.unwrap()) >= 2.0,
+        "{}",
+        restarted.log()
+    );
     assert_eq!(
         api_writes(world) - before,
         0.0,
@@ -654,7 +723,10 @@ async fn an_identity_providers_token_exchange_names_its_secret_by_file() {
         text.contains("clientSecretFile: /etc/attach/secrets/exchange-client-secret-0"),
         "{text}"
     );
-    let config = load_rendered(&cm, &[("exchange-client-secret-0", b"attach-gateway-secret\n")]);
+    let config = load_rendered(
+        &cm,
+        &[("exchange-client-secret-0", b"attach-gateway-secret\n")],
+    );
     let exchange = config.issuers[0].token_exchange.as_ref().unwrap();
     assert_eq!(exchange.client_id, "attach-gateway");
     assert_eq!(
@@ -663,5 +735,11 @@ async fn an_identity_providers_token_exchange_names_its_secret_by_file() {
     );
     assert_eq!(exchange.audience.as_deref(), Some("llm-downstream"));
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    assert!(secrets.get_opt("chat-attach-gateway").await.unwrap().is_none());
+    assert!(
+        secrets
+            .get_opt("chat-attach-gateway")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

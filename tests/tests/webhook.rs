@@ -91,13 +91,21 @@ fn model_pod(name: &str, app: &str) -> Value {
 
 async fn create(client: &Client, ns: &str, pod: &Value) -> Result<Pod, kube::Error> {
     Api::<Pod>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &serde_json::from_value(pod.clone()).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod.clone()).unwrap(),
+        )
         .await
 }
 
 /// A namespace under the chart holding an IdP and the backends `names`
 /// (each selecting `app=<name>`), Ready and labelled for the webhook.
-async fn team(chart: &InstalledChart, client: &Client, prefix: &str, backends: &[(&str, Value)]) -> String {
+async fn team(
+    chart: &InstalledChart,
+    client: &Client,
+    prefix: &str,
+    backends: &[(&str, Value)],
+) -> String {
     let ns = chart.namespace(prefix).await;
     idp(client, &ns).await;
     for (name, extra) in backends {
@@ -115,7 +123,16 @@ async fn team(chart: &InstalledChart, client: &Client, prefix: &str, backends: &
 async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it() {
     let chart = common::install_chart().await;
     let client = common::world().client().await.unwrap();
-    let ns = team(&chart, &client, "models", &[("ollama", json!({})), ("vllm", json!({"engine": "vllm", "port": 8000}))]).await;
+    let ns = team(
+        &chart,
+        &client,
+        "models",
+        &[
+            ("ollama", json!({})),
+            ("vllm", json!({"engine": "vllm", "port": 8000})),
+        ],
+    )
+    .await;
     let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
     let ollama_backend = backends.get("ollama").await.unwrap();
 
@@ -198,7 +215,10 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
         b.status.as_ref().and_then(|s| s.injected_pods) == Some(1)
     })
     .await;
-    assert_eq!(common::condition(&counted, "PodsProtected").unwrap()["status"], "True");
+    assert_eq!(
+        common::condition(&counted, "PodsProtected").unwrap()["status"],
+        "True"
+    );
 
     bypass_is_closed(&client, &ns, &pod).await;
 }
@@ -210,7 +230,8 @@ async fn refused_twice(client: &Client, ns: &str, pod: &Value, reason: &str) {
         match create(client, ns, pod).await {
             Err(kube::Error::Api(e)) => {
                 assert!(
-                    e.message.contains("admission webhook \"inject.attach.dev\" denied the request")
+                    e.message
+                        .contains("admission webhook \"inject.attach.dev\" denied the request")
                         && e.message.contains(reason)
                         && e.message.contains("Fix:"),
                     "{reason} ({attempt} try): {}",
@@ -230,7 +251,10 @@ async fn every_reason_a_selected_pod_cannot_be_protected_is_refused_twice() {
         &chart,
         &client,
         "refusals",
-        &[("ollama", json!({})), ("tolerant", json!({"podOptOut": "Allow"}))],
+        &[
+            ("ollama", json!({})),
+            ("tolerant", json!({"podOptOut": "Allow"})),
+        ],
     )
     .await;
 
@@ -292,7 +316,10 @@ async fn every_reason_a_selected_pod_cannot_be_protected_is_refused_twice() {
             "{form}: {stderr}"
         );
         let name = pod["metadata"]["name"].as_str().unwrap();
-        let created = Api::<Pod>::namespaced(client.clone(), &ns).get(name).await.unwrap();
+        let created = Api::<Pod>::namespaced(client.clone(), &ns)
+            .get(name)
+            .await
+            .unwrap();
         assert!(sidecar(&created).is_none(), "{form}");
     }
     let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
@@ -300,7 +327,10 @@ async fn every_reason_a_selected_pod_cannot_be_protected_is_refused_twice() {
         b.status.as_ref().and_then(|s| s.matched_pods) == Some(2)
     })
     .await;
-    assert_eq!(common::condition(&tolerant, "PodsProtected").unwrap()["status"], "True");
+    assert_eq!(
+        common::condition(&tolerant, "PodsProtected").unwrap()["status"],
+        "True"
+    );
 
     // A ConfigMap of the backend's name that is someone else's: the backend
     // reports a Conflict, and its pods are refused rather than mounting it.
@@ -317,9 +347,18 @@ async fn every_reason_a_selected_pod_cannot_be_protected_is_refused_twice() {
     backend(&client, &taken, "shop", json!({})).await;
     let shops: Api<LLMBackend> = Api::namespaced(client.clone(), &taken);
     let shop = common::wait_ready(&shops, "shop", "False").await;
-    assert_eq!(common::condition(&shop, "ConfigRendered").unwrap()["reason"], "Conflict");
+    assert_eq!(
+        common::condition(&shop, "ConfigRendered").unwrap()["reason"],
+        "Conflict"
+    );
     chart.wait_namespace_label(&taken, true).await;
-    refused_twice(&client, &taken, &model_pod("shop-0", "shop"), "config_map_taken").await;
+    refused_twice(
+        &client,
+        &taken,
+        &model_pod("shop-0", "shop"),
+        "config_map_taken",
+    )
+    .await;
 }
 
 /// The operator stopped: pod creation fails closed only in namespaces that
@@ -347,7 +386,8 @@ async fn an_outage_blocks_pod_creation_only_where_backends_are() {
     for pod in [model_pod("ollama-0", "ollama"), plain.clone()] {
         let err = create(&client, &models, &pod).await.unwrap_err();
         assert!(
-            err.to_string().contains("failed calling webhook \"inject.attach.dev\""),
+            err.to_string()
+                .contains("failed calling webhook \"inject.attach.dev\""),
             "{err}"
         );
     }
@@ -359,21 +399,29 @@ async fn an_outage_blocks_pod_creation_only_where_backends_are() {
     match create(&client, &late, &model_pod("ollama-0", "ollama")).await {
         Err(kube::Error::Api(e)) => assert!(
             e.message.contains("selected-pods")
-                && e.message.contains("LLMBackend ollama selects this pod, but attach-gateway was not injected"),
+                && e.message.contains(
+                    "LLMBackend ollama selects this pod, but attach-gateway was not injected"
+                ),
             "{}",
             e.message
         ),
         other => panic!("admitted unprotected: {other:?}"),
     }
-    create(&client, &late, &json!({"metadata": {"name": "web"},
-        "spec": {"containers": [{"name": "web", "image": "nginx"}]}}))
+    create(
+        &client,
+        &late,
+        &json!({"metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]}}),
+    )
     .await
     .unwrap();
 
     // The operator returns: it labels that namespace, and the pod is injected.
     chart.start_operator().await;
     chart.wait_namespace_label(&late, true).await;
-    let injected = create(&client, &late, &model_pod("ollama-1", "ollama")).await.unwrap();
+    let injected = create(&client, &late, &model_pod("ollama-1", "ollama"))
+        .await
+        .unwrap();
     assert!(sidecar(&injected).is_some());
     // The last backend goes: so does the label.
     Api::<LLMBackend>::namespaced(client.clone(), &late)

@@ -71,7 +71,10 @@ mod tests {
         assert_eq!(pause(base, max, 4, 1.0), Duration::from_secs(8));
         assert_eq!(pause(base, max, 30, 1.0), max, "capped");
         assert_eq!(pause(base, max, u32::MAX, 1.0), max, "no overflow");
-        let spread: Vec<_> = [0.0, 0.3, 0.9].iter().map(|j| pause(base, max, 3, *j)).collect();
+        let spread: Vec<_> = [0.0, 0.3, 0.9]
+            .iter()
+            .map(|j| pause(base, max, 3, *j))
+            .collect();
         assert!(spread.windows(2).all(|w| w[0] < w[1]), "{spread:?}");
     }
 
@@ -83,7 +86,10 @@ mod tests {
         backoff.failed("a");
         let third = backoff.failed("a");
         assert!(third >= Duration::from_secs(2), "{third:?}");
-        assert!(backoff.failed("b") <= Duration::from_secs(1), "b has its own count");
+        assert!(
+            backoff.failed("b") <= Duration::from_secs(1),
+            "b has its own count"
+        );
         backoff.succeeded(&"a");
         assert!(backoff.failed("a") <= Duration::from_secs(1), "reset");
     }

@@ -207,7 +207,8 @@ pub async fn reconcile(backend: Arc<LLMBackend>, ctx: Arc<Context>) -> Result<Ac
             })?;
     }
     publish_transition(&backend, &previous.conditions, &verdicts[0], &ctx.recorder).await;
-    ctx.backoff.succeeded(&ObjectRef::from_obj(backend.as_ref()));
+    ctx.backoff
+        .succeeded(&ObjectRef::from_obj(backend.as_ref()));
     Ok(Action::requeue(if taken.is_some() {
         TAKEN_RECHECK
     } else {
@@ -246,14 +247,23 @@ fn verdicts(
         Verdict::ok(
             PODS_PROTECTED,
             "Protected",
-            format!("{} selected pod(s), every one with attach-gateway", counts.matched),
+            format!(
+                "{} selected pod(s), every one with attach-gateway",
+                counts.matched
+            ),
         )
     } else {
-        Verdict::failed(PODS_PROTECTED, "PodsNotInjected", unprotected_message(counts))
+        Verdict::failed(
+            PODS_PROTECTED,
+            "PodsNotInjected",
+            unprotected_message(counts),
+        )
     };
     let ready = match decision.problems.first() {
         Some(problem) => Verdict::failed(READY, problem.reason(), problem.message()),
-        None if !protected.ok => Verdict::failed(READY, "PodsNotInjected", protected.message.clone()),
+        None if !protected.ok => {
+            Verdict::failed(READY, "PodsNotInjected", protected.message.clone())
+        }
         None => Verdict::ok(
             READY,
             "Ready",

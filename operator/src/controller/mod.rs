@@ -142,7 +142,9 @@ pub async fn run(
         settings.controller_config(),
         shutdown.clone(),
     );
-    let backends = backend_controller(client, recorder, &caches, &leader, metrics, &settings, shutdown);
+    let backends = backend_controller(
+        client, recorder, &caches, &leader, metrics, &settings, shutdown,
+    );
     futures::join!(idps, cluster_idps, labels, backends);
     tracing::info!("controllers stopped");
 }
@@ -157,7 +159,9 @@ async fn idp_controller<K: identity_provider::IdpObject>(
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let store = shared.store();
-    let triggers = changes(shared.subscribe(), store.clone(), |k: &K| k.meta().generation);
+    let triggers = changes(shared.subscribe(), store.clone(), |k: &K| {
+        k.meta().generation
+    });
     Controller::for_shared_stream(triggers, store)
         .with_config(config)
         .reconcile_all_on(once())
@@ -202,7 +206,8 @@ async fn namespace_label_controller(
         .reconcile_all_on(once())
         // A backend that comes or goes changes its namespace's label.
         .watches_shared_stream(backends_in, |b: Arc<LLMBackend>| {
-            b.namespace().map(|ns| ObjectRef::<PartialObjectMeta<Namespace>>::new(&ns))
+            b.namespace()
+                .map(|ns| ObjectRef::<PartialObjectMeta<Namespace>>::new(&ns))
         })
         .graceful_shutdown_on(shutdown)
         .run(

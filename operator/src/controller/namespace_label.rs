@@ -38,7 +38,10 @@ pub struct Error {
 
 /// The label change `namespace` needs: `Some(true)` to set it, `Some(false)`
 /// to remove it, `None` when it is right.
-pub fn change(namespace: &PartialObjectMeta<Namespace>, backends: &[Arc<LLMBackend>]) -> Option<bool> {
+pub fn change(
+    namespace: &PartialObjectMeta<Namespace>,
+    backends: &[Arc<LLMBackend>],
+) -> Option<bool> {
     let name = namespace.name_any();
     let wanted = backends
         .iter()
@@ -69,7 +72,9 @@ pub async fn reconcile(
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => tracing::info!(namespace = %name, labelled = wanted, "namespace label updated"),
+            Ok(_) => {
+                tracing::info!(namespace = %name, labelled = wanted, "namespace label updated")
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(source) => {
                 return Err(Error {
@@ -129,6 +134,10 @@ mod tests {
         assert_eq!(change(&namespace("ml", true), &backends), None);
         assert_eq!(change(&namespace("web", true), &backends), Some(false));
         assert_eq!(change(&namespace("web", false), &backends), None);
-        assert_eq!(change(&namespace("ml", true), &[]), Some(false), "the last backend went");
+        assert_eq!(
+            change(&namespace("ml", true), &[]),
+            Some(false),
+            "the last backend went"
+        );
     }
 }

@@ -100,9 +100,7 @@ pub fn ownership(object: &ObjectMeta, backend: &LLMBackend) -> Ownership {
         .flatten()
         .find(|o| o.controller == Some(true));
     match (controller, backend.uid()) {
-        (Some(owner), Some(uid))
-            if owner.uid == uid && owner.kind == LLMBackend::kind(&()) =>
-        {
+        (Some(owner), Some(uid)) if owner.uid == uid && owner.kind == LLMBackend::kind(&()) => {
             Ownership::Ours
         }
         _ => Ownership::Theirs(
@@ -114,8 +112,16 @@ pub fn ownership(object: &ObjectMeta, backend: &LLMBackend) -> Ownership {
 /// Whether `current` already says what `desired` says.
 fn same(current: &ConfigMap, desired: &ConfigMap) -> bool {
     current.data == desired.data
-        && current.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_HASH))
-            == desired.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_HASH))
+        && current
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CONFIG_HASH))
+            == desired
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CONFIG_HASH))
         && desired
             .metadata
             .labels
@@ -132,7 +138,10 @@ pub enum Written {
     Created,
     Replaced,
     /// The name is taken; nothing was written.
-    Taken { name: String, why: &'static str },
+    Taken {
+        name: String,
+        why: &'static str,
+    },
 }
 
 /// Makes the backend's ConfigMap say `desired`: created when absent,
@@ -192,25 +201,32 @@ mod tests {
         let cut = name(&long);
         assert_eq!(cut.len(), 253, "{cut}");
         assert!(cut.ends_with(SUFFIX));
-        assert_ne!(cut, name(&format!("{}b", "a".repeat(252))), "the hash keeps them apart");
+        assert_ne!(
+            cut,
+            name(&format!("{}b", "a".repeat(252))),
+            "the hash keeps them apart"
+        );
     }
 
     #[test]
     fn only_what_the_operator_created_for_this_backend_is_ours() {
         let shop = backend("uid-1");
-        let rendered = crate::render::render_deny_all(
-            &shop.spec,
-            crate::ports::layout(11434),
-        );
+        let rendered = crate::render::render_deny_all(&shop.spec, crate::ports::layout(11434));
         let ours = config_map(&shop, &rendered, "h");
         assert_eq!(ownership(&ours.metadata, &shop), Ownership::Ours);
         // Another team's ConfigMap of the same name.
         let mut theirs = ConfigMap::default();
         theirs.metadata.name = Some(name("shop"));
-        assert!(matches!(ownership(&theirs.metadata, &shop), Ownership::Theirs(_)));
+        assert!(matches!(
+            ownership(&theirs.metadata, &shop),
+            Ownership::Theirs(_)
+        ));
         // Our label copied onto it is not enough: the owner must be this backend.
         theirs.metadata.labels = ours.metadata.labels.clone();
-        assert!(matches!(ownership(&theirs.metadata, &shop), Ownership::Theirs(_)));
+        assert!(matches!(
+            ownership(&theirs.metadata, &shop),
+            Ownership::Theirs(_)
+        ));
         // Ours, but of an earlier backend of the same name.
         assert!(matches!(
             ownership(&ours.metadata, &backend("uid-2")),

@@ -143,7 +143,11 @@ impl IdpStores {
     /// The exchange client Secret of the IdP `r` refers to, if it has token
     /// exchange. It is looked up in the backend's namespace whatever the
     /// IdP's kind: the pod mounts it from there.
-    pub fn exchange_secret(&self, namespace: &str, r: &IdentityProviderRef) -> Option<SecretKeyRef> {
+    pub fn exchange_secret(
+        &self,
+        namespace: &str,
+        r: &IdentityProviderRef,
+    ) -> Option<SecretKeyRef> {
         let exchange = match r.kind {
             IdentityProviderKind::IdentityProvider => self
                 .namespaced

@@ -20,7 +20,10 @@ pub const INJECTED_BY: &str = "attach.dev/backend";
 pub const POD_OPT_OUT: &str = "attach.dev/inject";
 
 /// Whether a pod with these labels and annotations asks not to be injected.
-pub fn opted_out(labels: &BTreeMap<String, String>, annotations: &BTreeMap<String, String>) -> bool {
+pub fn opted_out(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> bool {
     let no = |m: &BTreeMap<String, String>| m.get(POD_OPT_OUT).is_some_and(|v| v == "false");
     no(labels) || no(annotations)
 }

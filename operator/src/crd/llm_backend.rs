@@ -142,7 +142,10 @@ pub struct AccessRule {
     pub subjects: Subjects,
     /// Model names or globs (`*`, `?`), e.g. `llama3.2:*`; default all.
     #[serde(default)]
-    #[schemars(length(max = 128), inner(length(max = 256), regex(pattern = r"^[A-Za-z0-9._:/@*?+-]+$")))]
+    #[schemars(
+        length(max = 128),
+        inner(length(max = 256), regex(pattern = r"^[A-Za-z0-9._:/@*?+-]+$"))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub models: Vec<String>,
     /// Endpoint classes granted.
@@ -205,7 +208,10 @@ pub struct Quota {
     pub subjects: Option<Subjects>,
     /// Model names or globs with a budget each (all models share one when empty).
     #[serde(default)]
-    #[schemars(length(max = 128), inner(length(max = 256), regex(pattern = r"^[A-Za-z0-9._:/@*?+-]+$")))]
+    #[schemars(
+        length(max = 128),
+        inner(length(max = 256), regex(pattern = r"^[A-Za-z0-9._:/@*?+-]+$"))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub models: Vec<String>,
     /// LLM tokens per minute.

@@ -91,8 +91,15 @@ mod tests {
                 super::CHART_CRDS
             );
         }
-        let files = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or_default();
-        assert_eq!(files, super::all().len(), "a stale file in {}", super::CHART_CRDS);
+        let files = std::fs::read_dir(&dir)
+            .map(|d| d.count())
+            .unwrap_or_default();
+        assert_eq!(
+            files,
+            super::all().len(),
+            "a stale file in {}",
+            super::CHART_CRDS
+        );
     }
 
     #[test]

@@ -184,8 +184,16 @@ fn a_second_pass_over_a_damaged_injection_is_refused() {
     }
     for (what, pod, reason) in [
         ("no gateway", no_gateway, Reason::ForgedAnnotation),
-        ("no annotations", no_annotations, Reason::ForeignGatewayContainer),
-        ("no config volume", other_config, Reason::ForeignGatewayContainer),
+        (
+            "no annotations",
+            no_annotations,
+            Reason::ForeignGatewayContainer,
+        ),
+        (
+            "no config volume",
+            other_config,
+            Reason::ForeignGatewayContainer,
+        ),
     ] {
         match decide(&again(pod)) {
             Decision::Refuse {
@@ -223,7 +231,11 @@ fn every_refusal_names_its_reason_and_a_fix() {
         Reason::HostNetwork,
         Reason::EngineContainerNotFound,
     ] {
-        assert!(refused.contains(&reason), "no case refuses {}", reason.as_str());
+        assert!(
+            refused.contains(&reason),
+            "no case refuses {}",
+            reason.as_str()
+        );
     }
 }
 

@@ -175,7 +175,10 @@ fn injection(pod: &Pod) -> Injection {
         (true, None) => Injection::Forged,
         (false, Some(_)) => Injection::Foreign,
         (true, Some(container)) => {
-            let backend = annotations.get(BACKEND).map(String::as_str).unwrap_or_default();
+            let backend = annotations
+                .get(BACKEND)
+                .map(String::as_str)
+                .unwrap_or_default();
             if annotations.contains_key(INJECTED)
                 && !backend.is_empty()
                 && container.restart_policy.as_deref() == Some("Always")

@@ -74,7 +74,13 @@ async fn accept_errors_back_off_instead_of_spinning() {
     assert!((5..=15).contains(&calls), "{calls} accepts in 3 s");
 }
 
-async fn plain_server(handler: Slow) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+async fn plain_server(
+    handler: Slow,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -114,8 +120,7 @@ async fn a_client_that_never_finishes_the_tls_handshake_is_cut_off() {
     let addr = listener.local_addr().unwrap();
     let now = k8s_openapi::jiff::Timestamp::now();
     let (ca, ca_key) = crate::webhook::certs::generate_ca(now).unwrap();
-    let certs =
-        crate::webhook::certs::issue(&ca, &ca_key, &["127.0.0.1".into()], 30, now).unwrap();
+    let certs = crate::webhook::certs::issue(&ca, &ca_key, &["127.0.0.1".into()], 30, now).unwrap();
     let current = Arc::new(crate::webhook::certs::CurrentCert::new(
         certs.certified_key().unwrap(),
     ));

@@ -121,7 +121,13 @@ impl InstalledChart {
             .world
             .helm()
             .unwrap()
-            .args(["uninstall", &self.release, "--namespace", &self.release_namespace, "--wait"])
+            .args([
+                "uninstall",
+                &self.release,
+                "--namespace",
+                &self.release_namespace,
+                "--wait",
+            ])
             .output()
             .unwrap();
         assert!(
@@ -139,13 +145,15 @@ impl Drop for InstalledChart {
         if self.installed {
             // Its cluster-wide objects (webhook, policies) must not outlive
             // the test in a shared world.
-            let _ = self
-                .world
-                .helm()
-                .map(|mut helm| {
-                    helm.args(["uninstall", &self.release, "--namespace", &self.release_namespace])
-                        .output()
-                });
+            let _ = self.world.helm().map(|mut helm| {
+                helm.args([
+                    "uninstall",
+                    &self.release,
+                    "--namespace",
+                    &self.release_namespace,
+                ])
+                .output()
+            });
         }
     }
 }
@@ -218,9 +226,21 @@ pub async fn install_chart_in(world: &'static World, extra: &[&str]) -> Installe
     let out = world
         .helm()
         .unwrap()
-        .args(["install", &release, chart, "--namespace", &release_namespace])
-        .args(["--set", &format!("webhook.url=https://127.0.0.1:{port}/mutate-pods")])
-        .args(["--set", &format!("webhook.namespaceLabels.attach\\.dev/chart-test={run}")])
+        .args([
+            "install",
+            &release,
+            chart,
+            "--namespace",
+            &release_namespace,
+        ])
+        .args([
+            "--set",
+            &format!("webhook.url=https://127.0.0.1:{port}/mutate-pods"),
+        ])
+        .args([
+            "--set",
+            &format!("webhook.namespaceLabels.attach\\.dev/chart-test={run}"),
+        ])
         .args(extra)
         .output()
         .unwrap();

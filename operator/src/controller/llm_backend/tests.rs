@@ -234,7 +234,10 @@ async fn a_resolved_backend_writes_its_config_and_a_ready_status() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(cm["metadata"]["labels"]["app.kubernetes.io/managed-by"], "attach-operator");
+    assert_eq!(
+        cm["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "attach-operator"
+    );
     assert_eq!(cm["metadata"]["ownerReferences"][0]["kind"], "LLMBackend");
     assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "uid-chat");
     assert_eq!(cm["metadata"]["ownerReferences"][0]["controller"], true);
@@ -303,7 +306,10 @@ async fn a_changed_config_replaces_the_cached_version() {
     );
     let run = tokio::spawn(reconcile(Arc::new(changed), ctx));
     let put = expect(&mut server, Method::PUT, CONFIG_MAP, None).await;
-    assert_eq!(put["metadata"]["resourceVersion"], "7", "over the version inspected");
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "7",
+        "over the version inspected"
+    );
     assert_eq!(config_of(&put).quotas.limits[0].tokens_per_minute, Some(5));
     expect(&mut server, Method::PATCH, STATUS, None).await;
     run.await.unwrap().unwrap();
@@ -344,10 +350,9 @@ async fn a_config_map_that_is_not_ours_is_left_alone() {
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "Conflict");
     assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .contains("ConfigMap ml/chat-attach-gateway exists and was not created by attach-operator"),
+        ready["message"].as_str().unwrap().contains(
+            "ConfigMap ml/chat-attach-gateway exists and was not created by attach-operator"
+        ),
         "{ready}"
     );
     assert_eq!(condition(&status, "ConfigRendered")["reason"], "Conflict");
@@ -356,7 +361,10 @@ async fn a_config_map_that_is_not_ours_is_left_alone() {
     assert_eq!(event["reason"], "Conflict");
     run.await.unwrap().unwrap();
     drop(_writers);
-    assert!(server.next_request().await.is_none(), "nothing written to it");
+    assert!(
+        server.next_request().await.is_none(),
+        "nothing written to it"
+    );
 }
 
 #[tokio::test]
@@ -436,8 +444,14 @@ async fn secrets_are_named_never_read() {
     let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
     let cm = expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
     let text = cm["data"]["gateway.yaml"].as_str().unwrap();
-    assert!(text.contains("urlFile: /etc/attach/secrets/redis-url"), "{text}");
-    assert!(text.contains("keyPrefix: 'attach:quota:ml/chat:'"), "{text}");
+    assert!(
+        text.contains("urlFile: /etc/attach/secrets/redis-url"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keyPrefix: 'attach:quota:ml/chat:'"),
+        "{text}"
+    );
     let status = expect(&mut server, Method::PATCH, STATUS, None).await;
     assert_eq!(condition(&status, "Ready")["status"], "True");
     run.await.unwrap().unwrap();
@@ -465,7 +479,10 @@ async fn a_selected_pod_without_the_gateway_keeps_the_backend_from_ready() {
     assert_eq!(protected["status"], "False");
     assert_eq!(protected["reason"], "PodsNotInjected");
     let message = protected["message"].as_str().unwrap();
-    assert!(message.contains(": b;") && message.contains("rollout restart"), "{message}");
+    assert!(
+        message.contains(": b;") && message.contains("rollout restart"),
+        "{message}"
+    );
     let ready = condition(&status, "Ready");
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "PodsNotInjected");
@@ -511,5 +528,8 @@ async fn a_failed_write_is_an_error_to_retry() {
     )
     .await;
     let err = run.await.unwrap().unwrap_err();
-    assert!(err.to_string().contains("ConfigMap chat-attach-gateway"), "{err}");
+    assert!(
+        err.to_string().contains("ConfigMap chat-attach-gateway"),
+        "{err}"
+    );
 }

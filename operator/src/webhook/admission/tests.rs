@@ -140,8 +140,14 @@ fn a_pod_opt_out_is_honoured_only_where_the_backend_allows_it() {
     let forbidding = index(vec![backend(json!({}))]);
     let allowing = index(vec![backend(json!({"podOptOut": "Allow"}))]);
     let opt_out = [
-        ("label", ollama_pod(json!({"attach.dev/inject": "false"}), json!({}))),
-        ("annotation", ollama_pod(json!({}), json!({"attach.dev/inject": "false"}))),
+        (
+            "label",
+            ollama_pod(json!({"attach.dev/inject": "false"}), json!({})),
+        ),
+        (
+            "annotation",
+            ollama_pod(json!({}), json!({"attach.dev/inject": "false"})),
+        ),
     ];
     for (form, pod) in opt_out {
         let (response, outcome) = answer(&review_of(pod.clone(), "ml"), &forbidding.index);
@@ -177,7 +183,10 @@ fn a_pod_opt_out_is_honoured_only_where_the_backend_allows_it() {
     }
     // "true", or anything else, is no opt-out: injected.
     let (response, _) = answer(
-        &review_of(ollama_pod(json!({"attach.dev/inject": "true"}), json!({})), "ml"),
+        &review_of(
+            ollama_pod(json!({"attach.dev/inject": "true"}), json!({})),
+            "ml",
+        ),
         &forbidding.index,
     );
     assert_eq!(response["patchType"], "JSONPatch");
@@ -212,7 +221,11 @@ fn only_a_pod_the_webhook_injected_counts_as_injected() {
     container_only["metadata"]["annotations"] = json!({});
     for (what, pod, reason) in [
         ("annotation only", annotation_only, "forged_annotation"),
-        ("container only", container_only, "foreign_gateway_container"),
+        (
+            "container only",
+            container_only,
+            "foreign_gateway_container",
+        ),
     ] {
         let (response, _) = answer(&review_of(pod, "ml"), &f.index);
         assert_eq!(response["allowed"], false, "{what}");
@@ -236,7 +249,9 @@ fn refuses_selected_pods_it_cannot_protect_naming_reason_and_fix() {
         assert_eq!(response["allowed"], false, "{reason}");
         let message = response["status"]["message"].as_str().unwrap();
         assert!(
-            message.contains("LLMBackend chat") && message.contains(reason) && message.contains("Fix:"),
+            message.contains("LLMBackend chat")
+                && message.contains(reason)
+                && message.contains("Fix:"),
             "{message}"
         );
         assert!(matches!(outcome, Outcome::Refused { .. }));
