@@ -161,3 +161,73 @@ impl IdpStores {
         exchange.map(|e| e.client_secret_ref)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector;
+    use kube::runtime::watcher;
+    use serde_json::json;
+
+    use super::*;
+
+    fn exchange(secret: &str) -> serde_json::Value {
+        json!({"tokenEndpoint": "https://idp.example.com/token", "clientId": "gw",
+               "clientSecretRef": {"name": secret, "key": "client-secret"}, "audience": "down"})
+    }
+
+    /// The webhook mounts an exchange client Secret from the pod's own
+    /// namespace whatever the IdP's kind: beside a namespaced IdP, and, for
+    /// a ClusterIdentityProvider, the Secret of that name in the backend's
+    /// namespace (never the operator's).
+    #[test]
+    fn exchange_secrets_are_looked_up_in_the_backends_namespace() {
+        let (namespaced, mut nw) = reflector::store::<IdentityProvider>();
+        let (cluster, mut cw) = reflector::store::<ClusterIdentityProvider>();
+        nw.apply_watcher_event(&watcher::Event::Apply(
+            serde_json::from_value(json!({
+                "apiVersion": "attach.dev/v1alpha1", "kind": "IdentityProvider",
+                "metadata": {"name": "team-idp", "namespace": "ml"},
+                "spec": {"issuer": "https://idp.example.com", "audiences": ["a"], "tokenExchange": exchange("team-exchange")},
+            }))
+            .unwrap(),
+        ));
+        cw.apply_watcher_event(&watcher::Event::Apply(
+            serde_json::from_value(json!({
+                "apiVersion": "attach.dev/v1alpha1", "kind": "ClusterIdentityProvider",
+                "metadata": {"name": "corp"},
+                "spec": {"issuer": "https://corp.example.com", "audiences": ["a"], "tokenExchange": exchange("corp-exchange")},
+            }))
+            .unwrap(),
+        ));
+        let stores = IdpStores {
+            namespaced,
+            cluster,
+        };
+        let reference = |kind, name: &str| IdentityProviderRef {
+            kind,
+            name: name.into(),
+        };
+        let namespaced_ref = reference(IdentityProviderKind::IdentityProvider, "team-idp");
+        assert_eq!(
+            stores.exchange_secret("ml", &namespaced_ref).unwrap().name,
+            "team-exchange"
+        );
+        assert!(
+            stores.exchange_secret("web", &namespaced_ref).is_none(),
+            "another namespace's IdP is not this backend's"
+        );
+        let cluster_ref = reference(IdentityProviderKind::ClusterIdentityProvider, "corp");
+        assert_eq!(
+            stores.exchange_secret("web", &cluster_ref).unwrap().name,
+            "corp-exchange"
+        );
+        assert!(
+            stores
+                .exchange_secret(
+                    "ml",
+                    &reference(IdentityProviderKind::IdentityProvider, "nope")
+                )
+                .is_none()
+        );
+    }
+}
