@@ -3,10 +3,10 @@
 SHELL := /bin/bash
 PHASE := scripts/phase
 
-.PHONY: test tools fmt clippy unit e2e orphans demo deps
+.PHONY: test tools fmt clippy unit e2e orphans demo deps no-golden-update
 
 ## Every check CI runs, each phase timed.
-test: deps
+test: no-golden-update deps
 	@export ATTACH_PHASE_LOG=$$(mktemp); \
 	  trap 'echo; echo "phase times:"; cat $$ATTACH_PHASE_LOG; rm -f $$ATTACH_PHASE_LOG' EXIT; \
 	  $(PHASE) fmt     cargo fmt --all --check && \
@@ -15,6 +15,12 @@ test: deps
 	  $(PHASE) unit    cargo test --locked --workspace --lib --bins && \
 	  $(PHASE) e2e     scripts/e2e && \
 	  $(PHASE) orphans scripts/check-orphans
+
+## Refused with ATTACH_UPDATE_GOLDEN set: the tests would rewrite the golden
+## files they check, and pass whatever the code does.
+no-golden-update:
+	@if [ -n "$${ATTACH_UPDATE_GOLDEN+set}" ]; then \
+	  echo "ATTACH_UPDATE_GOLDEN is set: make test checks the golden files, it does not rewrite them; unset it" >&2; exit 1; fi
 
 ## Install what a fresh machine lacks (apt packages, a JDK for Keycloak).
 deps:

@@ -5,6 +5,11 @@
 # The backends are created first; then the operator starts, and the script
 # measures the time until every backend is Ready, and the operator's peak RSS.
 # Targets: <= 30 s and <= 100 MiB.
+# Then the steady state: the operator is restarted, so every backend is
+# reconciled once more with nothing to change, and the script reports the API
+# writes per reconcile, counted by the API server itself
+# (apiserver_request_total: POST, PUT, PATCH, APPLY and DELETE on the
+# objects the operator writes). Target: 0.
 #
 # Uses the world `tests/cluster up` started, or starts (and stops) its own.
 # Usage: bench/operator.sh [backends, default 1000] [namespaces, default 50]
@@ -78,10 +83,31 @@ ready_count() {
 }
 
 metrics_port=$(free_port)
-"$target/release/attach-operator" --log-format json --log-level warn \
-  --metrics-addr "127.0.0.1:$metrics_port" --lease-name "bench-$run_id" >"$work/operator.log" 2>&1 &
-op_pid=$!
-pids+=("$op_pid")
+start_operator() {
+  "$target/release/attach-operator" --log-format json --log-level warn \
+    --metrics-addr "127.0.0.1:$metrics_port" --lease-name "bench-$run_id" >>"$work/operator.log" 2>&1 &
+  op_pid=$!
+  pids+=("$op_pid")
+}
+reconciles() {
+  curl -sf "http://127.0.0.1:$metrics_port/metrics" \
+    | awk '/^attach_operator_reconciles_total\{kind="LLMBackend"\}/ {print $2}'
+}
+# API writes so far, as the API server counts them, on what the operator writes.
+api_writes() {
+  kubectl get --raw /metrics | python3 -c '
+import re, sys
+total = 0
+for line in sys.stdin:
+    if not line.startswith("apiserver_request_total{"):
+        continue
+    labels = dict(re.findall(r"(\w+)=\"([^\"]*)\"", line))
+    if labels.get("verb") in ("POST", "PUT", "PATCH", "APPLY", "DELETE") and labels.get("resource") in (
+        "configmaps", "secrets", "llmbackends", "events", "namespaces"):
+        total += float(line.rsplit(" ", 1)[1])
+print(int(total))'
+}
+start_operator
 started=$(date +%s.%N)
 ready=0
 while (( ready < count )); do
@@ -96,8 +122,32 @@ while (( ready < count )); do
 done
 elapsed=$(echo "$(date +%s.%N) - $started" | bc)
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$op_pid/status")
-reconciles=$(curl -sf "http://127.0.0.1:$metrics_port/metrics" \
-  | awk '/^attach_operator_reconciles_total\{kind="LLMBackend"\}/ {print $2}')
+reconciles=$(reconciles)
 printf '%d LLMBackends in %d namespaces Ready after %.1f s (target <= 30 s)\n' "$count" "$namespaces" "$elapsed"
 printf 'operator peak RSS %.1f MiB (target <= 100 MiB); %s LLMBackend reconciles\n' \
   "$(echo "$rss_kib / 1024" | bc -l)" "${reconciles:-?}"
+
+# The steady state: let the first run settle, restart the operator, and
+# count what the second round of reconciles writes.
+quiet() { # waits until the reconcile count has not moved for 3 s
+  local last=-1 now stable=0
+  while (( stable < 6 )); do
+    sleep 0.5
+    now=$(reconciles); now=${now:-0}
+    if [[ "$now" == "$last" ]]; then stable=$((stable + 1)); else stable=0; last=$now; fi
+  done
+}
+quiet
+kill -TERM "$op_pid"; wait "$op_pid" 2>/dev/null || true
+writes_before=$(api_writes)
+start_operator
+for _ in $(seq 1 600); do
+  now=$(reconciles 2>/dev/null || true)
+  [[ -n "$now" ]] && (( ${now%.*} >= count )) && break
+  sleep 0.5
+done
+quiet
+steady=$(reconciles)
+writes=$(( $(api_writes) - writes_before ))
+printf 'steady state (operator restarted, nothing changed): %s reconciles, %d API writes, %s writes per reconcile (target 0)\n' \
+  "$steady" "$writes" "$(python3 -c "print(round($writes / max(1, ${steady%.*}), 3))")"

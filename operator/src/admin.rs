@@ -1,7 +1,6 @@
 //! The operator's HTTP endpoints: `/metrics`, `/healthz` (the process
 //! answers) and `/readyz` (started and connected to the API server).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +9,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -28,37 +25,29 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves the endpoints until `shutdown` resolves.
+/// Serves the endpoints until `shutdown` resolves, then drains.
 pub async fn serve(
     listener: TcpListener,
     health: Health,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let health = health.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let health = health.clone();
-                async move { Ok::<_, Infallible>(answer(&req, &health)) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "admin connection");
-            }
-        });
+    crate::serve::serve(
+        "admin",
+        listener,
+        None,
+        health,
+        crate::serve::Limits::default(),
+        shutdown,
+    )
+    .await;
+}
+
+impl crate::serve::Handler for Health {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static {
+        std::future::ready(answer(&req, self))
     }
 }
 

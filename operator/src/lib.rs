@@ -10,7 +10,9 @@ pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod ports;
+pub mod reflectors;
 pub mod render;
+pub mod serve;
 pub mod webhook;
 
 /// The binary's name, as shown in `--help` and in logs.

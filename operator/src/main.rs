@@ -11,6 +11,7 @@ use attach_operator::controller::Settings;
 use attach_operator::inject::Defaults;
 use attach_operator::leader::{Candidate, Election};
 use attach_operator::metrics::Metrics;
+use attach_operator::reflectors::Caches;
 use attach_operator::webhook::{self, CertMode, WebhookSettings, certs::CertSettings};
 use clap::{ArgAction, Parser, ValueEnum};
 use futures::FutureExt;
@@ -148,6 +149,8 @@ async fn run(args: Args) -> ExitCode {
         tracing::error!(error = %e, "cannot reach the Kubernetes API server");
         return ExitCode::from(69);
     }
+    // One watch per kind, shared by the webhook and the controllers.
+    let caches = Caches::spawn(&client);
     if args.webhook {
         let names = if args.webhook_dns_names.is_empty() {
             let svc = format!("attach-operator-webhook.{}.svc", args.namespace);
@@ -178,6 +181,7 @@ async fn run(args: Args) -> ExitCode {
         );
         if let Err(e) = webhook::start(
             client.clone(),
+            &caches,
             settings,
             metrics.clone(),
             recorder,
@@ -198,13 +202,12 @@ async fn run(args: Args) -> ExitCode {
     );
 
     let settings = Settings {
-        namespace: args.namespace.clone(),
         concurrency: args.concurrency.max(1),
         ..Settings::default()
     };
     if !args.leader_elect {
         metrics.leader.set(1);
-        attach_operator::controller::run(client, metrics, settings, shutdown).await;
+        attach_operator::controller::run(client, caches, metrics, settings, shutdown).await;
         return ExitCode::SUCCESS;
     }
     let election = Election {
@@ -234,7 +237,7 @@ async fn run(args: Args) -> ExitCode {
     tracing::info!(identity = %election.identity, "leading: controllers start");
     metrics.leader.set(1);
     let lost = tokio::select! {
-        () = attach_operator::controller::run(client, metrics.clone(), settings, shutdown) => false,
+        () = attach_operator::controller::run(client, caches, metrics.clone(), settings, shutdown) => false,
         () = candidate.lost() => true,
     };
     metrics.leader.set(0);

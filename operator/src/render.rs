@@ -3,12 +3,13 @@
 //! controller resolves references and Secrets, this turns them into config.
 
 use attach_sidecar::claims::{ClaimMapping, Preset as GatewayPreset};
-use attach_sidecar::config::{Algorithm as GatewayAlgorithm, GatewayConfig, IssuerConfig};
+use attach_sidecar::config::{
+    AccessConfig, Algorithm as GatewayAlgorithm, GatewayConfig, IssuerConfig,
+};
 use attach_sidecar::policy::{EndpointClass as GatewayClass, Rule, Subjects as GatewaySubjects};
 use attach_sidecar::quota::store::{FailMode as GatewayFailMode, StoreConfig};
 use attach_sidecar::quota::{QuotaKey as GatewayQuotaKey, QuotaLimit};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::crd::identity_provider::{Algorithm, Preset};
@@ -26,12 +27,15 @@ pub struct ResolvedIdp {
     pub claims: Option<crate::crd::identity_provider::ClaimPaths>,
     pub algorithms: Option<Vec<Algorithm>>,
     pub leeway_seconds: Option<u32>,
+    pub jwks_refresh_interval: Option<String>,
     pub insecure: bool,
-    /// Token exchange at this IdP, and its client secret (resolved).
-    pub token_exchange: Option<(crate::crd::identity_provider::TokenExchange, String)>,
+    /// Token exchange at this IdP; its client secret is a file the injected
+    /// pod mounts from the named Secret.
+    pub token_exchange: Option<crate::crd::identity_provider::TokenExchange>,
 }
 
-/// The owned Secret's key for the exchange client secret of issuer `i`.
+/// The file name, under [`SECRETS_DIR`], of the exchange client secret of
+/// the backend's `i`-th identity provider.
 pub fn exchange_secret_key(i: usize) -> String {
     format!("exchange-client-secret-{i}")
 }
@@ -51,17 +55,23 @@ pub struct Ports {
 pub const CONFIG_DIR: &str = "/etc/attach/config";
 /// The config file's key in the ConfigMap (and name in [`CONFIG_DIR`]).
 pub const CONFIG_KEY: &str = "gateway.yaml";
-/// Where the owned Secret is mounted.
+/// Where the Secrets the backend names are mounted (by the pod, straight
+/// from the user's Secrets: the operator never reads them).
 pub const SECRETS_DIR: &str = "/etc/attach/secrets";
-/// The Redis URL's key in the owned Secret.
+/// The file holding the Redis URL, under [`SECRETS_DIR`].
 pub const REDIS_URL_KEY: &str = "redis-url";
 
-/// A rendered backend: the config (which names secrets by file only) and the
-/// secret values that go to the owned Secret.
+/// Which backend a config is for: its Redis keys are namespaced by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendId<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// A rendered backend: the config, which names secrets by file only.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
     pub config: GatewayConfig,
-    pub secrets: BTreeMap<String, String>,
 }
 
 impl Rendered {
@@ -70,77 +80,89 @@ impl Rendered {
         serde_yaml::to_string(&self.config).unwrap_or_default()
     }
 
-    /// The hash that names this rendering in annotations and status: SHA-256
-    /// over the config's canonical JSON and the secret values, first 16 hex
-    /// digits. A changed secret changes it, though the config text does not.
+    /// The hash that names this rendering in annotations and status:
+    /// SHA-256 over the config's canonical JSON, first 16 hex digits.
     pub fn hash(&self) -> String {
-        let mut digest = Sha256::new();
-        digest.update(serde_json::to_vec(&self.config).unwrap_or_default());
-        for (key, value) in &self.secrets {
-            digest.update([0]);
-            digest.update(key.as_bytes());
-            digest.update([0]);
-            digest.update(value.as_bytes());
-        }
-        digest
-            .finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        let digest = Sha256::digest(serde_json::to_vec(&self.config).unwrap_or_default());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
 }
 
-/// The gateway config for `spec`. `redis_url` is the resolved Secret value
-/// when the quota store is Redis; it goes to the secrets, the config names
-/// its file.
+/// The Redis key prefix of a backend that sets none: unique to the
+/// backend, so backends sharing a Redis never share budgets.
+pub fn default_key_prefix(backend: BackendId<'_>) -> String {
+    format!("attach:quota:{}/{}:", backend.namespace, backend.name)
+}
+
+/// The access section of a backend. Always explicit: without
+/// `spec.access`, one rule lets every authenticated caller use every model
+/// for inference and read endpoints (the documented default), written out so
+/// that the gateway never falls back on a default of its own.
+fn access(spec: Option<&crate::crd::llm_backend::Access>) -> AccessConfig {
+    let Some(access) = spec else {
+        let everyone = GatewaySubjects {
+            any_authenticated: true,
+            ..GatewaySubjects::default()
+        };
+        return AccessConfig {
+            rules: vec![Rule::new(
+                "authenticated",
+                everyone,
+                &["*"],
+                &[GatewayClass::Inference, GatewayClass::Read],
+            )],
+            allow_unknown_endpoints: false,
+            denied_agents: Vec::new(),
+            ..AccessConfig::default()
+        };
+    };
+    let rules = access
+        .rules
+        .iter()
+        .map(|r| {
+            let models: Vec<&str> = if r.models.is_empty() {
+                vec!["*"]
+            } else {
+                r.models.iter().map(String::as_str).collect()
+            };
+            let classes: Vec<GatewayClass> = r.endpoints.iter().map(|e| class(*e)).collect();
+            let mut rule = Rule::new(r.name.clone(), subjects(&r.subjects), &models, &classes);
+            rule.human_only = r.human_only.unwrap_or(false);
+            rule
+        })
+        .collect();
+    AccessConfig {
+        rules,
+        allow_unknown_endpoints: access.allow_unknown_endpoints.unwrap_or(false),
+        denied_agents: access.denied_agents.clone(),
+        ..AccessConfig::default()
+    }
+}
+
+/// The gateway config for `spec`.
 pub fn render(
+    backend: BackendId<'_>,
     spec: &LLMBackendSpec,
     idps: &[ResolvedIdp],
-    redis_url: Option<String>,
     ports: Ports,
 ) -> Rendered {
-    let mut secrets = BTreeMap::new();
     let mut config = GatewayConfig::new(idps.iter().map(issuer).collect());
     for (i, idp) in idps.iter().enumerate() {
-        if let Some((spec, secret)) = &idp.token_exchange {
-            let key = exchange_secret_key(i);
+        if let Some(spec) = &idp.token_exchange {
             let mut exchange =
                 attach_sidecar::exchange::TokenExchangeConfig::new(spec.client_id.clone(), "");
             exchange.token_endpoint = Some(spec.token_endpoint.clone());
-            exchange.client_secret_file = Some(Path::new(SECRETS_DIR).join(&key));
+            exchange.client_secret_file = Some(Path::new(SECRETS_DIR).join(exchange_secret_key(i)));
             exchange.audience.clone_from(&spec.audience);
             exchange.scopes.clone_from(&spec.scopes);
             config.issuers[i].token_exchange = Some(exchange);
-            secrets.insert(key, secret.clone());
         }
     }
     config.listen.port = ports.listen;
     config.admin.port = ports.admin;
     config.upstream.url = format!("http://127.0.0.1:{}", ports.upstream);
     config.unauthenticated_paths = spec.unauthenticated_paths.clone();
-    if let Some(access) = &spec.access {
-        config.access.rules = access
-            .rules
-            .iter()
-            .map(|r| {
-                let models: Vec<&str> = if r.models.is_empty() {
-                    vec!["*"]
-                } else {
-                    r.models.iter().map(String::as_str).collect()
-                };
-                let classes: Vec<GatewayClass> = r.endpoints.iter().map(|e| class(*e)).collect();
-                let mut rule = Rule::new(r.name.clone(), subjects(&r.subjects), &models, &classes);
-                rule.human_only = r.human_only.unwrap_or(false);
-                rule
-            })
-            .collect();
-        config.access.allow_unknown_endpoints = access.allow_unknown_endpoints.unwrap_or(false);
-        config
-            .access
-            .denied_agents
-            .clone_from(&access.denied_agents);
-    }
+    config.access = access(spec.access.as_ref());
     config.quotas.limits = spec
         .quotas
         .iter()
@@ -161,10 +183,9 @@ pub fn render(
             ..QuotaLimit::named(q.name.clone())
         })
         .collect();
-    if let (Some(store), Some(url)) = (&spec.quota_store, redis_url)
+    if let Some(store) = &spec.quota_store
         && store.type_ == QuotaStoreType::Redis
     {
-        secrets.insert(REDIS_URL_KEY.to_owned(), url);
         config.quotas.store = StoreConfig::Redis {
             url: String::new(),
             url_file: Some(Path::new(SECRETS_DIR).join(REDIS_URL_KEY)),
@@ -172,26 +193,59 @@ pub fn render(
                 FailMode::Closed => GatewayFailMode::Closed,
                 FailMode::Open => GatewayFailMode::Open,
             },
-            key_prefix: "attach:quota:".into(),
+            key_prefix: store
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| default_key_prefix(backend)),
         };
     }
     config.audit.enabled = spec.audit.as_ref().and_then(|a| a.enabled).unwrap_or(true);
-    Rendered { config, secrets }
+    Rendered { config }
 }
 
-/// The config of a backend whose references cannot be resolved: it verifies
-/// nothing and denies everything (fail closed), but still answers probes.
+/// The config of a backend that cannot be served as declared: it verifies
+/// nothing, allows nothing and denies everything (fail closed), but still
+/// answers probes.
 pub fn render_deny_all(spec: &LLMBackendSpec, ports: Ports) -> Rendered {
     let mut config = GatewayConfig::new(Vec::new());
     config.listen.port = ports.listen;
     config.admin.port = ports.admin;
     config.upstream.url = format!("http://127.0.0.1:{}", ports.upstream);
     config.unauthenticated_paths = spec.unauthenticated_paths.clone();
+    config.access = AccessConfig {
+        rules: Vec::new(),
+        allow_unknown_endpoints: false,
+        denied_agents: Vec::new(),
+        ..AccessConfig::default()
+    };
     config.deny_all = true;
-    Rendered {
-        config,
-        secrets: BTreeMap::new(),
+    Rendered { config }
+}
+
+/// A duration as the CRD allows it (`30s`, `5m`, `1h30m`: digits and `s`,
+/// `m` or `h`, repeated); `None` for anything else.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return None,
+        };
+        let n: u64 = digits.parse().ok()?;
+        digits.clear();
+        total = total.checked_add(n.checked_mul(unit)?)?;
     }
+    digits
+        .is_empty()
+        .then_some(std::time::Duration::from_secs(total))
+        .filter(|_| !text.is_empty())
 }
 
 fn issuer(idp: &ResolvedIdp) -> IssuerConfig {
@@ -202,6 +256,13 @@ fn issuer(idp: &ResolvedIdp) -> IssuerConfig {
     );
     issuer.jwks_uri.clone_from(&idp.jwks_uri);
     issuer.allow_insecure_http = idp.insecure;
+    if let Some(interval) = idp
+        .jwks_refresh_interval
+        .as_deref()
+        .and_then(parse_duration)
+    {
+        issuer.jwks_refresh_interval = interval;
+    }
     if let Some(secs) = idp.leeway_seconds {
         issuer.leeway = std::time::Duration::from_secs(u64::from(secs));
     }
@@ -300,6 +361,7 @@ mod tests {
             claims: None,
             algorithms: Some(vec![Algorithm::RS256]),
             leeway_seconds: Some(30),
+            jwks_refresh_interval: Some("1h30m".into()),
             insecure: false,
             token_exchange: None,
         }
@@ -311,78 +373,138 @@ mod tests {
         upstream: 11435,
     };
 
+    const CHAT: BackendId<'static> = BackendId {
+        namespace: "ml",
+        name: "chat",
+    };
+
     #[test]
     fn a_backend_renders_into_a_valid_gateway_config() {
-        let rendered = render(
-            &spec(),
-            &[keycloak()],
-            Some("redis://:pw@r:6379/0".into()),
-            PORTS,
-        );
+        let rendered = render(CHAT, &spec(), &[keycloak()], PORTS);
         let config = &rendered.config;
         config.validate().unwrap();
         assert_eq!(config.listen.port, 11434);
         assert_eq!(config.upstream.url, "http://127.0.0.1:11435");
         assert_eq!(config.issuers[0].issuer, "https://kc.example/realms/corp");
         assert_eq!(config.issuers[0].leeway.as_secs(), 30);
+        assert_eq!(config.issuers[0].jwks_refresh_interval.as_secs(), 5400);
         assert_eq!(config.issuers[0].algorithms, [GatewayAlgorithm::RS256]);
         assert_eq!(config.access.rules.len(), 2);
         assert_eq!(config.access.rules[0].models, ["*"], "no models means all");
         assert_eq!(config.access.rules[1].models, ["*:1b"]);
         assert_eq!(config.quotas.limits[0].tokens_per_minute, Some(20_000));
         assert_eq!(config.quotas.limits[1].per, GatewayQuotaKey::Group);
-        assert!(matches!(
-            config.quotas.store,
-            StoreConfig::Redis {
-                fail_mode: GatewayFailMode::Open,
-                ..
-            }
-        ));
         assert_eq!(config.unauthenticated_paths, ["/"]);
         assert!(!config.deny_all);
         // What the operator writes is what the gateway reads.
         let yaml = rendered.config_yaml();
         assert_eq!(&GatewayConfig::parse(&yaml).unwrap(), config);
-        // The Redis password goes to the Secret; the config names the file.
-        assert!(!yaml.contains("pw@"), "{yaml}");
-        assert!(
-            yaml.contains("urlFile: /etc/attach/secrets/redis-url"),
-            "{yaml}"
+        // The Redis URL is a file the pod mounts from the user's Secret.
+        match &config.quotas.store {
+            StoreConfig::Redis {
+                url,
+                url_file,
+                fail_mode,
+                ..
+            } => {
+                assert!(url.is_empty(), "the operator never knows the URL");
+                assert_eq!(
+                    url_file.as_deref(),
+                    Some(Path::new("/etc/attach/secrets/redis-url"))
+                );
+                assert_eq!(*fail_mode, GatewayFailMode::Open);
+            }
+            other => panic!("not redis: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_backend_gets_its_own_redis_key_prefix_unless_it_names_one() {
+        let prefix = |backend: BackendId<'_>, spec: &LLMBackendSpec| match render(
+            backend,
+            spec,
+            &[keycloak()],
+            PORTS,
+        )
+        .config
+        .quotas
+        .store
+        {
+            StoreConfig::Redis { key_prefix, .. } => key_prefix,
+            other => panic!("not redis: {other:?}"),
+        };
+        let chat = prefix(CHAT, &spec());
+        assert_eq!(chat, "attach:quota:ml/chat:");
+        let other_namespace = BackendId {
+            namespace: "research",
+            name: "chat",
+        };
+        let other_name = BackendId {
+            namespace: "ml",
+            name: "code",
+        };
+        assert_ne!(chat, prefix(other_namespace, &spec()));
+        assert_ne!(chat, prefix(other_name, &spec()));
+        let mut shared = spec();
+        if let Some(store) = shared.quota_store.as_mut() {
+            store.key_prefix = Some("team:".into());
+        }
+        assert_eq!(prefix(CHAT, &shared), "team:");
+        assert_eq!(prefix(other_name, &shared), "team:", "shared on purpose");
+    }
+
+    #[test]
+    fn the_access_section_is_always_explicit() {
+        // Without spec.access: one written-out rule, inference and read for
+        // every authenticated caller, never admin.
+        let mut open = spec();
+        open.access = None;
+        let yaml = render(CHAT, &open, &[keycloak()], PORTS).config_yaml();
+        let doc: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let rules = doc["access"]["rules"]
+            .as_array()
+            .expect("access.rules written");
+        assert_eq!(rules.len(), 1, "{yaml}");
+        assert_eq!(rules[0]["subjects"]["anyAuthenticated"], true);
+        assert_eq!(
+            rules[0]["endpoints"],
+            serde_json::json!(["inference", "read"])
         );
-        assert_eq!(rendered.secrets[REDIS_URL_KEY], "redis://:pw@r:6379/0");
+        // With rules: exactly those.
+        let yaml = render(CHAT, &spec(), &[keycloak()], PORTS).config_yaml();
+        let doc: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let names: Vec<_> = doc["access"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["power", "staff"]);
+        // Deny-all: an empty rule list, written out.
+        let yaml = render_deny_all(&spec(), PORTS).config_yaml();
+        let doc: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(doc["access"]["rules"], serde_json::json!([]), "{yaml}");
+        assert_eq!(doc["denyAll"], true);
     }
 
     #[test]
     fn the_hash_changes_with_the_config_and_only_then() {
-        let url = || Some("redis://r:6379/0".to_owned());
-        let a = render(&spec(), &[keycloak()], url(), PORTS);
-        let b = render(&spec(), &[keycloak()], url(), PORTS);
+        let a = render(CHAT, &spec(), &[keycloak()], PORTS);
+        let b = render(CHAT, &spec(), &[keycloak()], PORTS);
         assert_eq!(a.hash(), b.hash());
         let mut changed = spec();
         changed.quotas[0].tokens_per_minute = Some(10_000);
         assert_ne!(
             a.hash(),
-            render(&changed, &[keycloak()], url(), PORTS).hash()
-        );
-        let other_secret = render(
-            &spec(),
-            &[keycloak()],
-            Some("redis://r2:6379/0".into()),
-            PORTS,
-        );
-        assert_eq!(other_secret.config, a.config);
-        assert_ne!(
-            other_secret.hash(),
-            a.hash(),
-            "a changed secret changes the hash"
+            render(CHAT, &changed, &[keycloak()], PORTS).hash()
         );
         assert_eq!(a.hash().len(), 16);
     }
 
     #[test]
-    fn token_exchange_goes_to_the_config_and_its_secret_to_the_secret() {
+    fn token_exchange_names_its_client_secret_by_file() {
         let mut idp = keycloak();
-        idp.token_exchange = Some((
+        idp.token_exchange = Some(
             serde_json::from_value(serde_json::json!({
                 "tokenEndpoint": "https://kc.example/realms/corp/protocol/openid-connect/token",
                 "clientId": "attach-gateway",
@@ -390,29 +512,48 @@ mod tests {
                 "audience": "llm-downstream",
             }))
             .unwrap(),
-            "s3cret".into(),
-        ));
-        let rendered = render(&spec(), &[idp], None, PORTS);
+        );
+        let mut other = keycloak();
+        other.issuer = "https://kc.example/realms/other".into();
+        let rendered = render(CHAT, &spec(), &[other, idp], PORTS);
         rendered.config.validate().unwrap();
-        let exchange = rendered.config.issuers[0].token_exchange.as_ref().unwrap();
+        assert!(rendered.config.issuers[0].token_exchange.is_none());
+        let exchange = rendered.config.issuers[1].token_exchange.as_ref().unwrap();
         assert_eq!(exchange.client_id, "attach-gateway");
         assert_eq!(exchange.audience.as_deref(), Some("llm-downstream"));
         assert_eq!(
             exchange.client_secret_file.as_deref(),
-            Some(Path::new("/etc/attach/secrets/exchange-client-secret-0"))
+            Some(Path::new("/etc/attach/secrets/exchange-client-secret-1"))
         );
-        assert_eq!(rendered.secrets["exchange-client-secret-0"], "s3cret");
-        assert!(!rendered.config_yaml().contains("s3cret"));
+        assert!(exchange.client_secret.is_empty());
     }
 
     #[test]
     fn unresolved_backends_fail_closed() {
-        let rendered = render_deny_all(&spec(), PORTS);
-        assert!(rendered.secrets.is_empty());
-        let config = rendered.config;
+        let config = render_deny_all(&spec(), PORTS).config;
         config.validate().unwrap();
         assert!(config.deny_all);
         assert!(config.issuers.is_empty(), "no token can verify");
+        assert!(config.access.rules.is_empty());
         assert_eq!(config.unauthenticated_paths, ["/"], "probes still answer");
+    }
+
+    #[test]
+    fn durations_parse_as_the_crd_allows_them() {
+        assert_eq!(
+            parse_duration("30s"),
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration("5m"),
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration("1h30m"),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        for bad in ["", "5", "m", "5 m", "1.5h", "5d", "-5m"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
     }
 }

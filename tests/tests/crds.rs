@@ -103,131 +103,155 @@ async fn valid_objects_are_stored_and_explained() {
     );
 }
 
+/// RFC 7386 merge patch: `null` removes, objects merge, anything else
+/// replaces.
+fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    if let Some(object) = target.as_object_mut() {
+        for (key, value) in fields {
+            if value.is_null() {
+                object.remove(key);
+            } else {
+                merge(
+                    object.entry(key.clone()).or_insert(serde_json::Value::Null),
+                    value,
+                );
+            }
+        }
+    }
+}
+
+/// A valid base object of `kind`, for the invalid-object table.
+fn base_spec(kind: &str) -> serde_json::Value {
+    match kind {
+        "LLMBackend" => serde_json::json!({
+            "selector": {"matchLabels": {"app": "ollama"}}, "engine": "ollama", "port": 11434,
+            "identityProviderRefs": [{"name": "corp"}],
+        }),
+        _ => serde_json::json!({
+            "issuer": "https://idp.example.com/realms/corp", "audiences": ["attach-gateway"],
+        }),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct InvalidCase {
+    name: String,
+    kind: String,
+    spec: serde_json::Value,
+    field: String,
+}
+
+/// Every manifest of `tests/fixtures/crds/invalid.yaml` is refused by the
+/// API server (schema, CEL or strict field validation), naming the field;
+/// and each base, unchanged, is stored (so the refusals are the cases').
 #[tokio::test]
 async fn invalid_objects_are_refused_naming_the_field() {
     let world = common::world();
     common::install_crds();
     let ns = world.namespace("crds").await.unwrap();
-    let backend = |spec: &str| {
-        format!(
-            "apiVersion: attach.dev/v1alpha1\nkind: LLMBackend\nmetadata: {{name: bad}}\nspec:\n{spec}"
-        )
+    let table = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crds/invalid.yaml");
+    let cases: Vec<InvalidCase> =
+        serde_yaml::from_str(&std::fs::read_to_string(table).unwrap()).unwrap();
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    let manifest = |kind: &str, name: &str, spec: serde_json::Value| {
+        let mut metadata = serde_json::json!({"name": name});
+        if kind == "ClusterIdentityProvider" {
+            metadata["name"] = serde_json::json!(format!("{name}-{ns}"));
+        }
+        serde_json::json!({"apiVersion": "attach.dev/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec})
+            .to_string()
     };
-    let base = "  selector: {matchLabels: {app: ollama}}\n  engine: ollama\n  port: 11434\n  identityProviderRefs: [{name: corp}]\n";
-    let idp = |spec: &str| {
-        format!(
-            "apiVersion: attach.dev/v1alpha1\nkind: IdentityProvider\nmetadata: {{name: bad}}\nspec:\n{spec}"
-        )
-    };
-    let cases: Vec<(&str, String, &str)> = vec![
-        (
-            "empty selector",
-            backend(&base.replace("{app: ollama}", "{}")),
-            "spec.selector.matchLabels",
-        ),
-        (
-            "unknown engine",
-            backend(&base.replace("engine: ollama", "engine: llamacpp")),
-            "spec.engine",
-        ),
-        (
-            "quota of zero",
-            backend(&format!(
-                "{base}  quotas: [{{name: q, tokensPerMinute: 0}}]\n"
-            )),
-            "spec.quotas[0].tokensPerMinute",
-        ),
-        (
-            "negative quota",
-            backend(&format!("{base}  quotas: [{{name: q, concurrent: -1}}]\n")),
-            "spec.quotas[0].concurrent",
-        ),
-        (
-            "quota that limits nothing",
-            backend(&format!("{base}  quotas: [{{name: q}}]\n")),
-            "spec.quotas[0]",
-        ),
-        (
-            "redis without a Secret",
-            backend(&format!("{base}  quotaStore: {{type: redis}}\n")),
-            "spec.quotaStore.urlSecretRef",
-        ),
-        (
-            "bad model glob",
-            backend(&format!(
-                "{base}  access: {{rules: [{{name: r, subjects: {{groups: [g]}}, models: [\"llama 3\"], endpoints: [inference]}}]}}\n"
-            )),
-            "spec.access.rules[0].models[0]",
-        ),
-        (
-            "rule for nobody",
-            backend(&format!(
-                "{base}  access: {{rules: [{{name: r, subjects: {{}}, endpoints: [inference]}}]}}\n"
-            )),
-            "spec.access.rules[0].subjects",
-        ),
-        (
-            "unknown endpoint class",
-            backend(&format!(
-                "{base}  access: {{rules: [{{name: r, subjects: {{groups: [g]}}, endpoints: [root]}}]}}\n"
-            )),
-            "spec.access.rules[0].endpoints[0]",
-        ),
-        (
-            "no identity provider",
-            backend(&base.replace("[{name: corp}]", "[]")),
-            "spec.identityProviderRefs",
-        ),
-        (
-            "openai without rebinding",
-            backend(&base.replace("engine: ollama", "engine: openai")),
-            "spec.openai",
-        ),
-        (
-            "port out of range",
-            backend(&base.replace("port: 11434", "port: 70000")),
-            "spec.port",
-        ),
-        (
-            "port name with spaces",
-            backend(&base.replace("port: 11434", "port: \"my port\"")),
-            "spec.port",
-        ),
-        (
-            "probe path without a slash",
-            backend(&format!("{base}  unauthenticatedPaths: [health]\n")),
-            "spec.unauthenticatedPaths[0]",
-        ),
-        (
-            "plain http issuer",
-            idp("  issuer: http://idp.example.com\n  audiences: [x]\n"),
-            "spec.issuer",
-        ),
-        (
-            "no audience",
-            idp("  issuer: https://idp.example.com\n  audiences: []\n"),
-            "spec.audiences",
-        ),
-        (
-            "HMAC algorithm",
-            idp("  issuer: https://idp.example.com\n  audiences: [x]\n  algorithms: [HS256]\n"),
-            "spec.algorithms[0]",
-        ),
-        (
-            "unknown preset",
-            idp("  issuer: https://idp.example.com\n  audiences: [x]\n  preset: cognito\n"),
-            "spec.preset",
-        ),
-    ];
-    assert!(cases.len() >= 8);
-    for (name, manifest, field) in cases {
-        let out = kubectl(world, &["create", "-n", &ns, "-f", "-"], Some(&manifest));
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!out.status.success(), "{name}: accepted");
-        assert!(stderr.contains("is invalid"), "{name}: {stderr}");
+    for kind in ["LLMBackend", "IdentityProvider", "ClusterIdentityProvider"] {
+        let out = kubectl(
+            world,
+            &["create", "-n", &ns, "-f", "-"],
+            Some(&manifest(kind, "valid", base_spec(kind))),
+        );
         assert!(
-            stderr.contains(field),
-            "{name}: {field} not named in {stderr}"
+            out.status.success(),
+            "the valid {kind} base: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
+    kubectl(
+        world,
+        &["delete", "clusteridentityprovider", &format!("valid-{ns}")],
+        None,
+    );
+    let mut failures = Vec::new();
+    for case in cases {
+        let mut spec = base_spec(&case.kind);
+        merge(&mut spec, &case.spec);
+        let out = kubectl(
+            world,
+            &["create", "-n", &ns, "-f", "-"],
+            Some(&manifest(&case.kind, "bad", spec)),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.success() {
+            failures.push(format!("{}: accepted", case.name));
+            kubectl(
+                world,
+                &["delete", "-n", &ns, &case.kind.to_lowercase(), "bad"],
+                None,
+            );
+        } else if !stderr.contains(&case.field) {
+            failures.push(format!(
+                "{}: {} not named in {stderr}",
+                case.name, case.field
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Conditions are a map keyed by `type`: a status with two `Ready`
+/// conditions is refused.
+#[tokio::test]
+async fn conditions_are_a_map_keyed_by_type() {
+    let world = common::world();
+    common::install_crds();
+    let ns = world.namespace("crds").await.unwrap();
+    let backend = "apiVersion: attach.dev/v1alpha1\nkind: LLMBackend\nmetadata: {name: chat}\nspec: {selector: {matchLabels: {app: x}}, engine: ollama, port: 11434, identityProviderRefs: [{name: corp}]}\n";
+    let out = kubectl(world, &["create", "-n", &ns, "-f", "-"], Some(backend));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let condition = |reason: &str| {
+        serde_json::json!({"type": "Ready", "status": "True", "reason": reason, "message": "",
+                           "lastTransitionTime": "2026-01-01T00:00:00Z"})
+    };
+    let patch = serde_json::json!({"status": {"conditions": [condition("A"), condition("B")]}});
+    let out = kubectl(
+        world,
+        &[
+            "patch",
+            "-n",
+            &ns,
+            "llmbackend",
+            "chat",
+            "--subresource",
+            "status",
+            "--type",
+            "merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "two Ready conditions stored");
+    assert!(
+        stderr.contains("status.conditions[1]") && stderr.contains("Duplicate value"),
+        "{stderr}"
+    );
 }

@@ -4,7 +4,9 @@
 //! injected; then the injected pod's model (a mock bound as the patch says)
 //! and gateway (the exact rendered config file) serve real Keycloak tokens:
 //! access by group, admin endpoints, quotas, a live quota change through the
-//! ConfigMap, and garbage collection at the end.
+//! ConfigMap, and garbage collection at the end. Every cluster-wide name
+//! (the ClusterIdentityProvider, the example's namespace) is unique to the
+//! run, so leftovers of an earlier run never collide.
 
 mod common;
 
@@ -20,13 +22,21 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
-fn example(path: &str) -> String {
+/// An example file as committed, with the team's namespace and the
+/// ClusterIdentityProvider renamed for this run.
+fn example(path: &str, namespace: &str, idp: &str) -> String {
     std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples")
             .join(path),
     )
     .unwrap()
+    .replace("namespace: ml-team", &format!("namespace: {namespace}"))
+    .replace("name: ml-team", &format!("name: {namespace}"))
+    .replace(
+        "{kind: ClusterIdentityProvider, name: keycloak}",
+        &format!("{{kind: ClusterIdentityProvider, name: {idp}}}"),
+    )
 }
 
 async fn chat(
@@ -54,27 +64,35 @@ async fn from_helm_install_to_enforced_quotas() {
     let chart = common::install_chart().await;
     let client = world.client().await.unwrap();
     let kc = world.keycloak().unwrap();
+    let run = chart.label.1.clone();
+    let team = format!("ml-team-{run}");
+    let idp = format!("keycloak-{run}");
+    assert!(
+        example("ml-team/llm-backend.yaml", &team, &idp).contains(&idp),
+        "the example no longer names its IdP as expected"
+    );
 
     // The platform layer: the corporate IdP, here the world's Keycloak.
     let cidp: ClusterIdentityProvider = serde_json::from_value(json!({
         "apiVersion": "attach.dev/v1alpha1", "kind": "ClusterIdentityProvider",
-        "metadata": {"name": "keycloak"},
+        "metadata": {"name": idp},
         "spec": {"issuer": kc.issuer(REALM), "insecure": true, "audiences": [AUDIENCE], "preset": "keycloak", "algorithms": ["RS256"]},
     }))
     .unwrap();
     let cidps: Api<ClusterIdentityProvider> = Api::all(client.clone());
     cidps.create(&PostParams::default(), &cidp).await.unwrap();
     // The team layer: the example as committed.
-    common::kubectl_apply(&example("ml-team/namespace.yaml"));
-    chart.label_namespace("ml-team");
+    common::kubectl_apply(&example("ml-team/namespace.yaml", &team, &idp));
+    chart.label_namespace(&team);
     // The backend before the model: pods created before their backend exists
     // are not injected (the webhook only acts at creation).
-    common::kubectl_apply(&example("ml-team/llm-backend.yaml"));
-    common::wait_ready(&cidps, "keycloak", "True").await;
-    let backends: Api<LLMBackend> = Api::namespaced(client.clone(), "ml-team");
+    common::kubectl_apply(&example("ml-team/llm-backend.yaml", &team, &idp));
+    common::wait_ready(&cidps, &idp, "True").await;
+    let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &team);
     common::wait_ready(&backends, "ollama", "True").await;
-    common::kubectl_apply(&example("ml-team/ollama.yaml"));
-    let pod = common::pod_of(&client, "ml-team", "ollama").await;
+    chart.wait_namespace_label(&team, true).await;
+    common::kubectl_apply(&example("ml-team/ollama.yaml", &team, &idp));
+    let pod = common::pod_of(&client, &team, "ollama").await;
     assert_eq!(
         pod.annotations()
             .get("attach.dev/backend")
@@ -82,8 +100,8 @@ async fn from_helm_install_to_enforced_quotas() {
         Some("ollama")
     );
 
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "ml-team");
-    let cm = config_maps.get("ollama-gateway").await.unwrap();
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &team);
+    let cm = config_maps.get("ollama-attach-gateway").await.unwrap();
     let mut running = InjectedPod::start(&pod, &cm.data.as_ref().unwrap()["gateway.yaml"])
         .await
         .unwrap();
@@ -153,10 +171,10 @@ async fn from_helm_install_to_enforced_quotas() {
     // The team raises the quota in Git; kubectl apply; the ConfigMap changes.
     let before = cm.annotations()["attach.dev/config-hash"].clone();
     common::kubectl_apply(
-        &example("ml-team/llm-backend.yaml")
+        &example("ml-team/llm-backend.yaml", &team, &idp)
             .replace("tokensPerMinute: 20000", "tokensPerMinute: 60000"),
     );
-    let cm = common::wait_for(&config_maps, "ollama-gateway", "re-rendered", |cm| {
+    let cm = common::wait_for(&config_maps, "ollama-attach-gateway", "re-rendered", |cm| {
         cm.annotations()["attach.dev/config-hash"] != before
     })
     .await;
@@ -219,23 +237,18 @@ async fn from_helm_install_to_enforced_quotas() {
         .delete("ollama", &DeleteParams::default())
         .await
         .unwrap();
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), "ml-team");
     for _ in 0..300 {
         if config_maps
-            .get_opt("ollama-gateway")
+            .get_opt("ollama-attach-gateway")
             .await
             .unwrap()
             .is_none()
-            && secrets.get_opt("ollama-gateway").await.unwrap().is_none()
         {
-            cidps
-                .delete("keycloak", &DeleteParams::default())
-                .await
-                .unwrap();
+            cidps.delete(&idp, &DeleteParams::default()).await.unwrap();
+            common::kubectl(&["delete", "namespace", &team, "--wait=false"]);
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the ConfigMap and Secret of the deleted backend remain");
+    panic!("the ConfigMap of the deleted backend remains");
 }

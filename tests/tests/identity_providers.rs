@@ -50,18 +50,24 @@ async fn identity_providers_report_keys_failures_and_recovery() {
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.conditions[0].reason, "KeysLoaded");
 
-    // An IdP nobody answers for: not ready, with a reason a user can act on.
-    idps.create(
-        &PostParams::default(),
-        &idp("unreachable", "http://127.0.0.1:9/realms/none"),
-    )
-    .await
-    .unwrap();
+    // An IdP that answers nothing (a listener that hangs up on every
+    // connection, rather than a port assumed closed): not ready, with a
+    // reason a user can act on.
+    let hang_up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_issuer = format!("http://{}/realms/none", hang_up.local_addr().unwrap());
+    let _hanging_up = tokio::spawn(async move {
+        while let Ok((conn, _)) = hang_up.accept().await {
+            drop(conn);
+        }
+    });
+    idps.create(&PostParams::default(), &idp("unreachable", &dead_issuer))
+        .await
+        .unwrap();
     let failed = common::wait_ready(&idps, "unreachable", "False").await;
     let condition = &failed.status.unwrap().conditions[0];
     assert_eq!(condition.reason, "DiscoveryFailed");
     assert!(
-        condition.message.contains("http://127.0.0.1:9/realms/none"),
+        condition.message.contains(&dead_issuer),
         "{}",
         condition.message
     );

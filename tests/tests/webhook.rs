@@ -1,117 +1,27 @@
 #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
-//! The injection webhook on the real API server and controller manager:
-//! registered by URL and caBundle (which the operator sets), Deployments of
-//! Ollama and vLLM get pods with the gateway, an opted-out namespace is left
-//! alone, pod creation fails closed when the webhook is down (only where it
-//! applies), and the bypass, shown as processes: the injected pod's
-//! containers run as the patch says, and the model answers only through the
-//! gateway.
+//! The injection webhook on the real API server and controller manager,
+//! through the chart's own MutatingWebhookConfiguration and admission
+//! policies, with the operator (as the chart's ServiceAccount) deciding:
+//! Deployments of Ollama and vLLM get pods with the gateway; every reason a
+//! selected pod cannot be protected is refused, naming it and the fix, on a
+//! second try too; an opt-out passes only where the backend allows it; an
+//! outage blocks pod creation only in namespaces that hold a backend; and
+//! the bypass, shown as processes: the injected pod's containers run as the
+//! patch says, and the model answers only through the gateway.
 
 mod common;
-
-use std::time::Duration;
 
 use attach_operator::crd::{IdentityProvider, LLMBackend};
 use attach_tests::injected_pod::InjectedPod;
 use attach_tests::keycloak::{AUDIENCE, REALM};
-use attach_tests::operator::OperatorProcess;
-use attach_tests::ports::free_port;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use common::chart::InstalledChart;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
-struct Setup {
-    run: String,
-    operator: OperatorProcess,
-    client: Client,
-}
-
-/// A fresh namespace of this run (which its webhook covers), with `labels`.
-async fn namespace(run: &str, prefix: &str, labels: &[(&str, &str)]) -> String {
-    let mut all = vec![("attach.dev/webhook-test", run)];
-    all.extend_from_slice(labels);
-    common::world()
-        .namespace_with_labels(prefix, &all)
-        .await
-        .unwrap()
-}
-
-async fn setup() -> Setup {
-    let world = common::world();
-    common::install_crds();
-    let client = world.client().await.unwrap();
-    let run = format!("{:06x}", rand_id());
-    let port = free_port().unwrap();
-    // Registered by URL, as envtest does; no caBundle: the operator sets it.
-    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": format!("attach-{run}")},
-        "webhooks": [{
-            "name": "inject.attach.dev",
-            "admissionReviewVersions": ["v1"],
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate-pods")},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
-            // The chart's selector (every namespace but the opted-out ones;
-            // kube-system and the operator's own are excluded there too),
-            // narrowed to this run's namespaces: the world is shared.
-            "namespaceSelector": {
-                "matchLabels": {"attach.dev/webhook-test": run},
-                "matchExpressions": [
-                    {"key": "attach.dev/injection", "operator": "NotIn", "values": ["disabled"]},
-                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]},
-                ],
-            },
-            "failurePolicy": "Fail",
-            "sideEffects": "None",
-            "timeoutSeconds": 5,
-            "reinvocationPolicy": "IfNeeded",
-        }],
-    }))
-    .unwrap();
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &mwc)
-        .await
-        .unwrap();
-    let operator_ns = world.namespace("attach-system").await.unwrap();
-    let operator = OperatorProcess::start(
-        world,
-        &format!("webhook-{run}"),
-        "webhook",
-        &[
-            "--webhook",
-            "true",
-            "--webhook-addr",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-dns-names",
-            "127.0.0.1",
-            "--webhook-configuration",
-            &format!("attach-{run}"),
-            "--namespace",
-            &operator_ns,
-            "--gateway-image",
-            "attach-gateway:e2e",
-        ],
-    )
-    .await
-    .unwrap();
-    Setup {
-        run,
-        operator,
-        client,
-    }
-}
-
-fn rand_id() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    (nanos ^ std::process::id()) & 0xff_ffff
-}
-
-async fn idp_and_backends(client: &Client, ns: &str) {
+async fn idp(client: &Client, ns: &str) {
     let kc = common::world().keycloak().unwrap();
     let idp: IdentityProvider = serde_json::from_value(json!({
         "apiVersion": "attach.dev/v1alpha1", "kind": "IdentityProvider", "metadata": {"name": "keycloak"},
@@ -122,23 +32,26 @@ async fn idp_and_backends(client: &Client, ns: &str) {
         .create(&PostParams::default(), &idp)
         .await
         .unwrap();
-    let backends: Api<LLMBackend> = Api::namespaced(client.clone(), ns);
-    for (name, engine, port) in [("ollama", "ollama", 11434), ("vllm", "vllm", 8000)] {
-        let backend: LLMBackend = serde_json::from_value(json!({
-            "apiVersion": "attach.dev/v1alpha1", "kind": "LLMBackend", "metadata": {"name": name},
-            "spec": {"selector": {"matchLabels": {"app": name}}, "engine": engine, "port": port,
-                     "identityProviderRefs": [{"name": "keycloak"}],
-                     "access": {"rules": [{"name": "power", "subjects": {"groups": ["ai-power-users"]}, "endpoints": ["inference", "read"]}]}},
-        }))
-        .unwrap();
-        backends
-            .create(&PostParams::default(), &backend)
-            .await
-            .unwrap();
-    }
 }
 
-async fn deploy(client: &Client, ns: &str, app: &str, container: serde_json::Value) {
+async fn backend(client: &Client, ns: &str, name: &str, extra: Value) {
+    let mut spec = json!({"selector": {"matchLabels": {"app": name}}, "engine": "ollama", "port": 11434,
+             "identityProviderRefs": [{"name": "keycloak"}],
+             "access": {"rules": [{"name": "power", "subjects": {"groups": ["ai-power-users"]}, "endpoints": ["inference", "read"]}]}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let backend: LLMBackend = serde_json::from_value(json!({
+        "apiVersion": "attach.dev/v1alpha1", "kind": "LLMBackend", "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    Api::<LLMBackend>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &backend)
+        .await
+        .unwrap();
+}
+
+async fn deploy(client: &Client, ns: &str, app: &str, container: Value) {
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": app},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": app}},
@@ -151,7 +64,6 @@ async fn deploy(client: &Client, ns: &str, app: &str, container: serde_json::Val
         .unwrap();
 }
 
-/// The pod the ReplicaSet made for `app`.
 fn sidecar(pod: &Pod) -> Option<&Container> {
     pod.spec
         .as_ref()?
@@ -170,28 +82,59 @@ fn env_of(container: &Container, name: &str) -> Option<String> {
         .and_then(|e| e.value.clone())
 }
 
+/// A pod labelled `app`, serving the model port.
+fn model_pod(name: &str, app: &str) -> Value {
+    json!({"metadata": {"name": name, "labels": {"app": app}},
+           "spec": {"containers": [{"name": "ollama", "image": "ollama/ollama",
+                                    "ports": [{"name": "http", "containerPort": 11434}]}]}})
+}
+
+async fn create(client: &Client, ns: &str, pod: &Value) -> Result<Pod, kube::Error> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod.clone()).unwrap(),
+        )
+        .await
+}
+
+/// A namespace under the chart holding an IdP and the backends `names`
+/// (each selecting `app=<name>`), Ready and labelled for the webhook.
+async fn team(
+    chart: &InstalledChart,
+    client: &Client,
+    prefix: &str,
+    backends: &[(&str, Value)],
+) -> String {
+    let ns = chart.namespace(prefix).await;
+    idp(client, &ns).await;
+    for (name, extra) in backends {
+        backend(client, &ns, name, extra.clone()).await;
+    }
+    let api: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
+    for (name, _) in backends {
+        common::wait_ready(&api, name, "True").await;
+    }
+    chart.wait_namespace_label(&ns, true).await;
+    ns
+}
+
 #[tokio::test]
 async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it() {
-    let Setup {
-        run,
-        mut operator,
-        client,
-    } = setup().await;
-    // The operator set the caBundle.
-    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    common::wait_for(&mwcs, &format!("attach-{run}"), "caBundle set", |m| {
-        m.webhooks
-            .iter()
-            .flatten()
-            .all(|w| w.client_config.ca_bundle.is_some())
-    })
+    let chart = common::install_chart().await;
+    let client = common::world().client().await.unwrap();
+    let ns = team(
+        &chart,
+        &client,
+        "models",
+        &[
+            ("ollama", json!({})),
+            ("vllm", json!({"engine": "vllm", "port": 8000})),
+        ],
+    )
     .await;
-
-    let ns = namespace(&run, "models", &[]).await;
-    idp_and_backends(&client, &ns).await;
     let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
-    let ollama_backend = common::wait_ready(&backends, "ollama", "True").await;
-    common::wait_ready(&backends, "vllm", "True").await;
+    let ollama_backend = backends.get("ollama").await.unwrap();
 
     deploy(
         &client,
@@ -240,7 +183,6 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
         Some(&annotations["attach.dev/injected"]),
         ollama_backend.status.as_ref().unwrap().config_hash.as_ref()
     );
-    // The readiness probe goes to the gateway's admin port.
     let probe = model
         .readiness_probe
         .as_ref()
@@ -268,48 +210,225 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
         ]
     );
 
-    // The status counts the injected pod.
-    common::wait_for(&backends, "ollama", "1 injected pod", |b| {
+    // The status counts the injected pod, and every selected pod is protected.
+    let counted = common::wait_for(&backends, "ollama", "1 injected pod", |b| {
         b.status.as_ref().and_then(|s| s.injected_pods) == Some(1)
     })
     .await;
+    assert_eq!(
+        common::condition(&counted, "PodsProtected").unwrap()["status"],
+        "True"
+    );
 
-    // The bypass, as processes.
     bypass_is_closed(&client, &ns, &pod).await;
+}
 
-    // An opted-out namespace is left alone.
-    let off = namespace(&run, "optout", &[("attach.dev/injection", "disabled")]).await;
-    idp_and_backends(&client, &off).await;
-    deploy(
+/// Creating `pod` is refused, twice, by the chart's webhook with the
+/// operator deciding: the message names `reason` and a fix.
+async fn refused_twice(client: &Client, ns: &str, pod: &Value, reason: &str) {
+    for attempt in ["first", "second"] {
+        match create(client, ns, pod).await {
+            Err(kube::Error::Api(e)) => {
+                assert!(
+                    e.message
+                        .contains("admission webhook \"inject.attach.dev\" denied the request")
+                        && e.message.contains(reason)
+                        && e.message.contains("Fix:"),
+                    "{reason} ({attempt} try): {}",
+                    e.message
+                );
+            }
+            other => panic!("{reason} ({attempt} try): not refused: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_reason_a_selected_pod_cannot_be_protected_is_refused_twice() {
+    let chart = common::install_chart().await;
+    let client = common::world().client().await.unwrap();
+    let ns = team(
+        &chart,
         &client,
-        &off,
-        "ollama",
-        json!({"name": "ollama", "image": "ollama/ollama:0.12",
-        "ports": [{"name": "http", "containerPort": 11434}]}),
+        "refusals",
+        &[
+            ("ollama", json!({})),
+            ("tolerant", json!({"podOptOut": "Allow"})),
+        ],
     )
     .await;
-    let untouched = common::pod_of(&client, &off, "ollama").await;
-    assert!(sidecar(&untouched).is_none());
-    assert!(!untouched.annotations().contains_key("attach.dev/injected"));
 
-    // The webhook goes down: pods in its namespaces fail closed; others are unaffected.
-    operator.stop(Duration::from_secs(10));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let bare: Pod = serde_json::from_value(json!({"metadata": {"name": "direct", "labels": {"app": "ollama"}},
-        "spec": {"containers": [{"name": "ollama", "image": "ollama/ollama", "ports": [{"containerPort": 11434}]}]}}))
-    .unwrap();
-    let err = pods
-        .create(&PostParams::default(), &bare)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("inject.attach.dev"), "{err}");
-    let unrelated = common::world().namespace("unrelated").await.unwrap();
-    for ns in [unrelated, off] {
-        Api::<Pod>::namespaced(client.clone(), &ns)
-            .create(&PostParams::default(), &bare)
-            .await
-            .unwrap_or_else(|e| panic!("{ns}: {e}"));
+    let mut annotated = model_pod("opt-out-annotation", "ollama");
+    annotated["metadata"]["annotations"] = json!({"attach.dev/inject": "false"});
+    let mut labelled = model_pod("opt-out-label", "ollama");
+    labelled["metadata"]["labels"]["attach.dev/inject"] = json!("false");
+    let mut host = model_pod("host", "ollama");
+    host["spec"]["hostNetwork"] = json!(true);
+    let mut other_port = model_pod("other-port", "ollama");
+    other_port["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(8080);
+    let mut forged = model_pod("forged", "ollama");
+    forged["metadata"]["annotations"] =
+        json!({"attach.dev/injected": "0123456789abcdef", "attach.dev/backend": "ollama"});
+    let mut foreign = model_pod("foreign", "ollama");
+    foreign["spec"]["initContainers"] = json!([{"name": "attach-gateway", "image": "busybox",
+        "restartPolicy": "Always", "command": ["sleep", "infinity"]}]);
+    for (pod, reason) in [
+        (&annotated, "opt_out_forbidden"),
+        (&labelled, "opt_out_forbidden"),
+        (&host, "host_network"),
+        (&other_port, "engine_container_not_found"),
+        (&forged, "forged_annotation"),
+        (&foreign, "foreign_gateway_container"),
+    ] {
+        refused_twice(&client, &ns, pod, reason).await;
     }
+    common::wait_event(&client, &ns, "ollama", "Warning", "InjectionRefused").await;
+
+    // The opt-out, where the backend allows it: admitted without the
+    // gateway, with a warning kubectl shows, and not counted unprotected.
+    for (form, pod) in [
+        ("annotation", {
+            let mut p = model_pod("tolerated-annotation", "tolerant");
+            p["metadata"]["annotations"] = json!({"attach.dev/inject": "false"});
+            p
+        }),
+        ("label", {
+            let mut p = model_pod("tolerated-label", "tolerant");
+            p["metadata"]["labels"]["attach.dev/inject"] = json!("false");
+            p
+        }),
+    ] {
+        let mut manifest = pod.clone();
+        manifest["apiVersion"] = json!("v1");
+        manifest["kind"] = json!("Pod");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), serde_json::to_string(&manifest).unwrap()).unwrap();
+        let out = common::world()
+            .kubectl()
+            .unwrap()
+            .args(["create", "-n", &ns, "-f", file.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{form}: {stderr}");
+        assert!(
+            stderr.contains("Warning:") && stderr.contains("WITHOUT attach-gateway"),
+            "{form}: {stderr}"
+        );
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let created = Api::<Pod>::namespaced(client.clone(), &ns)
+            .get(name)
+            .await
+            .unwrap();
+        assert!(sidecar(&created).is_none(), "{form}");
+    }
+    let backends: Api<LLMBackend> = Api::namespaced(client.clone(), &ns);
+    let tolerant = common::wait_for(&backends, "tolerant", "2 matched pods", |b| {
+        b.status.as_ref().and_then(|s| s.matched_pods) == Some(2)
+    })
+    .await;
+    assert_eq!(
+        common::condition(&tolerant, "PodsProtected").unwrap()["status"],
+        "True"
+    );
+
+    // A ConfigMap of the backend's name that is someone else's: the backend
+    // reports a Conflict, and its pods are refused rather than mounting it.
+    let taken = chart.namespace("taken").await;
+    idp(&client, &taken).await;
+    let theirs: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "shop-attach-gateway"}, "data": {"gateway.yaml": "theirs"},
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), &taken)
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    backend(&client, &taken, "shop", json!({})).await;
+    let shops: Api<LLMBackend> = Api::namespaced(client.clone(), &taken);
+    let shop = common::wait_ready(&shops, "shop", "False").await;
+    assert_eq!(
+        common::condition(&shop, "ConfigRendered").unwrap()["reason"],
+        "Conflict"
+    );
+    chart.wait_namespace_label(&taken, true).await;
+    refused_twice(
+        &client,
+        &taken,
+        &model_pod("shop-0", "shop"),
+        "config_map_taken",
+    )
+    .await;
+}
+
+/// The operator stopped: pod creation fails closed only in namespaces that
+/// hold an LLMBackend (the webhook's namespaceSelector); elsewhere, pods are
+/// created. A backend created during the outage leaves its namespace
+/// unlabelled, and its selected pods are refused by the admission policy.
+#[tokio::test]
+async fn an_outage_blocks_pod_creation_only_where_backends_are() {
+    let mut chart = common::install_chart().await;
+    let client = common::world().client().await.unwrap();
+    let models = team(&chart, &client, "outage-models", &[("ollama", json!({}))]).await;
+    // Under the chart too, but holding no backend: never labelled.
+    let unrelated = chart.namespace("outage-unrelated").await;
+    // Not under the chart at all.
+    let elsewhere = common::world().namespace("outage-elsewhere").await.unwrap();
+    let plain = json!({"metadata": {"name": "web", "labels": {"app": "web"}},
+                       "spec": {"containers": [{"name": "web", "image": "nginx"}]}});
+
+    chart.stop_operator();
+    for ns in [&unrelated, &elsewhere] {
+        create(&client, ns, &plain)
+            .await
+            .unwrap_or_else(|e| panic!("a plain pod in {ns}: {e}"));
+    }
+    for pod in [model_pod("ollama-0", "ollama"), plain.clone()] {
+        let err = create(&client, &models, &pod).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("failed calling webhook \"inject.attach.dev\""),
+            "{err}"
+        );
+    }
+
+    // A namespace whose first backend comes while the operator is down.
+    let late = chart.namespace("outage-late").await;
+    idp(&client, &late).await;
+    backend(&client, &late, "ollama", json!({})).await;
+    match create(&client, &late, &model_pod("ollama-0", "ollama")).await {
+        Err(kube::Error::Api(e)) => assert!(
+            e.message.contains("selected-pods")
+                && e.message.contains(
+                    "LLMBackend ollama selects this pod, but attach-gateway was not injected"
+                ),
+            "{}",
+            e.message
+        ),
+        other => panic!("admitted unprotected: {other:?}"),
+    }
+    create(
+        &client,
+        &late,
+        &json!({"metadata": {"name": "web"},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]}}),
+    )
+    .await
+    .unwrap();
+
+    // The operator returns: it labels that namespace, and the pod is injected.
+    chart.start_operator().await;
+    chart.wait_namespace_label(&late, true).await;
+    let injected = create(&client, &late, &model_pod("ollama-1", "ollama"))
+        .await
+        .unwrap();
+    assert!(sidecar(&injected).is_some());
+    // The last backend goes: so does the label.
+    Api::<LLMBackend>::namespaced(client.clone(), &late)
+        .delete("ollama", &DeleteParams::default())
+        .await
+        .unwrap();
+    chart.wait_namespace_label(&late, false).await;
 }
 
 /// Runs the injected pod's model (a mock, bound as the patch says) and its
@@ -318,7 +437,7 @@ async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it(
 async fn bypass_is_closed(client: &Client, ns: &str, pod: &Pod) {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get(&format!(
-            "{}-gateway",
+            "{}-attach-gateway",
             pod.annotations()["attach.dev/backend"]
         ))
         .await

@@ -46,6 +46,12 @@ pub struct Context {
     pub client: Client,
     pub http: IdpClient,
     pub recorder: Recorder,
+    /// Failures in a row, per IdP (kind and name).
+    pub backoff: super::backoff::Backoff<(&'static str, Option<String>, String)>,
+}
+
+fn key<K: IdpObject>(obj: &K) -> (&'static str, Option<String>, String) {
+    (K::KIND, obj.namespace(), obj.name_any())
 }
 
 /// The fields both IdP kinds share that the check needs.
@@ -188,19 +194,30 @@ pub async fn reconcile<K: IdpObject>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
             Check::Failed { .. } => obj.status().and_then(|s| s.last_refresh.clone()),
         },
     };
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
+    // A failing IdP that still fails the same way has nothing new to say
+    // (a ready one has: when its keys were last fetched).
+    let unchanged = obj.status().is_some_and(|before| {
+        super::conditions::same(&before.conditions, &status.conditions)
+            && before.observed_generation == status.observed_generation
+            && before.jwks_uri == status.jwks_uri
+            && before.key_count == status.key_count
+            && before.last_refresh == status.last_refresh
     });
-    let api = K::api(ctx.client.clone(), obj.namespace().as_deref());
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Status)?;
+    if !unchanged {
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        let api = K::api(ctx.client.clone(), obj.namespace().as_deref());
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Status)?;
+    }
 
     if transition {
         let event = match &result {
@@ -223,16 +240,18 @@ pub async fn reconcile<K: IdpObject>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
             tracing::warn!(error = %e, "could not publish an event");
         }
     }
+    ctx.backoff.succeeded(&key(obj.as_ref()));
     Ok(Action::requeue(match result {
         Check::Ready { .. } => RECHECK_READY,
         Check::Failed { .. } => RECHECK_FAILING,
     }))
 }
 
-/// Retries a failed reconcile after a short pause.
-pub fn error_policy<K: IdpObject>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(%error, "identity provider reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+/// Retries a failed reconcile with exponential backoff and jitter.
+pub fn error_policy<K: IdpObject>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let pause = ctx.backoff.failed(key(obj.as_ref()));
+    tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "identity provider reconcile failed");
+    Action::requeue(pause)
 }
 
 /// The event reporter of this operator.

@@ -1,33 +1,43 @@
 //! The LLMBackend controller: resolve what a backend refers to, render the
 //! gateway config (deny-all while something is missing or in conflict),
-//! write it to the owned ConfigMap and Secret, and report status.
+//! write it to the owned ConfigMap (only when it changed, never over an
+//! object that is not ours), check that the pods it selects carry the
+//! gateway, and report status.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
+use super::backoff::Backoff;
 use super::conditions::{Verdict, find, same};
 use super::identity_provider::FIELD_MANAGER;
-use super::owned;
-use super::resolve::{IdpStores, Problem, redis_url, secret_value};
-use super::selection;
+use super::owned::{self, Written};
+use super::resolve::{IdpStores, Problem};
+use super::selection::{self, PodCounts};
 use crate::crd::LLMBackend;
-use crate::crd::conditions::types::{CONFIG_RENDERED, IDENTITY_PROVIDERS_RESOLVED, READY};
-use crate::crd::llm_backend::{IdentityProviderKind, LLMBackendStatus};
+use crate::crd::conditions::types::{
+    CONFIG_RENDERED, IDENTITY_PROVIDERS_RESOLVED, PODS_PROTECTED, READY,
+};
+use crate::crd::llm_backend::LLMBackendStatus;
 use crate::ports;
-use crate::render::{render, render_deny_all};
+use crate::render::{BackendId, render, render_deny_all};
 
 /// A periodic check on top of the watches, in case an event was missed.
 const RESYNC: Duration = Duration::from_secs(600);
+/// How soon a backend whose ConfigMap name is taken looks again (the owner
+/// may be an earlier backend of the same name, about to be collected).
+const TAKEN_RECHECK: Duration = Duration::from_secs(10);
+/// Pods named in a status message, at most.
+const NAMED_PODS: usize = 5;
 
 /// Why a reconcile failed; it is retried.
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +46,6 @@ pub enum Error {
     NoNamespace,
     #[error("the caches stopped before they were filled")]
     CachesGone,
-    #[error("reading Secret {name}: {source}")]
-    ReadSecret {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
     #[error("writing {what}: {source}")]
     Write {
         what: String,
@@ -54,24 +58,26 @@ pub enum Error {
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
-    /// The controller's own cache of backends (for conflicts).
+    /// The shared cache of backends (for conflicts).
     pub backends: Store<LLMBackend>,
     pub idps: IdpStores,
-    /// Pod metadata, for matched and injected counts.
+    /// Pod metadata, for matched, injected and unprotected pods.
     pub pods: Store<PartialObjectMeta<Pod>>,
-    /// Where the Secrets of ClusterIdentityProviders live.
-    pub operator_namespace: String,
+    /// The ConfigMaps the operator owns (by label): what is already written.
+    pub config_maps: Store<ConfigMap>,
+    pub backoff: Backoff<ObjectRef<LLMBackend>>,
 }
 
 impl Context {
     /// Waits until every cache has listed once: deciding on a partial cache
     /// could flip a working backend to deny-all.
     async fn caches_ready(&self) -> Result<(), Error> {
-        let ready = futures::future::try_join4(
+        let ready = futures::future::try_join5(
             self.backends.wait_until_ready(),
             self.idps.namespaced.wait_until_ready(),
             self.idps.cluster.wait_until_ready(),
             self.pods.wait_until_ready(),
+            self.config_maps.wait_until_ready(),
         );
         ready.await.map(|_| ()).map_err(|_| Error::CachesGone)
     }
@@ -85,7 +91,7 @@ struct Decision {
     rendered: crate::render::Rendered,
 }
 
-async fn decide(backend: &LLMBackend, ns: &str, ctx: &Context) -> Result<Decision, Error> {
+fn decide(backend: &LLMBackend, ns: &str, ctx: &Context) -> Decision {
     let spec = &backend.spec;
     let ports = ports::for_spec(spec);
     let mut problems = Vec::new();
@@ -95,78 +101,39 @@ async fn decide(backend: &LLMBackend, ns: &str, ctx: &Context) -> Result<Decisio
             with: earlier.name_any(),
         });
     }
-    let (mut idps, idp_problem) = ctx.idps.resolve(ns, &spec.identity_provider_refs);
+    let (idps, idp_problem) = ctx.idps.resolve(ns, &spec.identity_provider_refs);
     problems.extend(idp_problem.clone());
-    // Exchange client secrets: beside a namespaced IdP, or in the operator's
-    // namespace for a ClusterIdentityProvider.
-    for (idp, r) in idps.iter_mut().zip(&spec.identity_provider_refs) {
-        let Some((exchange, secret)) = &mut idp.token_exchange else {
-            continue;
+    if problems.iter().any(Problem::fails_closed) {
+        return Decision {
+            problems,
+            idp_problem,
+            deny_all: true,
+            rendered: render_deny_all(spec, ports),
         };
-        let namespace = match r.kind {
-            IdentityProviderKind::IdentityProvider => ns,
-            IdentityProviderKind::ClusterIdentityProvider => ctx.operator_namespace.as_str(),
-        };
-        let found = secret_value(
-            &ctx.client,
-            namespace,
-            &exchange.client_secret_ref.name,
-            &exchange.client_secret_ref.key,
-            "the identity provider's spec.tokenExchange.clientSecretRef",
-        )
-        .await
-        .map_err(|source| Error::ReadSecret {
-            name: exchange.client_secret_ref.name.clone(),
-            source,
-        })?;
-        match found {
-            Ok(value) => *secret = value,
-            Err(problem) => problems.push(problem),
-        }
     }
-    let url = match redis_url(&ctx.client, ns, spec)
-        .await
-        .map_err(|source| Error::ReadSecret {
-            name: spec
-                .quota_store
-                .as_ref()
-                .and_then(|s| s.url_secret_ref.as_ref())
-                .map(|r| r.name.clone())
-                .unwrap_or_default(),
-            source,
-        })? {
-        Ok(url) => url,
-        Err(problem) => {
-            problems.push(problem);
-            None
-        }
+    let name = backend.name_any();
+    let id = BackendId {
+        namespace: ns,
+        name: &name,
     };
-    let deny_all = problems.iter().any(Problem::fails_closed);
-    let rendered = if deny_all {
-        render_deny_all(spec, ports)
-    } else {
-        let rendered = render(spec, &idps, url, ports);
-        match rendered.config.validate() {
-            Ok(()) => rendered,
-            Err(e) => {
-                problems.push(Problem::InvalidConfig {
-                    message: e.to_string(),
-                });
-                return Ok(Decision {
-                    problems,
-                    idp_problem,
-                    deny_all: true,
-                    rendered: render_deny_all(spec, ports),
-                });
-            }
-        }
-    };
-    Ok(Decision {
+    let rendered = render(id, spec, &idps, ports);
+    if let Err(e) = rendered.config.validate() {
+        problems.push(Problem::InvalidConfig {
+            message: e.to_string(),
+        });
+        return Decision {
+            problems,
+            idp_problem,
+            deny_all: true,
+            rendered: render_deny_all(spec, ports),
+        };
+    }
+    Decision {
         problems,
         idp_problem,
-        deny_all,
+        deny_all: false,
         rendered,
-    })
+    }
 }
 
 /// Reconciles one backend.
@@ -174,42 +141,47 @@ pub async fn reconcile(backend: Arc<LLMBackend>, ctx: Arc<Context>) -> Result<Ac
     ctx.caches_ready().await?;
     let ns = backend.namespace().ok_or(Error::NoNamespace)?;
     let name = backend.name_any();
-    let decision = decide(&backend, &ns, &ctx).await?;
+    let mut decision = decide(&backend, &ns, &ctx);
     let hash = decision.rendered.hash();
     let owned_name = owned::name(&name);
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
 
-    let secret = owned::secret(&backend, &decision.rendered, &hash);
-    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .patch(&owned_name, &apply, &Patch::Apply(&secret))
-        .await
-        .map_err(|source| Error::Write {
-            what: format!("Secret {owned_name}"),
-            source,
-        })?;
     let config_map = owned::config_map(&backend, &decision.rendered, &hash);
-    Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-        .patch(&owned_name, &apply, &Patch::Apply(&config_map))
+    let written = owned::apply(&ctx.client, &ctx.config_maps, &backend, config_map)
         .await
         .map_err(|source| Error::Write {
             what: format!("ConfigMap {owned_name}"),
             source,
         })?;
+    let taken = match written {
+        Written::Taken { name, why } => {
+            let problem = Problem::ConfigMapTaken {
+                name: format!("{ns}/{name}"),
+                why: why.to_owned(),
+            };
+            decision.problems.insert(0, problem.clone());
+            Some(problem)
+        }
+        Written::Unchanged | Written::Created | Written::Replaced => None,
+    };
 
-    let verdicts = verdicts(&decision, &owned_name, &hash);
+    let counts = selection::pod_counts(&backend, &ctx.pods.state());
+    let verdicts = verdicts(&decision, taken.as_ref(), &counts, &owned_name, &hash);
     let previous = backend.status.clone().unwrap_or_default();
     let generation = backend.meta().generation;
     let now = Time(Timestamp::now());
-    let (matched, injected) = selection::pod_counts(&backend, &ctx.pods.state());
     let status = LLMBackendStatus {
         conditions: verdicts
             .iter()
             .map(|v| v.to_condition(&previous.conditions, generation, &now))
             .collect(),
         observed_generation: generation,
-        config_hash: Some(hash),
-        matched_pods: Some(matched),
-        injected_pods: Some(injected),
+        config_hash: if taken.is_some() {
+            previous.config_hash.clone()
+        } else {
+            Some(hash)
+        },
+        matched_pods: Some(counts.matched),
+        injected_pods: Some(counts.injected),
     };
     let unchanged = same(&status.conditions, &previous.conditions)
         && status.observed_generation == previous.observed_generation
@@ -223,7 +195,11 @@ pub async fn reconcile(backend: Arc<LLMBackend>, ctx: Arc<Context>) -> Result<Ac
             "status": status,
         });
         Api::<LLMBackend>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(&name, &apply, &Patch::Apply(&patch))
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
             .await
             .map_err(|source| Error::Write {
                 what: format!("LLMBackend {name} status"),
@@ -231,18 +207,68 @@ pub async fn reconcile(backend: Arc<LLMBackend>, ctx: Arc<Context>) -> Result<Ac
             })?;
     }
     publish_transition(&backend, &previous.conditions, &verdicts[0], &ctx.recorder).await;
-    Ok(Action::requeue(RESYNC))
+    ctx.backoff
+        .succeeded(&ObjectRef::from_obj(backend.as_ref()));
+    Ok(Action::requeue(if taken.is_some() {
+        TAKEN_RECHECK
+    } else {
+        RESYNC
+    }))
 }
 
-/// `Ready`, `IdentityProvidersResolved`, `ConfigRendered`, in that order.
-fn verdicts(decision: &Decision, owned_name: &str, hash: &str) -> [Verdict; 3] {
+/// The message of `PodsProtected=False`: how many, which, and the fix.
+fn unprotected_message(counts: &PodCounts) -> String {
+    let mut names: Vec<&str> = counts
+        .unprotected
+        .iter()
+        .take(NAMED_PODS)
+        .map(String::as_str)
+        .collect();
+    if counts.unprotected.len() > NAMED_PODS {
+        names.push("...");
+    }
+    format!(
+        "{} selected pod(s) run without attach-gateway (created before this backend, or while injection was off): {}; recreate them (e.g. kubectl rollout restart) so they are injected",
+        counts.unprotected.len(),
+        names.join(", ")
+    )
+}
+
+/// `Ready`, `IdentityProvidersResolved`, `ConfigRendered`, `PodsProtected`,
+/// in that order.
+fn verdicts(
+    decision: &Decision,
+    taken: Option<&Problem>,
+    counts: &PodCounts,
+    owned_name: &str,
+    hash: &str,
+) -> [Verdict; 4] {
+    let protected = if counts.unprotected.is_empty() {
+        Verdict::ok(
+            PODS_PROTECTED,
+            "Protected",
+            format!(
+                "{} selected pod(s), every one with attach-gateway",
+                counts.matched
+            ),
+        )
+    } else {
+        Verdict::failed(
+            PODS_PROTECTED,
+            "PodsNotInjected",
+            unprotected_message(counts),
+        )
+    };
     let ready = match decision.problems.first() {
+        Some(problem) => Verdict::failed(READY, problem.reason(), problem.message()),
+        None if !protected.ok => {
+            Verdict::failed(READY, "PodsNotInjected", protected.message.clone())
+        }
         None => Verdict::ok(
             READY,
             "Ready",
             format!("attach-gateway config {hash} is in ConfigMap {owned_name}"),
         ),
-        Some(problem) => Verdict::failed(READY, problem.reason(), problem.message()),
     };
     let resolved = match &decision.idp_problem {
         None => Verdict::ok(
@@ -256,7 +282,9 @@ fn verdicts(decision: &Decision, owned_name: &str, hash: &str) -> [Verdict; 3] {
             problem.message(),
         ),
     };
-    let rendered = if decision.deny_all {
+    let rendered = if let Some(problem) = taken {
+        Verdict::failed(CONFIG_RENDERED, "Conflict", problem.message())
+    } else if decision.deny_all {
         let why = decision
             .problems
             .iter()
@@ -275,7 +303,7 @@ fn verdicts(decision: &Decision, owned_name: &str, hash: &str) -> [Verdict; 3] {
             format!("config {hash} written to ConfigMap {owned_name}"),
         )
     };
-    [ready, resolved, rendered]
+    [ready, resolved, rendered, protected]
 }
 
 /// A Warning when the backend stops being (or starts out not) ready, a
@@ -316,10 +344,11 @@ async fn publish_transition(
     }
 }
 
-/// Retries a failed reconcile after a short pause.
-pub fn error_policy(backend: Arc<LLMBackend>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(backend = %backend.name_any(), namespace = ?backend.namespace(), %error, "LLMBackend reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+/// Retries a failed reconcile with exponential backoff and jitter.
+pub fn error_policy(backend: Arc<LLMBackend>, error: &Error, ctx: Arc<Context>) -> Action {
+    let pause = ctx.backoff.failed(ObjectRef::from_obj(backend.as_ref()));
+    tracing::warn!(backend = %backend.name_any(), namespace = ?backend.namespace(), %error, retry_in_ms = pause.as_millis() as u64, "LLMBackend reconcile failed");
+    Action::requeue(pause)
 }
 
 #[cfg(test)]

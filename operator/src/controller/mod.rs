@@ -1,36 +1,41 @@
-//! The controllers, and the watches that wake them.
+//! The controllers, and the watches that wake them. Every kind is watched
+//! once per process ([`crate::reflectors`]): the backends and identity
+//! providers from the start (the webhook reads them on every replica), the
+//! rest once this replica leads.
 
+pub mod backoff;
 pub mod conditions;
 pub mod identity_provider;
 pub mod llm_backend;
+pub mod namespace_label;
 pub mod owned;
 pub mod resolve;
 pub mod selection;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, WatchStreamExt, controller, predicates, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, controller, watcher};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::crd::llm_backend::{IdentityProviderKind, QuotaStoreType};
+use crate::crd::llm_backend::IdentityProviderKind;
 use crate::crd::{ClusterIdentityProvider, IdentityProvider, LLMBackend};
 use crate::metrics::Metrics;
+use crate::reflectors::{Caches, Shared, changes};
+use conditions::is_true;
 use resolve::IdpStores;
 
 /// How the controllers schedule reconciles.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The operator's own namespace (Secrets of ClusterIdentityProviders).
-    pub namespace: String,
     /// Reconciles of one kind running at once.
     pub concurrency: u16,
     /// How long to wait for more changes to an object before reconciling it,
@@ -41,7 +46,6 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            namespace: "default".into(),
             concurrency: 16,
             debounce: Duration::from_millis(500),
         }
@@ -56,51 +60,111 @@ impl Settings {
     }
 }
 
+/// The watches only the controllers need, started when this replica leads.
+struct LeaderCaches {
+    pods: Shared<PartialObjectMeta<Pod>>,
+    namespaces: Shared<PartialObjectMeta<Namespace>>,
+    config_maps: Shared<ConfigMap>,
+}
+
+impl LeaderCaches {
+    fn spawn(client: &Client) -> Self {
+        Self {
+            // Metadata only: `Api<PartialObjectMeta<_>>` asks for no more.
+            pods: Shared::spawn(Api::all(client.clone()), watcher::Config::default()),
+            namespaces: Shared::spawn(Api::all(client.clone()), watcher::Config::default()),
+            config_maps: Shared::spawn(
+                Api::all(client.clone()),
+                watcher::Config::default().labels(&owned::selector()),
+            ),
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        self.pods.store().wait_until_ready().await.is_ok()
+            && self.namespaces.store().wait_until_ready().await.is_ok()
+            && self.config_maps.store().wait_until_ready().await.is_ok()
+    }
+}
+
+/// One reconcile of everything, once: what the shared watches delivered
+/// before the controllers subscribed.
+fn once() -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::once(std::future::ready(()))
+}
+
 /// Runs every controller until `shutdown` resolves; reconciles in flight
 /// finish first.
 pub async fn run(
     client: Client,
+    caches: Caches,
     metrics: Arc<Metrics>,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
+    let leader = LeaderCaches::spawn(&client);
+    let ready = async { caches.ready().await && leader.ready().await };
+    tokio::select! {
+        ready = ready => if !ready {
+            tracing::error!("the caches stopped before they were filled");
+            return;
+        },
+        () = shutdown.clone() => return,
+    }
     let recorder = Recorder::new(client.clone(), identity_provider::reporter());
     let idp_ctx = Arc::new(identity_provider::Context {
         client: client.clone(),
         http: attach_sidecar::idp_client::IdpClient::new(),
         recorder: recorder.clone(),
+        backoff: backoff::Backoff::default(),
     });
-
-    let idps = idp_controller::<IdentityProvider>(
-        client.clone(),
+    let idps = idp_controller(
+        &caches.idps,
         idp_ctx.clone(),
         metrics.clone(),
         settings.controller_config(),
         shutdown.clone(),
     );
-    let cluster_idps = idp_controller::<ClusterIdentityProvider>(
-        client.clone(),
+    let cluster_idps = idp_controller(
+        &caches.cluster_idps,
         idp_ctx,
         metrics.clone(),
         settings.controller_config(),
         shutdown.clone(),
     );
-    let backends = backend_controller(client, recorder, metrics, settings, shutdown);
-    futures::join!(idps, cluster_idps, backends);
+    let label_client = client.clone();
+    let labels = namespace_label_controller(
+        &label_client,
+        &caches,
+        &leader,
+        metrics.clone(),
+        settings.controller_config(),
+        shutdown.clone(),
+    );
+    let backends = backend_controller(
+        client, recorder, &caches, &leader, metrics, &settings, shutdown,
+    );
+    futures::join!(idps, cluster_idps, labels, backends);
     tracing::info!("controllers stopped");
 }
 
-/// The controller of one identity-provider kind.
+/// The controller of one identity-provider kind, woken by spec changes
+/// (not by its own status writes) and by its periodic recheck.
 async fn idp_controller<K: identity_provider::IdpObject>(
-    client: Client,
+    shared: &Shared<K>,
     ctx: Arc<identity_provider::Context>,
     metrics: Arc<Metrics>,
     config: controller::Config,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    Controller::new(Api::<K>::all(client), watcher::Config::default())
+    let store = shared.store();
+    let triggers = changes(shared.subscribe(), store.clone(), |k: &K| {
+        k.meta().generation
+    });
+    Controller::for_shared_stream(triggers, store)
         .with_config(config)
+        .reconcile_all_on(once())
         .graceful_shutdown_on(shutdown)
         .run(
             move |obj, ctx| {
@@ -118,94 +182,133 @@ async fn idp_controller<K: identity_provider::IdpObject>(
         .await;
 }
 
-/// The LLMBackend controller with its watches: owned ConfigMaps and Secrets,
-/// referenced IdPs and Secrets, matching pods, and overlapping backends.
+/// Keeps the namespace label the webhook's selector matches.
+async fn namespace_label_controller(
+    client: &Client,
+    caches: &Caches,
+    leader: &LeaderCaches,
+    metrics: Arc<Metrics>,
+    config: controller::Config,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let namespaces = leader.namespaces.store();
+    let triggers = changes(leader.namespaces.subscribe(), namespaces.clone(), |ns| {
+        ns.labels().get(namespace_label::LABEL.0).cloned()
+    });
+    let backends_in = changes(caches.backends.subscribe(), caches.backends.store(), |_| ());
+    let ctx = Arc::new(namespace_label::Context {
+        client: client.clone(),
+        backends: caches.backends.store(),
+        backoff: backoff::Backoff::default(),
+    });
+    Controller::for_shared_stream(triggers, namespaces)
+        .with_config(config)
+        .reconcile_all_on(once())
+        // A backend that comes or goes changes its namespace's label.
+        .watches_shared_stream(backends_in, |b: Arc<LLMBackend>| {
+            b.namespace()
+                .map(|ns| ObjectRef::<PartialObjectMeta<Namespace>>::new(&ns))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |ns, ctx| {
+                let metrics = metrics.clone();
+                async move {
+                    metrics
+                        .measure("Namespace", namespace_label::reconcile(ns, ctx))
+                        .await
+                }
+            },
+            namespace_label::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+/// What of an identity provider a backend depends on: its spec and
+/// whether it is Ready.
+fn idp_state<K: identity_provider::IdpObject>(idp: &K) -> (Option<i64>, bool) {
+    (
+        idp.meta().generation,
+        idp.status()
+            .is_some_and(|s| is_true(&s.conditions, crate::crd::conditions::types::READY)),
+    )
+}
+
+/// What of a pod a backend depends on: its labels, the annotations the
+/// webhook sets or an opt-out, and whether it is going.
+fn pod_state(pod: &PartialObjectMeta<Pod>) -> (BTreeMap<String, String>, Vec<String>, bool) {
+    let annotations = [
+        selection::INJECTED_BY,
+        selection::POD_OPT_OUT,
+        crate::inject::INJECTED,
+    ]
+    .iter()
+    .map(|k| pod.annotations().get(*k).cloned().unwrap_or_default())
+    .collect();
+    (
+        pod.labels().clone(),
+        annotations,
+        pod.metadata.deletion_timestamp.is_some(),
+    )
+}
+
+/// The LLMBackend controller with its watches: owned ConfigMaps, referenced
+/// IdPs, matching pods, and overlapping backends.
 async fn backend_controller(
     client: Client,
     recorder: Recorder,
+    caches: &Caches,
+    leader: &LeaderCaches,
     metrics: Arc<Metrics>,
-    settings: Settings,
+    settings: &Settings,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let owned_only = watcher::Config::default().labels(&owned::selector());
-    // The backends, cached without managed fields; every change also wakes
-    // the backends whose selectors overlap (a conflict may start or end).
-    let (backends, backend_writer) = reflector::store::<LLMBackend>();
-    let (overlap_tx, overlap_rx) = tokio::sync::mpsc::unbounded_channel();
-    let overlap_store = backends.clone();
-    let backend_events = watcher(
-        Api::<LLMBackend>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|b| b.managed_fields_mut().clear())
-    .reflect(backend_writer)
-    .touched_objects()
-    .inspect_ok(move |backend| {
-        for other in selection::overlapping(backend, &overlap_store.state()) {
-            let _ = overlap_tx.send(ObjectRef::from_obj(other));
-        }
-    })
+    let backends = caches.backends.store();
     // A status write (ours) changes no generation: no reconcile for it.
-    .predicate_filter(predicates::generation, Default::default());
-    let overlaps = futures::stream::unfold(overlap_rx, |mut rx| async move {
-        rx.recv().await.map(|r| (r, rx))
+    // Every change also wakes the backends whose selectors overlap (a
+    // conflict may start or end).
+    let overlap_store = backends.clone();
+    let triggers = changes(caches.backends.subscribe(), backends.clone(), |b| {
+        b.meta().generation
+    })
+    .flat_map(move |backend| {
+        let all = overlap_store.state();
+        let mut woken: Vec<Arc<LLMBackend>> =
+            selection::overlapping(&backend, &all).cloned().collect();
+        woken.push(backend);
+        futures::stream::iter(woken)
     });
-    let controller = Controller::for_stream(backend_events, backends.clone())
-        .with_config(settings.controller_config())
-        .reconcile_on(overlaps);
-
-    let (idp_store, idp_writer) = reflector::store::<IdentityProvider>();
-    let idp_events = watcher(
-        Api::<IdentityProvider>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(idp_writer)
-    .touched_objects();
-    let (cluster_store, cluster_writer) = reflector::store::<ClusterIdentityProvider>();
-    let cluster_events = watcher(
-        Api::<ClusterIdentityProvider>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(cluster_writer)
-    .touched_objects();
-    let (pod_store, pod_writer) = reflector::store::<PartialObjectMeta<Pod>>();
-    let pod_events = watcher(
-        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|pod| pod.managed_fields_mut().clear())
-    .reflect(pod_writer)
-    .touched_objects();
-    let secret_events = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects();
+    let idp_events = changes(caches.idps.subscribe(), caches.idps.store(), idp_state);
+    let cluster_events = changes(
+        caches.cluster_idps.subscribe(),
+        caches.cluster_idps.store(),
+        idp_state,
+    );
+    let pod_events = changes(leader.pods.subscribe(), leader.pods.store(), pod_state);
 
     let ctx = Arc::new(llm_backend::Context {
         client: client.clone(),
         recorder,
         backends: backends.clone(),
         idps: IdpStores {
-            namespaced: idp_store,
-            cluster: cluster_store,
+            namespaced: caches.idps.store(),
+            cluster: caches.cluster_idps.store(),
         },
-        pods: pod_store,
-        operator_namespace: settings.namespace.clone(),
+        pods: leader.pods.store(),
+        config_maps: leader.config_maps.store(),
+        backoff: backoff::Backoff::default(),
     });
 
     let by_idp = backends.clone();
     let by_cluster_idp = backends.clone();
     let by_pod = backends.clone();
-    let by_secret = (backends, ctx.idps.clone(), settings.namespace.clone());
-    controller
-        .owns(Api::<ConfigMap>::all(client.clone()), owned_only)
-        .watches_stream(idp_events, move |idp: IdentityProvider| {
+    Controller::for_shared_stream(triggers, backends)
+        .with_config(settings.controller_config())
+        .reconcile_all_on(once())
+        .owns_shared_stream(leader.config_maps.subscribe())
+        .watches_shared_stream(idp_events, move |idp: Arc<IdentityProvider>| {
             referring(
                 &by_idp,
                 IdentityProviderKind::IdentityProvider,
@@ -213,7 +316,7 @@ async fn backend_controller(
                 &idp.name_any(),
             )
         })
-        .watches_stream(cluster_events, move |idp: ClusterIdentityProvider| {
+        .watches_shared_stream(cluster_events, move |idp: Arc<ClusterIdentityProvider>| {
             referring(
                 &by_cluster_idp,
                 IdentityProviderKind::ClusterIdentityProvider,
@@ -221,7 +324,7 @@ async fn backend_controller(
                 &idp.name_any(),
             )
         })
-        .watches_stream(pod_events, move |pod: PartialObjectMeta<Pod>| {
+        .watches_shared_stream(pod_events, move |pod: Arc<PartialObjectMeta<Pod>>| {
             let ns = pod.namespace().unwrap_or_default();
             by_pod
                 .state()
@@ -232,9 +335,6 @@ async fn backend_controller(
                 })
                 .map(|b| ObjectRef::from_obj(b.as_ref()))
                 .collect::<Vec<_>>()
-        })
-        .watches_stream(secret_events, move |secret: PartialObjectMeta<Secret>| {
-            secret_users(&by_secret.0, &by_secret.1, &by_secret.2, &secret)
         })
         .graceful_shutdown_on(shutdown)
         .run(
@@ -256,7 +356,7 @@ async fn backend_controller(
 /// Backends that refer to the IdP `name` of `kind` (in `namespace` for the
 /// namespaced kind).
 fn referring(
-    backends: &reflector::Store<LLMBackend>,
+    backends: &Store<LLMBackend>,
     kind: IdentityProviderKind,
     namespace: Option<String>,
     name: &str,
@@ -272,63 +372,6 @@ fn referring(
                 .identity_provider_refs
                 .iter()
                 .any(|r| r.kind == kind && r.name == name)
-        })
-        .map(|b| ObjectRef::from_obj(b.as_ref()))
-        .collect()
-}
-
-/// Backends whose quota store names the Secret, that own it, or whose
-/// identity provider's token exchange names it (beside a namespaced IdP, or
-/// in the operator's namespace for a ClusterIdentityProvider).
-fn secret_users(
-    backends: &reflector::Store<LLMBackend>,
-    idps: &IdpStores,
-    operator_namespace: &str,
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<LLMBackend>> {
-    let name = secret.name_any();
-    let ns = secret.namespace();
-    let exchange_secret = |r: &crate::crd::llm_backend::IdentityProviderRef, b: &LLMBackend| {
-        let names = |spec: Option<&crate::crd::identity_provider::TokenExchange>| {
-            spec.is_some_and(|e| e.client_secret_ref.name == name)
-        };
-        match r.kind {
-            IdentityProviderKind::IdentityProvider => {
-                b.namespace() == ns
-                    && idps
-                        .namespaced
-                        .get(&ObjectRef::new(&r.name).within(ns.as_deref().unwrap_or_default()))
-                        .is_some_and(|i| names(i.spec.token_exchange.as_ref()))
-            }
-            IdentityProviderKind::ClusterIdentityProvider => {
-                ns.as_deref() == Some(operator_namespace)
-                    && idps
-                        .cluster
-                        .get(&ObjectRef::new(&r.name))
-                        .is_some_and(|i| names(i.spec.token_exchange.as_ref()))
-            }
-        }
-    };
-    let owner = secret
-        .owner_references()
-        .iter()
-        .find(|o| o.kind == LLMBackend::kind(&()) && o.controller == Some(true))
-        .map(|o| o.name.clone());
-    backends
-        .state()
-        .iter()
-        .filter(|b| {
-            let here = b.namespace() == ns;
-            (here
-                && (owner.as_deref() == Some(b.name_any().as_str())
-                    || b.spec.quota_store.as_ref().is_some_and(|s| {
-                        s.type_ == QuotaStoreType::Redis
-                            && s.url_secret_ref.as_ref().is_some_and(|r| r.name == name)
-                    })))
-                || b.spec
-                    .identity_provider_refs
-                    .iter()
-                    .any(|r| exchange_secret(r, b))
         })
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()

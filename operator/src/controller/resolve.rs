@@ -1,17 +1,16 @@
-//! Resolving what a backend refers to: identity providers (from the
-//! controller's caches) and the Redis URL Secret (read from the API, never
-//! cached, never logged). What cannot be resolved becomes a [`Problem`] with
-//! a reason and a message a user can act on.
+//! Resolving what a backend refers to: its identity providers, from the
+//! caches. Secrets are not resolved here: the injected pod mounts the ones a
+//! backend names, and the operator never reads them. What cannot be
+//! resolved becomes a [`Problem`] with a reason and a message a user can act
+//! on.
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
-use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::conditions::is_true;
 use crate::crd::conditions::types::READY;
-use crate::crd::llm_backend::{IdentityProviderKind, IdentityProviderRef, QuotaStoreType};
-use crate::crd::{ClusterIdentityProvider, IdentityProvider, LLMBackendSpec};
+use crate::crd::identity_provider::SecretKeyRef;
+use crate::crd::llm_backend::{IdentityProviderKind, IdentityProviderRef};
+use crate::crd::{ClusterIdentityProvider, IdentityProvider};
 use crate::render::ResolvedIdp;
 
 /// Something that keeps a backend from being `Ready`.
@@ -23,27 +22,20 @@ pub enum Problem {
     IdentityProviderNotFound { reference: String },
     /// A referenced IdP exists but its keys could not be loaded.
     IdentityProviderNotReady { reference: String },
-    /// A referenced Secret does not exist (`field` refers to it).
-    SecretNotFound { name: String, field: &'static str },
-    /// The Secret exists without the key.
-    SecretKeyNotFound {
-        name: String,
-        key: String,
-        field: &'static str,
-    },
     /// The rendered config fails the gateway's own validation.
     InvalidConfig { message: String },
+    /// The backend's ConfigMap name is taken by an object the operator did
+    /// not create for this backend: it is left alone, nothing is written.
+    ConfigMapTaken { name: String, why: String },
 }
 
 impl Problem {
     /// The condition reason, in CamelCase.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Conflict { .. } => "Conflict",
+            Self::Conflict { .. } | Self::ConfigMapTaken { .. } => "Conflict",
             Self::IdentityProviderNotFound { .. } => "IdentityProviderNotFound",
             Self::IdentityProviderNotReady { .. } => "IdentityProviderNotReady",
-            Self::SecretNotFound { .. } => "SecretNotFound",
-            Self::SecretKeyNotFound { .. } => "SecretKeyNotFound",
             Self::InvalidConfig { .. } => "InvalidConfig",
         }
     }
@@ -60,15 +52,12 @@ impl Problem {
             Self::IdentityProviderNotReady { reference } => format!(
                 "{reference} is not Ready (see its status): tokens cannot be verified until its keys load"
             ),
-            Self::SecretNotFound { name, field } => {
-                format!("Secret {name} ({field}) does not exist; create it")
-            }
-            Self::SecretKeyNotFound { name, key, field } => {
-                format!("Secret {name} has no key {key:?} ({field})")
-            }
             Self::InvalidConfig { message } => {
                 format!("the rendered gateway config is invalid: {message}")
             }
+            Self::ConfigMapTaken { name, why } => format!(
+                "ConfigMap {name} {why}; attach-operator leaves it alone and its pods are refused until it is deleted or renamed"
+            ),
         }
     }
 
@@ -96,12 +85,9 @@ macro_rules! resolved_idp {
             claims: spec.claims.clone(),
             algorithms: spec.algorithms.clone(),
             leeway_seconds: spec.leeway_seconds,
+            jwks_refresh_interval: spec.jwks_refresh_interval.clone(),
             insecure: spec.insecure.unwrap_or(false),
-            // The client secret is read later (an API call), by the caller.
-            token_exchange: spec
-                .token_exchange
-                .clone()
-                .map(|exchange| (exchange, String::new())),
+            token_exchange: spec.token_exchange.clone(),
         }
     }};
 }
@@ -153,61 +139,95 @@ impl IdpStores {
     }
 }
 
-/// Reads `key` of Secret `name` in `namespace`: `Ok(Err(problem))` when the
-/// Secret or key is missing, `Err` when the API could not be asked.
-pub async fn secret_value(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    key: &str,
-    field: &'static str,
-) -> Result<Result<String, Problem>, kube::Error> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let Some(secret) = secrets.get_opt(name).await? else {
-        return Ok(Err(Problem::SecretNotFound {
-            name: format!("{namespace}/{name}"),
-            field,
-        }));
-    };
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned());
-    Ok(match value {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(Problem::SecretKeyNotFound {
-            name: format!("{namespace}/{name}"),
-            key: key.to_owned(),
-            field,
-        }),
-    })
+impl IdpStores {
+    /// The exchange client Secret of the IdP `r` refers to, if it has token
+    /// exchange. It is looked up in the backend's namespace whatever the
+    /// IdP's kind: the pod mounts it from there.
+    pub fn exchange_secret(
+        &self,
+        namespace: &str,
+        r: &IdentityProviderRef,
+    ) -> Option<SecretKeyRef> {
+        let exchange = match r.kind {
+            IdentityProviderKind::IdentityProvider => self
+                .namespaced
+                .get(&ObjectRef::new(&r.name).within(namespace))
+                .and_then(|idp| idp.spec.token_exchange.clone()),
+            IdentityProviderKind::ClusterIdentityProvider => self
+                .cluster
+                .get(&ObjectRef::new(&r.name))
+                .and_then(|idp| idp.spec.token_exchange.clone()),
+        };
+        exchange.map(|e| e.client_secret_ref)
+    }
 }
 
-/// The Redis URL when the quota store is Redis: `Ok(Err(problem))` when the
-/// Secret or key is missing, `Err` when the API could not be asked.
-pub async fn redis_url(
-    client: &Client,
-    namespace: &str,
-    spec: &LLMBackendSpec,
-) -> Result<Result<Option<String>, Problem>, kube::Error> {
-    let Some(store) = &spec.quota_store else {
-        return Ok(Ok(None));
-    };
-    let Some(secret_ref) = store
-        .url_secret_ref
-        .as_ref()
-        .filter(|_| store.type_ == QuotaStoreType::Redis)
-    else {
-        return Ok(Ok(None));
-    };
-    Ok(secret_value(
-        client,
-        namespace,
-        &secret_ref.name,
-        &secret_ref.key,
-        "spec.quotaStore.urlSecretRef",
-    )
-    .await?
-    .map(Some))
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector;
+    use kube::runtime::watcher;
+    use serde_json::json;
+
+    use super::*;
+
+    fn exchange(secret: &str) -> serde_json::Value {
+        json!({"tokenEndpoint": "https://idp.example.com/token", "clientId": "gw",
+               "clientSecretRef": {"name": secret, "key": "client-secret"}, "audience": "down"})
+    }
+
+    /// The webhook mounts an exchange client Secret from the pod's own
+    /// namespace whatever the IdP's kind: beside a namespaced IdP, and, for
+    /// a ClusterIdentityProvider, the Secret of that name in the backend's
+    /// namespace (never the operator's).
+    #[test]
+    fn exchange_secrets_are_looked_up_in_the_backends_namespace() {
+        let (namespaced, mut nw) = reflector::store::<IdentityProvider>();
+        let (cluster, mut cw) = reflector::store::<ClusterIdentityProvider>();
+        nw.apply_watcher_event(&watcher::Event::Apply(
+            serde_json::from_value(json!({
+                "apiVersion": "attach.dev/v1alpha1", "kind": "IdentityProvider",
+                "metadata": {"name": "team-idp", "namespace": "ml"},
+                "spec": {"issuer": "https://idp.example.com", "audiences": ["a"], "tokenExchange": exchange("team-exchange")},
+            }))
+            .unwrap(),
+        ));
+        cw.apply_watcher_event(&watcher::Event::Apply(
+            serde_json::from_value(json!({
+                "apiVersion": "attach.dev/v1alpha1", "kind": "ClusterIdentityProvider",
+                "metadata": {"name": "corp"},
+                "spec": {"issuer": "https://corp.example.com", "audiences": ["a"], "tokenExchange": exchange("corp-exchange")},
+            }))
+            .unwrap(),
+        ));
+        let stores = IdpStores {
+            namespaced,
+            cluster,
+        };
+        let reference = |kind, name: &str| IdentityProviderRef {
+            kind,
+            name: name.into(),
+        };
+        let namespaced_ref = reference(IdentityProviderKind::IdentityProvider, "team-idp");
+        assert_eq!(
+            stores.exchange_secret("ml", &namespaced_ref).unwrap().name,
+            "team-exchange"
+        );
+        assert!(
+            stores.exchange_secret("web", &namespaced_ref).is_none(),
+            "another namespace's IdP is not this backend's"
+        );
+        let cluster_ref = reference(IdentityProviderKind::ClusterIdentityProvider, "corp");
+        assert_eq!(
+            stores.exchange_secret("web", &cluster_ref).unwrap().name,
+            "corp-exchange"
+        );
+        assert!(
+            stores
+                .exchange_secret(
+                    "ml",
+                    &reference(IdentityProviderKind::IdentityProvider, "nope")
+                )
+                .is_none()
+        );
+    }
 }

@@ -15,6 +15,23 @@ use crate::crd::llm_backend::PodSelector;
 
 /// The pod annotation the webhook sets to the backend it injected.
 pub const INJECTED_BY: &str = "attach.dev/backend";
+/// The pod label or annotation that asks not to be injected (value
+/// `"false"`); honoured only where the backend allows it.
+pub const POD_OPT_OUT: &str = "attach.dev/inject";
+
+/// Whether a pod with these labels and annotations asks not to be injected.
+pub fn opted_out(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> bool {
+    let no = |m: &BTreeMap<String, String>| m.get(POD_OPT_OUT).is_some_and(|v| v == "false");
+    no(labels) || no(annotations)
+}
+
+/// Whether the backend lets its pods opt out.
+pub fn allows_opt_out(backend: &LLMBackend) -> bool {
+    backend.spec.pod_opt_out == Some(crate::crd::llm_backend::PodOptOut::Allow)
+}
 
 /// Whether `labels` carry every label of `selector` (an empty selector
 /// selects nothing: the API refuses it, and nothing is safer).
@@ -61,8 +78,8 @@ pub fn conflict<'a>(backend: &LLMBackend, all: &'a [Arc<LLMBackend>]) -> Option<
 pub fn overlapping<'a>(
     backend: &'a LLMBackend,
     all: &'a [Arc<LLMBackend>],
-) -> impl Iterator<Item = &'a LLMBackend> + 'a {
-    all.iter().map(AsRef::as_ref).filter(move |other| {
+) -> impl Iterator<Item = &'a Arc<LLMBackend>> + 'a {
+    all.iter().filter(move |other| {
         other.namespace() == backend.namespace()
             && other.name_any() != backend.name_any()
             && overlap(&other.spec.selector, &backend.spec.selector)
@@ -83,21 +100,41 @@ pub fn owner_of<'a>(
         .min_by_key(|b| rank(b))
 }
 
-/// Pods the backend selects, and how many of them carry its gateway.
-pub fn pod_counts(backend: &LLMBackend, pods: &[Arc<PartialObjectMeta<Pod>>]) -> (u32, u32) {
+/// What the pods a backend selects look like.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodCounts {
+    /// Pods the selector matches.
+    pub matched: u32,
+    /// Of those, the ones carrying this backend's gateway.
+    pub injected: u32,
+    /// Matched pods running without any gateway that are not opted out
+    /// with the backend's leave (created before it, or while injection was
+    /// off): their names, sorted.
+    pub unprotected: Vec<String>,
+}
+
+/// Counts the pods `backend` selects.
+pub fn pod_counts(backend: &LLMBackend, pods: &[Arc<PartialObjectMeta<Pod>>]) -> PodCounts {
     let name = backend.name_any();
-    let (mut matched, mut injected) = (0u32, 0u32);
+    let mut counts = PodCounts::default();
     for pod in pods {
-        if pod.namespace() != backend.namespace() || !selects(&backend.spec.selector, pod.labels())
+        if pod.namespace() != backend.namespace()
+            || !selects(&backend.spec.selector, pod.labels())
+            || pod.metadata.deletion_timestamp.is_some()
         {
             continue;
         }
-        matched = matched.saturating_add(1);
-        if pod.annotations().get(INJECTED_BY) == Some(&name) {
-            injected = injected.saturating_add(1);
+        counts.matched = counts.matched.saturating_add(1);
+        match pod.annotations().get(INJECTED_BY) {
+            Some(by) if *by == name => counts.injected = counts.injected.saturating_add(1),
+            // Injected for an overlapping backend created earlier.
+            Some(_) => {}
+            None if allows_opt_out(backend) && opted_out(pod.labels(), pod.annotations()) => {}
+            None => counts.unprotected.push(pod.name_any()),
         }
     }
-    (matched, injected)
+    counts.unprotected.sort();
+    counts
 }
 
 #[cfg(test)]
@@ -176,9 +213,7 @@ mod tests {
             "zeta",
             "the earliest wins, not just any earlier one"
         );
-        let names: Vec<_> = overlapping(&first, &all)
-            .map(ResourceExt::name_any)
-            .collect();
+        let names: Vec<_> = overlapping(&first, &all).map(|b| b.name_any()).collect();
         assert_eq!(names, ["alpha", "beta"]);
         let labels: BTreeMap<_, _> = [("app".to_owned(), "ollama".to_owned())].into();
         assert_eq!(owner_of("ml", &labels, &all).unwrap().name_any(), "zeta");

@@ -10,4 +10,7 @@ pub mod types {
     pub const IDENTITY_PROVIDERS_RESOLVED: &str = "IdentityProvidersResolved";
     /// The gateway config was rendered into the owned ConfigMap.
     pub const CONFIG_RENDERED: &str = "ConfigRendered";
+    /// Every pod the backend selects carries the gateway (or is opted out
+    /// with the backend's leave).
+    pub const PODS_PROTECTED: &str = "PodsProtected";
 }

@@ -5,6 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::schema;
+
 /// A default claim mapping for a well-known identity provider.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
@@ -36,65 +38,83 @@ pub enum Algorithm {
 
 /// Where the caller's identity is in the token; each field overrides the
 /// preset with a claim path (`a.b`, `https://ns.example/roles`, `a|b`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.__namespace__) || (isURL(self.__namespace__) && url(self.__namespace__).getHostname() != '')").message("spec.claims.namespace must be a URL, e.g. https://example.com").field_path(".namespace"))]
 pub struct ClaimPaths {
     /// The user claim (default `sub`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub user: Option<String>,
     /// The groups claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub groups: Option<String>,
     /// The roles claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub roles: Option<String>,
     /// The scopes claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub scopes: Option<String>,
     /// The tenant claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub tenant: Option<String>,
-    /// Auth0's custom-claim namespace, e.g. `https://example.com`.
+    /// Auth0's custom-claim namespace, a URL, e.g. `https://example.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub namespace: Option<String>,
 }
 
-/// A key of a Secret in the same namespace.
+/// A key of a Secret: in the backend's namespace (see each field).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// The Secret's name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// The key inside the Secret.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
-/// RFC 8693 token exchange at this IdP (used by a later release).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+/// RFC 8693 token exchange at this IdP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.audience) || size(self.scopes) > 0").message("spec.tokenExchange needs an audience or scopes: a token for the same audience gains nothing").field_path(".audience"))]
 pub struct TokenExchange {
-    /// The token endpoint.
+    /// The token endpoint (https, or http with `insecure: true`).
+    #[schemars(length(min = 1))]
     pub token_endpoint: String,
     /// The client that exchanges tokens.
+    #[schemars(length(min = 1))]
     pub client_id: String,
-    /// The client secret.
+    /// The client secret. The injected pod mounts this Secret directly (the
+    /// operator never reads it): for an `IdentityProvider` it lives beside
+    /// the IdP and its backends; for a `ClusterIdentityProvider` a Secret of
+    /// this name must exist in the namespace of every LLMBackend that uses
+    /// it (pods mount Secrets of their own namespace only).
     pub client_secret_ref: SecretKeyRef,
     /// The audience of the exchanged token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub audience: Option<String>,
     /// Scopes of the exchanged token.
     #[serde(default)]
+    #[schemars(inner(length(min = 1)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<String>,
 }
 
 /// What an IdP reports once checked.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentityProviderStatus {
     /// `Ready`: discovery reachable and the keys parse.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// The generation these conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,14 +159,18 @@ macro_rules! identity_provider_spec {
             )
         )]
         #[serde(rename_all = "camelCase")]
-        #[x_kube(validation = Rule::new("self.issuer.startsWith('https://') || (has(self.insecure) && self.insecure)").message("spec.issuer must be an https:// URL (http:// only with insecure: true)").field_path(".issuer"))]
-        #[x_kube(validation = Rule::new("!has(self.jwksUri) || self.jwksUri.startsWith('https://') || (has(self.insecure) && self.insecure)").message("spec.jwksUri must be an https:// URL (http:// only with insecure: true)").field_path(".jwksUri"))]
+        #[x_kube(validation = Rule::new(schema::url_rule("issuer")).message("spec.issuer must be an https:// URL with a host (http:// only with insecure: true)").field_path(".issuer"))]
+        #[x_kube(validation = Rule::new(schema::url_rule("jwksUri")).message("spec.jwksUri must be an https:// URL with a host (http:// only with insecure: true)").field_path(".jwksUri"))]
+        #[x_kube(validation = Rule::new(schema::exchange_url_rule()).message("spec.tokenExchange.tokenEndpoint must be an https:// URL with a host (http:// only with insecure: true)").field_path(".tokenExchange.tokenEndpoint"))]
         pub struct $name {
-            /// The issuer URL, exactly as tokens carry it in `iss`.
-            #[schemars(length(min = 1))]
+            /// The issuer URL, exactly as tokens carry it in `iss`: https
+            /// (http only with `insecure`), a host, no query or fragment.
+            #[schemars(length(min = 1, max = 2048))]
+            #[x_kube(validation = Rule::new("!self.contains('?') && !self.contains('#')").message("spec.issuer must not have a query or fragment"))]
             pub issuer: String,
-            /// Accepted `aud` values; a token must carry at least one.
-            #[schemars(length(min = 1))]
+            /// Accepted `aud` values, each once; a token must carry at least one.
+            #[schemars(length(min = 1), inner(length(min = 1)))]
+            #[x_kube(merge_strategy = ListMerge::Set)]
             pub audiences: Vec<String>,
             /// The JWKS URL; without it, OIDC discovery finds it.
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +188,13 @@ macro_rules! identity_provider_spec {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(range(min = 0, max = 600))]
             pub leeway_seconds: Option<u32>,
+            /// How often the gateway refreshes the keys in the background, a
+            /// duration such as `5m` or `1h30m` (units `s`, `m`, `h`;
+            /// 30s to 24h; default 5m).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+            #[x_kube(validation = Rule::new("duration(self) >= duration('30s') && duration(self) <= duration('24h')").message("spec.jwksRefreshInterval must be between 30s and 24h"))]
+            pub jwks_refresh_interval: Option<String>,
             /// Allow an http:// issuer or JWKS URL. For local testing only.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub insecure: Option<bool>,

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::identity_provider::SecretKeyRef;
+use super::schema;
 
 /// The model server's kind, which says how to move it onto loopback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -24,23 +25,27 @@ pub enum Engine {
 }
 
 /// How to make a generic OpenAI-compatible server listen on loopback.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OpenAiRebind {
     /// Environment variables to set; `{port}` is replaced by the internal port.
     #[serde(default)]
+    #[schemars(schema_with = "schema::env_map")]
     pub env: BTreeMap<String, String>,
     /// Arguments to append; `{port}` is replaced by the internal port.
     #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub args: Vec<String>,
 }
 
 /// Pods this backend fronts, by labels.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSelector {
-    /// Labels a pod must carry, all of them.
+    /// Labels a pod must carry, all of them (at most 32; values as
+    /// Kubernetes accepts them on pods).
     #[serde(default)]
+    #[schemars(schema_with = "schema::label_map")]
     pub match_labels: BTreeMap<String, String>,
 }
 
@@ -64,12 +69,12 @@ pub struct IdentityProviderRef {
     #[serde(default)]
     pub kind: IdentityProviderKind,
     /// Its name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
 /// Who a rule or quota applies to: any listed value matches.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Subjects {
     /// Every authenticated caller.
@@ -77,25 +82,39 @@ pub struct Subjects {
     pub any_authenticated: Option<bool>,
     /// User names (the mapped user claim).
     #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub users: Vec<String>,
     /// Group names.
     #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub groups: Vec<String>,
     /// Role names.
     #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub roles: Vec<String>,
     /// Scopes.
     #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<String>,
     /// Tenants.
     #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub tenants: Vec<String>,
     /// Client ids.
     #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub clients: Vec<String>,
     /// Agents: an actor of a delegated token (the `act` chain), or a machine
     /// client acting alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub agents: Vec<String>,
 }
 
@@ -116,17 +135,22 @@ pub enum EndpointClass {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.subjects.anyAuthenticated) && self.subjects.anyAuthenticated || size(self.subjects.users) + size(self.subjects.groups) + size(self.subjects.roles) + size(self.subjects.scopes) + size(self.subjects.tenants) + size(self.subjects.clients) + (has(self.subjects.agents) ? size(self.subjects.agents) : 0) > 0").message("subjects must name someone, or set anyAuthenticated").field_path(".subjects"))]
 pub struct AccessRule {
-    /// A name for audit lines.
-    #[schemars(length(min = 1))]
+    /// A name for audit lines, unique among the rules.
+    #[schemars(length(min = 1, max = 128))]
     pub name: String,
     /// Who the rule applies to.
     pub subjects: Subjects,
     /// Model names or globs (`*`, `?`), e.g. `llama3.2:*`; default all.
     #[serde(default)]
-    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9._:/@*?+-]+$")))]
+    #[schemars(
+        length(max = 128),
+        inner(length(max = 256), regex(pattern = r"^[A-Za-z0-9._:/@*?+-]+$"))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub models: Vec<String>,
     /// Endpoint classes granted.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 3))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub endpoints: Vec<EndpointClass>,
     /// Only for a human acting directly: not an agent acting for one, nor a
     /// machine client (e.g. for admin endpoints).
@@ -135,17 +159,22 @@ pub struct AccessRule {
 }
 
 /// The access policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Access {
-    /// Allow rules; what none allows is denied. Admin only when named.
+    /// Allow rules, with unique names; what none allows is denied. Admin
+    /// only when named.
     #[serde(default)]
+    #[schemars(length(max = 128))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub rules: Vec<AccessRule>,
     /// Forward paths that are in no endpoint class (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_unknown_endpoints: Option<bool>,
     /// Agents (actors or machine clients) refused whatever the rules say.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub denied_agents: Vec<String>,
 }
 
@@ -168,8 +197,8 @@ pub enum QuotaKey {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.tokensPerMinute) || has(self.requestsPerMinute) || has(self.concurrent) || has(self.tokensPerDay)").message("a quota must set at least one of tokensPerMinute, requestsPerMinute, concurrent, tokensPerDay"))]
 pub struct Quota {
-    /// A name for 429 answers and audit lines.
-    #[schemars(length(min = 1), regex(pattern = r"^[^|]+$"))]
+    /// A name for 429 answers and audit lines, unique among the quotas.
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[^|]+$"))]
     pub name: String,
     /// What the budget belongs to: user, group, tenant or client.
     #[serde(default)]
@@ -179,7 +208,11 @@ pub struct Quota {
     pub subjects: Option<Subjects>,
     /// Model names or globs with a budget each (all models share one when empty).
     #[serde(default)]
-    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9._:/@*?+-]+$")))]
+    #[schemars(
+        length(max = 128),
+        inner(length(max = 256), regex(pattern = r"^[A-Za-z0-9._:/@*?+-]+$"))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub models: Vec<String>,
     /// LLM tokens per minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,6 +272,12 @@ pub struct QuotaStore {
     /// Behaviour while Redis is unreachable.
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// The prefix of every Redis key (default `attach:quota:<namespace>/<name>:`,
+    /// so backends sharing a Redis never share budgets). Backends that set the
+    /// same prefix share budgets by quota name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub key_prefix: Option<String>,
 }
 
 /// Audit log settings.
@@ -250,19 +289,57 @@ pub struct Audit {
     pub enabled: Option<bool>,
 }
 
+/// CPU, memory and ephemeral storage, as quantities (`500m`, `128Mi`, `1`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.limits) || !has(self.requests) || self.requests.all(k, !(k in self.limits) || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)").message("a request must not exceed its limit").field_path(".requests"))]
+pub struct GatewayResources {
+    /// The most the gateway may use: `cpu`, `memory`, `ephemeral-storage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantities")]
+    #[x_kube(validation = Rule::new(schema::QUANTITY_NAMES_RULE).message(schema::QUANTITY_NAMES_MESSAGE))]
+    #[x_kube(validation = Rule::new(schema::QUANTITIES_RULE).message(schema::QUANTITIES_MESSAGE))]
+    pub limits: Option<BTreeMap<String, Quantity>>,
+    /// What the gateway is guaranteed: `cpu`, `memory`, `ephemeral-storage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::quantities")]
+    #[x_kube(validation = Rule::new(schema::QUANTITY_NAMES_RULE).message(schema::QUANTITY_NAMES_MESSAGE))]
+    #[x_kube(validation = Rule::new(schema::QUANTITIES_RULE).message(schema::QUANTITIES_MESSAGE))]
+    pub requests: Option<BTreeMap<String, Quantity>>,
+}
+
 /// Overrides for the injected gateway container.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarOverrides {
     /// The attach-gateway image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub image: Option<String>,
     /// CPU and memory for the gateway container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<GatewayResources>,
     /// Log filter, e.g. `info` or `attach_sidecar=debug`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub log_level: Option<String>,
+}
+
+/// Whether a pod the selector picks may refuse the gateway: `Forbid`
+/// (default), every selected pod gets the gateway or is refused at
+/// admission; `Allow`, a selected pod labelled or annotated
+/// `attach.dev/inject: "false"` is admitted without it (unprotected).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum PodOptOut {
+    /// A selected pod is injected or refused; `attach.dev/inject: "false"`
+    /// on it is refused at admission.
+    #[default]
+    Forbid,
+    /// A selected pod labelled or annotated `attach.dev/inject: "false"` is
+    /// admitted without the gateway: its model is unprotected.
+    Allow,
 }
 
 /// A model server fronted by attach-gateway.
@@ -299,7 +376,7 @@ pub struct SidecarOverrides {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("size(self.selector.matchLabels) > 0").message("spec.selector.matchLabels must select pods by at least one label").field_path(".selector.matchLabels"))]
-#[x_kube(validation = Rule::new("type(self.port) == int ? (self.port >= 1 && self.port <= 65535) : self.port.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.port) <= 15").message("spec.port must be a port number (1-65535) or a container port name").field_path(".port"))]
+#[x_kube(validation = Rule::new(schema::PORT_RULE).message(schema::PORT_MESSAGE).field_path(".port"))]
 #[x_kube(validation = Rule::new("self.engine != 'openai' || has(self.openai)").message("spec.openai is required when engine is openai: say how to bind the server to loopback").field_path(".openai"))]
 pub struct LLMBackendSpec {
     /// The model pods, by labels.
@@ -310,15 +387,19 @@ pub struct LLMBackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openai: Option<OpenAiRebind>,
     /// The model container's port (number or name); the gateway takes it over.
+    #[schemars(schema_with = "schema::port")]
     pub port: IntOrString,
-    /// Identity providers whose tokens are accepted.
-    #[schemars(length(min = 1))]
+    /// Identity providers whose tokens are accepted, each once.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["kind".into(), "name".into()]))]
     pub identity_provider_refs: Vec<IdentityProviderRef>,
     /// Who may use which models and endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<Access>,
-    /// Token, request and concurrency budgets.
+    /// Token, request and concurrency budgets, with unique names.
     #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub quotas: Vec<Quota>,
     /// Where quota counters live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -331,16 +412,24 @@ pub struct LLMBackendSpec {
     pub sidecar: Option<SidecarOverrides>,
     /// Paths served without a token (GET/HEAD), for probes.
     #[serde(default)]
-    #[schemars(inner(regex(pattern = r"^/")))]
+    #[schemars(length(max = 64), inner(length(max = 1024), regex(pattern = r"^/")))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub unauthenticated_paths: Vec<String>,
+    /// `Forbid` (default): every pod the selector picks gets the gateway or
+    /// is refused at admission, with the reason and the fix. `Allow`: a
+    /// selected pod labelled or annotated `attach.dev/inject: "false"` is
+    /// admitted without it (its model is then unprotected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_opt_out: Option<PodOptOut>,
 }
 
 /// What the operator reports about a backend.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LLMBackendStatus {
-    /// `Ready`, `IdentityProvidersResolved`, `ConfigRendered`.
+    /// `Ready`, `IdentityProvidersResolved`, `ConfigRendered`, `PodsProtected`.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// The generation these conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,9 @@
-//! Golden files: `testdata/inject/<case>.in.yaml` (the namespace's labels,
-//! the LLMBackends and the pod) must give `<case>.out.yaml` (the decision,
-//! the JSON patch and the mutated pod). `ATTACH_UPDATE_GOLDEN=1 cargo test
-//! -p attach-operator inject` regenerates them; review the diff.
+//! Golden files: `testdata/inject/<case>.in.yaml` (the LLMBackends, the
+//! exchange Secrets of their identity providers, and the pod) must give
+//! `<case>.out.yaml` (the decision, the JSON patch and the mutated pod, or
+//! the refusal and its message). `ATTACH_UPDATE_GOLDEN=1 cargo test -p
+//! attach-operator inject` regenerates them; review the diff. CI refuses
+//! to run with that variable set.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,15 +12,25 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 
-use super::{Decision, Defaults, SkipReason, inject_pod};
+use super::{Decision, Defaults, ExchangeSecrets, Reason, inject_pod};
 use crate::crd::LLMBackend;
+use crate::crd::identity_provider::SecretKeyRef;
+use crate::crd::llm_backend::IdentityProviderRef;
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Case {
-    namespace_labels: BTreeMap<String, String>,
     backends: Vec<LLMBackend>,
+    /// IdP name -> the Secret key of its exchange client secret.
+    #[serde(default)]
+    exchange_secrets: BTreeMap<String, SecretKeyRef>,
     pod: Pod,
+}
+
+impl ExchangeSecrets for BTreeMap<String, SecretKeyRef> {
+    fn exchange_secret(&self, _: &str, r: &IdentityProviderRef) -> Option<SecretKeyRef> {
+        self.get(&r.name).cloned()
+    }
 }
 
 fn dir() -> PathBuf {
@@ -37,8 +49,8 @@ fn decide(case: &Case) -> Decision {
     inject_pod(
         &case.pod,
         "ml",
-        &case.namespace_labels,
         &backends,
+        &case.exchange_secrets,
         &defaults(),
     )
 }
@@ -53,11 +65,18 @@ fn render(case: &Case, decision: &Decision) -> String {
             let patch = json_patch::diff(&before, &after);
             serde_json::json!({"decision": "inject", "backend": backend, "patch": patch, "pod": after})
         }
-        Decision::Skip {
+        Decision::Admit {
             reason,
             selected_by,
         } => serde_json::json!({
-            "decision": "skip", "reason": reason.as_str(), "selectedBy": selected_by,
+            "decision": "admit", "reason": reason.as_str(), "selectedBy": selected_by,
+        }),
+        Decision::Refuse {
+            reason,
+            backend,
+            message,
+        } => serde_json::json!({
+            "decision": "refuse", "reason": reason.as_str(), "backend": backend, "message": message,
         }),
     };
     format!("{header}{}", serde_yaml::to_string(&body).unwrap())
@@ -110,25 +129,113 @@ fn every_case_gives_its_golden_file() {
 
 #[test]
 fn a_second_pass_changes_nothing() {
+    let mut injected = 0;
     for (name, case) in cases() {
-        if let Decision::Inject { pod, .. } = decide(&case) {
+        if let Decision::Inject { pod, backend } = decide(&case) {
+            injected += 1;
             let again = Case {
                 pod: *pod,
-                namespace_labels: case.namespace_labels.clone(),
                 backends: case.backends.clone(),
+                exchange_secrets: case.exchange_secrets.clone(),
             };
             assert_eq!(
                 decide(&again),
-                Decision::Skip {
-                    reason: SkipReason::AlreadyInjected,
-                    selected_by: Some(match decide(&case) {
-                        Decision::Inject { backend, .. } => backend,
-                        Decision::Skip { .. } => unreachable!(),
-                    }),
+                Decision::Admit {
+                    reason: Reason::AlreadyInjected,
+                    selected_by: Some(backend),
                 },
                 "{name}"
             );
         }
+    }
+    assert!(injected >= 10, "{injected} injecting cases");
+}
+
+/// A second admission of an injected pod that lost part of what the
+/// webhook added (another webhook removed it, or it was copied without it)
+/// is refused, never admitted as already injected: each half of the
+/// already-injected check matters on its own.
+#[test]
+fn a_second_pass_over_a_damaged_injection_is_refused() {
+    let (_, case) = cases()
+        .into_iter()
+        .find(|(n, _)| n == "ollama-port-number")
+        .unwrap();
+    let Decision::Inject { pod, .. } = decide(&case) else {
+        panic!("not injected");
+    };
+    let again = |pod: Pod| Case {
+        pod,
+        backends: case.backends.clone(),
+        exchange_secrets: BTreeMap::new(),
+    };
+    // The gateway removed, the annotations kept.
+    let mut no_gateway = (*pod).clone();
+    if let Some(spec) = no_gateway.spec.as_mut() {
+        spec.init_containers = None;
+    }
+    // The annotations removed, the gateway kept.
+    let mut no_annotations = (*pod).clone();
+    no_annotations.metadata.annotations = None;
+    // The config volume pointing elsewhere.
+    let mut other_config = (*pod).clone();
+    if let Some(spec) = other_config.spec.as_mut() {
+        spec.volumes = None;
+    }
+    for (what, pod, reason) in [
+        ("no gateway", no_gateway, Reason::ForgedAnnotation),
+        (
+            "no annotations",
+            no_annotations,
+            Reason::ForeignGatewayContainer,
+        ),
+        (
+            "no config volume",
+            other_config,
+            Reason::ForeignGatewayContainer,
+        ),
+    ] {
+        match decide(&again(pod)) {
+            Decision::Refuse {
+                reason: got,
+                message,
+                ..
+            } => {
+                assert_eq!(got, reason, "{what}");
+                assert!(message.contains("Fix:"), "{what}: {message}");
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_refusal_names_its_reason_and_a_fix() {
+    let mut refused = Vec::new();
+    for (name, case) in cases() {
+        if let Decision::Refuse {
+            reason, message, ..
+        } = decide(&case)
+        {
+            assert!(message.contains(reason.as_str()), "{name}: {message}");
+            assert!(message.contains("Fix:"), "{name}: {message}");
+            assert!(message.contains("LLMBackend "), "{name}: {message}");
+            refused.push(reason);
+        }
+    }
+    for reason in [
+        Reason::OptOutForbidden,
+        Reason::ForgedAnnotation,
+        Reason::ForeignGatewayContainer,
+        Reason::ConfigMapTaken,
+        Reason::HostNetwork,
+        Reason::EngineContainerNotFound,
+    ] {
+        assert!(
+            refused.contains(&reason),
+            "no case refuses {}",
+            reason.as_str()
+        );
     }
 }
 
@@ -144,11 +251,17 @@ fn the_cases_cover_what_the_injector_must_handle() {
         "multi-container",
         "probes-on-model-port",
         "already-injected",
-        "namespace-opt-out",
         "pod-opt-out",
+        "pod-opt-out-label",
+        "pod-opt-out-allowed",
+        "forged-annotation",
+        "foreign-gateway-container",
+        "config-map-taken",
         "host-network",
+        "numeric-string-port",
         "backend-not-ready",
         "existing-init-container",
+        "redis-and-exchange-secrets",
     ] {
         assert!(names.iter().any(|n| n == required), "no {required} case");
     }

@@ -1,13 +1,16 @@
 //! The injected gateway: a native sidecar (an init container with
 //! `restartPolicy: Always`, so it starts before the model and stops after
-//! it), locked down, reading the backend's rendered ConfigMap and Secret
-//! from one read-only projected volume.
+//! it), locked down, reading the backend's rendered ConfigMap, and the
+//! Secrets the backend names (the Redis URL, exchange client secrets)
+//! straight from the user's Secrets, from one read-only projected volume.
+//! The kubelet keeps the files current; the operator never reads the
+//! Secrets.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, EnvVar, HTTPGetAction, KeyToPath,
-    Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
+    Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
     SecurityContext, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -19,7 +22,8 @@ use attach_sidecar::app_probe::{AppProbes, ENV as APP_PROBES_ENV};
 use super::SIDECAR_NAME;
 use crate::controller::owned;
 use crate::crd::LLMBackend;
-use crate::crd::llm_backend::QuotaStoreType;
+use crate::crd::identity_provider::SecretKeyRef;
+use crate::crd::llm_backend::{GatewayResources, QuotaStoreType};
 use crate::render::{CONFIG_KEY, Ports, REDIS_URL_KEY, exchange_secret_key};
 
 /// Where the projected volume is mounted (`config/`, `secrets/` inside).
@@ -120,7 +124,7 @@ pub fn container(
         resources: Some(
             overrides
                 .resources
-                .unwrap_or_else(|| defaults.resources.clone()),
+                .map_or_else(|| defaults.resources.clone(), requirements),
         ),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
@@ -157,12 +161,25 @@ pub fn container(
     }
 }
 
-/// The projected volume of the backend's ConfigMap and Secret.
-pub fn volume(backend: &LLMBackend) -> Volume {
+/// The container's resources from the backend's overrides.
+fn requirements(resources: GatewayResources) -> ResourceRequirements {
+    ResourceRequirements {
+        limits: resources.limits,
+        requests: resources.requests,
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The projected volume: the backend's ConfigMap, and the Secrets it names.
+/// `exchange[i]` is the exchange client Secret of the backend's `i`-th
+/// identity provider, if it exchanges tokens. Every Secret is required: a
+/// missing Secret or key keeps the pod from starting (the kubelet reports
+/// it), so the gateway never runs with a config it cannot load.
+pub fn volume(backend: &LLMBackend, exchange: &[Option<SecretKeyRef>]) -> Volume {
     let name = owned::name(&backend.name_any());
     let mut sources = vec![VolumeProjection {
         config_map: Some(ConfigMapProjection {
-            name: name.clone(),
+            name,
             items: Some(vec![KeyToPath {
                 key: CONFIG_KEY.into(),
                 path: format!("config/{CONFIG_KEY}"),
@@ -172,36 +189,29 @@ pub fn volume(backend: &LLMBackend) -> Volume {
         }),
         ..VolumeProjection::default()
     }];
-    // Every key the operator may render: the Redis URL and one exchange
-    // client secret per identity provider. Optional, so absent keys are
-    // skipped; a config that names a missing file fails to load (closed).
-    let mut items = Vec::new();
-    let uses_redis = backend
-        .spec
-        .quota_store
-        .as_ref()
-        .is_some_and(|s| s.type_ == QuotaStoreType::Redis);
-    if uses_redis {
-        items.push(REDIS_URL_KEY.to_owned());
-    }
-    items.extend((0..backend.spec.identity_provider_refs.len()).map(exchange_secret_key));
-    sources.push(VolumeProjection {
+    let secret = |secret: &SecretKeyRef, file: String| VolumeProjection {
         secret: Some(SecretProjection {
-            name,
-            items: Some(
-                items
-                    .into_iter()
-                    .map(|key| KeyToPath {
-                        path: format!("secrets/{key}"),
-                        key,
-                        mode: None,
-                    })
-                    .collect(),
-            ),
-            optional: Some(true),
+            name: secret.name.clone(),
+            items: Some(vec![KeyToPath {
+                key: secret.key.clone(),
+                path: format!("secrets/{file}"),
+                mode: None,
+            }]),
+            optional: Some(false),
         }),
         ..VolumeProjection::default()
-    });
+    };
+    if let Some(store) = &backend.spec.quota_store
+        && store.type_ == QuotaStoreType::Redis
+        && let Some(url) = &store.url_secret_ref
+    {
+        sources.push(secret(url, REDIS_URL_KEY.to_owned()));
+    }
+    for (i, client_secret) in exchange.iter().enumerate() {
+        if let Some(client_secret) = client_secret {
+            sources.push(secret(client_secret, exchange_secret_key(i)));
+        }
+    }
     Volume {
         name: VOLUME.into(),
         projected: Some(ProjectedVolumeSource {
@@ -212,4 +222,29 @@ pub fn volume(backend: &LLMBackend) -> Volume {
         }),
         ..Volume::default()
     }
+}
+
+/// Whether `container` (named like the gateway) is the one the webhook
+/// injects for `backend`: it mounts the projected volume of that backend's
+/// ConfigMap at the config path.
+pub fn mounts_config_of(pod: &Pod, container: &Container, backend: &str) -> bool {
+    let mounted = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == VOLUME && m.mount_path == MOUNT);
+    let config_map = owned::name(backend);
+    let volume = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .find(|v| v.name == VOLUME)
+        .and_then(|v| v.projected.as_ref())
+        .is_some_and(|p| {
+            p.sources
+                .iter()
+                .flatten()
+                .any(|s| s.config_map.as_ref().is_some_and(|c| c.name == config_map))
+        });
+    mounted && volume
 }

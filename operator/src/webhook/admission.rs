@@ -1,33 +1,25 @@
-//! One AdmissionReview in, one out: parse, look the pod's backends and
-//! namespace up in the in-memory index (no API call), decide, answer with a
-//! JSON patch or, for a selected pod left alone, a warning.
+//! One AdmissionReview in, one out: parse, look the pod's backends up in
+//! the in-memory index (no API call), decide, answer with a JSON patch, an
+//! admission unchanged (with a warning when a selected pod opted out), or a
+//! refusal that names the reason and the fix.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{DynamicObject, PartialObjectMeta};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 
+use crate::controller::resolve::IdpStores;
 use crate::crd::LLMBackend;
-use crate::inject::{Decision, Defaults, SkipReason, inject_pod};
+use crate::inject::{Decision, Defaults, Reason, inject_pod};
 use crate::metrics::Metrics;
 
-/// What the webhook decides from: the reflectors' caches.
+/// What the webhook decides from: the shared caches.
 #[derive(Clone)]
 pub struct Index {
     pub backends: Store<LLMBackend>,
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
-}
-
-impl Index {
-    fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
-        self.namespaces
-            .get(&ObjectRef::new(name))
-            .and_then(|ns| ns.metadata.labels.clone())
-            .unwrap_or_default()
-    }
+    pub idps: IdpStores,
 }
 
 /// What an admission led to, for metrics and Events.
@@ -37,9 +29,18 @@ pub enum Outcome {
     Injected {
         backend: String,
     },
-    Skipped {
-        reason: SkipReason,
+    /// Admitted unchanged.
+    Admitted {
+        reason: Reason,
         selected_by: Option<String>,
+        pod: String,
+        namespace: String,
+        dry_run: bool,
+    },
+    /// Refused: a selected pod that cannot be protected.
+    Refused {
+        reason: Reason,
+        backend: String,
         pod: String,
         namespace: String,
         dry_run: bool,
@@ -67,22 +68,27 @@ pub fn review(
         Err(e) => return invalid(e.to_string()),
     };
     let response = AdmissionResponse::from(&request);
+    let namespace = request.namespace.clone().unwrap_or_default();
     let (Operation::Create, Some(pod)) = (&request.operation, &request.object) else {
         return (
             response.into_review(),
-            Outcome::Skipped {
-                reason: SkipReason::NoBackend,
+            Outcome::Admitted {
+                reason: Reason::NoBackend,
                 selected_by: None,
                 pod: request.name.clone(),
-                namespace: request.namespace.clone().unwrap_or_default(),
+                namespace,
                 dry_run: request.dry_run,
             },
         );
     };
-    let namespace = request.namespace.clone().unwrap_or_default();
-    let labels = index.namespace_labels(&namespace);
+    let pod_name = pod
+        .metadata
+        .name
+        .clone()
+        .or_else(|| pod.metadata.generate_name.clone())
+        .unwrap_or_default();
     let backends: Vec<Arc<LLMBackend>> = index.backends.state();
-    match inject_pod(pod, &namespace, &labels, &backends, defaults) {
+    match inject_pod(pod, &namespace, &backends, &index.idps, defaults) {
         Decision::Inject {
             backend,
             pod: mutated,
@@ -96,28 +102,19 @@ pub fn review(
                 Err(e) => invalid(format!("cannot encode the patch: {e}")),
             }
         }
-        Decision::Skip {
+        Decision::Admit {
             reason,
             selected_by,
         } => {
             let mut response = response;
-            if let Some(backend) = &selected_by
-                && reason != SkipReason::AlreadyInjected
-            {
+            if let (Some(backend), Reason::PodOptedOut) = (&selected_by, reason) {
                 response.warnings = Some(vec![format!(
-                    "attach: LLMBackend {backend} selects this pod, but attach-gateway was not injected: {}",
-                    reason.as_str()
+                    "attach: LLMBackend {backend} selects this pod, which opted out (spec.podOptOut: Allow): it runs WITHOUT attach-gateway, its model unprotected"
                 )]);
             }
-            let pod_name = pod
-                .metadata
-                .name
-                .clone()
-                .or_else(|| pod.metadata.generate_name.clone())
-                .unwrap_or_default();
             (
                 response.into_review(),
-                Outcome::Skipped {
+                Outcome::Admitted {
                     reason,
                     selected_by,
                     pod: pod_name,
@@ -126,6 +123,20 @@ pub fn review(
                 },
             )
         }
+        Decision::Refuse {
+            reason,
+            backend,
+            message,
+        } => (
+            response.deny(message).into_review(),
+            Outcome::Refused {
+                reason,
+                backend,
+                pod: pod_name,
+                namespace,
+                dry_run: request.dry_run,
+            },
+        ),
     }
 }
 
@@ -135,7 +146,8 @@ impl Outcome {
         match self {
             Self::Invalid => metrics.admission("invalid", ""),
             Self::Injected { .. } => metrics.admission("injected", ""),
-            Self::Skipped { reason, .. } => metrics.admission("skipped", reason.as_str()),
+            Self::Admitted { reason, .. } => metrics.admission("admitted", reason.as_str()),
+            Self::Refused { reason, .. } => metrics.admission("refused", reason.as_str()),
         }
     }
 }

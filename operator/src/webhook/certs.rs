@@ -269,8 +269,17 @@ pub async fn ensure(client: &Client, settings: &CertSettings) -> Result<WebhookC
         let mut secret = renewed.to_secret(settings);
         let written = match existing {
             Some(old) => {
-                // Optimistic concurrency: a replica that renewed first wins.
-                secret.metadata.resource_version = old.resource_version();
+                // The Secret the chart created keeps its labels and
+                // annotations (Helm's ownership); the data and the expiry
+                // are the operator's. Optimistic concurrency: a replica that
+                // renewed first wins.
+                let mut metadata = old.metadata.clone();
+                metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(NOT_AFTER.to_owned(), renewed.not_after.to_string());
+                metadata.managed_fields = None;
+                secret.metadata = metadata;
                 api.replace(&settings.secret, &PostParams::default(), &secret)
                     .await
             }

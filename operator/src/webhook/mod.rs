@@ -5,56 +5,11 @@ pub mod admission;
 pub mod certs;
 pub mod server;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::Client;
 
-use crate::crd::LLMBackend;
+use crate::controller::resolve::IdpStores;
+use crate::reflectors::Caches;
 use admission::Index;
-
-/// Starts the reflectors behind the webhook's index; they run until the
-/// process ends. The index is ready once both have listed.
-pub fn start_index(client: &Client) -> Index {
-    let (backends, backend_writer) = reflector::store::<LLMBackend>();
-    let (namespaces, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
-    tokio::spawn(
-        watcher(
-            Api::<LLMBackend>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(|b| b.managed_fields_mut().clear())
-        .reflect(backend_writer)
-        .for_each(|_| async {}),
-    );
-    tokio::spawn(
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(|ns| ns.managed_fields_mut().clear())
-        .reflect(ns_writer)
-        .for_each(|_| async {}),
-    );
-    Index {
-        backends,
-        namespaces,
-    }
-}
-
-/// Waits until the index has listed backends and namespaces once: before
-/// that, a decision could miss a backend and admit a pod uninjected.
-pub async fn index_ready(
-    backends: &Store<LLMBackend>,
-    namespaces: &Store<PartialObjectMeta<Namespace>>,
-) -> bool {
-    backends.wait_until_ready().await.is_ok() && namespaces.wait_until_ready().await.is_ok()
-}
 
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,17 +56,25 @@ pub enum WebhookError {
     CachesGone,
 }
 
-/// Starts the webhook: index, certificate, listener. Returns once it serves
-/// (so readiness can say so); it stops when `shutdown` resolves.
+/// Starts the webhook: certificate, listener, over the shared caches.
+/// Returns once it serves (so readiness can say so); it stops when
+/// `shutdown` resolves.
 pub async fn start(
     client: Client,
+    caches: &Caches,
     settings: WebhookSettings,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     recorder: kube::runtime::events::Recorder,
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + 'static,
 ) -> Result<(), WebhookError> {
     use std::sync::Arc;
-    let index = start_index(&client);
+    let index = Index {
+        backends: caches.backends.store(),
+        idps: IdpStores {
+            namespaced: caches.idps.store(),
+            cluster: caches.cluster_idps.store(),
+        },
+    };
     let (key, renew) = match settings.cert_mode {
         CertMode::SelfManaged => {
             let current = certs::ensure(&client, &settings.certs).await?;
@@ -127,7 +90,9 @@ pub async fn start(
     };
     let current = Arc::new(certs::CurrentCert::new(key));
     let tls = Arc::new(certs::server_config(current.clone())?);
-    if !index_ready(&index.backends, &index.namespaces).await {
+    // Before the caches are filled, a decision could miss a backend and
+    // admit a pod unprotected.
+    if !caches.ready().await {
         return Err(WebhookError::CachesGone);
     }
     let listener = tokio::net::TcpListener::bind(settings.addr)

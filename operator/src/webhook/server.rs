@@ -1,8 +1,8 @@
 //! The HTTPS server: `POST /mutate-pods` answers AdmissionReviews; anything
-//! else is 404. Plain hyper over rustls; the certificate is whatever
+//! else is 404. Served by the operator's one accept loop
+//! ([`crate::serve`]) over rustls; the certificate is whatever
 //! [`super::certs::CurrentCert`] holds at handshake time.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,8 +10,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use tokio::net::TcpListener;
@@ -37,53 +35,37 @@ pub struct Webhook {
     pub recorder: Option<Recorder>,
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves, then drains.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     webhook: Webhook,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let acceptor = acceptor.clone();
-        let webhook = webhook.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(error = %e, "webhook TLS handshake failed");
-                    return;
-                }
-            };
-            let service = service_fn(move |req| {
-                let webhook = webhook.clone();
-                async move { Ok::<_, Infallible>(webhook.handle(req).await) }
-            });
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "webhook connection");
-            }
-        });
+    crate::serve::serve(
+        "webhook",
+        listener,
+        Some(TlsAcceptor::from(tls)),
+        webhook,
+        crate::serve::Limits::default(),
+        shutdown,
+    )
+    .await;
+}
+
+impl crate::serve::Handler for Webhook {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static {
+        let webhook = self.clone();
+        async move { webhook.answer(req).await }
     }
 }
 
 impl Webhook {
     /// Answers one HTTP request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::POST || req.uri().path() != PATH {
             return plain(StatusCode::NOT_FOUND, "not found\n");
         }
@@ -119,25 +101,36 @@ impl Webhook {
         }
     }
 
-    /// A Warning Event on the backend whose pod was left alone; sent in the
-    /// background, never delaying the admission.
+    /// A Warning Event on the backend whose pod was refused, or admitted
+    /// without the gateway by its opt-out; sent in the background, never
+    /// delaying the admission.
     fn publish(&self, outcome: Outcome) {
-        let (
-            Some(recorder),
-            Outcome::Skipped {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let (backend, namespace, reason, note) = match outcome {
+            Outcome::Refused {
                 reason,
+                backend,
+                pod,
+                namespace,
+                dry_run: false,
+            } => {
+                let note = format!("pod {pod} refused: {}", reason.as_str());
+                (backend, namespace, "InjectionRefused", note)
+            }
+            Outcome::Admitted {
+                reason: crate::inject::Reason::PodOptedOut,
                 selected_by: Some(backend),
                 pod,
                 namespace,
                 dry_run: false,
-            },
-        ) = (&self.recorder, outcome)
-        else {
-            return;
+            } => {
+                let note = format!("pod {pod} opted out: it runs without attach-gateway");
+                (backend, namespace, "NotInjected", note)
+            }
+            _ => return,
         };
-        if reason == crate::inject::SkipReason::AlreadyInjected {
-            return;
-        }
         let Some(obj) = self
             .index
             .backends
@@ -150,8 +143,8 @@ impl Webhook {
             use kube::Resource;
             let event = Event {
                 type_: EventType::Warning,
-                reason: "NotInjected".into(),
-                note: Some(format!("pod {pod} was not injected: {}", reason.as_str())),
+                reason: reason.into(),
+                note: Some(note),
                 action: "Inject".into(),
                 secondary: None,
             };

@@ -1,45 +1,190 @@
 //! The chart installed into the world (`webhook.url` mode, narrowed to the
 //! namespaces labelled for this install), and the operator running outside
 //! the cluster as the chart's ServiceAccount, with its webhook registered.
+//! Dropping it stops the operator and uninstalls the release.
 
+use std::time::Duration;
+
+use attach_tests::World;
 use attach_tests::operator::OperatorProcess;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
 
 use super::{install_crds, wait_for, world};
+
+/// The label the operator keeps on namespaces that hold an LLMBackend.
+pub const NAMESPACE_LABEL: &str = "attach.dev/llm-backends";
 
 pub struct InstalledChart {
     pub release: String,
     pub release_namespace: String,
+    /// `system:serviceaccount:<namespace>:<name>`.
     pub service_account: String,
-    /// Namespaces with this label go to this install's webhook.
+    /// Namespaces with this label go to this install's webhook and policies.
     pub label: (String, String),
-    pub operator: OperatorProcess,
-    _kubeconfig: tempfile::TempPath,
+    pub operator: Option<OperatorProcess>,
+    /// A kubeconfig acting as the chart's ServiceAccount.
+    pub kubeconfig: tempfile::TempPath,
+    webhook_port: u16,
+    world: &'static World,
+    installed: bool,
 }
 
 impl InstalledChart {
-    /// A fresh namespace this install's webhook covers.
+    /// A fresh namespace this install's webhook and policies cover.
     pub async fn namespace(&self, prefix: &str) -> String {
-        let ns = world().namespace(prefix).await.unwrap();
+        let ns = self.world.namespace(prefix).await.unwrap();
         self.label_namespace(&ns);
         ns
     }
 
-    /// Puts `ns` under this install's webhook.
+    /// Puts `ns` under this install's webhook and policies.
     pub fn label_namespace(&self, ns: &str) {
-        kubectl(&[
-            "label",
-            "--overwrite",
-            "namespace",
+        kubectl_in(
+            self.world,
+            &[
+                "label",
+                "--overwrite",
+                "namespace",
+                ns,
+                &format!("{}={}", self.label.0, self.label.1),
+            ],
+        );
+    }
+
+    /// Waits until the operator has labelled `ns` for the webhook (it holds
+    /// an LLMBackend), or unlabelled it (`labelled` false).
+    pub async fn wait_namespace_label(&self, ns: &str, labelled: bool) {
+        let namespaces: kube::Api<Namespace> = kube::Api::all(self.world.client().await.unwrap());
+        wait_for(
+            &namespaces,
             ns,
-            &format!("{}={}", self.label.0, self.label.1),
-        ]);
+            if labelled { "labelled" } else { "unlabelled" },
+            |n| {
+                n.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(NAMESPACE_LABEL))
+                    .is_some_and(|v| v == "true")
+                    == labelled
+            },
+        )
+        .await;
+    }
+
+    /// A client acting as the chart's ServiceAccount.
+    pub async fn service_account_client(&self) -> kube::Client {
+        attach_tests::control_plane::client_for(&self.kubeconfig)
+            .await
+            .unwrap()
+    }
+
+    /// `kubectl` acting as the chart's ServiceAccount.
+    pub fn kubectl_as_operator(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&*self.kubeconfig);
+        cmd
+    }
+
+    /// Stops the operator (SIGTERM, then waits).
+    pub fn stop_operator(&mut self) {
+        if let Some(mut operator) = self.operator.take() {
+            operator.stop(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts the operator as the chart's ServiceAccount, with its webhook.
+    pub async fn start_operator(&mut self) {
+        self.stop_operator();
+        let args = operator_args(&self.release, &self.release_namespace, self.webhook_port);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.operator = Some(
+            OperatorProcess::start_with_kubeconfig(&self.kubeconfig, &args)
+                .await
+                .unwrap(),
+        );
+    }
+
+    /// The operator's log.
+    pub fn operator_log(&self) -> String {
+        self.operator
+            .as_ref()
+            .map(OperatorProcess::log)
+            .unwrap_or_default()
+    }
+
+    /// `helm uninstall` (after stopping the operator); what helm printed.
+    pub fn uninstall(&mut self) -> String {
+        self.stop_operator();
+        self.installed = false;
+        let out = self
+            .world
+            .helm()
+            .unwrap()
+            .args([
+                "uninstall",
+                &self.release,
+                "--namespace",
+                &self.release_namespace,
+                "--wait",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm uninstall: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
-/// Runs kubectl against the world; fails the test if it fails.
-pub fn kubectl(args: &[&str]) -> std::process::Output {
-    let out = world().kubectl().unwrap().args(args).output().unwrap();
+impl Drop for InstalledChart {
+    fn drop(&mut self) {
+        self.stop_operator();
+        if self.installed {
+            // Its cluster-wide objects (webhook, policies) must not outlive
+            // the test in a shared world.
+            let _ = self.world.helm().map(|mut helm| {
+                helm.args([
+                    "uninstall",
+                    &self.release,
+                    "--namespace",
+                    &self.release_namespace,
+                ])
+                .output()
+            });
+        }
+    }
+}
+
+fn operator_args(release: &str, namespace: &str, port: u16) -> Vec<String> {
+    [
+        "--lease-name",
+        &format!("{release}-operator"),
+        "--namespace",
+        namespace,
+        "--webhook",
+        "true",
+        "--webhook-addr",
+        &format!("127.0.0.1:{port}"),
+        "--webhook-dns-names",
+        "127.0.0.1",
+        "--webhook-secret",
+        &format!("{release}-webhook-tls"),
+        "--webhook-configuration",
+        release,
+        "--gateway-image",
+        "attach-gateway:e2e",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Runs kubectl against `world`; fails the test if it fails.
+fn kubectl_in(world: &World, args: &[&str]) -> std::process::Output {
+    let out = world.kubectl().unwrap().args(args).output().unwrap();
     assert!(
         out.status.success(),
         "kubectl {args:?}: {}{}",
@@ -47,6 +192,11 @@ pub fn kubectl(args: &[&str]) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs kubectl against the world; fails the test if it fails.
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    kubectl_in(world(), args)
 }
 
 /// `kubectl apply -f` of `manifest`; returns what kubectl printed.
@@ -57,10 +207,16 @@ pub fn kubectl_apply(manifest: &str) -> String {
         .into_owned()
 }
 
-/// `helm install`s the chart and starts the operator as its ServiceAccount.
+/// `helm install`s the chart (its CRDs left to [`install_crds`], shared by
+/// every test process) and starts the operator as its ServiceAccount.
 pub async fn install_chart() -> InstalledChart {
-    let world = world();
     install_crds();
+    install_chart_in(world(), &["--set", "crds.enabled=false"]).await
+}
+
+/// `helm install`s the chart into `world` with `extra` helm arguments, and
+/// starts the operator as its ServiceAccount.
+pub async fn install_chart_in(world: &'static World, extra: &[&str]) -> InstalledChart {
     let release_namespace = world.namespace("attach-system").await.unwrap();
     let run = release_namespace.rsplit('-').next().unwrap().to_owned();
     let port = attach_tests::ports::free_port().unwrap();
@@ -85,6 +241,7 @@ pub async fn install_chart() -> InstalledChart {
             "--set",
             &format!("webhook.namespaceLabels.attach\\.dev/chart-test={run}"),
         ])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -99,44 +256,28 @@ pub async fn install_chart() -> InstalledChart {
         &service_account,
         &release_namespace,
     );
-    let operator = OperatorProcess::start_with_kubeconfig(
-        &kubeconfig,
-        &[
-            "--lease-name",
-            &format!("{release}-operator"),
-            "--namespace",
-            &release_namespace,
-            "--webhook",
-            "true",
-            "--webhook-addr",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-dns-names",
-            "127.0.0.1",
-            "--webhook-secret",
-            &format!("{release}-webhook-tls"),
-            "--webhook-configuration",
-            &release,
-        ],
-    )
-    .await
-    .unwrap();
+    let mut chart = InstalledChart {
+        release,
+        release_namespace,
+        service_account,
+        label,
+        operator: None,
+        kubeconfig,
+        webhook_port: port,
+        world,
+        installed: true,
+    };
+    chart.start_operator().await;
     let mwcs: kube::Api<MutatingWebhookConfiguration> =
         kube::Api::all(world.client().await.unwrap());
-    wait_for(&mwcs, &release, "caBundle set", |m| {
+    wait_for(&mwcs, &chart.release, "caBundle set", |m| {
         m.webhooks
             .iter()
             .flatten()
             .all(|w| w.client_config.ca_bundle.is_some())
     })
     .await;
-    InstalledChart {
-        release,
-        release_namespace,
-        service_account,
-        label,
-        operator,
-        _kubeconfig: kubeconfig,
-    }
+    chart
 }
 
 /// A copy of `kubeconfig` whose user impersonates `user` (a service account).

@@ -4,7 +4,7 @@
 
 pub mod chart;
 #[allow(unused_imports)] // each test binary uses its own subset
-pub use chart::{install_chart, kubectl_apply};
+pub use chart::{install_chart, kubectl, kubectl_apply};
 
 use attach_sidecar::claims::Preset;
 use attach_sidecar::config::{GatewayConfig, IssuerConfig};

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::client::Body;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::Recorder;
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
 use super::{Context, reconcile};
+use crate::controller::backoff::Backoff;
 use crate::controller::identity_provider::reporter;
 use crate::controller::resolve::IdpStores;
 use crate::crd::{ClusterIdentityProvider, IdentityProvider, LLMBackend};
@@ -80,25 +81,39 @@ fn pod(name: &str, injected: bool) -> PartialObjectMeta<Pod> {
     .unwrap()
 }
 
+/// The caches' writers, kept so the stores stay filled.
+type Writers = (
+    Writer<LLMBackend>,
+    Writer<IdentityProvider>,
+    Writer<ClusterIdentityProvider>,
+    Writer<PartialObjectMeta<Pod>>,
+    Writer<ConfigMap>,
+);
+
 /// The reconcile's world: a mocked API server and filled caches.
 struct Fixture {
     server: ApiServer,
     ctx: Arc<Context>,
-    _writers: (
-        Writer<LLMBackend>,
-        Writer<IdentityProvider>,
-        Writer<ClusterIdentityProvider>,
-        Writer<PartialObjectMeta<Pod>>,
-    ),
+    _writers: Writers,
 }
 
 fn fixture(backends: Vec<LLMBackend>, idps: Vec<IdentityProvider>) -> Fixture {
+    fixture_with(backends, idps, vec![pod("a", true)], Vec::new())
+}
+
+fn fixture_with(
+    backends: Vec<LLMBackend>,
+    idps: Vec<IdentityProvider>,
+    pods: Vec<PartialObjectMeta<Pod>>,
+    config_maps: Vec<ConfigMap>,
+) -> Fixture {
     let (service, server) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (backends, bw) = store(backends);
     let (namespaced, iw) = store(idps);
     let (cluster, cw) = store(Vec::new());
-    let (pods, pw) = store(vec![pod("a", true), pod("b", false)]);
+    let (pods, pw) = store(pods);
+    let (config_maps, mw) = store(config_maps);
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter()),
         client,
@@ -108,12 +123,13 @@ fn fixture(backends: Vec<LLMBackend>, idps: Vec<IdentityProvider>) -> Fixture {
             cluster,
         },
         pods,
-        operator_namespace: "attach-system".into(),
+        config_maps,
+        backoff: Backoff::default(),
     });
     Fixture {
         server,
         ctx,
-        _writers: (bw, iw, cw, pw),
+        _writers: (bw, iw, cw, pw, mw),
     }
 }
 
@@ -154,8 +170,8 @@ async fn expect(
     body
 }
 
-const SECRET: &str = "/api/v1/namespaces/ml/secrets/chat-gateway";
-const CONFIG_MAP: &str = "/api/v1/namespaces/ml/configmaps/chat-gateway";
+const CONFIG_MAPS: &str = "/api/v1/namespaces/ml/configmaps";
+const CONFIG_MAP: &str = "/api/v1/namespaces/ml/configmaps/chat-attach-gateway";
 const STATUS: &str = "/apis/attach.dev/v1alpha1/namespaces/ml/llmbackends/chat/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
 
@@ -173,11 +189,27 @@ fn config_of(config_map: &Value) -> attach_sidecar::config::GatewayConfig {
     attach_sidecar::config::GatewayConfig::parse(yaml).unwrap()
 }
 
-fn not_found() -> (StatusCode, Value) {
+fn status_error(code: u16, reason: &str) -> (StatusCode, Value) {
     (
-        StatusCode::NOT_FOUND,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+        StatusCode::from_u16(code).unwrap(),
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": reason}),
     )
+}
+
+/// What a first reconcile of `chat` wrote: its ConfigMap (as the API server
+/// stored it) and its status.
+async fn first_reconcile(chat: &LLMBackend) -> (ConfigMap, Value) {
+    let Fixture {
+        mut server,
+        ctx,
+        _writers,
+    } = fixture(vec![chat.clone()], vec![idp(true)]);
+    let run = tokio::spawn(reconcile(Arc::new(chat.clone()), ctx));
+    let mut cm = expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
+    cm["metadata"]["resourceVersion"] = json!("7");
+    let status = expect(&mut server, Method::PATCH, STATUS, None).await;
+    run.await.unwrap().unwrap();
+    (serde_json::from_value(cm).unwrap(), status)
 }
 
 #[tokio::test]
@@ -190,14 +222,9 @@ async fn a_resolved_backend_writes_its_config_and_a_ready_status() {
     } = fixture(vec![chat.clone()], vec![idp(true)]);
     let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
 
-    let secret = expect(&mut server, Method::PATCH, SECRET, None).await;
-    assert_eq!(
-        secret["data"],
-        json!({}),
-        "nothing secret in a memory-store backend"
-    );
-    assert_eq!(secret["metadata"]["ownerReferences"][0]["controller"], true);
-    let cm = expect(&mut server, Method::PATCH, CONFIG_MAP, None).await;
+    // Not in the cache: created (never applied over whatever is there).
+    let cm = expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
+    assert_eq!(cm["metadata"]["name"], "chat-attach-gateway");
     let config = config_of(&cm);
     assert!(!config.deny_all);
     assert_eq!(config.issuers[0].issuer, "https://idp.example.com/");
@@ -207,8 +234,13 @@ async fn a_resolved_backend_writes_its_config_and_a_ready_status() {
         .as_str()
         .unwrap()
         .to_owned();
+    assert_eq!(
+        cm["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "attach-operator"
+    );
     assert_eq!(cm["metadata"]["ownerReferences"][0]["kind"], "LLMBackend");
     assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "uid-chat");
+    assert_eq!(cm["metadata"]["ownerReferences"][0]["controller"], true);
 
     let status = expect(&mut server, Method::PATCH, STATUS, None).await;
     assert_eq!(condition(&status, "Ready")["status"], "True");
@@ -217,9 +249,10 @@ async fn a_resolved_backend_writes_its_config_and_a_ready_status() {
         "True"
     );
     assert_eq!(condition(&status, "ConfigRendered")["reason"], "Rendered");
+    assert_eq!(condition(&status, "PodsProtected")["status"], "True");
     assert_eq!(status["status"]["configHash"], hash.as_str());
     assert_eq!(status["status"]["observedGeneration"], 3);
-    assert_eq!(status["status"]["matchedPods"], 2);
+    assert_eq!(status["status"]["matchedPods"], 1);
     assert_eq!(status["status"]["injectedPods"], 1);
 
     run.await.unwrap().unwrap();
@@ -228,34 +261,110 @@ async fn a_resolved_backend_writes_its_config_and_a_ready_status() {
     assert!(server.next_request().await.is_none(), "no other API call");
 }
 
+/// Steady state: the ConfigMap in the cache says what would be written and
+/// the status is unchanged, so a reconcile makes no API call at all.
 #[tokio::test]
-async fn an_unchanged_status_is_not_written_again() {
+async fn a_steady_state_reconcile_writes_nothing() {
     let mut chat = backend("chat", "2026-01-01T00:00:00Z", json!({}));
-    // The status a first reconcile wrote.
-    {
-        let Fixture {
-            mut server,
-            ctx,
-            _writers,
-        } = fixture(vec![chat.clone()], vec![idp(true)]);
-        let run = tokio::spawn(reconcile(Arc::new(chat.clone()), ctx));
-        expect(&mut server, Method::PATCH, SECRET, None).await;
-        expect(&mut server, Method::PATCH, CONFIG_MAP, None).await;
-        let status = expect(&mut server, Method::PATCH, STATUS, None).await;
-        run.await.unwrap().unwrap();
-        chat.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
-    }
+    let (cm, status) = first_reconcile(&chat).await;
+    chat.status = Some(serde_json::from_value(status["status"].clone()).unwrap());
+    let Fixture {
+        server,
+        ctx,
+        _writers,
+    } = fixture_with(
+        vec![chat.clone()],
+        vec![idp(true)],
+        vec![pod("a", true)],
+        vec![cm],
+    );
+    reconcile(Arc::new(chat), ctx).await.unwrap();
+    drop(_writers);
+    let mut server = server;
+    assert!(server.next_request().await.is_none(), "no API call");
+}
+
+/// A changed spec replaces the ConfigMap over the cached version.
+#[tokio::test]
+async fn a_changed_config_replaces_the_cached_version() {
+    let chat = backend("chat", "2026-01-01T00:00:00Z", json!({}));
+    let (cm, _) = first_reconcile(&chat).await;
+    let changed = backend(
+        "chat",
+        "2026-01-01T00:00:00Z",
+        json!({"quotas": [{"name": "per-user", "tokensPerMinute": 5}]}),
+    );
+    let Fixture {
+        mut server,
+        ctx,
+        _writers,
+    } = fixture_with(
+        vec![changed.clone()],
+        vec![idp(true)],
+        vec![pod("a", true)],
+        vec![cm],
+    );
+    let run = tokio::spawn(reconcile(Arc::new(changed), ctx));
+    let put = expect(&mut server, Method::PUT, CONFIG_MAP, None).await;
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "7",
+        "over the version inspected"
+    );
+    assert_eq!(config_of(&put).quotas.limits[0].tokens_per_minute, Some(5));
+    expect(&mut server, Method::PATCH, STATUS, None).await;
+    run.await.unwrap().unwrap();
+}
+
+/// Another team's ConfigMap of the same name: never written, never adopted;
+/// the backend reports a Conflict with an Event.
+#[tokio::test]
+async fn a_config_map_that_is_not_ours_is_left_alone() {
+    let chat = backend("chat", "2026-01-01T00:00:00Z", json!({}));
     let Fixture {
         mut server,
         ctx,
         _writers,
     } = fixture(vec![chat.clone()], vec![idp(true)]);
     let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
-    expect(&mut server, Method::PATCH, SECRET, None).await;
-    expect(&mut server, Method::PATCH, CONFIG_MAP, None).await;
+    expect(
+        &mut server,
+        Method::POST,
+        CONFIG_MAPS,
+        Some(status_error(409, "AlreadyExists")),
+    )
+    .await;
+    expect(
+        &mut server,
+        Method::GET,
+        CONFIG_MAP,
+        Some((
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "chat-attach-gateway", "namespace": "ml", "resourceVersion": "1"},
+                   "data": {"gateway.yaml": "theirs"}}),
+        )),
+    )
+    .await;
+    let status = expect(&mut server, Method::PATCH, STATUS, None).await;
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "Conflict");
+    assert!(
+        ready["message"].as_str().unwrap().contains(
+            "ConfigMap ml/chat-attach-gateway exists and was not created by attach-operator"
+        ),
+        "{ready}"
+    );
+    assert_eq!(condition(&status, "ConfigRendered")["reason"], "Conflict");
+    let event = expect(&mut server, Method::POST, EVENTS, None).await;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "Conflict");
     run.await.unwrap().unwrap();
     drop(_writers);
-    assert!(server.next_request().await.is_none(), "no status write");
+    assert!(
+        server.next_request().await.is_none(),
+        "nothing written to it"
+    );
 }
 
 #[tokio::test]
@@ -268,8 +377,7 @@ async fn a_missing_identity_provider_fails_closed_with_a_warning() {
     } = fixture(vec![chat.clone()], Vec::new());
     let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
 
-    expect(&mut server, Method::PATCH, SECRET, None).await;
-    let cm = expect(&mut server, Method::PATCH, CONFIG_MAP, None).await;
+    let cm = expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
     let config = config_of(&cm);
     assert!(config.deny_all, "never open");
     assert!(config.issuers.is_empty());
@@ -304,8 +412,7 @@ async fn an_identity_provider_not_ready_renders_but_is_not_ready() {
         _writers,
     } = fixture(vec![chat.clone()], vec![idp(false)]);
     let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
-    expect(&mut server, Method::PATCH, SECRET, None).await;
-    let cm = expect(&mut server, Method::PATCH, CONFIG_MAP, None).await;
+    let cm = expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
     assert!(
         !config_of(&cm).deny_all,
         "the gateway refuses what it cannot verify by itself"
@@ -320,8 +427,10 @@ async fn an_identity_provider_not_ready_renders_but_is_not_ready() {
     run.await.unwrap().unwrap();
 }
 
+/// The Redis URL is never read: the config names the file the pod mounts
+/// from the user's Secret, and no Secret is touched.
 #[tokio::test]
-async fn the_redis_url_is_read_from_its_secret_and_kept_out_of_the_config_map() {
+async fn secrets_are_named_never_read() {
     let chat = backend(
         "chat",
         "2026-01-01T00:00:00Z",
@@ -333,60 +442,52 @@ async fn the_redis_url_is_read_from_its_secret_and_kept_out_of_the_config_map() 
         _writers,
     } = fixture(vec![chat.clone()], vec![idp(true)]);
     let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
-    let url = "redis://:hunter2@redis:6379/0";
-    expect(
-        &mut server,
-        Method::GET,
-        "/api/v1/namespaces/ml/secrets/redis",
-        Some((
-            StatusCode::OK,
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": "ml"},
-                   "data": {"url": base64(url)}}),
-        )),
-    )
-    .await;
-    let secret = expect(&mut server, Method::PATCH, SECRET, None).await;
-    assert_eq!(secret["data"]["redis-url"], base64(url));
-    let cm = expect(&mut server, Method::PATCH, CONFIG_MAP, None).await;
+    let cm = expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
     let text = cm["data"]["gateway.yaml"].as_str().unwrap();
-    assert!(!text.contains("hunter2"), "{text}");
-    assert!(text.contains("/etc/attach/secrets/redis-url"), "{text}");
+    assert!(
+        text.contains("urlFile: /etc/attach/secrets/redis-url"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keyPrefix: 'attach:quota:ml/chat:'"),
+        "{text}"
+    );
     let status = expect(&mut server, Method::PATCH, STATUS, None).await;
     assert_eq!(condition(&status, "Ready")["status"], "True");
     run.await.unwrap().unwrap();
 }
 
+/// A selected pod without the gateway (created before the backend): not
+/// Ready, naming the pod and the fix.
 #[tokio::test]
-async fn a_missing_redis_secret_fails_closed() {
-    let chat = backend(
-        "chat",
-        "2026-01-01T00:00:00Z",
-        json!({"quotaStore": {"type": "redis", "urlSecretRef": {"name": "redis", "key": "url"}}}),
-    );
+async fn a_selected_pod_without_the_gateway_keeps_the_backend_from_ready() {
+    let chat = backend("chat", "2026-01-01T00:00:00Z", json!({}));
     let Fixture {
         mut server,
         ctx,
         _writers,
-    } = fixture(vec![chat.clone()], vec![idp(true)]);
-    let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
-    expect(
-        &mut server,
-        Method::GET,
-        "/api/v1/namespaces/ml/secrets/redis",
-        Some(not_found()),
-    )
-    .await;
-    let secret = expect(&mut server, Method::PATCH, SECRET, None).await;
-    assert_eq!(secret["data"], json!({}));
-    let cm = expect(&mut server, Method::PATCH, CONFIG_MAP, None).await;
-    assert!(config_of(&cm).deny_all);
-    let status = expect(&mut server, Method::PATCH, STATUS, None).await;
-    assert_eq!(condition(&status, "Ready")["reason"], "SecretNotFound");
-    assert_eq!(
-        condition(&status, "IdentityProvidersResolved")["status"],
-        "True"
+    } = fixture_with(
+        vec![chat.clone()],
+        vec![idp(true)],
+        vec![pod("a", true), pod("b", false)],
+        Vec::new(),
     );
-    expect(&mut server, Method::POST, EVENTS, None).await;
+    let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
+    expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
+    let status = expect(&mut server, Method::PATCH, STATUS, None).await;
+    let protected = condition(&status, "PodsProtected");
+    assert_eq!(protected["status"], "False");
+    assert_eq!(protected["reason"], "PodsNotInjected");
+    let message = protected["message"].as_str().unwrap();
+    assert!(
+        message.contains(": b;") && message.contains("rollout restart"),
+        "{message}"
+    );
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "PodsNotInjected");
+    let event = expect(&mut server, Method::POST, EVENTS, None).await;
+    assert_eq!(event["reason"], "PodsNotInjected");
     run.await.unwrap().unwrap();
 }
 
@@ -400,8 +501,7 @@ async fn the_later_of_two_overlapping_backends_reports_a_conflict() {
         _writers,
     } = fixture(vec![first, chat.clone()], vec![idp(true)]);
     let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
-    expect(&mut server, Method::PATCH, SECRET, None).await;
-    let cm = expect(&mut server, Method::PATCH, CONFIG_MAP, None).await;
+    let cm = expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
     assert!(config_of(&cm).deny_all);
     let status = expect(&mut server, Method::PATCH, STATUS, None).await;
     let ready = condition(&status, "Ready");
@@ -422,19 +522,14 @@ async fn a_failed_write_is_an_error_to_retry() {
     let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
     expect(
         &mut server,
-        Method::PATCH,
-        SECRET,
-        Some((
-            StatusCode::FORBIDDEN,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "forbidden"}),
-        )),
+        Method::POST,
+        CONFIG_MAPS,
+        Some(status_error(403, "Forbidden")),
     )
     .await;
     let err = run.await.unwrap().unwrap_err();
-    assert!(err.to_string().contains("Secret chat-gateway"), "{err}");
-}
-
-fn base64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
+    assert!(
+        err.to_string().contains("ConfigMap chat-attach-gateway"),
+        "{err}"
+    );
 }

@@ -1,52 +1,53 @@
 //! The review handling: `accepts` (with a patch or not) and `rejects`.
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::crd::{ClusterIdentityProvider, IdentityProvider};
 
-fn index(
-    backends: Vec<LLMBackend>,
-    namespaces: Vec<Value>,
-) -> (
-    Index,
-    Writer<LLMBackend>,
-    Writer<PartialObjectMeta<Namespace>>,
-) {
+struct Fixture {
+    index: Index,
+    _writers: (
+        Writer<LLMBackend>,
+        Writer<IdentityProvider>,
+        Writer<ClusterIdentityProvider>,
+    ),
+}
+
+fn index(backends: Vec<LLMBackend>) -> Fixture {
     let (b, mut bw) = reflector::store();
     for obj in backends {
         bw.apply_watcher_event(&watcher::Event::Apply(obj));
     }
-    let (n, mut nw) = reflector::store();
-    for ns in namespaces {
-        nw.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(ns).unwrap()));
-    }
-    (
-        Index {
+    let (namespaced, iw) = reflector::store();
+    let (cluster, cw) = reflector::store();
+    Fixture {
+        index: Index {
             backends: b,
-            namespaces: n,
+            idps: IdpStores {
+                namespaced,
+                cluster,
+            },
         },
-        bw,
-        nw,
-    )
+        _writers: (bw, iw, cw),
+    }
 }
 
-fn backend() -> LLMBackend {
+fn backend(extra: Value) -> LLMBackend {
+    let mut spec = json!({"selector": {"matchLabels": {"app": "ollama"}}, "engine": "ollama", "port": 11434,
+             "identityProviderRefs": [{"name": "corp"}]});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
     serde_json::from_value(json!({
         "apiVersion": "attach.dev/v1alpha1", "kind": "LLMBackend",
         "metadata": {"name": "chat", "namespace": "ml", "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {"selector": {"matchLabels": {"app": "ollama"}}, "engine": "ollama", "port": 11434,
-                 "identityProviderRefs": [{"name": "corp"}]},
+        "spec": spec,
         "status": {"configHash": "abc"},
     }))
     .unwrap()
-}
-
-fn namespace(name: &str, labels: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
 fn review_of(pod: Value, ns: &str) -> Vec<u8> {
@@ -63,9 +64,13 @@ fn review_of(pod: Value, ns: &str) -> Vec<u8> {
     .unwrap()
 }
 
-fn ollama_pod(annotations: Value) -> Value {
+fn ollama_pod(labels: Value, annotations: Value) -> Value {
+    let mut all = json!({"app": "ollama"});
+    if let (Some(all), Some(extra)) = (all.as_object_mut(), labels.as_object()) {
+        all.extend(extra.clone());
+    }
     json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"generateName": "ollama-", "labels": {"app": "ollama"}, "annotations": annotations},
+           "metadata": {"generateName": "ollama-", "labels": all, "annotations": annotations},
            "spec": {"containers": [{"name": "ollama", "image": "ollama/ollama",
                                     "ports": [{"containerPort": 11434, "name": "http"}]}]}})
 }
@@ -78,15 +83,19 @@ fn answer(body: &[u8], index: &Index) -> (Value, Outcome) {
     )
 }
 
+fn patch_of(response: &Value) -> Vec<Value> {
+    let bytes: Vec<u8> = serde_json::from_value(response["patch"].clone()).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 #[test]
 fn accepts_a_selected_pod_with_a_patch() {
-    let (index, _b, _n) = index(vec![backend()], vec![namespace("ml", json!({}))]);
-    let (response, outcome) = answer(&review_of(ollama_pod(json!({})), "ml"), &index);
+    let f = index(vec![backend(json!({}))]);
+    let (response, outcome) = answer(&review_of(ollama_pod(json!({}), json!({})), "ml"), &f.index);
     assert_eq!(response["uid"], "0a1b");
     assert_eq!(response["allowed"], true);
     assert_eq!(response["patchType"], "JSONPatch");
-    let bytes: Vec<u8> = serde_json::from_value(response["patch"].clone()).unwrap();
-    let patch: Vec<Value> = serde_json::from_slice(&bytes).unwrap();
+    let patch = patch_of(&response);
     assert!(
         patch.iter().any(|op| op["path"] == "/spec/initContainers"),
         "{patch:?}"
@@ -100,64 +109,164 @@ fn accepts_a_selected_pod_with_a_patch() {
 }
 
 #[test]
-fn accepts_unselected_and_opted_out_pods_without_a_patch() {
-    let (index, _b, _n) = index(
-        vec![backend()],
-        vec![
-            namespace("ml", json!({})),
-            namespace("off", json!({"attach.dev/injection": "disabled"})),
-        ],
-    );
+fn accepts_unselected_pods_unchanged_and_silently() {
+    let f = index(vec![backend(json!({}))]);
     let web = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
                      "spec": {"containers": [{"name": "web", "image": "nginx"}]}});
-    let (response, _) = answer(&review_of(web, "ml"), &index);
+    let (response, _) = answer(&review_of(web, "ml"), &f.index);
     assert_eq!(response["allowed"], true);
-    assert!(response.get("patch").is_none() || response["patch"].is_null());
-    assert!(
-        response.get("warnings").is_none() || response["warnings"].is_null(),
-        "nobody selects it"
-    );
-
+    assert!(response["patch"].is_null());
+    assert!(response["warnings"].is_null(), "nobody selects it");
+    // The backend in "ml" does not select pods elsewhere.
     let (response, outcome) = answer(
-        &review_of(ollama_pod(json!({"attach.dev/inject": "false"})), "ml"),
-        &index,
+        &review_of(ollama_pod(json!({}), json!({})), "elsewhere"),
+        &f.index,
     );
     assert_eq!(response["allowed"], true);
     assert!(response["patch"].is_null());
-    let warning = response["warnings"][0].as_str().unwrap();
-    assert!(
-        warning.contains("chat") && warning.contains("pod_opted_out"),
-        "{warning}"
-    );
     assert!(matches!(
         outcome,
-        Outcome::Skipped {
-            reason: SkipReason::PodOptedOut,
-            ..
-        }
-    ));
-
-    // No backend in that namespace: the backend in "ml" does not count.
-    let (response, outcome) = answer(&review_of(ollama_pod(json!({})), "off"), &index);
-    assert!(response["patch"].is_null());
-    assert!(matches!(
-        outcome,
-        Outcome::Skipped {
-            reason: SkipReason::NamespaceOptedOut,
+        Outcome::Admitted {
+            reason: Reason::NoBackend,
             ..
         }
     ));
 }
 
+/// The opt-out, as a label and as an annotation: refused unless the
+/// backend allows it, admitted with a warning when it does.
+#[test]
+fn a_pod_opt_out_is_honoured_only_where_the_backend_allows_it() {
+    let forbidding = index(vec![backend(json!({}))]);
+    let allowing = index(vec![backend(json!({"podOptOut": "Allow"}))]);
+    let opt_out = [
+        (
+            "label",
+            ollama_pod(json!({"attach.dev/inject": "false"}), json!({})),
+        ),
+        (
+            "annotation",
+            ollama_pod(json!({}), json!({"attach.dev/inject": "false"})),
+        ),
+    ];
+    for (form, pod) in opt_out {
+        let (response, outcome) = answer(&review_of(pod.clone(), "ml"), &forbidding.index);
+        assert_eq!(response["allowed"], false, "{form}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("opt_out_forbidden") && message.contains("podOptOut: Allow"),
+            "{form}: {message}"
+        );
+        assert!(matches!(
+            outcome,
+            Outcome::Refused {
+                reason: Reason::OptOutForbidden,
+                ..
+            }
+        ));
+
+        let (response, outcome) = answer(&review_of(pod, "ml"), &allowing.index);
+        assert_eq!(response["allowed"], true, "{form}");
+        assert!(response["patch"].is_null(), "{form}");
+        let warning = response["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.contains("chat") && warning.contains("WITHOUT attach-gateway"),
+            "{form}: {warning}"
+        );
+        assert!(matches!(
+            outcome,
+            Outcome::Admitted {
+                reason: Reason::PodOptedOut,
+                ..
+            }
+        ));
+    }
+    // "true", or anything else, is no opt-out: injected.
+    let (response, _) = answer(
+        &review_of(
+            ollama_pod(json!({"attach.dev/inject": "true"}), json!({})),
+            "ml",
+        ),
+        &forbidding.index,
+    );
+    assert_eq!(response["patchType"], "JSONPatch");
+}
+
+/// Each half of the already-injected check: a pod with only the annotation,
+/// or only the container, is refused; the webhook's own output is admitted.
+#[test]
+fn only_a_pod_the_webhook_injected_counts_as_injected() {
+    let f = index(vec![backend(json!({}))]);
+    let (first, _) = answer(&review_of(ollama_pod(json!({}), json!({})), "ml"), &f.index);
+    let mut injected = ollama_pod(json!({}), json!({}));
+    json_patch::patch(
+        &mut injected,
+        &serde_json::from_value::<json_patch::Patch>(Value::Array(patch_of(&first))).unwrap(),
+    )
+    .unwrap();
+    let (again, outcome) = answer(&review_of(injected.clone(), "ml"), &f.index);
+    assert_eq!(again["allowed"], true);
+    assert!(again["patch"].is_null(), "a second pass changes nothing");
+    assert!(matches!(
+        outcome,
+        Outcome::Admitted {
+            reason: Reason::AlreadyInjected,
+            ..
+        }
+    ));
+
+    let mut annotation_only = ollama_pod(json!({}), json!({}));
+    annotation_only["metadata"]["annotations"] = injected["metadata"]["annotations"].clone();
+    let mut container_only = injected.clone();
+    container_only["metadata"]["annotations"] = json!({});
+    for (what, pod, reason) in [
+        ("annotation only", annotation_only, "forged_annotation"),
+        (
+            "container only",
+            container_only,
+            "foreign_gateway_container",
+        ),
+    ] {
+        let (response, _) = answer(&review_of(pod, "ml"), &f.index);
+        assert_eq!(response["allowed"], false, "{what}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{what}: {message}");
+    }
+}
+
+#[test]
+fn refuses_selected_pods_it_cannot_protect_naming_reason_and_fix() {
+    let f = index(vec![backend(json!({}))]);
+    let mut host = ollama_pod(json!({}), json!({}));
+    host["spec"]["hostNetwork"] = json!(true);
+    let mut other_port = ollama_pod(json!({}), json!({}));
+    other_port["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(8080);
+    for (pod, reason) in [
+        (host, "host_network"),
+        (other_port, "engine_container_not_found"),
+    ] {
+        let (response, outcome) = answer(&review_of(pod, "ml"), &f.index);
+        assert_eq!(response["allowed"], false, "{reason}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("LLMBackend chat")
+                && message.contains(reason)
+                && message.contains("Fix:"),
+            "{message}"
+        );
+        assert!(matches!(outcome, Outcome::Refused { .. }));
+    }
+}
+
 #[test]
 fn rejects_what_is_not_a_review() {
-    let (index, _b, _n) = index(vec![backend()], vec![]);
+    let f = index(vec![backend(json!({}))]);
     for body in [
         &b"not json"[..],
         br#"{"apiVersion": "v1", "kind": "Pod"}"#,
         br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
     ] {
-        let (response, outcome) = answer(body, &index);
+        let (response, outcome) = answer(body, &f.index);
         assert_eq!(
             response["allowed"],
             false,
