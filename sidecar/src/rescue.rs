@@ -39,6 +39,9 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         }
         GatewayError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
         GatewayError::QuotaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "quota_unavailable"),
+        GatewayError::QuotaStoreFull => (StatusCode::SERVICE_UNAVAILABLE, "quota_store_full"),
+        GatewayError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        GatewayError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
         GatewayError::PayloadTooLarge { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         }
@@ -82,7 +85,10 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
     }
     if matches!(
         error,
-        GatewayError::PayloadTooLarge { .. } | GatewayError::BadRequest(_)
+        GatewayError::PayloadTooLarge { .. }
+            | GatewayError::BadRequest(_)
+            | GatewayError::BodyTimeout
+            | GatewayError::Overloaded(_)
     ) {
         // The rest of the request body was not read: this connection cannot
         // carry another request, and the client must not try.
@@ -90,9 +96,14 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
     }
     if matches!(
         error,
-        GatewayError::QuotaUnavailable | GatewayError::Exchange(ExchangeError::Unavailable)
+        GatewayError::QuotaUnavailable
+            | GatewayError::Overloaded(_)
+            | GatewayError::Exchange(ExchangeError::Unavailable)
     ) {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if matches!(error, GatewayError::QuotaStoreFull) {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("60"));
     }
     if let GatewayError::QuotaExceeded(r) = error {
         // RFC 9110 Retry-After, and the IETF RateLimit-Policy / RateLimit

@@ -1,10 +1,12 @@
 //! The request path, one tower layer per concern, composed top to bottom:
 //!
 //! ```text
+//! snapshot             pin this request to the current config generation
 //! observe              metrics: requests by status and reason, in-flight
 //! audit_trail          request id; one audit line per decision
 //! rescue               GatewayError -> 401/403/413/502/503/504 + JSON body
-//! snapshot             pin this request to the current config generation
+//! catch_panic          a panic below becomes a 500; guards release on unwind
+//! loadshed             503 at once past maxInFlightRequests
 //! strip_identity       drop every client-sent X-Attach-* header
 //! protected_resource   RFC 9728 metadata, served without a token
 //! authenticate         bearer token -> verified Identity, or refuse
@@ -18,9 +20,11 @@ pub mod admit;
 pub mod audit_trail;
 pub mod authenticate;
 pub mod authorize;
+pub mod catch_panic;
 pub mod exchange;
 pub mod forward;
 pub mod identity_headers;
+pub mod loadshed;
 pub mod observe;
 pub mod protected_resource;
 pub mod snapshot;
@@ -53,7 +57,6 @@ pub struct ClientAddr(pub SocketAddr);
 pub fn stack<B>(
     current: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
-    audit: crate::audit::AuditSink,
 ) -> impl Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send>
 + Clone
 + Send
@@ -62,11 +65,35 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<crate::body::BoxError>,
 {
+    stack_with(current, metrics, forward::Forward)
+}
+
+/// The request path with `upstream` in place of forwarding to the model
+/// (tests put a service that fails or panics there).
+pub fn stack_with<B, U>(
+    current: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    upstream: U,
+) -> impl Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+    U: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    U::Future: Send + 'static,
+{
     ServiceBuilder::new()
-        .layer(observe::ObserveLayer::new(metrics))
-        .layer(audit_trail::AuditLayer::new(audit))
-        .layer(RescueLayer)
         .layer(snapshot::SnapshotLayer::new(current))
+        .layer(observe::ObserveLayer::new(metrics))
+        .layer(audit_trail::AuditLayer)
+        .layer(RescueLayer)
+        .layer(catch_panic::CatchPanicLayer)
+        .layer(loadshed::LoadShedLayer::default())
         .layer(strip_identity::StripIdentityLayer)
         .layer(protected_resource::ProtectedResourceLayer)
         .layer(authenticate::AuthenticateLayer)
@@ -74,7 +101,7 @@ where
         .layer(admit::AdmitLayer)
         .layer(identity_headers::IdentityHeadersLayer)
         .layer(exchange::ExchangeLayer)
-        .service(forward::Forward)
+        .service(upstream)
 }
 
 /// The config generation this request is served by (set by `snapshot`).
