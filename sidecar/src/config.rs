@@ -726,7 +726,11 @@ impl GatewayConfig {
                 "must not have a path: requests keep their own",
             ));
         }
-        if self.listen.port == self.admin.port && self.listen.address == self.admin.address {
+        // Port 0 is "any free port": two of them never collide.
+        if self.listen.port == self.admin.port
+            && self.listen.port != 0
+            && self.listen.address == self.admin.address
+        {
             return Err(ConfigError::invalid(
                 "admin.port",
                 "must differ from listen.port",
@@ -1078,6 +1082,65 @@ issuers:
             err.contains("quotas.store.url") && !err.contains("s3cret"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_config_file_without_access_denies_unless_it_says_allow_all() {
+        // The failure: a file cut before `access` allowed every caller
+        // every model.
+        let c = GatewayConfig::parse(&minimal()).unwrap();
+        assert!(c.access.effective_rules().is_empty(), "{:?}", c.access);
+        let c = GatewayConfig::parse(&(minimal() + "access: {}\n")).unwrap();
+        assert!(c.access.effective_rules().is_empty());
+        let c = GatewayConfig::parse(&(minimal() + "access: {allowAll: true}\n")).unwrap();
+        assert_eq!(
+            c.access.effective_rules(),
+            AccessConfig::authenticated().rules
+        );
+        // What the standalone mode and the operator build is explicit, and
+        // survives a round trip through the file.
+        let built = GatewayConfig::new(Vec::new());
+        assert_eq!(built.access, AccessConfig::authenticated());
+        let text = serde_yaml::to_string(&built).unwrap();
+        assert_eq!(GatewayConfig::parse(&text).unwrap().access, built.access);
+    }
+
+    #[test]
+    fn access_is_written_last_and_refusals_before_allowances() {
+        let mut c = GatewayConfig::new(Vec::new());
+        c.access.denied_agents = vec!["bad-agent".into()];
+        let text = serde_yaml::to_string(&c).unwrap();
+        let access = text.find("\naccess:").unwrap();
+        for section in ["quotas:", "limits:", "denyAll:", "issuers:", "audit:"] {
+            assert!(
+                text.find(section).unwrap() < access,
+                "{section} after access"
+            );
+        }
+        let denied = text.find("deniedAgents").unwrap();
+        assert!(denied < text.find("rules:").unwrap());
+        // Cut anywhere, the file never allows what the whole file refuses:
+        // no rule can be cut into one that allows more than it did.
+        for cut in 0..text.len() {
+            if !text.is_char_boundary(cut) {
+                continue;
+            }
+            let Ok(partial) = GatewayConfig::parse(&text[..cut]) else {
+                continue;
+            };
+            if partial.access.rules.len() == c.access.rules.len()
+                && !partial.access.rules.is_empty()
+            {
+                assert_eq!(
+                    partial.access.denied_agents, c.access.denied_agents,
+                    "cut at {cut}"
+                );
+            }
+            assert!(
+                partial.access.effective_rules().len() <= c.access.effective_rules().len(),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Shared {
     pub memory: Arc<MemoryStore>,
     /// The clock quota windows and leases follow.
     pub clock: Arc<dyn Clock>,
+    /// Request-body bytes buffered across all requests.
+    pub body_budget: Arc<crate::proxy::body_budget::BodyBudget>,
 }
 
 impl Shared {
@@ -46,6 +48,9 @@ impl Shared {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         let metrics = Arc::new(Metrics::new());
         Self {
+            body_budget: Arc::new(crate::proxy::body_budget::BodyBudget::new(
+                metrics.buffered_body_bytes.clone(),
+            )),
             idp: IdpClient::new(),
             memory: Arc::new(MemoryStore::new(
                 crate::config::QuotaConfig::default().max_keys,
@@ -200,7 +205,13 @@ pub struct Runtime {
     pub quota_store: Arc<QuotaStore>,
     /// Where this generation's audit lines go.
     pub audit: AuditSink,
+    /// Request-body bytes buffered across all requests (shared by every
+    /// generation).
+    pub body_budget: Arc<crate::proxy::body_budget::BodyBudget>,
     pub metrics: Arc<Metrics>,
+    /// Changed settings that take effect only on restart (shown by
+    /// `/readyz`).
+    pub restart_required: Vec<&'static str>,
     /// Token exchangers by issuer, for the issuers that exchange.
     pub exchangers: std::collections::HashMap<String, Arc<crate::exchange::TokenExchanger>>,
 }
@@ -266,6 +277,10 @@ impl Runtime {
             upstream,
             quota_store,
             audit,
+            body_budget: shared.body_budget.clone(),
+            restart_required: previous
+                .map(|p| p.restart_required.clone())
+                .unwrap_or_default(),
             metrics: shared.metrics.clone(),
         })
     }

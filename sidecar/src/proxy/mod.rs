@@ -20,6 +20,7 @@ pub mod admit;
 pub mod audit_trail;
 pub mod authenticate;
 pub mod authorize;
+pub mod body_budget;
 pub mod catch_panic;
 pub mod exchange;
 pub mod forward;
@@ -128,3 +129,6 @@ where
 {
     Box::pin(inner.call(request))
 }
+
+#[cfg(test)]
+mod tests;
