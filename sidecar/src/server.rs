@@ -338,17 +338,20 @@ fn error_reason(error: &(dyn std::error::Error + 'static), http2: bool) -> Optio
                 _ => "http2_protocol_error",
             });
         }
-        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
-            if hyper.is_timeout() {
-                // HTTP/1 header read, or an HTTP/2 PING not answered.
-                return Some(if http2 {
-                    "http2_keep_alive"
-                } else {
-                    "header_read_timeout"
-                });
-            }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && hyper.is_timeout()
+        {
+            // HTTP/1 header read, or an HTTP/2 PING not answered.
+            return Some(if http2 {
+                "http2_keep_alive"
+            } else {
+                "header_read_timeout"
+            });
         }
         source = e.source();
     }
     None
 }
+
+#[cfg(test)]
+mod tests;

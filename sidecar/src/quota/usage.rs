@@ -326,10 +326,10 @@ impl UsageMeter {
     fn read_json(&mut self) {
         if !self.large {
             let body = std::mem::take(&mut self.pending);
-            if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                if let Some(r) = read_document(&v) {
-                    self.report(r);
-                }
+            if let Ok(v) = serde_json::from_slice::<Value>(&body)
+                && let Some(r) = read_document(&v)
+            {
+                self.report(r);
             }
             return;
         }
