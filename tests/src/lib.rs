@@ -20,6 +20,7 @@ pub mod operator;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod supervisor;
 pub mod tools;
