@@ -182,6 +182,18 @@ pub struct AuditTrail {
     sink: AuditSink,
     /// Set when the answer is metered: the meter writes the line at its end.
     deferred: std::sync::atomic::AtomicBool,
+    /// Set once the line is written (or the request is not audited).
+    written: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for AuditTrail {
+    /// A request dropped before its line was written (the client left
+    /// before the answer, or the drain cut it) still gets one: status 499.
+    fn drop(&mut self) {
+        if !self.written.load(std::sync::atomic::Ordering::SeqCst) {
+            self.finish(499, "client_closed", None);
+        }
+    }
 }
 
 impl AuditTrail {
@@ -194,6 +206,7 @@ impl AuditTrail {
             }),
             sink,
             deferred: std::sync::atomic::AtomicBool::new(false),
+            written: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -236,12 +249,21 @@ impl AuditTrail {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The request is not audited (a probe): no line, even when dropped.
+    pub fn skip(&self) {
+        self.written
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn is_deferred(&self) -> bool {
         self.deferred.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Writes the line for a response whose status and reason are known.
     pub fn finish(&self, status: u16, reason: &'static str, usage: Option<Usage>) {
+        if self.written.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return; // one line per request
+        }
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let mut record = self
             .record
@@ -250,11 +272,13 @@ impl AuditTrail {
         record.time = now_rfc3339();
         record.status = status;
         record.reason = reason;
-        record.decision = if (200..400).contains(&status) || reason == "forwarded" {
-            "allow"
-        } else {
-            "deny"
-        };
+        let allowed_then_left = reason == "client_closed" && record.rule.is_some();
+        record.decision =
+            if (200..400).contains(&status) || reason == "forwarded" || allowed_then_left {
+                "allow"
+            } else {
+                "deny"
+            };
         if let Some(usage) = usage {
             record.prompt_tokens = Some(usage.prompt);
             record.completion_tokens = Some(usage.completion);

@@ -189,13 +189,10 @@ impl GatewayProcess {
                 what: url.clone(),
                 source,
             })?;
-        let text = response
-            .text()
-            .await
-            .map_err(|source| HarnessError::Http {
-                what: url.clone(),
-                source,
-            })?;
+        let text = response.text().await.map_err(|source| HarnessError::Http {
+            what: url.clone(),
+            source,
+        })?;
         text.trim()
             .parse()
             .map_err(|_| HarnessError::Other(format!("{url}: {text}")))

@@ -66,11 +66,11 @@ impl RedisCluster {
             cli: cli.to_owned(),
         };
         for _ in 0..200 {
-            if cluster
-                .nodes
-                .iter()
-                .all(|n| cluster.cli(n.port(), &["cluster", "info"]).contains("cluster_state:ok"))
-            {
+            if cluster.nodes.iter().all(|n| {
+                cluster
+                    .cli(n.port(), &["cluster", "info"])
+                    .contains("cluster_state:ok")
+            }) {
                 return Ok(cluster);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

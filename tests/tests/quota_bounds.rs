@@ -118,7 +118,12 @@ async fn nothing_held(gw: &GatewayProcess, redis: Option<(&str, &str)>) {
     );
 }
 
-async fn post(gw: &GatewayProcess, token: &str, body: &Value, headers: &[(&str, &str)]) -> reqwest::Response {
+async fn post(
+    gw: &GatewayProcess,
+    token: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
     let mut request = reqwest::Client::new()
         .post(format!("{}/api/chat", gw.url))
         .bearer_auth(token)
@@ -206,10 +211,7 @@ async fn every_path_releases(redis: Option<&str>) {
     .await;
     nothing_held(&gw, redis).await;
     send.ready().await.unwrap();
-    let response = send
-        .send_request(h2("x-mock-hold", "1"))
-        .await
-        .unwrap();
+    let response = send.send_request(h2("x-mock-hold", "1")).await.unwrap();
     assert_eq!(response.status(), 200);
     let mut h2_body = response.into_body();
     h2_body.frame().await.unwrap().unwrap();
@@ -284,7 +286,12 @@ async fn a_killed_gateways_slots_come_back_after_one_lease_time_and_long_streams
 
 /// 40 streams at once against one 100-token budget; returns (admitted,
 /// charged tokens, the reservation each made).
-async fn forty_streams(gw: &GatewayProcess, model: &MockModel, bob: &str, body: &Value) -> (u64, u64) {
+async fn forty_streams(
+    gw: &GatewayProcess,
+    model: &MockModel,
+    bob: &str,
+    body: &Value,
+) -> (u64, u64) {
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let (url, bob, body) = (gw.url.clone(), bob.to_owned(), body.clone());
@@ -499,7 +506,10 @@ async fn quotas_hold_on_a_redis_cluster_and_a_killed_master_follows_fail_mode() 
         statuses.push(t.await.unwrap());
     }
     let admitted = statuses.iter().filter(|s| **s == 200).count();
-    assert_eq!(admitted, 30, "exactly the limit across the cluster: {statuses:?}");
+    assert_eq!(
+        admitted, 30,
+        "exactly the limit across the cluster: {statuses:?}"
+    );
     assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
     for gw in &gateways {
         nothing_held(gw, None).await;

@@ -80,6 +80,9 @@ where
         Box::pin(async move {
             let response = future.await?;
             let audited = response.extensions().get::<NotAudited>().is_none();
+            if !audited {
+                trail.skip();
+            }
             if audited && !trail.is_deferred() {
                 let reason = response
                     .extensions()

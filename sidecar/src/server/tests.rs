@@ -23,6 +23,18 @@ fn counted(gw: &Running, name: &str, reason: &str) -> u64 {
 }
 
 /// Reads until the peer closes; returns what it sent. Fails after `within`.
+/// Waits (up to 2 s) until the metric reads `n`: the connection's task
+/// counts it just after the socket closes.
+async fn until_counted(gw: &Running, name: &str, reason: &str, n: u64) {
+    for _ in 0..100 {
+        if counted(gw, name, reason) == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counted(gw, name, reason), n, "{name}{{reason={reason}}}");
+}
+
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 8192];
@@ -58,7 +70,7 @@ async fn a_silent_connection_or_a_half_http2_preface_is_cut_at_the_first_bytes_d
     let mut half = TcpStream::connect(gw.addr).await.unwrap();
     half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     closed_within(&mut half, Duration::from_secs(3)).await;
-    assert_eq!(counted(&gw, "connections_closed", "first_bytes_timeout"), 2);
+    until_counted(&gw, "connections_closed", "first_bytes_timeout", 2).await;
     gw.stop().await;
 }
 
@@ -75,7 +87,7 @@ async fn http1_headers_must_arrive_in_time() {
         .unwrap();
     let answer = closed_within(&mut slow, Duration::from_secs(3)).await;
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
-    assert_eq!(counted(&gw, "connections_closed", "header_read_timeout"), 1);
+    until_counted(&gw, "connections_closed", "header_read_timeout", 1).await;
     gw.stop().await;
 }
 
@@ -113,7 +125,7 @@ async fn idle_connections_are_closed_over_http1_and_http2() {
         .expect("the idle HTTP/2 connection was closed")
         .unwrap()
         .unwrap();
-    assert_eq!(counted(&gw, "connections_closed", "idle_timeout"), 2);
+    until_counted(&gw, "connections_closed", "idle_timeout", 2).await;
     gw.stop().await;
 }
 
@@ -174,10 +186,7 @@ async fn an_http2_rapid_reset_flood_gets_a_goaway() {
     }
     let _ = attack.write_all(&bytes).await;
     assert_eq!(goaway(&mut attack).await, Some(ENHANCE_YOUR_CALM));
-    assert_eq!(
-        counted(&gw, "connections_closed", "http2_enhance_your_calm"),
-        1
-    );
+    until_counted(&gw, "connections_closed", "http2_enhance_your_calm", 1).await;
     gw.stop().await;
 }
 
@@ -195,10 +204,7 @@ async fn an_http2_continuation_flood_gets_a_goaway() {
     }
     let _ = attack.write_all(&bytes).await;
     assert_eq!(goaway(&mut attack).await, Some(ENHANCE_YOUR_CALM));
-    assert_eq!(
-        counted(&gw, "connections_closed", "http2_enhance_your_calm"),
-        1
-    );
+    until_counted(&gw, "connections_closed", "http2_enhance_your_calm", 1).await;
     gw.stop().await;
 }
 
@@ -215,7 +221,7 @@ async fn an_http2_peer_that_never_answers_pings_is_dropped() {
     bytes.extend(frame(SETTINGS, 0, 0, &[]));
     mute.write_all(&bytes).await.unwrap();
     closed_within(&mut mute, Duration::from_secs(5)).await;
-    assert_eq!(counted(&gw, "connections_closed", "http2_keep_alive"), 1);
+    until_counted(&gw, "connections_closed", "http2_keep_alive", 1).await;
     gw.stop().await;
 }
 
@@ -233,7 +239,7 @@ async fn connections_past_the_cap_are_closed_at_once() {
     closed_within(&mut c, Duration::from_secs(2)).await;
     assert!(still_open(&mut a, Duration::from_millis(200)).await);
     assert!(still_open(&mut b, Duration::from_millis(10)).await);
-    assert_eq!(counted(&gw, "connections_closed", "max_connections"), 1);
+    until_counted(&gw, "connections_closed", "max_connections", 1).await;
     drop((a, b));
     // Room again once they are gone.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -275,12 +281,12 @@ async fn bodies_past_the_global_buffer_cap_get_503_and_a_slow_body_408() {
         answer.to_ascii_lowercase().contains("retry-after: 1"),
         "{answer}"
     );
-    assert_eq!(counted(&gw, "load_shed", "buffered_body_bytes"), 1);
+    until_counted(&gw, "load_shed", "buffered_body_bytes", 1).await;
     // The first, never finished, times out: 408, and its bytes are freed.
     let answer = String::from_utf8_lossy(&closed_within(&mut first, Duration::from_secs(3)).await)
         .into_owned();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert_eq!(counted(&gw, "load_shed", "body_timeout"), 1);
+    until_counted(&gw, "load_shed", "body_timeout", 1).await;
     assert_eq!(gw.runtime().body_budget.used(), 0);
     assert_eq!(gw.runtime().metrics.buffered_body_bytes.get(), 0);
     gw.stop().await;
@@ -300,7 +306,7 @@ async fn past_max_in_flight_requests_the_answer_is_503_at_once() {
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.to_ascii_lowercase().contains("retry-after: 1"));
     assert!(started.elapsed() < Duration::from_secs(2), "not queued");
-    assert_eq!(counted(&gw, "load_shed", "in_flight"), 1);
+    until_counted(&gw, "load_shed", "in_flight", 1).await;
     model.release.notify_waiters();
     gw.stop().await;
 }
