@@ -216,3 +216,61 @@ impl Reloader {
 fn digest_of(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
     Ok(Sha256::digest(std::fs::read(path)?).into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &std::path::Path, config: &GatewayConfig) {
+        std::fs::write(path, serde_yaml::to_string(config).unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_an_unchanged_store_and_switches_a_changed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        let mut config = GatewayConfig::new(Vec::new());
+        config.quotas.limits = vec![crate::quota::QuotaLimit {
+            requests_per_minute: Some(2),
+            ..crate::quota::QuotaLimit::named("per-user")
+        }];
+        write(&path, &config);
+        let shared = Shared::new();
+        let first =
+            Runtime::build(load(&path, &Overrides::default()).unwrap(), None, &shared).unwrap();
+        let current = Arc::new(ArcSwap::from_pointee(first));
+        let mut reloader =
+            Reloader::new(path.clone(), Overrides::default(), current.clone(), shared);
+        let memory = current.load().quota_store.clone();
+
+        config.quotas.max_keys = 4096;
+        write(&path, &config);
+        assert_eq!(
+            reloader.check_with(false).unwrap(),
+            Outcome::Unchanged,
+            "settling"
+        );
+        assert_eq!(reloader.check_with(false).unwrap(), Outcome::Applied);
+        assert!(Arc::ptr_eq(&memory, &current.load().quota_store), "reused");
+        assert_eq!(current.load().quota_store.local().max_keys(), 4096);
+
+        config.quotas.store = crate::quota::store::StoreConfig::Redis {
+            url: "redis://127.0.0.1:1/".into(),
+            url_file: None,
+            fail_mode: crate::quota::store::FailMode::Closed,
+            key_prefix: "x:".into(),
+        };
+        write(&path, &config);
+        assert_eq!(reloader.check_with(true).unwrap(), Outcome::Applied);
+        assert!(
+            current.load().quota_store.shared().is_some(),
+            "switched to Redis"
+        );
+        let redis = current.load().quota_store.clone();
+
+        config.access.rules.clear();
+        write(&path, &config);
+        assert_eq!(reloader.check_with(true).unwrap(), Outcome::Applied);
+        assert!(Arc::ptr_eq(&redis, &current.load().quota_store), "reused");
+    }
+}

@@ -51,7 +51,10 @@ async fn until_status(gw: &GatewayProcess, token: &str, model: &str, want: u16) 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{model}: still {last}, expected {want}");
+    panic!(
+        "{model}: still {last}, expected {want}; the gateway logged:\n{}",
+        gw.log()
+    );
 }
 
 #[tokio::test]
