@@ -80,11 +80,16 @@ print(f"requests: {s['ok']} answered 200, {s['refused_429']} 429, {s['refused_40
 print(f"abuse: {s['disconnects']} streams dropped mid-way, {s['slow_cut']} slow sockets cut, {s['idle_cut']} idle sockets cut")
 print(f"RSS: start {rss[0][1]:.1f} MiB, after warm-up {warm[0][1]:.1f} MiB, end {rss[-1][1]:.1f} MiB "
       f"(now {rss_now:.1f}); slope after warm-up {slope:+.3f} MiB/min")
-print(f"open connections after the traffic: {total('attach_connections_open'):.0f}; "
+print(f"open connections after the traffic (this /metrics scrape included): {total('attach_connections_open'):.0f}; "
       f"requests in flight: {total('attach_in_flight_requests'):.0f}")
 print(f"leaked slots: {total('attach_quota_admissions_in_flight'):.0f} admissions in flight, {leases} Redis leases (must be 0)")
+# OpenAI streams whose client did not ask for usage: the gateway asked the
+# model for it and removed that event, so those tokens (the mock reports 11
+# prompt + 5 completion) are charged but never seen by the client.
+hidden = 16 * s["openai_ok"]
 print(f"tokens: charged {charged:.0f} from reported usage vs {s['reported_tokens']} reported in answers read whole "
-      f"(difference {charged - s['reported_tokens']:+.0f}); {estimated:.0f} charged as estimates (dropped streams)")
+      f"+ {hidden} in {s['openai_ok']} OpenAI streams whose usage event the gateway removed "
+      f"(difference {charged - s['reported_tokens'] - hidden:+.0f}); {estimated:.0f} charged as estimates (dropped streams)")
 closed = {l.split('reason="')[1].split('"')[0]: float(l.rsplit(' ', 1)[1]) for l in metrics
           if l.startswith("attach_connections_closed_total{")}
 print(f"connections cut by bound: {closed}")

@@ -24,7 +24,7 @@ import time
 HOST, PORT, TOKENS, PID, SECS = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 tokens = [t.strip() for t in open(TOKENS) if t.strip()]
 stats = {k: 0 for k in ["ok", "refused_429", "refused_401", "other", "errors", "disconnects",
-                        "slow_cut", "idle_cut", "reported_tokens"]}
+                        "slow_cut", "idle_cut", "reported_tokens", "openai_ok"]}
 rss = []
 deadline = time.monotonic() + SECS
 
@@ -128,8 +128,13 @@ async def streaming():
 
 
 async def openai():
-    count(*await request("/v1/chat/completions", body_for(True, openai=True), random.choice(tokens),
-                         [("x-mock-chunks", "5"), ("x-mock-delay-ms", "10")]))
+    # The client does not ask for usage: the gateway asks the model for it
+    # and removes that event, so the client never sees these tokens.
+    status, data = await request("/v1/chat/completions", body_for(True, openai=True), random.choice(tokens),
+                                 [("x-mock-chunks", "5"), ("x-mock-delay-ms", "10")])
+    count(status, data)
+    if status == 200:
+        stats["openai_ok"] += 1
 
 
 async def disconnect():
