@@ -40,7 +40,13 @@ pub fn handle(
                 })
                 .collect();
             let ready = runtime.verifier.is_ready();
-            let body = json!({ "ready": ready, "issuers": issuers }).to_string();
+            let body = json!({
+                "ready": ready,
+                "issuers": issuers,
+                // Settings changed by a reload that wait for a restart.
+                "restartRequired": runtime.restart_required,
+            })
+            .to_string();
             let status = if ready {
                 StatusCode::OK
             } else {
@@ -51,6 +57,25 @@ pub fn handle(
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
+        }
+        #[cfg(feature = "test-clock")]
+        "/test/clock/advance" if request.method() == http::Method::POST => {
+            // Test builds only: moves the frozen quota clock.
+            let seconds = request
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("seconds="))
+                .and_then(|n| n.parse::<u64>().ok());
+            match (crate::quota::clock::test_clock(), seconds) {
+                (Some(clock), Some(seconds)) => {
+                    clock.advance(seconds);
+                    text(
+                        StatusCode::OK,
+                        &format!("{}\n", crate::quota::clock::Clock::now(&*clock)),
+                    )
+                }
+                _ => text(StatusCode::BAD_REQUEST, "no test clock, or no ?seconds=N\n"),
+            }
         }
         "/metrics" => {
             let mut response = text(StatusCode::OK, &metrics.encode());

@@ -13,6 +13,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use crate::metrics::Metrics;
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -56,10 +58,18 @@ impl Default for AuditConfig {
     }
 }
 
-/// Writes audit lines.
+/// Audit lines waiting for the writer; past this, lines are dropped (and
+/// counted) rather than making a request wait.
+pub const QUEUE_LINES: usize = 8192;
+
+/// Writes audit lines without ever blocking the request path: lines go
+/// through a bounded queue to one writer thread; when the queue is full
+/// (stdout or the disk is slower than the traffic) a line is dropped and
+/// `attach_audit_lines_dropped_total` counts it.
 #[derive(Clone)]
 pub struct AuditSink {
-    out: Option<Arc<Mutex<Box<dyn Write + Send>>>>,
+    out: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    dropped: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -73,7 +83,10 @@ impl std::fmt::Debug for AuditSink {
 impl AuditSink {
     /// A sink that writes nothing.
     pub fn disabled() -> Self {
-        Self { out: None }
+        Self {
+            out: None,
+            dropped: None,
+        }
     }
 
     /// Whether lines are written at all.
@@ -82,9 +95,9 @@ impl AuditSink {
     }
 
     /// Opens the sink `config` describes.
-    pub fn open(config: &AuditConfig) -> std::io::Result<Self> {
+    pub fn open(config: &AuditConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         if !config.enabled {
-            return Ok(Self { out: None });
+            return Ok(Self::disabled());
         }
         let out: Box<dyn Write + Send> = match &config.path {
             Some(path) => Box::new(
@@ -95,25 +108,62 @@ impl AuditSink {
             ),
             None => Box::new(std::io::stdout()),
         };
+        Self::with_writer(out, QUEUE_LINES, metrics)
+    }
+
+    /// A sink writing to `out` on its own thread, queueing at most
+    /// `queue` lines.
+    pub fn with_writer(
+        out: Box<dyn Write + Send>,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(queue);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_lines(out, &rx))?;
         Ok(Self {
-            out: Some(Arc::new(Mutex::new(out))),
+            out: Some(tx),
+            dropped: Some(metrics.audit_dropped.clone()),
         })
     }
 
-    /// Writes one record as a line.
+    /// Queues one record as a line; never waits.
     pub fn write(&self, record: &AuditRecord) {
         let Some(out) = &self.out else { return };
         let Ok(mut line) = serde_json::to_vec(record) else {
             return;
         };
         line.push(b'\n');
-        let mut out = out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if out.write_all(&line).and_then(|()| out.flush()).is_err() {
-            tracing::warn!("cannot write the audit log");
+        if out.try_send(line).is_err()
+            && let Some(dropped) = &self.dropped
+        {
+            dropped.inc();
         }
     }
+}
+
+/// The writer thread: writes lines as they come, flushing whenever the
+/// queue runs dry; ends when every sink handle is gone.
+fn write_lines(out: Box<dyn Write + Send>, rx: &std::sync::mpsc::Receiver<Vec<u8>>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut failing = false;
+    while let Ok(line) = rx.recv() {
+        let mut result = out.write_all(&line);
+        while let Ok(line) = rx.try_recv() {
+            result = result.and_then(|()| out.write_all(&line));
+        }
+        result = result.and_then(|()| out.flush());
+        match (result, failing) {
+            (Err(e), false) => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot write the audit log");
+            }
+            (Ok(()), true) => failing = false,
+            _ => {}
+        }
+    }
+    let _ = out.flush();
 }
 
 /// One decision.
@@ -147,6 +197,18 @@ pub struct AuditTrail {
     sink: AuditSink,
     /// Set when the answer is metered: the meter writes the line at its end.
     deferred: std::sync::atomic::AtomicBool,
+    /// Set once the line is written (or the request is not audited).
+    written: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for AuditTrail {
+    /// A request dropped before its line was written (the client left
+    /// before the answer, or the drain cut it) still gets one: status 499.
+    fn drop(&mut self) {
+        if !self.written.load(std::sync::atomic::Ordering::SeqCst) {
+            self.finish(499, "client_closed", None);
+        }
+    }
 }
 
 impl AuditTrail {
@@ -159,6 +221,7 @@ impl AuditTrail {
             }),
             sink,
             deferred: std::sync::atomic::AtomicBool::new(false),
+            written: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -202,12 +265,21 @@ impl AuditTrail {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The request is not audited (a probe): no line, even when dropped.
+    pub fn skip(&self) {
+        self.written
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn is_deferred(&self) -> bool {
         self.deferred.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Writes the line for a response whose status and reason are known.
     pub fn finish(&self, status: u16, reason: &'static str, usage: Option<Usage>) {
+        if self.written.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return; // one line per request
+        }
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let mut record = self
             .record
@@ -216,11 +288,13 @@ impl AuditTrail {
         record.time = now_rfc3339();
         record.status = status;
         record.reason = reason;
-        record.decision = if (200..400).contains(&status) || reason == "forwarded" {
-            "allow"
-        } else {
-            "deny"
-        };
+        let allowed_then_left = reason == "client_closed" && record.rule.is_some();
+        record.decision =
+            if (200..400).contains(&status) || reason == "forwarded" || allowed_then_left {
+                "allow"
+            } else {
+                "deny"
+            };
         if let Some(usage) = usage {
             record.prompt_tokens = Some(usage.prompt);
             record.completion_tokens = Some(usage.completion);
@@ -257,5 +331,74 @@ mod tests {
         assert_eq!(cut.chars().count(), MAX_VALUE_CHARS + 1);
         assert!(cut.ends_with('…'));
         assert_eq!(bounded(&"x".repeat(MAX_VALUE_CHARS)).len(), MAX_VALUE_CHARS);
+    }
+
+    /// A writer that blocks forever, as stdout does when nobody reads it.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Err(std::io::Error::other("never"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_writer_never_blocks_the_caller_and_drops_are_counted() {
+        let (_hold, rx) = std::sync::mpsc::channel();
+        let metrics = Arc::new(Metrics::new());
+        let sink = AuditSink::with_writer(Box::new(Stuck(rx)), 4, metrics.clone()).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            sink.write(&AuditRecord::default());
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "writing never waited on the stuck writer"
+        );
+        // Only what the queue and the writer's buffer took got through.
+        assert!(
+            metrics.audit_dropped.get() >= 900,
+            "{}",
+            metrics.audit_dropped.get()
+        );
+    }
+
+    #[test]
+    fn lines_reach_the_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let config = AuditConfig {
+            enabled: true,
+            path: Some(path.clone()),
+        };
+        let sink = AuditSink::open(&config, Arc::new(Metrics::new())).unwrap();
+        for i in 0..100 {
+            sink.write(&AuditRecord {
+                status: i,
+                ..AuditRecord::default()
+            });
+        }
+        drop(sink);
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = std::fs::read_to_string(&path).unwrap();
+            if text.lines().count() == 100 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let statuses: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["status"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(statuses, (0..100).collect::<Vec<_>>());
     }
 }

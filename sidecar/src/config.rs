@@ -87,9 +87,6 @@ pub struct GatewayConfig {
     /// RFC 9728 protected-resource metadata.
     #[serde(default)]
     pub resource: ResourceMetadata,
-    /// Who may call which endpoints with which models.
-    #[serde(default)]
-    pub access: AccessConfig,
     /// How many tokens, requests and concurrent requests callers may use.
     #[serde(default)]
     pub quotas: QuotaConfig,
@@ -115,6 +112,14 @@ pub struct GatewayConfig {
     /// How often the config file is checked for changes.
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// Who may call which endpoints with which models. A config file
+    /// without this section denies every request (a file cut short by a
+    /// writer is never more permissive than the whole); `access:
+    /// {allowAll: true}` says "every authenticated caller, every model,
+    /// inference and read". It is written last, so a file cut anywhere
+    /// before its end has none.
+    #[serde(default)]
+    pub access: AccessConfig,
 }
 
 /// A listening socket.
@@ -376,17 +381,12 @@ impl Default for IdentityConfig {
 
 /// The access policy. Rules only allow; what no rule allows is denied with
 /// 403. Admin endpoints are allowed only by a rule that names `admin`.
+///
+/// Fields that refuse come first and allow rules last, so that a file cut
+/// short keeps every refusal and loses only allowances.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessConfig {
-    /// Allow rules, tried in order. Without this field: every authenticated
-    /// caller may use every model for inference and read endpoints, and
-    /// nobody may use admin endpoints.
-    #[serde(default = "default_rules")]
-    pub rules: Vec<Rule>,
-    /// Forward paths that are in no endpoint class (default: deny them).
-    #[serde(default)]
-    pub allow_unknown_endpoints: bool,
     /// Agents (actors or machine clients) refused whatever the rules say.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied_agents: Vec<String>,
@@ -394,16 +394,55 @@ pub struct AccessConfig {
     /// may use.
     #[serde(default = "default_true")]
     pub filter_model_lists: bool,
+    /// Forward paths that are in no endpoint class (default: deny them).
+    #[serde(default)]
+    pub allow_unknown_endpoints: bool,
+    /// Allow rules, tried in order. None: nothing is allowed (unless
+    /// `allowAll`).
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// Every authenticated caller may use every model for inference and
+    /// read endpoints (never admin), besides what the rules allow.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_all: bool,
 }
 
 impl Default for AccessConfig {
+    /// What a config file without `access` gets: nothing is allowed.
     fn default() -> Self {
+        Self::deny()
+    }
+}
+
+impl AccessConfig {
+    /// Nothing is allowed.
+    pub fn deny() -> Self {
         Self {
-            rules: default_rules(),
-            allow_unknown_endpoints: false,
             denied_agents: Vec::new(),
             filter_model_lists: true,
+            allow_unknown_endpoints: false,
+            rules: Vec::new(),
+            allow_all: false,
         }
+    }
+
+    /// Every authenticated caller may use every model for inference and
+    /// read endpoints: the standalone (environment) default, written out as
+    /// one explicit rule.
+    pub fn authenticated() -> Self {
+        Self {
+            rules: default_rules(),
+            ..Self::deny()
+        }
+    }
+
+    /// The rules in force: `rules`, plus the everyone rule with `allowAll`.
+    pub fn effective_rules(&self) -> Vec<Rule> {
+        let mut rules = self.rules.clone();
+        if self.allow_all {
+            rules.extend(default_rules());
+        }
+        rules
     }
 }
 
@@ -442,12 +481,29 @@ pub struct QuotaConfig {
     /// The limits; none by default.
     #[serde(default)]
     pub limits: Vec<QuotaLimit>,
-    /// The most budgets (keys) kept in memory; idle ones are evicted first.
+    /// The most budgets (keys) kept in memory. Empty ones are forgotten
+    /// first, then idle ones; a budget in use or at a limit never is (a new
+    /// one is refused with 503 instead).
     #[serde(default = "default_max_quota_keys")]
     pub max_keys: usize,
-    /// Where the counters live (read at start; a change needs a restart).
+    /// Where the counters live. A reload that changes it switches stores;
+    /// in-memory budgets survive reloads that leave it as it is.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Output tokens reserved for a request that names no cap of its own
+    /// (`max_tokens`, `max_completion_tokens`, `max_output_tokens`,
+    /// `options.num_predict`).
+    #[serde(default = "default_max_output_tokens")]
+    pub default_max_output_tokens: u64,
+    /// How long a Redis lease (a concurrency slot and its reservation)
+    /// lives unless its request renews it: the longest the slots of a
+    /// gateway that died stay taken. Running requests renew every third.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// In Redis, the most distinct models one owner (user, group, ...) may
+    /// have per-model budgets for in a day, per limit.
+    #[serde(default = "default_max_models_per_owner")]
+    pub max_models_per_owner: u64,
 }
 
 impl Default for QuotaConfig {
@@ -456,8 +512,21 @@ impl Default for QuotaConfig {
             limits: Vec::new(),
             max_keys: default_max_quota_keys(),
             store: StoreConfig::default(),
+            default_max_output_tokens: default_max_output_tokens(),
+            lease_ttl: default_lease_ttl(),
+            max_models_per_owner: default_max_models_per_owner(),
         }
     }
+}
+
+fn default_max_output_tokens() -> u64 {
+    1024
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_models_per_owner() -> u64 {
+    64
 }
 
 fn default_max_quota_keys() -> usize {
@@ -478,7 +547,9 @@ pub struct ResourceMetadata {
     pub scopes_supported: Vec<String>,
 }
 
-/// Size limits and timeouts on the client side.
+/// Size limits and timeouts on the client side. Each bound counts in
+/// `attach_connections_closed_total{reason}` or `attach_load_shed_total{reason}`
+/// when it trips. They apply to connections accepted after a reload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
@@ -486,9 +557,49 @@ pub struct Limits {
     /// Over it: 413.
     #[serde(default = "default_max_body")]
     pub max_request_body_bytes: u64,
+    /// Request-body bytes buffered at once across all requests (bodies read
+    /// whole to find the model). Past it: 503 with `Retry-After`.
+    #[serde(default = "default_max_buffered_body")]
+    pub max_buffered_body_bytes: u64,
+    /// How long a new connection may take to send its first bytes,
+    /// protocol detection (the HTTP/2 preface) included.
+    #[serde(default = "default_first_bytes_timeout", with = "humantime_serde")]
+    pub first_bytes_timeout: Duration,
     /// How long a client may take to send its request headers (slowloris).
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long a request body that is read whole may take to arrive
+    /// (a slow body holds memory). Past it: 408.
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/1 keep-alive and HTTP/2 alike; HTTP/2 gets a GOAWAY).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING interval; a peer that does not answer within
+    /// `http2KeepAliveTimeout` is disconnected.
+    #[serde(default = "default_h2_keep_alive", with = "humantime_serde")]
+    pub http2_keep_alive_interval: Duration,
+    /// See `http2KeepAliveInterval`.
+    #[serde(default = "default_h2_keep_alive", with = "humantime_serde")]
+    pub http2_keep_alive_timeout: Duration,
+    /// HTTP/2 streams open at once per connection.
+    #[serde(default = "default_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// The largest HTTP/2 header list (it bounds CONTINUATION floods).
+    #[serde(default = "default_h2_header_list")]
+    pub http2_max_header_list_size: u32,
+    /// HTTP/2 streams reset by the client before the gateway accepted them
+    /// (rapid reset); past it the connection gets a GOAWAY.
+    #[serde(default = "default_h2_pending_resets")]
+    pub http2_max_pending_reset_streams: usize,
+    /// Client connections open at once; one over it is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Requests in flight at once (until their answer ends); past it: 503
+    /// with `Retry-After` at once, not a queue.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight_requests: u64,
     /// How long in-flight requests may run after SIGTERM before they are cut.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -502,11 +613,53 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_request_body_bytes: default_max_body(),
+            max_buffered_body_bytes: default_max_buffered_body(),
+            first_bytes_timeout: default_first_bytes_timeout(),
             header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            http2_keep_alive_interval: default_h2_keep_alive(),
+            http2_keep_alive_timeout: default_h2_keep_alive(),
+            http2_max_concurrent_streams: default_h2_streams(),
+            http2_max_header_list_size: default_h2_header_list(),
+            http2_max_pending_reset_streams: default_h2_pending_resets(),
+            max_connections: default_max_connections(),
+            max_in_flight_requests: default_max_in_flight(),
             drain_timeout: default_drain_timeout(),
             token_cache_entries: default_token_cache_size(),
         }
     }
+}
+
+fn default_max_buffered_body() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_first_bytes_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_h2_keep_alive() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_h2_streams() -> u32 {
+    128
+}
+fn default_h2_header_list() -> u32 {
+    64 * 1024
+}
+fn default_h2_pending_resets() -> usize {
+    20
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_in_flight() -> u64 {
+    2048
 }
 
 fn default_reload_interval() -> Duration {
@@ -565,7 +718,7 @@ impl GatewayConfig {
             identity: IdentityConfig::default(),
             unauthenticated_paths: Vec::new(),
             resource: ResourceMetadata::default(),
-            access: AccessConfig::default(),
+            access: AccessConfig::authenticated(),
             quotas: QuotaConfig::default(),
             audit: AuditConfig::default(),
             metrics: MetricsConfig::default(),
@@ -645,7 +798,11 @@ impl GatewayConfig {
                 "must not have a path: requests keep their own",
             ));
         }
-        if self.listen.port == self.admin.port && self.listen.address == self.admin.address {
+        // Port 0 is "any free port": two of them never collide.
+        if self.listen.port == self.admin.port
+            && self.listen.port != 0
+            && self.listen.address == self.admin.address
+        {
             return Err(ConfigError::invalid(
                 "admin.port",
                 "must differ from listen.port",
@@ -733,7 +890,7 @@ impl GatewayConfig {
             }
         }
         let engine = self.upstream.engine;
-        crate::policy::rules::validate(&self.access.rules, engine)
+        crate::policy::rules::validate(&self.access.effective_rules(), engine)
             .map_err(|(i, message)| ConfigError::invalid(format!("access.rules[{i}]"), message))?;
         crate::quota::limits::validate(&self.quotas.limits, engine)
             .map_err(|(i, message)| ConfigError::invalid(format!("quotas.limits[{i}]"), message))?;
@@ -760,6 +917,62 @@ impl GatewayConfig {
                     "quotas.store.url",
                     "is not a redis:// URL",
                 ));
+            }
+        }
+        for (field, zero) in [
+            (
+                "limits.maxRequestBodyBytes",
+                self.limits.max_request_body_bytes == 0,
+            ),
+            (
+                "limits.maxBufferedBodyBytes",
+                self.limits.max_buffered_body_bytes == 0,
+            ),
+            (
+                "limits.firstBytesTimeout",
+                self.limits.first_bytes_timeout.is_zero(),
+            ),
+            (
+                "limits.headerReadTimeout",
+                self.limits.header_read_timeout.is_zero(),
+            ),
+            (
+                "limits.bodyReadTimeout",
+                self.limits.body_read_timeout.is_zero(),
+            ),
+            ("limits.idleTimeout", self.limits.idle_timeout.is_zero()),
+            (
+                "limits.http2KeepAliveInterval",
+                self.limits.http2_keep_alive_interval.is_zero(),
+            ),
+            (
+                "limits.http2KeepAliveTimeout",
+                self.limits.http2_keep_alive_timeout.is_zero(),
+            ),
+            (
+                "limits.http2MaxConcurrentStreams",
+                self.limits.http2_max_concurrent_streams == 0,
+            ),
+            (
+                "limits.http2MaxHeaderListSize",
+                self.limits.http2_max_header_list_size == 0,
+            ),
+            ("limits.maxConnections", self.limits.max_connections == 0),
+            (
+                "limits.maxInFlightRequests",
+                self.limits.max_in_flight_requests == 0,
+            ),
+            (
+                "quotas.leaseTtl",
+                self.quotas.lease_ttl < Duration::from_secs(1),
+            ),
+            (
+                "quotas.maxModelsPerOwner",
+                self.quotas.max_models_per_owner == 0,
+            ),
+        ] {
+            if zero {
+                return Err(ConfigError::invalid(field, "must be positive"));
             }
         }
         if self.limits.token_cache_entries == 0 {
@@ -1051,6 +1264,65 @@ issuers:
         ] {
             let err = refused(&yaml);
             assert!(err.contains(field), "expected {field:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_without_access_denies_unless_it_says_allow_all() {
+        // The failure: a file cut before `access` allowed every caller
+        // every model.
+        let c = GatewayConfig::parse(&minimal()).unwrap();
+        assert!(c.access.effective_rules().is_empty(), "{:?}", c.access);
+        let c = GatewayConfig::parse(&(minimal() + "access: {}\n")).unwrap();
+        assert!(c.access.effective_rules().is_empty());
+        let c = GatewayConfig::parse(&(minimal() + "access: {allowAll: true}\n")).unwrap();
+        assert_eq!(
+            c.access.effective_rules(),
+            AccessConfig::authenticated().rules
+        );
+        // What the standalone mode and the operator build is explicit, and
+        // survives a round trip through the file.
+        let built = GatewayConfig::new(Vec::new());
+        assert_eq!(built.access, AccessConfig::authenticated());
+        let text = serde_yaml::to_string(&built).unwrap();
+        assert_eq!(GatewayConfig::parse(&text).unwrap().access, built.access);
+    }
+
+    #[test]
+    fn access_is_written_last_and_refusals_before_allowances() {
+        let mut c = GatewayConfig::new(Vec::new());
+        c.access.denied_agents = vec!["bad-agent".into()];
+        let text = serde_yaml::to_string(&c).unwrap();
+        let access = text.find("\naccess:").unwrap();
+        for section in ["quotas:", "limits:", "denyAll:", "issuers:", "audit:"] {
+            assert!(
+                text.find(section).unwrap() < access,
+                "{section} after access"
+            );
+        }
+        let denied = text.find("deniedAgents").unwrap();
+        assert!(denied < text.find("rules:").unwrap());
+        // Cut anywhere, the file never allows what the whole file refuses:
+        // no rule can be cut into one that allows more than it did.
+        for cut in 0..text.len() {
+            if !text.is_char_boundary(cut) {
+                continue;
+            }
+            let Ok(partial) = GatewayConfig::parse(&text[..cut]) else {
+                continue;
+            };
+            if partial.access.rules.len() == c.access.rules.len()
+                && !partial.access.rules.is_empty()
+            {
+                assert_eq!(
+                    partial.access.denied_agents, c.access.denied_agents,
+                    "cut at {cut}"
+                );
+            }
+            assert!(
+                partial.access.effective_rules().len() <= c.access.effective_rules().len(),
+                "cut at {cut}"
+            );
         }
     }
 

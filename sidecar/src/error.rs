@@ -41,6 +41,16 @@ pub enum GatewayError {
     /// The shared quota store is down and quotas fail closed: 503.
     #[error("quotas cannot be checked right now")]
     QuotaUnavailable,
+    /// The quota store is full of budgets it must keep: 503.
+    #[error("the quota store is full")]
+    QuotaStoreFull,
+    /// The gateway is at a bound it sheds load at (requests in flight, or
+    /// request bytes buffered): 503 with `Retry-After`, at once.
+    #[error("the gateway is overloaded: {0}")]
+    Overloaded(&'static str),
+    /// The request body did not arrive in time: 408.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// The request body is over the limit: 413.
     #[error("request body over {limit} bytes")]
     PayloadTooLarge { limit: u64 },
@@ -74,11 +84,15 @@ impl GatewayError {
             },
             Self::BadPath(_) => "bad_path",
             Self::QuotaUnavailable => "quota_store_unavailable",
+            Self::QuotaStoreFull => "quota_store_full",
+            Self::Overloaded(_) => "overloaded",
+            Self::BodyTimeout => "body_timeout",
             Self::QuotaExceeded(r) => match r.kind {
                 crate::quota::LimitKind::TokensPerMinute => "quota_tokens_per_minute",
                 crate::quota::LimitKind::RequestsPerMinute => "quota_requests_per_minute",
                 crate::quota::LimitKind::TokensPerDay => "quota_tokens_per_day",
                 crate::quota::LimitKind::Concurrent => "quota_concurrent",
+                crate::quota::LimitKind::DistinctModels => "quota_distinct_models",
             },
             Self::BadRequest(_) => "bad_request",
             Self::BadBody(_) => "bad_body",

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::reload::{Overrides, Reloader};
 use crate::runtime::{Runtime, Shared};
-use crate::server::{ServerSettings, serve};
+use crate::server::{ServerContext, serve};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -111,16 +111,8 @@ impl Gateway {
                 let _ = rx.wait_for(|stop| *stop).await;
             }
         };
-        let limits = self.current.load().config.limits.clone();
-        let settings = ServerSettings {
-            header_read_timeout: limits.header_read_timeout,
-            drain_timeout: limits.drain_timeout,
-        };
-        let proxy_service = crate::proxy::stack(
-            self.current.clone(),
-            self.shared.metrics.clone(),
-            self.shared.audit.clone(),
-        );
+        let context = ServerContext::new(self.current.clone(), self.shared.metrics.clone());
+        let proxy_service = crate::proxy::stack(self.current.clone(), self.shared.metrics.clone());
         let admin_service = crate::admin::service(
             self.current.clone(),
             self.shared.metrics.clone(),
@@ -142,6 +134,7 @@ impl Gateway {
             let listener = listener.try_clone()?;
             let service = proxy_service.clone();
             let stopped = stopped();
+            let context = context.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("proxy-{worker}"))
                 .spawn(move || -> std::io::Result<()> {
@@ -150,7 +143,7 @@ impl Gateway {
                         .build()?;
                     runtime.block_on(async move {
                         let listener = TcpListener::from_std(listener)?;
-                        serve("proxy", listener, service, settings, stopped).await;
+                        serve("proxy", listener, service, context, stopped).await;
                         Ok(())
                     })
                 })?;
@@ -161,7 +154,9 @@ impl Gateway {
             "admin",
             self.admin,
             admin_service,
-            settings,
+            // Its own connection count: a flood of proxy connections must
+            // not starve the probes.
+            ServerContext::new(self.current.clone(), self.shared.metrics.clone()),
             stopped(),
         ));
         let reload = reloader.map(|r| tokio::spawn(r.run(stopped())));
@@ -183,6 +178,13 @@ impl Gateway {
         })
         .await
         .map_err(std::io::Error::other)?;
+        // Requests cut by the drain released their quota holds; let those
+        // releases reach the shared store before the process goes.
+        self.current
+            .load()
+            .quota_store
+            .flush(std::time::Duration::from_secs(5))
+            .await;
         joined.map(|_| ())
     }
 }

@@ -30,6 +30,8 @@ pub mod runtime;
 pub mod served_models;
 pub mod server;
 pub mod standalone;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 /// The binary's name, as shown in `--help` and in logs.
 pub const BINARY_NAME: &str = "attach-gateway";

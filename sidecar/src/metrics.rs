@@ -70,6 +70,24 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels naming a kind of event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// Labels naming why something happened.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Labels naming a config setting.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SettingLabels {
+    pub setting: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 10 µs .. ~10 s
     Histogram::new(exponential_buckets(0.000_01, 4.0, 11))
@@ -88,11 +106,31 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub tokens: Family<TokenLabels, Counter>,
     pub quota_store_duration: Histogram,
-    pub quota_store_errors: Counter,
+    /// `attach_quota_store_errors_total{kind}`: `unavailable`,
+    /// `out_of_memory` (Redis at maxmemory), `memory_full`.
+    pub quota_store_errors: Family<KindLabels, Counter>,
+    /// Admissions holding a slot and a reservation now (0 when idle).
+    pub quota_admissions_in_flight: Gauge,
     /// `attach_token_exchanges_total{result}`.
     pub token_exchanges: Family<ResultLabels, Counter>,
     /// `attach_claims_ignored_total{issuer,claim}`.
     pub claims_ignored: Family<ClaimLabels, Counter>,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// `attach_connections_closed_total{reason}`: connections the gateway
+    /// cut at a bound.
+    pub connections_closed: Family<ReasonLabels, Counter>,
+    /// `attach_load_shed_total{reason}`: requests answered 503 at once.
+    pub load_shed: Family<ReasonLabels, Counter>,
+    /// Request-body bytes buffered now, across all requests.
+    pub buffered_body_bytes: Gauge,
+    /// Audit lines dropped because the writer fell behind.
+    pub audit_dropped: Counter,
+    /// `attach_config_restart_required{setting}`: 1 while a changed setting
+    /// waits for a restart.
+    pub restart_required: Family<SettingLabels, Gauge>,
+    /// Cached verifications dropped because their key left the key set.
+    pub token_cache_revoked: Counter,
 }
 
 impl Metrics {
@@ -141,7 +179,7 @@ impl Metrics {
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
-            "Requests in flight, from arrival until their response headers are sent",
+            "Requests in flight, from arrival until their answer ends or the client leaves",
             in_flight.clone(),
         );
         let tokens = Family::<TokenLabels, Counter>::default();
@@ -156,11 +194,59 @@ impl Metrics {
             "Time to admit a request against the quota store",
             quota_store_duration.clone(),
         );
-        let quota_store_errors = Counter::default();
+        let quota_store_errors = Family::<KindLabels, Counter>::default();
         registry.register(
             "quota_store_errors",
-            "Quota store operations that failed",
+            "Quota store operations that failed, by kind (unavailable, out_of_memory, memory_full)",
             quota_store_errors.clone(),
+        );
+        let quota_admissions_in_flight = Gauge::default();
+        registry.register(
+            "quota_admissions_in_flight",
+            "Admitted requests holding a quota slot and reservation now",
+            quota_admissions_in_flight.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Client connections cut at a bound, by reason",
+            connections_closed.clone(),
+        );
+        let load_shed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "load_shed",
+            "Requests answered 503 at once because the gateway is at a bound, by reason",
+            load_shed.clone(),
+        );
+        let buffered_body_bytes = Gauge::default();
+        registry.register(
+            "buffered_body_bytes",
+            "Request-body bytes buffered now, across all requests",
+            buffered_body_bytes.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_lines_dropped",
+            "Audit lines dropped because the audit writer fell behind",
+            audit_dropped.clone(),
+        );
+        let restart_required = Family::<SettingLabels, Gauge>::default();
+        registry.register(
+            "config_restart_required",
+            "1 while a changed setting takes effect only after a restart",
+            restart_required.clone(),
+        );
+        let token_cache_revoked = Counter::default();
+        registry.register(
+            "token_cache_revoked",
+            "Cached token verifications dropped because their signing key left the key set",
+            token_cache_revoked.clone(),
         );
         let token_exchanges = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -181,6 +267,14 @@ impl Metrics {
             tokens,
             quota_store_duration,
             quota_store_errors,
+            quota_admissions_in_flight,
+            connections_open,
+            connections_closed,
+            load_shed,
+            buffered_body_bytes,
+            audit_dropped,
+            restart_required,
+            token_cache_revoked,
             requests,
             verify_duration,
             jwks_refreshes,

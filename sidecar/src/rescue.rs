@@ -40,6 +40,9 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         | GatewayError::BadHeader(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         GatewayError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
         GatewayError::QuotaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "quota_unavailable"),
+        GatewayError::QuotaStoreFull => (StatusCode::SERVICE_UNAVAILABLE, "quota_store_full"),
+        GatewayError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        GatewayError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
         GatewayError::PayloadTooLarge { .. } => {
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         }
@@ -94,6 +97,8 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
             | GatewayError::BadRequest(_)
             | GatewayError::BadHeader(_)
             | GatewayError::BadBody(crate::canonical::BodyError::ContentEncoding(_))
+            | GatewayError::BodyTimeout
+            | GatewayError::Overloaded(_)
     ) {
         // The rest of the request body was not read: this connection cannot
         // carry another request, and the client must not try.
@@ -101,9 +106,14 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
     }
     if matches!(
         error,
-        GatewayError::QuotaUnavailable | GatewayError::Exchange(ExchangeError::Unavailable)
+        GatewayError::QuotaUnavailable
+            | GatewayError::Overloaded(_)
+            | GatewayError::Exchange(ExchangeError::Unavailable)
     ) {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if matches!(error, GatewayError::QuotaStoreFull) {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("60"));
     }
     if let GatewayError::QuotaExceeded(r) = error {
         // RFC 9110 Retry-After, and the IETF RateLimit-Policy / RateLimit

@@ -10,72 +10,62 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::audit::AuditSink;
 use crate::body::Body;
 use crate::config::{ConfigError, GatewayConfig, IssuerConfig};
 use crate::idp_client::IdpClient;
 use crate::jwt::{IssuerPolicy, JwksCache, KeySource, Verifier};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::quota::clock::SystemClock;
+use crate::quota::clock::Clock;
 use crate::quota::memory::MemoryStore;
-use crate::quota::redis_store::RedisStore;
+use crate::quota::redis_store::{LeaseSettings, RedisStore};
 use crate::quota::store::{QuotaStore, StoreConfig};
 
-/// What outlives config generations: metrics, the IdP client, and the
-/// quota counters (a reload must not reset anyone's budget).
+/// What outlives config generations: metrics, the IdP client, the clock,
+/// and the in-memory quota counters (a reload must not reset anyone's
+/// budget).
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub idp: IdpClient,
-    pub quota_store: Arc<QuotaStore>,
-    pub audit: crate::audit::AuditSink,
+    /// The in-memory budgets: the store of a memory config, and the local
+    /// fallback of a Redis one with `failMode: open`.
+    pub memory: Arc<MemoryStore>,
+    /// The clock quota windows and leases follow.
+    pub clock: Arc<dyn Clock>,
+    /// Request-body bytes buffered across all requests.
+    pub body_budget: Arc<crate::proxy::body_budget::BodyBudget>,
 }
 
 impl Shared {
-    /// Default sizes, no audit log.
+    /// Default sizes, the process clock.
     pub fn new() -> Self {
-        Self::without_audit(crate::config::QuotaConfig::default().max_keys)
+        Self::with_clock(crate::quota::clock::from_env())
     }
 
-    /// Shared state sized and wired as `config` says (quota store size,
-    /// audit destination).
-    pub fn for_config(config: &crate::config::GatewayConfig) -> Result<Self, ConfigError> {
-        let mut shared = Self::without_audit(config.quotas.max_keys);
-        shared.audit = crate::audit::AuditSink::open(&config.audit).map_err(|e| {
-            ConfigError::invalid("audit.path", format!("cannot open the audit log: {e}"))
-        })?;
-        if let StoreConfig::Redis {
-            url,
-            fail_mode,
-            key_prefix,
-            ..
-        } = &config.quotas.store
-        {
-            let redis = RedisStore::new(url, key_prefix, Arc::new(SystemClock)).map_err(|_| {
-                ConfigError::invalid("quotas.store.url", "is not a usable redis:// URL")
-            })?;
-            let local = Arc::new(shared.quota_store.local().clone_empty());
-            shared.quota_store = Arc::new(QuotaStore::redis(
-                redis,
-                *fail_mode,
-                local,
-                shared.metrics.clone(),
-            ));
-        }
-        Ok(shared)
-    }
-
-    fn without_audit(max_keys: usize) -> Self {
+    /// Default sizes, with `clock` for quotas.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         let metrics = Arc::new(Metrics::new());
         Self {
-            idp: IdpClient::new(),
-            quota_store: Arc::new(QuotaStore::memory(
-                Arc::new(MemoryStore::new(max_keys, Arc::new(SystemClock))),
-                metrics.clone(),
+            body_budget: Arc::new(crate::proxy::body_budget::BodyBudget::new(
+                metrics.buffered_body_bytes.clone(),
             )),
-            audit: crate::audit::AuditSink::disabled(),
+            idp: IdpClient::new(),
+            memory: Arc::new(MemoryStore::new(
+                crate::config::QuotaConfig::default().max_keys,
+                clock.clone(),
+            )),
+            clock,
             metrics,
         }
+    }
+
+    /// Shared state sized as `config` says.
+    pub fn for_config(config: &crate::config::GatewayConfig) -> Result<Self, ConfigError> {
+        let shared = Self::new();
+        shared.memory.resize(config.quotas.max_keys);
+        Ok(shared)
     }
 }
 
@@ -83,6 +73,76 @@ impl Default for Shared {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The quota store `config` names: the previous generation's when it names
+/// the same one (so in-memory budgets and Redis connections survive a
+/// reload), else a new one. Admissions in flight keep the store that
+/// admitted them.
+fn quota_store(
+    config: &GatewayConfig,
+    previous: Option<&Runtime>,
+    shared: &Shared,
+) -> Result<Arc<QuotaStore>, ConfigError> {
+    let quotas = &config.quotas;
+    shared.memory.resize(quotas.max_keys);
+    let previous = previous.map(|p| &p.quota_store);
+    match &quotas.store {
+        StoreConfig::Memory => {
+            if let Some(store) = previous.filter(|s| s.shared().is_none()) {
+                return Ok(store.clone());
+            }
+            Ok(Arc::new(QuotaStore::memory(
+                shared.memory.clone(),
+                shared.metrics.clone(),
+            )))
+        }
+        StoreConfig::Redis {
+            url,
+            fail_mode,
+            key_prefix,
+            ..
+        } => {
+            let settings = LeaseSettings {
+                ttl: quotas.lease_ttl,
+                max_models_per_owner: quotas.max_models_per_owner,
+            };
+            let same = previous.filter(|s| {
+                s.shared().is_some_and(|(redis, mode)| {
+                    mode == *fail_mode && redis.is(url, key_prefix, &settings)
+                })
+            });
+            if let Some(store) = same {
+                return Ok(store.clone());
+            }
+            let redis =
+                RedisStore::new(url, key_prefix, shared.clock.clone(), settings).map_err(|_| {
+                    ConfigError::invalid("quotas.store.url", "is not a usable redis:// URL")
+                })?;
+            Ok(Arc::new(QuotaStore::redis(
+                redis,
+                *fail_mode,
+                shared.memory.clone(),
+                shared.metrics.clone(),
+            )))
+        }
+    }
+}
+
+/// The audit sink `config` names: the previous generation's when the audit
+/// settings did not change.
+fn audit_sink(
+    config: &GatewayConfig,
+    previous: Option<&Runtime>,
+    shared: &Shared,
+) -> Result<AuditSink, ConfigError> {
+    if let Some(previous) = previous
+        && previous.config.audit == config.audit
+    {
+        return Ok(previous.audit.clone());
+    }
+    AuditSink::open(&config.audit, shared.metrics.clone())
+        .map_err(|e| ConfigError::invalid("audit.path", format!("cannot open the audit log: {e}")))
 }
 
 /// How to reach the model. Each proxy worker thread keeps its own pooled
@@ -143,7 +203,15 @@ pub struct Runtime {
     pub unauthenticated_paths: HashSet<String>,
     pub policy: Policy,
     pub quota_store: Arc<QuotaStore>,
+    /// Where this generation's audit lines go.
+    pub audit: AuditSink,
+    /// Request-body bytes buffered across all requests (shared by every
+    /// generation).
+    pub body_budget: Arc<crate::proxy::body_budget::BodyBudget>,
     pub metrics: Arc<Metrics>,
+    /// Changed settings that take effect only on restart (shown by
+    /// `/readyz`).
+    pub restart_required: Vec<&'static str>,
     /// Token exchangers by issuer, for the issuers that exchange.
     pub exchangers: std::collections::HashMap<String, Arc<crate::exchange::TokenExchanger>>,
     /// The model an OpenAI engine runs when a request names none.
@@ -176,6 +244,8 @@ impl Runtime {
             shared.metrics.clone(),
         );
         let upstream = build_upstream(&config)?;
+        let quota_store = quota_store(&config, previous, shared)?;
+        let audit = audit_sink(&config, previous, shared)?;
         let exchangers = config
             .issuers
             .iter()
@@ -205,7 +275,7 @@ impl Runtime {
             default_model,
             served_models,
             policy: Policy::new(
-                &config.access.rules,
+                &config.access.effective_rules(),
                 config.access.allow_unknown_endpoints,
                 config.upstream.engine,
             )
@@ -214,7 +284,12 @@ impl Runtime {
             config: Arc::new(config),
             verifier,
             upstream,
-            quota_store: shared.quota_store.clone(),
+            quota_store,
+            audit,
+            body_budget: shared.body_budget.clone(),
+            restart_required: previous
+                .map(|p| p.restart_required.clone())
+                .unwrap_or_default(),
             metrics: shared.metrics.clone(),
         })
     }

@@ -22,10 +22,21 @@ pub fn build(package: &str, bin: &str) -> Result<PathBuf, HarnessError> {
     result.map_err(HarnessError::Other)
 }
 
+/// Features the tests build a package with: the gateway gets its test-only
+/// quota clock (see `attach_sidecar::quota::clock`); release builds never
+/// have it.
+fn test_features(package: &str) -> &'static [&'static str] {
+    match package {
+        "attach-sidecar" => &["--features", "test-clock"],
+        _ => &[],
+    }
+}
+
 fn cargo_build(package: &str, bin: &str) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
         .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(test_features(package))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .map_err(|e| format!("cargo build {bin}: {e}"))?;

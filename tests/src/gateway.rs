@@ -16,9 +16,24 @@ use crate::process::{self, Supervised};
 use crate::wait::until_ready;
 
 /// Builds (once per test process) and returns the gateway binary, so a test
-/// never runs a stale one.
+/// never runs a stale one. It is built with the test-only quota clock.
 pub fn binary() -> Result<PathBuf, HarnessError> {
     crate::binaries::build("attach-sidecar", "attach-gateway")
+}
+
+/// The environment variable that freezes a test gateway's quota clock.
+pub const TEST_CLOCK_ENV: &str = "ATTACH_TEST_CLOCK";
+
+/// Where every test gateway's quota clock stands (unless a test says
+/// otherwise): one second into a UTC day, so no minute or day window ends
+/// during a test unless the test moves the clock
+/// ([`GatewayProcess::advance_clock`]).
+pub const TEST_CLOCK: u64 = 20_000 * 86_400 + 1;
+
+/// `(ATTACH_TEST_CLOCK, TEST_CLOCK)`, for tests that start the gateway
+/// binary themselves (injected pods).
+pub fn test_clock_env() -> (&'static str, String) {
+    (TEST_CLOCK_ENV, TEST_CLOCK.to_string())
 }
 
 /// A running gateway process. Stopped on drop.
@@ -62,6 +77,7 @@ impl GatewayProcess {
             .arg("--log-level")
             .arg("attach_sidecar=debug,info")
             .args(extra_args)
+            .env(TEST_CLOCK_ENV, TEST_CLOCK.to_string())
             .envs(env.iter().copied());
         let mut gw =
             Self::launch(cmd, dir, config.listen.port, config.admin.port, "/healthz").await?;
@@ -81,6 +97,7 @@ impl GatewayProcess {
             .arg("--admin-port")
             .arg(admin_port.to_string())
             .args(args)
+            .env(TEST_CLOCK_ENV, TEST_CLOCK.to_string())
             .envs(env.iter().copied());
         Self::launch(cmd, new_dir()?, port, admin_port, "/readyz").await
     }
@@ -158,6 +175,51 @@ impl GatewayProcess {
             .text()
             .await
             .map_err(|source| HarnessError::Http { what: url, source })
+    }
+
+    /// Moves the gateway's frozen quota clock forward by `seconds`; returns
+    /// where it now stands.
+    pub async fn advance_clock(&self, seconds: u64) -> Result<u64, HarnessError> {
+        let url = format!("{}/test/clock/advance?seconds={seconds}", self.admin_url);
+        let response = reqwest::Client::new()
+            .post(&url)
+            .send()
+            .await
+            .map_err(|source| HarnessError::Http {
+                what: url.clone(),
+                source,
+            })?;
+        let text = response.text().await.map_err(|source| HarnessError::Http {
+            what: url.clone(),
+            source,
+        })?;
+        text.trim()
+            .parse()
+            .map_err(|_| HarnessError::Other(format!("{url}: {text}")))
+    }
+
+    /// `GET /readyz` from the admin port, as JSON.
+    pub async fn readyz(&self) -> Result<serde_json::Value, HarnessError> {
+        let url = format!("{}/readyz", self.admin_url);
+        reqwest::get(&url)
+            .await
+            .map_err(|source| HarnessError::Http {
+                what: url.clone(),
+                source,
+            })?
+            .json()
+            .await
+            .map_err(|source| HarnessError::Http { what: url, source })
+    }
+
+    /// The config file's path (for tests that write it by hand).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    /// Sends SIGKILL: the process dies without draining or settling.
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 
     /// Everything the gateway logged so far.

@@ -106,6 +106,10 @@ impl InjectedPod {
         }
         let mut cmd = process::command(crate::gateway::binary()?);
         cmd.args(&mapped).args(["--log-format", "json"]);
+        // The quota clock is frozen, as for every test gateway: quotas never
+        // depend on the wall-clock minute.
+        let (clock, at) = crate::gateway::test_clock_env();
+        cmd.env(clock, at);
         for e in gateway.env.iter().flatten() {
             // The probes the gateway runs name the model's port.
             let value = ports

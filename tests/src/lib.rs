@@ -22,6 +22,7 @@ pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod raw_http;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod supervisor;
 pub mod tools;

@@ -144,6 +144,20 @@ impl Supervised {
     }
 }
 
+impl Supervised {
+    /// Sends SIGKILL at once (a crash: nothing is drained or flushed) and
+    /// reaps the child.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(raw) = i32::try_from(child.id()) {
+            let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+}
+
 impl Drop for Supervised {
     fn drop(&mut self) {
         self.stop(DEFAULT_GRACE);

@@ -30,6 +30,17 @@ impl RedisServer {
     /// Starts redis-server on `port`; used to bring a server back on the same
     /// address after a test stopped it.
     pub async fn start_on(binary: &Path, dir: &Path, port: u16) -> Result<Self, HarnessError> {
+        Self::start_with(binary, dir, port, &[]).await
+    }
+
+    /// Starts redis-server on `port` with extra arguments (cluster mode,
+    /// `--maxmemory`).
+    pub async fn start_with(
+        binary: &Path,
+        dir: &Path,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<Self, HarnessError> {
         std::fs::create_dir_all(dir).map_err(HarnessError::io(dir))?;
         let mut cmd = process::command(binary);
         cmd.arg("--bind")
@@ -43,7 +54,8 @@ impl RedisServer {
             .arg("--appendonly")
             .arg("no")
             .arg("--protected-mode")
-            .arg("yes");
+            .arg("yes")
+            .args(extra);
         let mut process = Supervised::spawn("redis-server", cmd, dir.join("redis.log"))?;
         until_ready(
             &mut process,
@@ -78,6 +90,11 @@ impl RedisServer {
     /// Stops the server (it can be started again with [`Self::restart`]).
     pub fn stop(&mut self) {
         self.process.stop(process::DEFAULT_GRACE);
+    }
+
+    /// Kills the server at once (a crash).
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 
     /// Stops the server if it runs, then starts a new one on the same port.

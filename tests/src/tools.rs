@@ -52,6 +52,7 @@ pub struct Tools {
     pub keycloak_home: PathBuf,
     pub java_home: PathBuf,
     pub redis_server: PathBuf,
+    pub redis_cli: PathBuf,
 }
 
 impl Tools {
@@ -96,6 +97,10 @@ impl Tools {
             java_home: existing("a JDK", java_home.join("bin").join("java")).map(|_| java_home)?,
             redis_server: which("redis-server").ok_or_else(|| HarnessError::Missing {
                 what: "redis-server (Debian package redis-server)".into(),
+                path: "$PATH".into(),
+            })?,
+            redis_cli: which("redis-cli").ok_or_else(|| HarnessError::Missing {
+                what: "redis-cli (Debian package redis-tools)".into(),
                 path: "$PATH".into(),
             })?,
             versions,

@@ -188,13 +188,20 @@ async fn the_client_sees_its_stream_byte_for_byte_without_the_added_usage_event(
 async fn a_client_that_leaves_mid_stream_frees_its_slot_and_is_charged() {
     let kc = common::world().keycloak().unwrap();
     let model = MockModel::start().await.unwrap();
+    // Two budgets: one slot, and one token (the first request may start
+    // while anything is left; what it is charged then spends it).
     let gw = gateway(
         &model,
-        vec![QuotaLimit {
-            concurrent: Some(1),
-            tokens_per_minute: Some(1),
-            ..QuotaLimit::named("per-user")
-        }],
+        vec![
+            QuotaLimit {
+                concurrent: Some(1),
+                ..QuotaLimit::named("slots")
+            },
+            QuotaLimit {
+                tokens_per_minute: Some(1),
+                ..QuotaLimit::named("tokens")
+            },
+        ],
     )
     .await;
     let bob = kc.token_for("bob").await.unwrap();
@@ -219,8 +226,8 @@ async fn a_client_that_leaves_mid_stream_frees_its_slot_and_is_charged() {
     assert_eq!(second.json::<Value>().await.unwrap()["kind"], "concurrent");
     drop(response); // the client goes away mid-stream
     model.release();
-    // The slot is freed, and what was streamed (one chunk) was charged: the
-    // 1-token budget is now spent.
+    // The slot is freed, and the prompt plus what was streamed (one chunk)
+    // was charged: the 1-token budget is now spent.
     let mut last = 0;
     for _ in 0..100 {
         let r = post(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
+use sha2::Digest;
 
 /// One public key that may verify token signatures.
 pub struct VerifyingKey {
@@ -14,6 +15,9 @@ pub struct VerifyingKey {
     /// The `alg` the JWKS pins the key to, if any.
     pub alg: Option<Algorithm>,
     pub key: DecodingKey,
+    /// SHA-256 of the key material (and its `kid`): the same key in a later
+    /// key set has the same fingerprint.
+    pub fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for VerifyingKey {
@@ -39,6 +43,7 @@ impl VerifyingKey {
 pub struct KeySet {
     by_kid: HashMap<String, Arc<VerifyingKey>>,
     without_kid: Vec<Arc<VerifyingKey>>,
+    fingerprints: std::collections::HashSet<[u8; 32]>,
     /// Entries skipped: symmetric, encryption-only, or unparseable keys.
     pub skipped: usize,
 }
@@ -65,6 +70,7 @@ impl KeySet {
     }
 
     fn insert(&mut self, key: VerifyingKey) {
+        self.fingerprints.insert(key.fingerprint);
         let key = Arc::new(key);
         match &key.kid {
             Some(kid) => {
@@ -82,6 +88,11 @@ impl KeySet {
     /// Whether there are no usable keys.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether the key with this fingerprint is in the set.
+    pub fn contains(&self, fingerprint: &[u8; 32]) -> bool {
+        self.fingerprints.contains(fingerprint)
     }
 
     /// The key named `kid`.
@@ -120,11 +131,13 @@ fn parse_key(jwk: &Jwk) -> Option<VerifyingKey> {
         return None;
     }
     let key = DecodingKey::from_jwk(jwk).ok()?;
+    let material = serde_json::to_vec(&(&jwk.algorithm, &jwk.common.key_id, alg)).ok()?;
     Some(VerifyingKey {
         kid: jwk.common.key_id.clone(),
         family,
         alg,
         key,
+        fingerprint: sha2::Sha256::digest(&material).into(),
     })
 }
 

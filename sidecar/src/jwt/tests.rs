@@ -519,14 +519,26 @@ fn the_token_cache_forgets_expired_entries_and_stays_bounded() {
             .identity,
     );
     let hash = super::token_cache::hash_token("t");
-    cache.insert(hash, identity.clone(), 160);
-    assert!(cache.get(&hash, 160).is_some());
-    assert!(cache.get(&hash, 161).is_none(), "dead after exp + leeway");
+    let key = [7u8; 32];
+    let present = |_: &crate::claims::Identity, k: &[u8; 32]| *k == [7u8; 32];
+    cache.insert(hash, identity.clone(), 160, key);
+    assert!(cache.get(&hash, 160, present).is_some());
+    assert!(
+        cache.get(&hash, 160, |_, _| false).is_none(),
+        "dead once its key is gone"
+    );
+    assert!(cache.get(&hash, 160, present).is_none(), "and removed");
+    cache.insert(hash, identity.clone(), 160, key);
+    assert!(
+        cache.get(&hash, 161, present).is_none(),
+        "dead after exp + leeway"
+    );
     for i in 0..1000 {
         cache.insert(
             super::token_cache::hash_token(&i.to_string()),
             identity.clone(),
             u64::MAX,
+            key,
         );
     }
     assert!(cache.len() <= 10, "{} entries", cache.len());
@@ -707,6 +719,69 @@ async fn the_last_good_keys_survive_an_unreachable_idp_and_no_keys_fails_closed(
     });
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(!verifier.is_ready());
+}
+
+#[tokio::test]
+async fn a_key_refresh_that_drops_a_kid_revokes_cached_verifications_made_with_it() {
+    // The failure: a cached token stayed accepted after its key left the
+    // IdP's key set.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks().to_string()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(JwksCache::new(
+        ISSUER.into(),
+        KeySource::File(path.clone()),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        IdpClient::new(),
+        metrics.clone(),
+    ));
+    cache.refresh("initial").await.unwrap();
+    let verifier = Verifier::new(
+        vec![(
+            ISSUER.into(),
+            IssuerPolicy::new(
+                &IssuerConfig::new(ISSUER, vec![AUDIENCE.into()], Preset::Keycloak),
+                cache.clone(),
+            )
+            .unwrap(),
+        )],
+        100,
+        vec![],
+        metrics.clone(),
+    );
+    let token = good();
+    let ec = sign(&claims(), Algorithm::ES256, Some("ec-1"), &ec_key());
+    verifier.verify(&token).await.unwrap();
+    verifier.verify(&ec).await.unwrap();
+    assert_eq!(verifier.cached_tokens(), 2);
+    // The same document again keeps every cached verification.
+    cache.refresh("background").await.unwrap();
+    verifier.verify(&token).await.unwrap();
+    assert_eq!(metrics.token_cache_revoked.get(), 0);
+    // rsa-1 leaves the key set.
+    std::fs::write(
+        &path,
+        json!({"keys": [jwk(&ec_key(), Algorithm::ES256, "ec-1")]}).to_string(),
+    )
+    .unwrap();
+    cache.refresh("background").await.unwrap();
+    assert_eq!(
+        verifier.verify(&token).await.unwrap_err(),
+        AuthError::UnknownKey,
+        "a cached token whose key is gone is refused"
+    );
+    assert_eq!(metrics.token_cache_revoked.get(), 1);
+    verifier.verify(&ec).await.unwrap();
+    // A key swapped under the same kid revokes too.
+    std::fs::write(
+        &path,
+        json!({"keys": [jwk(&attacker_key(), Algorithm::RS256, "ec-1")]}).to_string(),
+    )
+    .unwrap();
+    cache.refresh("background").await.unwrap();
+    assert!(verifier.verify(&ec).await.is_err());
 }
 
 #[tokio::test]

@@ -115,14 +115,27 @@ impl Verifier {
         let started = Instant::now();
         let now = unix_now();
         let hash = hash_token(token);
-        if let Some(identity) = self.cache.get(&hash, now) {
+        let mut revoked = false;
+        let cached = self.cache.get(&hash, now, |identity, key| {
+            let present = self
+                .issuers
+                .get(&identity.iss)
+                .and_then(|p| p.jwks.keys())
+                .is_some_and(|keys| keys.contains(key));
+            revoked = !present;
+            present
+        });
+        if let Some(identity) = cached {
             self.observe("hit", started);
             return Ok(identity);
         }
+        if revoked {
+            self.metrics.token_cache_revoked.inc();
+        }
         let result = self.verify_uncached(token, now).await;
         self.observe("miss", started);
-        let (identity, valid_until) = result?;
-        self.cache.insert(hash, identity.clone(), valid_until);
+        let (identity, valid_until, key) = result?;
+        self.cache.insert(hash, identity.clone(), valid_until, key);
         Ok(identity)
     }
 
@@ -137,7 +150,7 @@ impl Verifier {
         &self,
         token: &str,
         now: u64,
-    ) -> Result<(Arc<Identity>, u64), AuthError> {
+    ) -> Result<(Arc<Identity>, u64, [u8; 32]), AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
@@ -206,7 +219,11 @@ impl Verifier {
                 required: policy.required_scopes.clone(),
             });
         }
-        Ok((Arc::new(identity), exp.saturating_add(policy.leeway)))
+        Ok((
+            Arc::new(identity),
+            exp.saturating_add(policy.leeway),
+            key.fingerprint,
+        ))
     }
 
     async fn find_key(

@@ -128,6 +128,12 @@ pub struct Rule {
     pub name: String,
     /// Who the rule applies to.
     pub subjects: Subjects,
+    /// The rule applies only to a human acting directly: not to an agent
+    /// acting for one, nor to a machine client (e.g. for admin endpoints).
+    /// Declared before `models` and `endpoints` (which is required), so a
+    /// config file cut short never loses it from an otherwise valid rule.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub human_only: bool,
     /// Model names or globs (`*`, `?`): `llama3.2:*`, `*:1b`, `*`. They are
     /// read with the engine's name grammar and matched against canonical
     /// model names (see [`crate::canonical::model_name`]).
@@ -135,10 +141,6 @@ pub struct Rule {
     pub models: Vec<String>,
     /// Endpoint classes the rule grants.
     pub endpoints: Vec<EndpointClass>,
-    /// The rule applies only to a human acting directly: not to an agent
-    /// acting for one, nor to a machine client (e.g. for admin endpoints).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub human_only: bool,
 }
 
 fn all_models() -> Vec<String> {

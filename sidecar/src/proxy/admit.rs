@@ -1,7 +1,10 @@
 //! Quota admission and charging. A request is admitted only if every budget
-//! that applies to the caller (and model) has room; otherwise 429 with
-//! `Retry-After`. The model's answer is metered as it streams, and its real
-//! usage is charged when the answer ends, or when the client goes away.
+//! that applies to the caller (and model) has room for its estimate (see
+//! [`crate::quota::estimate`]); otherwise 429 with `Retry-After`. The
+//! admission is an RAII hold, moved into the metered answer: the real usage
+//! is charged when the answer ends, and the prompt plus what was streamed
+//! when the client goes away; a request dropped before its answer (client
+//! gone, timeout, panic) releases it too.
 //!
 //! A streamed OpenAI request that did not ask for usage has
 //! `stream_options.include_usage` added to its canonical body (see
@@ -25,6 +28,7 @@ use crate::error::GatewayError;
 use crate::metrics::TokenLabels;
 use crate::policy::EndpointClass;
 use crate::quota::checks;
+use crate::quota::estimate::{Estimate, estimate};
 use crate::quota::metered_body::MeteredBody;
 use crate::quota::store::NotAdmitted;
 use crate::quota::usage::{Shape, Usage, UsageMeter};
@@ -80,35 +84,55 @@ where
             authorized.model.as_ref(),
         );
         let store = runtime.quota_store.clone();
+        // What the request may cost: reserved at admission, and charged
+        // when no usage comes back.
+        let estimate = match (authorized.class, &authorized.body) {
+            (EndpointClass::Inference, Some(body)) => estimate(
+                &authorized.path,
+                &body.value,
+                body.metering.max_output_tokens,
+                runtime.config.quotas.default_max_output_tokens,
+            ),
+            _ => Estimate::default(),
+        };
 
         // The canonical body asked the model for usage where the client did not.
         let added_usage = authorized.body.as_ref().is_some_and(|b| b.usage_added);
         let trail = request.extensions().get::<Arc<AuditTrail>>().cloned();
 
         Box::pin(async move {
-            let admitted = if checks.is_empty() {
-                None
-            } else {
-                let started = std::time::Instant::now();
-                let admitted = store.admit(&checks).await;
+            let started = std::time::Instant::now();
+            let admitted = store.admit(checks, estimate.reservation()).await;
+            if admitted.as_ref().is_ok_and(Option::is_some) || admitted.is_err() {
                 runtime
                     .metrics
                     .quota_store_duration
                     .observe(started.elapsed().as_secs_f64());
-                match admitted {
-                    Ok(admitted) => Some(admitted),
-                    Err(NotAdmitted::Refused(refusal)) => {
-                        return Err(GatewayError::QuotaExceeded(refusal));
-                    }
-                    Err(NotAdmitted::Unavailable) => return Err(GatewayError::QuotaUnavailable),
+            }
+            let mut admission = match admitted {
+                Ok(admission) => admission,
+                Err(NotAdmitted::Refused(refusal)) => {
+                    return Err(GatewayError::QuotaExceeded(refusal));
                 }
+                Err(NotAdmitted::Unavailable) => return Err(GatewayError::QuotaUnavailable),
+                Err(NotAdmitted::Full) => return Err(GatewayError::QuotaStoreFull),
             };
+            // From here the model has the prompt: a request dropped on any
+            // path (client gone, cancelled, panicked) is charged for it.
+            if let Some(admission) = &mut admission {
+                admission.charge_on_drop(estimate.prompt);
+            }
             let response = match call_boxed(&mut inner, request).await {
                 Ok(response) => response,
                 Err(e) => {
-                    // Nothing was generated; free any concurrency slot.
-                    if let Some(admitted) = admitted {
-                        store.finish(admitted, checks, 0);
+                    // Nothing was generated; a model that timed out had
+                    // the prompt.
+                    if let Some(admission) = admission {
+                        let charge = match e {
+                            GatewayError::UpstreamTimeout => estimate.prompt,
+                            _ => 0,
+                        };
+                        admission.settle(charge);
                     }
                     return Err(e);
                 }
@@ -145,10 +169,10 @@ where
                 .as_ref()
                 .map(|m| m.label().to_owned())
                 .unwrap_or_default();
-            let meter = UsageMeter::new(shape, added_usage);
+            let meter = UsageMeter::new(shape, added_usage, estimate.prompt);
             let on_done = Box::new(move |usage: Usage, _complete: bool| {
-                if let Some(admitted) = admitted {
-                    store.finish(admitted, checks, usage.total());
+                if let Some(admission) = admission {
+                    admission.settle(usage.total());
                 }
                 for (kind, count) in [("prompt", usage.prompt), ("completion", usage.completion)] {
                     metrics

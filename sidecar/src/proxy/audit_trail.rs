@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use crate::audit::{AuditSink, AuditTrail};
+use crate::audit::AuditTrail;
 use crate::body::Body;
 use crate::rescue::Reason;
 
@@ -21,31 +21,22 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone, Copy)]
 pub struct NotAudited;
 
-#[derive(Debug, Clone)]
-pub struct AuditLayer {
-    sink: AuditSink,
-}
-
-impl AuditLayer {
-    pub fn new(sink: AuditSink) -> Self {
-        Self { sink }
-    }
-}
+/// Writes to the audit sink of the request's config generation (set by
+/// `snapshot`, above this layer), so a reload that changes the audit
+/// settings takes effect for the next request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditLayer;
 
 impl<S> Layer<S> for AuditLayer {
     type Service = Audit<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Audit {
-            inner,
-            sink: self.sink.clone(),
-        }
+        Audit { inner }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Audit<S> {
     inner: S,
-    sink: AuditSink,
 }
 
 fn request_id(headers: &http::HeaderMap) -> String {
@@ -75,19 +66,23 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if !self.sink.is_enabled() {
-            return Box::pin(self.inner.call(request));
-        }
+        let sink = match super::runtime_of(&request) {
+            Ok(runtime) if runtime.audit.is_enabled() => runtime.audit.clone(),
+            _ => return Box::pin(self.inner.call(request)),
+        };
         let id = request_id(request.headers());
         if let Ok(value) = HeaderValue::from_str(&id) {
             request.headers_mut().insert(REQUEST_ID, value);
         }
-        let trail = Arc::new(AuditTrail::new(id, self.sink.clone()));
+        let trail = Arc::new(AuditTrail::new(id, sink));
         request.extensions_mut().insert(trail.clone());
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await?;
             let audited = response.extensions().get::<NotAudited>().is_none();
+            if !audited {
+                trail.skip();
+            }
             if audited && !trail.is_deferred() {
                 let reason = response
                     .extensions()

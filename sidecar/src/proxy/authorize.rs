@@ -28,6 +28,7 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service};
 
 use super::authenticate::Unauthenticated;
+use super::body_budget::BodyPermit;
 use super::{BoxFuture, call_boxed, runtime_of};
 use crate::audit::AuditTrail;
 use crate::body::{Body, BoxError, boxed, full};
@@ -119,10 +120,14 @@ where
             let class = endpoint.class;
             let mut path = endpoint.path.clone();
 
+            // Held until the answer's headers: the buffered bytes count
+            // against the global cap while this request holds them.
+            let mut permit = runtime.body_budget.permit();
             let (body, canonical_body, name) = match endpoint.model {
                 ModelSource::Body | ModelSource::BodyOrName => {
                     let canonical =
-                        read_canonical(&runtime, &endpoint, &parts.headers, body).await?;
+                        read_canonical(&runtime, &endpoint, &parts.headers, body, &mut permit)
+                            .await?;
                     // The forwarded body is the canonical one, whole.
                     parts
                         .headers
@@ -206,11 +211,13 @@ where
             });
 
             let response = call_boxed(&mut inner, Request::from_parts(parts, body)).await?;
+            drop(permit);
             if !lists_models || !response.status().is_success() {
                 return Ok(response);
             }
             let (mut parts, body) = response.into_parts();
-            let bytes = collect_limited(body, MAX_MODEL_LIST_BYTES as u64)
+            let mut permit = runtime.body_budget.permit();
+            let bytes = collect_limited(body, MAX_MODEL_LIST_BYTES as u64, &mut permit, u64::MAX)
                 .await
                 .map_err(|_| GatewayError::UpstreamUnavailable)?;
             if full_list {
@@ -261,13 +268,28 @@ async fn read_canonical(
     endpoint: &Endpoint,
     headers: &http::HeaderMap,
     body: Body,
+    permit: &mut BodyPermit,
 ) -> Result<CanonicalBody, GatewayError> {
     canonical::check_content_encoding(headers.get(CONTENT_ENCODING).map(HeaderValue::as_bytes))
         .map_err(GatewayError::BadBody)?;
-    let limit = runtime.config.limits.max_request_body_bytes;
-    let bytes = collect_limited(body, limit).await.map_err(|e| match e {
+    let limits = &runtime.config.limits;
+    let limit = limits.max_request_body_bytes;
+    let read = collect_limited(body, limit, permit, limits.max_buffered_body_bytes);
+    let bytes = match tokio::time::timeout(limits.body_read_timeout, read).await {
+        Ok(read) => read,
+        Err(_) => Err(ReadError::TimedOut),
+    }
+    .map_err(|e| match e {
         ReadError::TooLarge => GatewayError::PayloadTooLarge { limit },
         ReadError::Failed => GatewayError::BadRequest("the request body could not be read"),
+        ReadError::TimedOut => {
+            count(runtime, "body_timeout");
+            GatewayError::BodyTimeout
+        }
+        ReadError::Overloaded => {
+            count(runtime, "buffered_body_bytes");
+            GatewayError::Overloaded("too many request bytes buffered")
+        }
     })?;
     let context = canonical::Context {
         engine: runtime.config.upstream.engine,
@@ -307,19 +329,40 @@ fn not_found(engine: Engine, name: &ModelName) -> Response<Body> {
 enum ReadError {
     TooLarge,
     Failed,
+    /// The global cap on buffered body bytes is reached.
+    Overloaded,
+    /// `limits.bodyReadTimeout` passed.
+    TimedOut,
 }
 
-/// Reads a whole body of at most `limit` bytes. The future is boxed here,
-/// where its type is concrete, so callers stay `Send` without
-/// higher-ranked lifetime trouble.
-fn collect_limited(mut body: Body, limit: u64) -> BoxFuture<Result<Bytes, ReadError>> {
+fn count(runtime: &Runtime, reason: &'static str) {
+    runtime
+        .metrics
+        .load_shed
+        .get_or_create(&crate::metrics::ReasonLabels { reason })
+        .inc();
+}
+
+/// Reads a whole body of at most `limit` bytes, taking each chunk from the
+/// global body budget first (`permit`, capped at `max_buffered`). The
+/// future is boxed here, where its type is concrete, so callers stay `Send`
+/// without higher-ranked lifetime trouble.
+fn collect_limited<'a>(
+    mut body: Body,
+    limit: u64,
+    permit: &'a mut BodyPermit,
+    max_buffered: u64,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Bytes, ReadError>> + Send + 'a>> {
     Box::pin(async move {
         let mut buf = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| ReadError::Failed)?;
             if let Ok(data) = frame.into_data() {
-                if (buf.len() + data.len()) as u64 > limit {
+                if (buf.len() as u64).saturating_add(data.len() as u64) > limit {
                     return Err(ReadError::TooLarge);
+                }
+                if !permit.grow(data.len() as u64, max_buffered) {
+                    return Err(ReadError::Overloaded);
                 }
                 buf.extend_from_slice(&data);
             }

@@ -1,10 +1,12 @@
 //! The request path, one tower layer per concern, composed top to bottom:
 //!
 //! ```text
+//! snapshot             pin this request to the current config generation
 //! observe              metrics: requests by status and reason, in-flight
 //! audit_trail          request id; one audit line per decision
 //! rescue               GatewayError -> 401/403/413/502/503/504 + JSON body
-//! snapshot             pin this request to the current config generation
+//! catch_panic          a panic below becomes a 500; guards release on unwind
+//! loadshed             503 at once past maxInFlightRequests
 //! client_headers       hop-by-hop headers out first; Connection naming a
 //!                      gateway header refused; X-Forwarded-* only from
 //!                      trusted proxies
@@ -24,10 +26,13 @@ pub mod admit;
 pub mod audit_trail;
 pub mod authenticate;
 pub mod authorize;
+pub mod body_budget;
+pub mod catch_panic;
 pub mod client_headers;
 pub mod exchange;
 pub mod forward;
 pub mod identity_headers;
+pub mod loadshed;
 pub mod observe;
 pub mod protected_resource;
 pub mod snapshot;
@@ -60,7 +65,6 @@ pub struct ClientAddr(pub SocketAddr);
 pub fn stack<B>(
     current: Arc<ArcSwap<Runtime>>,
     metrics: Arc<Metrics>,
-    audit: crate::audit::AuditSink,
 ) -> impl Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send>
 + Clone
 + Send
@@ -69,11 +73,35 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<crate::body::BoxError>,
 {
+    stack_with(current, metrics, forward::Forward)
+}
+
+/// The request path with `upstream` in place of forwarding to the model
+/// (tests put a service that fails or panics there).
+pub fn stack_with<B, U>(
+    current: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    upstream: U,
+) -> impl Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::body::BoxError>,
+    U: Service<Request<Body>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    U::Future: Send + 'static,
+{
     ServiceBuilder::new()
-        .layer(observe::ObserveLayer::new(metrics))
-        .layer(audit_trail::AuditLayer::new(audit))
-        .layer(RescueLayer)
         .layer(snapshot::SnapshotLayer::new(current))
+        .layer(observe::ObserveLayer::new(metrics))
+        .layer(audit_trail::AuditLayer)
+        .layer(RescueLayer)
+        .layer(catch_panic::CatchPanicLayer)
+        .layer(loadshed::LoadShedLayer::default())
         .layer(client_headers::ClientHeadersLayer)
         .layer(strip_identity::StripIdentityLayer)
         .layer(protected_resource::ProtectedResourceLayer)
@@ -82,7 +110,7 @@ where
         .layer(exchange::ExchangeLayer)
         .layer(admit::AdmitLayer)
         .layer(identity_headers::IdentityHeadersLayer)
-        .service(forward::Forward)
+        .service(upstream)
 }
 
 /// The config generation this request is served by (set by `snapshot`).
@@ -110,5 +138,7 @@ where
     Box::pin(inner.call(request))
 }
 
+#[cfg(test)]
+mod release_tests;
 #[cfg(test)]
 mod tests;

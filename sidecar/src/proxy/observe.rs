@@ -1,4 +1,7 @@
-//! Counts every answer by status and reason, and the requests in flight.
+//! Counts every answer by status and reason, and the requests in flight: a
+//! request counts from arrival until its answer's body ends, and the count
+//! is an RAII guard, so a client that leaves (or a cancelled or panicking
+//! request) is never left counted.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,11 +57,10 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let metrics = self.metrics.clone();
-        metrics.in_flight.inc();
+        let in_flight = InFlight::new(&metrics);
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
-            metrics.in_flight.dec();
             if let Ok(response) = &result {
                 let reason = response
                     .extensions()
@@ -72,7 +74,23 @@ where
                     })
                     .inc();
             }
-            result
+            result.map(|response| crate::body::guard_response(response, in_flight))
         })
+    }
+}
+
+/// One request counted in `attach_in_flight_requests` while it lives.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics.in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

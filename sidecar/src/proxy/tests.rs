@@ -161,11 +161,7 @@ async fn gateway(mut config: GatewayConfig) -> Gateway {
         cache.refresh("initial").await.unwrap();
     }
     let current = Arc::new(ArcSwap::from_pointee(runtime));
-    let service = BoxCloneService::new(super::stack(
-        current,
-        shared.metrics.clone(),
-        shared.audit.clone(),
-    ));
+    let service = BoxCloneService::new(super::stack(current, shared.metrics.clone()));
     Gateway {
         service,
         upstream,

@@ -94,7 +94,9 @@ impl QuotaLimit {
             String::new()
         } else {
             match model {
-                Some(m) if self.matches_model(engine, m) => format!("|model={}", key_part(m.label())),
+                Some(m) if self.matches_model(engine, m) => {
+                    format!("|model={}", key_part(m.label()))
+                }
                 _ => return Vec::new(),
             }
         };
@@ -257,7 +259,10 @@ mod tests {
         // A user named like the key of another issuer's user.
         let forged = who(json!({"iss": "https://a", "sub": "x|iss=https://b|user=alice"}));
         let real = who(json!({"iss": "https://b", "sub": "alice"}));
-        assert_ne!(limit.keys(&forged, Engine::default(), None), limit.keys(&real, Engine::default(), None));
+        assert_ne!(
+            limit.keys(&forged, Engine::default(), None),
+            limit.keys(&real, Engine::default(), None)
+        );
         assert_eq!(
             limit.keys(&forged, Engine::default(), None),
             ["l|iss=https://a|user=x%7Ciss%3Dhttps://b%7Cuser%3Dalice"]

@@ -1,12 +1,24 @@
 //! The embedded quota store: fixed one-minute and one-day windows per budget
-//! key, in a sharded map whose size is bounded by evicting idle keys.
+//! key, in a sharded map whose size is bounded.
 //!
 //! Admission is atomic across all the keys of a request: their shards are
 //! locked together (in index order, so two requests never deadlock), every
 //! limit is checked, and only then is anything counted.
+//!
+//! Each admission reserves its estimated tokens (see
+//! [`super::estimate`]) until it settles to the real usage; reservations
+//! outlive window boundaries (the request is still in flight).
+//!
+//! When the map is full, a new budget takes the place of one that is empty
+//! (nothing counted in the current windows, nothing in flight); failing
+//! that, of the longest-unseen one that is neither in use nor spent. A
+//! budget that is in use or at a limit is never forgotten: if every budget
+//! is, the new one is refused ([`StoreFull`]), so that junk keys cannot
+//! reset a spent budget.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::clock::Clock;
@@ -16,6 +28,17 @@ const SHARDS: usize = 16;
 const MINUTE: u64 = 60;
 const DAY: u64 = 86_400;
 
+/// The store is full of budgets it must not forget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreFull;
+
+/// Why the store did not admit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryRefusal {
+    Refused(Refusal),
+    Full(StoreFull),
+}
+
 #[derive(Debug, Default, Clone)]
 struct Budget {
     minute: u64,
@@ -23,8 +46,15 @@ struct Budget {
     minute_requests: u64,
     day: u64,
     day_tokens: u64,
-    concurrent: u64,
+    /// Admissions not settled yet.
+    in_flight: u64,
+    /// Tokens they reserved.
+    reserved: u64,
     last_seen: u64,
+    /// The limits last checked against it, to tell a spent budget.
+    tokens_per_minute: Option<u64>,
+    requests_per_minute: Option<u64>,
+    tokens_per_day: Option<u64>,
 }
 
 impl Budget {
@@ -40,11 +70,27 @@ impl Budget {
             self.day = day;
             self.day_tokens = 0;
         }
-        self.last_seen = now;
     }
 
-    fn idle(&self, now: u64) -> bool {
-        self.concurrent == 0 && now.saturating_sub(self.last_seen) > DAY
+    fn in_use(&self) -> bool {
+        self.in_flight > 0 || self.reserved > 0
+    }
+
+    /// Forgetting it changes nothing: nothing counted now, nothing in flight.
+    fn is_empty_at(&self, now: u64) -> bool {
+        let minute_clear =
+            self.minute != now / MINUTE || (self.minute_tokens == 0 && self.minute_requests == 0);
+        let day_clear = self.day != now / DAY || self.day_tokens == 0;
+        !self.in_use() && minute_clear && day_clear
+    }
+
+    /// At or over a limit in a current window.
+    fn is_spent_at(&self, now: u64) -> bool {
+        let over = |limit: Option<u64>, used: u64| limit.is_some_and(|l| used >= l);
+        (self.minute == now / MINUTE
+            && (over(self.tokens_per_minute, self.minute_tokens)
+                || over(self.requests_per_minute, self.minute_requests)))
+            || (self.day == now / DAY && over(self.tokens_per_day, self.day_tokens))
     }
 }
 
@@ -53,7 +99,7 @@ impl Budget {
 pub struct MemoryStore {
     shards: Vec<Mutex<HashMap<String, Budget>>>,
     hasher: RandomState,
-    max_keys_per_shard: usize,
+    max_keys_per_shard: AtomicUsize,
     clock: Arc<dyn Clock>,
 }
 
@@ -63,14 +109,30 @@ impl MemoryStore {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
-            max_keys_per_shard: (max_keys / SHARDS).max(1),
+            max_keys_per_shard: AtomicUsize::new(per_shard(max_keys)),
             clock,
         }
     }
 
     /// A new, empty store with the same size and clock.
     pub fn clone_empty(&self) -> Self {
-        Self::new(self.max_keys_per_shard * SHARDS, self.clock.clone())
+        Self::new(self.max_keys(), self.clock.clone())
+    }
+
+    /// About how many budgets it remembers at most.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys_per_shard.load(Ordering::Relaxed) * SHARDS
+    }
+
+    /// Changes the bound in place (a reload), keeping every budget.
+    pub fn resize(&self, max_keys: usize) {
+        self.max_keys_per_shard
+            .store(per_shard(max_keys), Ordering::Relaxed);
+    }
+
+    /// The clock its windows follow.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     fn shard_of(&self, key: &str) -> usize {
@@ -94,61 +156,85 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Checks every key's limits; if all pass, counts the request (and a
-    /// concurrency slot) against each.
-    pub fn admit(&self, checks: &[Check]) -> Result<(), Refusal> {
+    /// Checks every key's limits with `reserve` more tokens; if all pass,
+    /// counts the request, takes an in-flight slot and reserves the tokens
+    /// on each, until [`Self::settle`].
+    pub fn admit(&self, checks: &[Check], reserve: u64) -> Result<(), MemoryRefusal> {
         let now = self.clock.now();
         let mut guards = self.lock(checks);
+        let max = self.max_keys_per_shard.load(Ordering::Relaxed);
         for check in checks {
             let map = guard_for(&mut guards, self.shard_of(&check.key));
             if let Some(budget) = map.get_mut(&check.key) {
                 budget.roll(now);
-                if let Some(refusal) = refusal(check, budget, now) {
-                    return Err(refusal);
+                if let Some(refusal) = refusal(check, budget, reserve, now) {
+                    return Err(MemoryRefusal::Refused(refusal));
                 }
-            } else if let Some(refusal) = refusal(check, &Budget::default(), now) {
-                return Err(refusal);
+            } else {
+                if let Some(refusal) = refusal(check, &Budget::default(), reserve, now) {
+                    return Err(MemoryRefusal::Refused(refusal));
+                }
+                if map.len() >= max && !make_room(map, now, max) {
+                    return Err(MemoryRefusal::Full(StoreFull));
+                }
             }
         }
-        let max = self.max_keys_per_shard;
         for check in checks {
             let map = guard_for(&mut guards, self.shard_of(&check.key));
-            let budget = match map.get_mut(&check.key) {
-                Some(budget) => budget,
-                None => {
-                    if map.len() >= max {
-                        evict(map, now, max);
-                    }
-                    map.entry(check.key.clone()).or_default()
-                }
-            };
+            let budget = map.entry(check.key.clone()).or_default();
             budget.roll(now);
-            budget.minute_requests += 1;
-            if check.concurrent.is_some() {
-                budget.concurrent += 1;
-            }
+            budget.last_seen = now;
+            budget.minute_requests = budget.minute_requests.saturating_add(1);
+            budget.in_flight = budget.in_flight.saturating_add(1);
+            budget.reserved = budget.reserved.saturating_add(reserve);
+            budget.tokens_per_minute = check.tokens_per_minute;
+            budget.requests_per_minute = check.requests_per_minute;
+            budget.tokens_per_day = check.tokens_per_day;
         }
         Ok(())
     }
 
-    /// Charges `tokens` to every key and frees the concurrency slots taken
-    /// at admission.
-    pub fn finish(&self, checks: &[Check], tokens: u64) {
+    /// Settles an admission: frees its slot and its `reserved` tokens, and
+    /// charges `tokens` to the current windows.
+    pub fn settle(&self, checks: &[Check], reserved: u64, tokens: u64) {
         let now = self.clock.now();
         let mut guards = self.lock(checks);
         for check in checks {
             let map = guard_for(&mut guards, self.shard_of(&check.key));
-            // Evicted meanwhile (only idle budgets are): nothing to charge.
+            // Budgets in use are never evicted, so it is there.
             let Some(budget) = map.get_mut(&check.key) else {
                 continue;
             };
             budget.roll(now);
+            budget.last_seen = now;
             budget.minute_tokens = budget.minute_tokens.saturating_add(tokens);
             budget.day_tokens = budget.day_tokens.saturating_add(tokens);
-            if check.concurrent.is_some() {
-                budget.concurrent = budget.concurrent.saturating_sub(1);
-            }
+            budget.in_flight = budget.in_flight.saturating_sub(1);
+            budget.reserved = budget.reserved.saturating_sub(reserved);
         }
+    }
+
+    /// Admissions in flight, summed over every budget (0 when idle: a
+    /// leaked slot shows here).
+    pub fn in_flight(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .map_or(0, |m| m.values().map(|b| b.in_flight).sum::<u64>())
+            })
+            .sum()
+    }
+
+    /// Tokens reserved by admissions in flight, summed over every budget.
+    pub fn reserved(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .map_or(0, |m| m.values().map(|b| b.reserved).sum::<u64>())
+            })
+            .sum()
     }
 
     /// How many budgets are remembered.
@@ -165,6 +251,10 @@ impl MemoryStore {
     }
 }
 
+fn per_shard(max_keys: usize) -> usize {
+    (max_keys / SHARDS).max(1)
+}
+
 type Shard<'a> = MutexGuard<'a, HashMap<String, Budget>>;
 
 /// The locked map of shard `index` (always among `guards`).
@@ -176,37 +266,60 @@ fn guard_for<'g, 'a>(
     &mut guards[pos].1
 }
 
-fn evict(map: &mut HashMap<String, Budget>, now: u64, max: usize) {
-    map.retain(|_, b| !b.idle(now));
-    if map.len() >= max {
-        // Still full of live keys: drop the longest-unseen one without a
-        // request in flight.
-        if let Some(oldest) = map
-            .iter()
-            .filter(|(_, b)| b.concurrent == 0)
-            .min_by_key(|(_, b)| b.last_seen)
-            .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
+/// Frees a place in a full shard; false if every budget must be kept.
+fn make_room(map: &mut HashMap<String, Budget>, now: u64, max: usize) -> bool {
+    map.retain(|_, b| !b.is_empty_at(now));
+    if map.len() < max {
+        return true;
+    }
+    let victim = map
+        .iter()
+        .filter(|(_, b)| !b.in_use() && !b.is_spent_at(now))
+        .min_by_key(|(_, b)| b.last_seen)
+        .map(|(k, _)| k.clone());
+    match victim {
+        Some(key) => {
+            map.remove(&key);
+            true
         }
+        None => false,
     }
 }
 
-/// The limit `budget` is at or over, if any.
-fn refusal(check: &Check, budget: &Budget, now: u64) -> Option<Refusal> {
+/// The limit `budget` cannot take `reserve` more tokens under, if any.
+///
+/// A token limit refuses when what is used plus what is reserved reaches
+/// it, and when the reservation would not fit while other requests are in
+/// flight. A request alone may start while anything is left, so a request
+/// bigger than the whole limit is served one at a time; the overshoot is
+/// at most that one request's reservation.
+fn refusal(check: &Check, budget: &Budget, reserve: u64, now: u64) -> Option<Refusal> {
     let minute_left = MINUTE - now % MINUTE;
     let day_left = DAY - now % DAY;
-    let over = |limit: Option<u64>, used: u64, kind, window, retry_after| {
-        let limit = limit?;
-        (used >= limit).then(|| Refusal {
+    let refuse = |kind, quota, window, retry_after| {
+        Some(Refusal {
             limit_name: check.limit_name.clone(),
             kind,
-            quota: limit,
+            quota,
             window,
             retry_after,
         })
     };
-    over(
+    let tokens = |limit: Option<u64>, used: u64, kind, window, left| {
+        let limit = limit?;
+        let committed = used.saturating_add(budget.reserved);
+        if committed >= limit {
+            // Spent, or spoken for by requests in flight: those settle
+            // soon, and may hand tokens back.
+            let retry = if used >= limit { left } else { 1 };
+            return refuse(kind, limit, window, retry);
+        }
+        if budget.reserved > 0 && committed.saturating_add(reserve) > limit {
+            return refuse(kind, limit, window, 1);
+        }
+        None
+    };
+    tokens(
         check.tokens_per_minute,
         budget.minute_tokens,
         LimitKind::TokensPerMinute,
@@ -214,16 +327,17 @@ fn refusal(check: &Check, budget: &Budget, now: u64) -> Option<Refusal> {
         minute_left,
     )
     .or_else(|| {
-        over(
-            check.requests_per_minute,
-            budget.minute_requests,
-            LimitKind::RequestsPerMinute,
-            MINUTE,
-            minute_left,
-        )
+        let limit = check.requests_per_minute?;
+        (budget.minute_requests >= limit).then(|| Refusal {
+            limit_name: check.limit_name.clone(),
+            kind: LimitKind::RequestsPerMinute,
+            quota: limit,
+            window: MINUTE,
+            retry_after: minute_left,
+        })
     })
     .or_else(|| {
-        over(
+        tokens(
             check.tokens_per_day,
             budget.day_tokens,
             LimitKind::TokensPerDay,
@@ -232,12 +346,13 @@ fn refusal(check: &Check, budget: &Budget, now: u64) -> Option<Refusal> {
         )
     })
     .or_else(|| {
-        over(
-            check.concurrent,
-            budget.concurrent,
-            LimitKind::Concurrent,
-            0,
-            1,
-        )
+        let limit = check.concurrent?;
+        (budget.in_flight >= limit).then(|| Refusal {
+            limit_name: check.limit_name.clone(),
+            kind: LimitKind::Concurrent,
+            quota: limit,
+            window: 0,
+            retry_after: 1,
+        })
     })
 }

@@ -1,12 +1,18 @@
 //! Quotas: admission against per-user, group, tenant or client budgets of
-//! LLM tokens, requests and concurrency; the model's real usage, read from
-//! its answer as it streams, is charged when the answer ends.
+//! LLM tokens, requests and concurrency. Admission reserves the request's
+//! estimated tokens and takes a slot, held by an RAII [`admission::Admission`]
+//! until the answer ends (or the request is dropped on any path); the
+//! model's real usage, read from its answer as it streams, is then charged
+//! in place of the reservation.
 
+pub mod admission;
 pub mod clock;
+pub mod estimate;
 pub mod limits;
 pub mod memory;
 pub mod metered_body;
 pub mod redis_store;
+pub mod sse;
 pub mod store;
 pub mod usage;
 
@@ -20,6 +26,8 @@ pub enum LimitKind {
     RequestsPerMinute,
     TokensPerDay,
     Concurrent,
+    /// Too many distinct per-model budgets for one owner today.
+    DistinctModels,
 }
 
 impl LimitKind {
@@ -29,6 +37,7 @@ impl LimitKind {
             Self::RequestsPerMinute => "requests_per_minute",
             Self::TokensPerDay => "tokens_per_day",
             Self::Concurrent => "concurrent",
+            Self::DistinctModels => "distinct_models",
         }
     }
 }
@@ -54,6 +63,18 @@ pub struct Check {
     pub requests_per_minute: Option<u64>,
     pub concurrent: Option<u64>,
     pub tokens_per_day: Option<u64>,
+}
+
+impl Check {
+    /// The budget's owner part (`<limit>|<owner>`) and, for a per-model
+    /// budget, the model: the Redis store bounds how many models one owner
+    /// has budgets for.
+    pub fn owner_and_scope(&self) -> (&str, Option<&str>) {
+        match self.key.rsplit_once("|model=") {
+            Some((owner, model)) => (owner, Some(model)),
+            None => (&self.key, None),
+        }
+    }
 }
 
 /// Every budget `identity` using `model` is admitted against.

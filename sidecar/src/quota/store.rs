@@ -3,16 +3,22 @@
 //! open to a local in-memory limit; either way a log line and
 //! `attach_quota_store_errors_total` say so, and the gateway goes back to
 //! Redis by itself once it answers again.
+//!
+//! Admission hands out an [`Admission`]: the slot and the reservation are
+//! held until it is settled or dropped, whichever path the request takes.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
-use super::memory::MemoryStore;
-use super::redis_store::RedisStore;
+use super::admission::{Admission, Ticket, Via};
+use super::memory::{MemoryRefusal, MemoryStore};
+use super::redis_store::{RedisStore, is_out_of_memory};
 use super::{Check, Refusal};
-use crate::metrics::Metrics;
+use crate::metrics::{KindLabels, Metrics};
 
 /// Which store, as configured.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,10 +32,11 @@ pub enum StoreConfig {
     /// Counters in this gateway's memory (one replica, or per-replica limits).
     #[default]
     Memory,
-    /// Counters in Redis, shared by every replica.
+    /// Counters in Redis (a single server or a cluster), shared by every
+    /// replica.
     Redis {
         /// `redis://[:password@]host:port/db`; never logged. Give this or
-        /// `urlFile`.
+        /// `urlFile`. For a cluster, any one node: the others are found.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         url: String,
         /// A file holding the URL (a mounted Secret), read when the config
@@ -60,28 +67,37 @@ pub enum FailMode {
     Open,
 }
 
-/// Which store admitted a request (its charge goes to the same one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admitted {
-    Shared,
-    Local,
-}
-
 /// Why a request was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotAdmitted {
     Refused(Refusal),
     /// The shared store is down and the mode is fail-closed.
     Unavailable,
+    /// The in-memory store is full of budgets it must keep.
+    Full,
 }
 
 /// The store in use.
 #[derive(Debug)]
 pub struct QuotaStore {
     local: Arc<MemoryStore>,
-    shared: Option<(RedisStore, FailMode)>,
+    shared: Option<(Arc<RedisStore>, FailMode)>,
     healthy: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Where settling with Redis runs: the runtime that outlives the
+    /// request threads, so shutdown can wait for it.
+    background: Option<tokio::runtime::Handle>,
+    pending: AtomicUsize,
+    settled: Notify,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for QuotaStore {
+    fn drop(&mut self) {
+        if let Some(renewer) = &self.renewer {
+            renewer.abort();
+        }
+    }
 }
 
 impl QuotaStore {
@@ -91,86 +107,221 @@ impl QuotaStore {
             shared: None,
             healthy: AtomicBool::new(true),
             metrics,
+            background: None,
+            pending: AtomicUsize::new(0),
+            settled: Notify::new(),
+            renewer: None,
         }
     }
 
+    /// A Redis store. Must be called on the long-lived runtime: lease
+    /// renewal and settling run there.
     pub fn redis(
         shared: RedisStore,
         fail_mode: FailMode,
         local: Arc<MemoryStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let shared = Arc::new(shared);
+        let background = tokio::runtime::Handle::try_current().ok();
+        let renewer = background
+            .as_ref()
+            .map(|handle| handle.spawn(renew(Arc::downgrade(&shared), metrics.clone())));
         Self {
             local,
             shared: Some((shared, fail_mode)),
             healthy: AtomicBool::new(true),
             metrics,
+            background,
+            pending: AtomicUsize::new(0),
+            settled: Notify::new(),
+            renewer,
         }
     }
 
     /// The in-memory store (the only one, or the fail-open fallback).
-    pub fn local(&self) -> &MemoryStore {
+    pub fn local(&self) -> &Arc<MemoryStore> {
         &self.local
     }
 
-    pub async fn admit(&self, checks: &[Check]) -> Result<Admitted, NotAdmitted> {
-        let Some((shared, mode)) = &self.shared else {
-            return self
-                .local
-                .admit(checks)
-                .map(|()| Admitted::Local)
-                .map_err(NotAdmitted::Refused);
-        };
-        match shared.admit(checks).await {
-            Ok(result) => {
-                self.mark_healthy(true, None);
-                result
-                    .map(|()| Admitted::Shared)
-                    .map_err(NotAdmitted::Refused)
-            }
-            Err(e) => {
-                self.mark_healthy(false, Some(&e));
-                match mode {
-                    FailMode::Closed => Err(NotAdmitted::Unavailable),
-                    FailMode::Open => self
-                        .local
-                        .admit(checks)
-                        .map(|()| Admitted::Local)
-                        .map_err(NotAdmitted::Refused),
+    /// The Redis store and its mode, if this store is shared.
+    pub fn shared(&self) -> Option<(&Arc<RedisStore>, FailMode)> {
+        self.shared.as_ref().map(|(s, m)| (s, *m))
+    }
+
+    /// Admits a request against `checks`, reserving `reserve` tokens, or
+    /// refuses it. `None` when no limit applies.
+    pub async fn admit(
+        self: &Arc<Self>,
+        checks: Vec<Check>,
+        reserve: u64,
+    ) -> Result<Option<Admission>, NotAdmitted> {
+        if checks.is_empty() {
+            return Ok(None);
+        }
+        let checks: Arc<[Check]> = checks.into();
+        let via = match &self.shared {
+            None => self.admit_local(&checks, reserve)?,
+            Some((shared, mode)) => {
+                let lease = new_lease_id();
+                match shared.admit(&checks, &lease, reserve).await {
+                    Ok(Ok(())) => {
+                        self.mark_healthy(None);
+                        Via::Shared(lease)
+                    }
+                    Ok(Err(refusal)) => {
+                        self.mark_healthy(None);
+                        return Err(NotAdmitted::Refused(refusal));
+                    }
+                    Err(e) => {
+                        self.mark_unhealthy(&e);
+                        match mode {
+                            FailMode::Closed => return Err(NotAdmitted::Unavailable),
+                            FailMode::Open => self.admit_local(&checks, reserve)?,
+                        }
+                    }
                 }
+            }
+        };
+        self.metrics.quota_admissions_in_flight.inc();
+        Ok(Some(Admission::new(Ticket {
+            store: self.clone(),
+            checks,
+            via,
+            reserved: reserve,
+        })))
+    }
+
+    fn admit_local(&self, checks: &[Check], reserve: u64) -> Result<Via, NotAdmitted> {
+        match self.local.admit(checks, reserve) {
+            Ok(()) => Ok(Via::Local),
+            Err(MemoryRefusal::Refused(r)) => Err(NotAdmitted::Refused(r)),
+            Err(MemoryRefusal::Full(_)) => {
+                self.metrics
+                    .quota_store_errors
+                    .get_or_create(&KindLabels {
+                        kind: "memory_full",
+                    })
+                    .inc();
+                Err(NotAdmitted::Full)
             }
         }
     }
 
-    /// Charges `tokens` and frees concurrency, in the store that admitted.
-    pub fn finish(self: &Arc<Self>, admitted: Admitted, checks: Vec<Check>, tokens: u64) {
-        match (admitted, &self.shared) {
-            (Admitted::Shared, Some(_)) => {
+    /// Frees an admission's slot and reservation and charges `tokens`, in
+    /// the store that admitted it. Never blocks: Redis is told in the
+    /// background (and if it cannot be, the lease expires by itself).
+    pub(super) fn release(self: &Arc<Self>, ticket: Ticket, tokens: u64) {
+        self.metrics.quota_admissions_in_flight.dec();
+        match (&ticket.via, &self.shared) {
+            (Via::Shared(lease), Some((shared, _))) => {
+                shared.forget(lease);
+                let handle = self
+                    .background
+                    .clone()
+                    .or_else(|| tokio::runtime::Handle::try_current().ok());
+                let Some(handle) = handle else {
+                    tracing::warn!("no runtime to settle a quota lease on; it will expire");
+                    return;
+                };
+                self.pending.fetch_add(1, Ordering::SeqCst);
                 let store = self.clone();
-                tokio::spawn(async move {
-                    if let Some((shared, _)) = &store.shared
-                        && let Err(e) = shared.finish(&checks, tokens).await
-                    {
-                        store.mark_healthy(false, Some(&e));
+                let shared = shared.clone();
+                handle.spawn(async move {
+                    let Ticket { checks, via, .. } = ticket;
+                    let lease = match &via {
+                        Via::Shared(lease) => lease.as_str(),
+                        Via::Local => "",
+                    };
+                    if let Err(e) = shared.settle(&checks, lease, tokens).await {
+                        store.mark_unhealthy(&e);
+                        tracing::warn!(
+                            tokens,
+                            "could not settle a quota lease in Redis; its slot frees itself when the lease expires"
+                        );
+                    }
+                    if store.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        store.settled.notify_waiters();
                     }
                 });
             }
-            _ => self.local.finish(&checks, tokens),
+            _ => self.local.settle(&ticket.checks, ticket.reserved, tokens),
         }
     }
 
-    fn mark_healthy(&self, healthy: bool, error: Option<&redis::RedisError>) {
-        if !healthy {
-            self.metrics.quota_store_errors.inc();
-        }
-        let was = self.healthy.swap(healthy, Ordering::SeqCst);
-        match (was, healthy) {
-            (true, false) => tracing::error!(
-                error = %error.map(|e| e.to_string()).unwrap_or_default(),
-                "the shared quota store (Redis) is unreachable"
-            ),
-            (false, true) => tracing::info!("the shared quota store (Redis) is back"),
-            _ => {}
+    /// Waits (at most `timeout`) until every release handed to Redis is
+    /// done: the last step of a drain.
+    pub async fn flush(&self, timeout: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.settled.notified();
+                if self.pending.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+    }
+
+    fn mark_healthy(&self, _: Option<()>) {
+        if !self.healthy.swap(true, Ordering::SeqCst) {
+            tracing::info!("the shared quota store (Redis) is back");
         }
     }
+
+    fn mark_unhealthy(&self, error: &redis::RedisError) {
+        let kind = if is_out_of_memory(error) {
+            "out_of_memory"
+        } else {
+            "unavailable"
+        };
+        self.metrics
+            .quota_store_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
+        if self.healthy.swap(false, Ordering::SeqCst) {
+            if kind == "out_of_memory" {
+                tracing::error!(
+                    "the shared quota store (Redis) is out of memory (maxmemory reached): it refuses writes"
+                );
+            } else {
+                tracing::error!(
+                    error = %error,
+                    "the shared quota store (Redis) is unreachable"
+                );
+            }
+        }
+    }
+}
+
+/// Renews the leases of running requests every third of the lease time,
+/// until the store goes.
+async fn renew(store: Weak<RedisStore>, metrics: Arc<Metrics>) {
+    let period = store
+        .upgrade()
+        .map_or(Duration::from_secs(20), |s| s.settings().ttl / 3)
+        .max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(store) = store.upgrade() else { return };
+        if let Err(e) = store.renew_all().await {
+            metrics
+                .quota_store_errors
+                .get_or_create(&KindLabels {
+                    kind: if is_out_of_memory(&e) {
+                        "out_of_memory"
+                    } else {
+                        "unavailable"
+                    },
+                })
+                .inc();
+            tracing::warn!(error = %e, "could not renew quota leases");
+        }
+    }
+}
+
+/// A lease id unique across gateways: 128 random bits.
+fn new_lease_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }

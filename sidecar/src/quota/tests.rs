@@ -3,7 +3,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::clock::ManualClock;
-use super::memory::MemoryStore;
+use super::memory::{MemoryRefusal, MemoryStore};
 use super::*;
 use crate::canonical::{Engine, JudgedModel, canonical_name};
 use crate::claims::ClaimMapping;
@@ -26,6 +26,19 @@ fn served(name: &str) -> JudgedModel {
     }
 }
 
+/// Admits with nothing reserved (the tests of plain counting).
+fn admit(s: &MemoryStore, c: &[Check]) -> Result<(), Refusal> {
+    s.admit(c, 0).map_err(|e| match e {
+        memory::MemoryRefusal::Refused(r) => r,
+        memory::MemoryRefusal::Full(_) => panic!("store full"),
+    })
+}
+
+/// Settles an admission made with nothing reserved.
+fn finish(s: &MemoryStore, c: &[Check], tokens: u64) {
+    s.settle(c, 0, tokens);
+}
+
 fn store(clock: &Arc<ManualClock>) -> MemoryStore {
     MemoryStore::new(10_000, clock.clone())
 }
@@ -41,16 +54,16 @@ fn a_token_budget_refuses_at_the_limit_and_reopens_with_the_next_minute() {
     }];
     let c = checks(&limits, &bob, Engine::Ollama, Some(&served("m")));
     assert_eq!(c.len(), 1);
-    s.admit(&c).unwrap();
-    s.finish(&c, 60);
-    s.admit(&c).unwrap(); // 60 < 100: still admitted
-    s.finish(&c, 60); // now 120: over
-    let refusal = s.admit(&c).unwrap_err();
+    admit(&s, &c).unwrap();
+    finish(&s, &c, 60);
+    admit(&s, &c).unwrap(); // 60 < 100: still admitted
+    finish(&s, &c, 60); // now 120: over
+    let refusal = admit(&s, &c).unwrap_err();
     assert_eq!(refusal.kind, LimitKind::TokensPerMinute);
     assert_eq!(refusal.quota, 100);
     assert_eq!(refusal.retry_after, 40, "until the minute ends");
     clock.advance(40);
-    s.admit(&c).unwrap();
+    admit(&s, &c).unwrap();
 }
 
 #[test]
@@ -65,20 +78,23 @@ fn requests_concurrency_and_daily_tokens() {
         ..QuotaLimit::named("l")
     }];
     let c = checks(&limits, &u, Engine::Ollama, None);
-    s.admit(&c).unwrap();
-    s.admit(&c).unwrap();
-    assert_eq!(s.admit(&c).unwrap_err().kind, LimitKind::Concurrent);
-    s.finish(&c, 10);
-    s.admit(&c).unwrap(); // third request of the minute
-    assert_eq!(s.admit(&c).unwrap_err().kind, LimitKind::RequestsPerMinute);
-    s.finish(&c, 10);
-    s.finish(&c, 1000);
+    admit(&s, &c).unwrap();
+    admit(&s, &c).unwrap();
+    assert_eq!(admit(&s, &c).unwrap_err().kind, LimitKind::Concurrent);
+    finish(&s, &c, 10);
+    admit(&s, &c).unwrap(); // third request of the minute
+    assert_eq!(
+        admit(&s, &c).unwrap_err().kind,
+        LimitKind::RequestsPerMinute
+    );
+    finish(&s, &c, 10);
+    finish(&s, &c, 1000);
     clock.advance(60);
-    let r = s.admit(&c).unwrap_err();
+    let r = admit(&s, &c).unwrap_err();
     assert_eq!(r.kind, LimitKind::TokensPerDay);
     assert_eq!(r.retry_after, 86_400 - 60);
     clock.advance(86_400);
-    s.admit(&c).unwrap();
+    admit(&s, &c).unwrap();
 }
 
 #[test]
@@ -124,37 +140,29 @@ fn budgets_are_per_user_per_group_per_tenant_and_per_model() {
         1,
         "interns: no group budget"
     );
-    s.admit(&checks(
-        &limits,
-        &bob,
-        Engine::Ollama,
-        Some(&served("llama3.1:70b")),
-    ))
+    admit(
+        &s,
+        &checks(&limits, &bob, Engine::Ollama, Some(&served("llama3.1:70b"))),
+    )
     .unwrap();
     // Dan has his own user budget, but acme's 70b budget is spent.
-    let r = s
-        .admit(&checks(
-            &limits,
-            &dan,
-            Engine::Ollama,
-            Some(&served("llama3.1:70b")),
-        ))
-        .unwrap_err();
+    let r = admit(
+        &s,
+        &checks(&limits, &dan, Engine::Ollama, Some(&served("llama3.1:70b"))),
+    )
+    .unwrap_err();
     assert_eq!(r.limit_name, "big-per-tenant");
-    s.admit(&checks(
-        &limits,
-        &dan,
-        Engine::Ollama,
-        Some(&served("llama3.2:1b")),
-    ))
+    admit(
+        &s,
+        &checks(&limits, &dan, Engine::Ollama, Some(&served("llama3.2:1b"))),
+    )
     .unwrap();
     // A refused request counts nowhere: the group has used 2 of 3.
     let carl = who(json!({"sub": "carl", "groups": ["staff"]}));
-    s.admit(&checks(&limits, &carl, Engine::Ollama, None))
-        .unwrap();
+    admit(&s, &checks(&limits, &carl, Engine::Ollama, None)).unwrap();
     let fay = who(json!({"sub": "fay", "groups": ["staff"]}));
     assert_eq!(
-        s.admit(&checks(&limits, &fay, Engine::Ollama, None))
+        admit(&s, &checks(&limits, &fay, Engine::Ollama, None))
             .unwrap_err()
             .limit_name,
         "staff-group"
@@ -177,7 +185,7 @@ fn limits_hold_exactly_under_concurrent_admission() {
             let (s, c, admitted) = (s.clone(), c.clone(), admitted.clone());
             std::thread::spawn(move || {
                 for _ in 0..100 {
-                    if s.admit(&c).is_ok() {
+                    if admit(&s, &c).is_ok() {
                         admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
@@ -200,13 +208,214 @@ fn memory_stays_bounded_by_evicting_idle_budgets() {
     }];
     for i in 0..20_000 {
         let u = who(json!({"sub": format!("user-{i}")}));
-        s.admit(&checks(&limits, &u, Engine::Ollama, None)).unwrap();
-        s.finish(&checks(&limits, &u, Engine::Ollama, None), 1);
+        admit(&s, &checks(&limits, &u, Engine::Ollama, None)).unwrap();
+        finish(&s, &checks(&limits, &u, Engine::Ollama, None), 1);
         if i % 1000 == 0 {
             clock.advance(1);
         }
     }
     assert!(s.len() <= 1_600, "{} budgets kept", s.len());
+}
+
+#[test]
+fn forty_concurrent_requests_cannot_outrun_a_token_budget() {
+    // The failure: 40 streams admitted at once against 100 tokens, each
+    // charged at its end, spent 2,400. Each now reserves its estimate.
+    let clock = Arc::new(ManualClock::at(86_400 * 100 + 1));
+    let s = store(&clock);
+    let u = who(json!({"sub": "u"}));
+    let limits = [QuotaLimit {
+        tokens_per_minute: Some(100),
+        tokens_per_day: Some(100),
+        ..QuotaLimit::named("l")
+    }];
+    let c = checks(&limits, &u, Engine::Ollama, None);
+    const RESERVE: u64 = 16; // prompt estimate + max_tokens
+    const USED: u64 = 14; // what each really used (within its reservation)
+    let admitted: Vec<bool> = (0..40).map(|_| s.admit(&c, RESERVE).is_ok()).collect();
+    let n = admitted.iter().filter(|a| **a).count() as u64;
+    assert_eq!(n, 100 / RESERVE, "only what fits is admitted at once");
+    for _ in 0..n {
+        s.settle(&c, RESERVE, USED);
+    }
+    assert!(n * USED <= 100, "charged {} of 100", n * USED);
+    assert_eq!(s.reserved(), 0);
+    assert_eq!(s.in_flight(), 0);
+}
+
+#[test]
+fn a_request_bigger_than_the_whole_budget_runs_alone() {
+    let clock = Arc::new(ManualClock::at(86_400 * 100 + 1));
+    let s = store(&clock);
+    let u = who(json!({"sub": "u"}));
+    let limits = [QuotaLimit {
+        tokens_per_minute: Some(100),
+        ..QuotaLimit::named("l")
+    }];
+    let c = checks(&limits, &u, Engine::Ollama, None);
+    s.admit(&c, 1000).unwrap();
+    let refused = s.admit(&c, 1000).unwrap_err();
+    let MemoryRefusal::Refused(r) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!((r.kind, r.retry_after), (LimitKind::TokensPerMinute, 1));
+    s.settle(&c, 1000, 30);
+    // 30 used, alone again: admitted; overshoot is bounded by this one.
+    s.admit(&c, 1000).unwrap();
+    s.settle(&c, 1000, 90);
+    let MemoryRefusal::Refused(r) = s.admit(&c, 1).unwrap_err() else {
+        panic!()
+    };
+    assert_eq!(r.retry_after, 59, "spent: until the minute ends");
+}
+
+#[test]
+fn reservations_outlive_a_window_boundary() {
+    let clock = Arc::new(ManualClock::at(60 * 1000 + 50));
+    let s = store(&clock);
+    let u = who(json!({"sub": "u"}));
+    let limits = [QuotaLimit {
+        tokens_per_minute: Some(100),
+        ..QuotaLimit::named("l")
+    }];
+    let c = checks(&limits, &u, Engine::Ollama, None);
+    s.admit(&c, 60).unwrap();
+    clock.advance(20); // a new minute; the request is still running
+    assert!(
+        s.admit(&c, 60).is_err(),
+        "the running request's 60 still count"
+    );
+    s.settle(&c, 60, 10);
+    s.admit(&c, 60).unwrap();
+}
+
+#[test]
+fn junk_keys_never_evict_a_spent_or_busy_budget() {
+    // The failure: junk model names evicted a spent daily budget, resetting it.
+    let clock = Arc::new(ManualClock::at(86_400 * 100 + 1));
+    let s = MemoryStore::new(16, clock.clone()); // one key per shard
+    let spent = who(json!({"sub": "spent"}));
+    let daily = [QuotaLimit {
+        tokens_per_day: Some(10),
+        ..QuotaLimit::named("d")
+    }];
+    let c = checks(&daily, &spent, Engine::Ollama, None);
+    s.admit(&c, 0).unwrap();
+    s.settle(&c, 0, 10);
+    let busy = who(json!({"sub": "busy"}));
+    let cb = checks(&daily, &busy, Engine::Ollama, None);
+    s.admit(&cb, 0).unwrap();
+    let mut full = 0;
+    for i in 0..2_000 {
+        let junk = who(json!({"sub": format!("junk-{i}")}));
+        match s.admit(&checks(&daily, &junk, Engine::Ollama, None), 0) {
+            Ok(()) => s.settle(&checks(&daily, &junk, Engine::Ollama, None), 0, 10), // spends it
+            Err(MemoryRefusal::Full(_)) => full += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(full > 0, "once full of spent budgets, new keys are refused");
+    let MemoryRefusal::Refused(r) = s.admit(&c, 0).unwrap_err() else {
+        panic!("the spent budget was forgotten")
+    };
+    assert_eq!(r.kind, LimitKind::TokensPerDay);
+    assert_eq!(s.in_flight(), 1, "the busy budget is still there");
+    // Idle, empty budgets go first: the next day everything is empty.
+    clock.advance(86_400);
+    s.admit(
+        &checks(&daily, &who(json!({"sub": "new"})), Engine::Ollama, None),
+        0,
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn fail_open_admits_against_a_local_limit_that_limits() {
+    // Kills the mutant "fail-open admits everything": a Redis that never
+    // answers, fail-open, 2 requests a minute.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}/", silent.local_addr().unwrap());
+    let clock = Arc::new(ManualClock::at(86_400 * 100 + 1));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let redis =
+        redis_store::RedisStore::new(&url, "t:", clock.clone(), Default::default()).unwrap();
+    let local = Arc::new(MemoryStore::new(100, clock.clone()));
+    let store = Arc::new(store::QuotaStore::redis(
+        redis,
+        store::FailMode::Open,
+        local,
+        metrics.clone(),
+    ));
+    let u = who(json!({"sub": "u"}));
+    let limits = [QuotaLimit {
+        requests_per_minute: Some(2),
+        ..QuotaLimit::named("l")
+    }];
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            store
+                .admit(checks(&limits, &u, Engine::Ollama, None), 0)
+                .await
+                .unwrap(),
+        );
+    }
+    let third = store
+        .admit(checks(&limits, &u, Engine::Ollama, None), 0)
+        .await;
+    assert!(
+        matches!(&third, Err(store::NotAdmitted::Refused(r)) if r.kind == LimitKind::RequestsPerMinute),
+        "{third:?}"
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains("attach_quota_store_errors_total{kind=\"unavailable\"}")
+    );
+    drop(silent);
+}
+
+#[tokio::test]
+async fn an_admission_is_released_when_dropped_and_charges_what_it_was_told() {
+    let clock = Arc::new(ManualClock::at(86_400 * 100 + 1));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let local = Arc::new(MemoryStore::new(100, clock.clone()));
+    let store = Arc::new(store::QuotaStore::memory(local.clone(), metrics.clone()));
+    let u = who(json!({"sub": "u"}));
+    let limits = [QuotaLimit {
+        concurrent: Some(1),
+        tokens_per_minute: Some(100),
+        ..QuotaLimit::named("l")
+    }];
+    let mut a = store
+        .admit(checks(&limits, &u, Engine::Ollama, None), 40)
+        .await
+        .unwrap()
+        .unwrap();
+    a.charge_on_drop(7);
+    assert_eq!(metrics.quota_admissions_in_flight.get(), 1);
+    assert!(
+        store
+            .admit(checks(&limits, &u, Engine::Ollama, None), 1)
+            .await
+            .is_err()
+    );
+    drop(a);
+    assert_eq!((local.in_flight(), local.reserved()), (0, 0));
+    assert_eq!(metrics.quota_admissions_in_flight.get(), 0);
+    let b = store
+        .admit(checks(&limits, &u, Engine::Ollama, None), 93)
+        .await
+        .unwrap()
+        .unwrap();
+    b.settle(93);
+    // 7 + 93 = 100: spent.
+    assert!(
+        store
+            .admit(checks(&limits, &u, Engine::Ollama, None), 0)
+            .await
+            .is_err()
+    );
 }
 
 #[test]

@@ -1,0 +1,200 @@
+//! The whole gateway over real sockets, in process: every way a request can
+//! end releases what its admission holds (the concurrency slot, the token
+//! reservation, the in-flight count), with the in-memory store. The same
+//! paths against Redis run in `tests/tests/quota_release.rs`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+use crate::body::Body;
+use crate::testkit::*;
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_starts_frees_its_slot() {
+    let model = model().await;
+    let gw = start(&model, |_| {}).await;
+    let (stream, _) = send_raw(gw.addr, &chat(&[("x-header-delay-ms", "500")]), "").await;
+    for _ in 0..100 {
+        if model.requests.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.held(), 1, "the request holds the slot");
+    drop(stream); // gone before the response headers
+    gw.all_released().await;
+    assert_eq!(status_of(gw.addr, &[]).await, 200, "the slot is free again");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_frees_its_slot_and_pays_prompt_plus_streamed() {
+    let model = model().await;
+    let gw = start(&model, |_| {}).await;
+    let (stream, _) = send_raw(gw.addr, &chat(&[("x-hold", "1")]), "\"hi\"").await;
+    assert_eq!(gw.held(), 1);
+    assert_eq!(status_of(gw.addr, &[]).await, 429, "one slot, taken");
+    drop(stream);
+    gw.all_released().await;
+    model.release.notify_waiters();
+    let tokens: u64 = gw
+        .runtime()
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("attach_tokens_total{") && l.contains("estimated=\"true\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    // Prompt estimate ("hello": 2, plus 4 for the message) + one chunk.
+    assert_eq!(tokens, 7, "charged the prompt and what was streamed");
+    assert_eq!(status_of(gw.addr, &[]).await, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn http2_resets_before_and_after_the_headers_free_the_slot() {
+    let model = model().await;
+    let gw = start(&model, |_| {}).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = |extra: &str| {
+        Request::post(format!("{}/api/chat", gw.url))
+            .header("authorization", format!("Bearer {}", token("alice")))
+            .header(extra, "500")
+            .body(Full::new(Bytes::from(
+                json!({"model": "m", "messages": []}).to_string(),
+            )))
+            .unwrap()
+    };
+    // Before the headers: the response future is dropped (RST_STREAM).
+    let pending = send.send_request(request("x-header-delay-ms"));
+    let _ = tokio::time::timeout(Duration::from_millis(200), pending).await;
+    gw.all_released().await;
+    // After the headers: the body is dropped mid-stream (RST_STREAM).
+    send.ready().await.unwrap();
+    let response = send.send_request(request("x-hold")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert_eq!(gw.held(), 1);
+    drop(body);
+    gw.all_released().await;
+    model.release.notify_waiters();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_error_and_a_timeout_free_the_slot() {
+    let model = model().await;
+    let gw = start(&model, |c| {
+        c.upstream.response_header_timeout = Duration::from_millis(200);
+    })
+    .await;
+    assert_eq!(status_of(gw.addr, &[("x-close", "1")]).await, 502);
+    gw.all_released().await;
+    assert_eq!(
+        status_of(gw.addr, &[("x-header-delay-ms", "2000")]).await,
+        504
+    );
+    gw.all_released().await;
+    assert_eq!(status_of(gw.addr, &[]).await, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn drain_at_shutdown_frees_the_slots_of_streams_it_cuts() {
+    let model = model().await;
+    let gw = start(&model, |c| {
+        c.limits.drain_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (_stream, _) = send_raw(gw.addr, &chat(&[("x-hold", "1")]), "\"hi\"").await;
+    assert_eq!(gw.held(), 1);
+    let store = gw.runtime().quota_store.clone();
+    let metrics = gw.runtime().metrics.clone();
+    gw.stop().await;
+    for _ in 0..100 {
+        if store.local().in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.local().in_flight(), 0, "the cut stream's slot");
+    assert_eq!(store.local().reserved(), 0);
+    assert_eq!(metrics.quota_admissions_in_flight.get(), 0);
+}
+
+/// An upstream that panics: the panic stands for one in any layer below
+/// admission, where slots are held.
+#[derive(Clone)]
+struct Panics;
+
+impl tower::Service<Request<Body>> for Panics {
+    type Response = Response<Body>;
+    type Error = crate::error::GatewayError;
+    type Future = super::BoxFuture<Result<Response<Body>, crate::error::GatewayError>>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: Request<Body>) -> Self::Future {
+        Box::pin(async {
+            let outside: u64 = u64::MAX;
+            // The kind of arithmetic on outside input the rules forbid.
+            #[allow(clippy::arithmetic_side_effects)]
+            let _ = std::hint::black_box(outside) + 1;
+            panic!("arithmetic overflow");
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_a_layer_answers_500_and_releases_every_hold() {
+    let model = model().await;
+    let gw = start(&model, |_| {}).await;
+    // The same config generation, served by a stack whose innermost
+    // service panics.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = gw.runtime().metrics.clone();
+    let service = super::stack_with(gw.current.clone(), metrics.clone(), Panics);
+    let context = crate::server::ServerContext::new(gw.current.clone(), metrics.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(crate::server::serve(
+        "panics",
+        listener,
+        service,
+        context,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    for _ in 0..3 {
+        let (_, text) = send_raw(addr, &chat(&[]), "\r\n\r\n").await;
+        assert!(text.starts_with("HTTP/1.1 500"), "{text}");
+        gw.all_released().await;
+    }
+    assert!(
+        metrics
+            .encode()
+            .contains("attach_requests_total{status=\"500\",reason=\"internal\"} 3")
+    );
+    let _ = stop.send(());
+    let _ = served.await;
+    gw.stop().await;
+}
