@@ -75,7 +75,10 @@ pub(crate) async fn model() -> Model {
             let (count, rel) = (count.clone(), rel.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    count.fetch_add(1, Ordering::SeqCst);
+                    // The gateway's own model-list fetches are not requests.
+                    if req.uri().path() != "/api/tags" {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
                     let rel = rel.clone();
                     async move { answer(req, rel).await }
                 });

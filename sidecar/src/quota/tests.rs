@@ -470,7 +470,7 @@ fn per_model_budgets_key_on_canonical_served_names_only() {
     ] {
         assert_eq!(
             key(served(raw)),
-            ["per-model|user=bob|model=tinyllama:latest"]
+            ["per-model|iss=|user=bob|model=tinyllama:latest"]
         );
     }
     // Names the backend does not serve share one budget, whatever they are.
@@ -479,7 +479,7 @@ fn per_model_budgets_key_on_canonical_served_names_only() {
             served: false,
             ..served(raw)
         };
-        assert_eq!(key(unlisted), ["per-model|user=bob|model=(unlisted)"]);
+        assert_eq!(key(unlisted), ["per-model|iss=|user=bob|model=(unlisted)"]);
     }
     assert!(key(served("llama3.2:1b")).is_empty(), "no pattern matches");
 }
