@@ -29,6 +29,9 @@ pub struct ResolvedIdp {
     pub leeway_seconds: Option<u32>,
     pub jwks_refresh_interval: Option<String>,
     pub insecure: bool,
+    /// The clients people sign in through (see the gateway's
+    /// `issuers[].userClients`).
+    pub user_clients: Vec<String>,
     /// Token exchange at this IdP; its client secret is a file the injected
     /// pod mounts from the named Secret.
     pub token_exchange: Option<crate::crd::identity_provider::TokenExchange>,
@@ -161,6 +164,11 @@ pub fn render(
     config.listen.port = ports.listen;
     config.admin.port = ports.admin;
     config.upstream.url = format!("http://127.0.0.1:{}", ports.upstream);
+    config.upstream.engine = engine(spec.engine);
+    config.upstream.default_model.clone_from(&spec.default_model);
+    config.upstream.served_models.clone_from(&spec.served_models);
+    // Checked by `trusted_proxies` before rendering (and by the CRD).
+    config.trusted_proxies = trusted_proxies(spec).unwrap_or_default();
     config.unauthenticated_paths = spec.unauthenticated_paths.clone();
     config.access = access(spec.access.as_ref());
     config.quotas.limits = spec
@@ -256,6 +264,7 @@ fn issuer(idp: &ResolvedIdp) -> IssuerConfig {
     );
     issuer.jwks_uri.clone_from(&idp.jwks_uri);
     issuer.allow_insecure_http = idp.insecure;
+    issuer.user_clients.clone_from(&idp.user_clients);
     if let Some(interval) = idp
         .jwks_refresh_interval
         .as_deref()
@@ -281,6 +290,28 @@ fn issuer(idp: &ResolvedIdp) -> IssuerConfig {
         };
     }
     issuer
+}
+
+/// The backend's trusted proxies, parsed; an entry that is not a CIDR is
+/// an error naming it (the backend then fails closed).
+pub fn trusted_proxies(spec: &LLMBackendSpec) -> Result<Vec<ipnet::IpNet>, String> {
+    spec.trusted_proxies
+        .iter()
+        .map(|c| {
+            c.parse()
+                .map_err(|_| format!("spec.trustedProxies: {c:?} is not a CIDR"))
+        })
+        .collect()
+}
+
+fn engine(e: crate::crd::llm_backend::Engine) -> attach_sidecar::canonical::Engine {
+    use crate::crd::llm_backend::Engine as E;
+    use attach_sidecar::canonical::Engine as G;
+    match e {
+        E::Ollama => G::Ollama,
+        E::Vllm => G::Vllm,
+        E::Openai => G::Openai,
+    }
 }
 
 fn preset(p: Preset) -> GatewayPreset {
@@ -318,6 +349,7 @@ fn class(e: EndpointClass) -> GatewayClass {
 
 fn subjects(s: &Subjects) -> GatewaySubjects {
     GatewaySubjects {
+        issuer: s.issuer.clone(),
         any_authenticated: s.any_authenticated.unwrap_or(false),
         users: s.users.clone(),
         groups: s.groups.clone(),
@@ -326,7 +358,7 @@ fn subjects(s: &Subjects) -> GatewaySubjects {
         tenants: s.tenants.clone(),
         clients: s.clients.clone(),
         agents: s.agents.clone(),
-        ..GatewaySubjects::default()
+        any_actor: s.any_actor.unwrap_or(false),
     }
 }
 
@@ -363,6 +395,7 @@ mod tests {
             leeway_seconds: Some(30),
             jwks_refresh_interval: Some("1h30m".into()),
             insecure: false,
+            user_clients: Vec::new(),
             token_exchange: None,
         }
     }
@@ -416,6 +449,57 @@ mod tests {
             }
             other => panic!("not redis: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_engine_its_models_and_the_identity_fields_reach_the_gateway() {
+        use attach_sidecar::canonical::Engine as GatewayEngine;
+        // An Ollama backend is read with Ollama's rules...
+        let ollama = render(CHAT, &spec(), &[keycloak()], PORTS).config;
+        assert_eq!(ollama.upstream.engine, GatewayEngine::Ollama);
+        // ...and a vLLM one with vLLM's: its body and model names are read
+        // as vLLM reads them, and its default model is the one judged.
+        let vllm: LLMBackendSpec = serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": {"app": "vllm"}},
+            "engine": "vllm",
+            "port": 8000,
+            "identityProviderRefs": [{"kind": "IdentityProvider", "name": "kc"}],
+            "defaultModel": "meta-llama/Llama-3.2-1B",
+            "servedModels": ["meta-llama/Llama-3.2-1B"],
+            "trustedProxies": ["10.0.0.0/8"],
+            "access": {"rules": [{"name": "corp-admins", "humanOnly": true,
+                "subjects": {"issuer": "https://kc.example/realms/corp", "groups": ["admins"],
+                             "agents": ["planner"], "anyActor": true},
+                "endpoints": ["admin"]}]},
+        }))
+        .unwrap();
+        let mut idp = keycloak();
+        idp.user_clients = vec!["attach-cli".into()];
+        let config = render(CHAT, &vllm, &[idp], PORTS).config;
+        config.validate().unwrap();
+        assert_eq!(config.upstream.engine, GatewayEngine::Vllm);
+        assert_eq!(
+            config.upstream.default_model.as_deref(),
+            Some("meta-llama/Llama-3.2-1B")
+        );
+        assert_eq!(config.upstream.served_models, ["meta-llama/Llama-3.2-1B"]);
+        assert_eq!(config.trusted_proxies.len(), 1);
+        assert_eq!(config.issuers[0].user_clients, ["attach-cli"]);
+        let subjects = &config.access.rules[0].subjects;
+        assert_eq!(
+            subjects.issuer.as_deref(),
+            Some("https://kc.example/realms/corp")
+        );
+        assert!(subjects.any_actor);
+        assert!(config.access.rules[0].human_only);
+        // A human-only rule without userClients cannot be judged: the
+        // rendered config is refused (and the backend fails closed).
+        let refused = render(CHAT, &vllm, &[keycloak()], PORTS).config;
+        assert!(refused.validate().is_err());
+        // A trusted proxy that is not a CIDR is an error, never dropped.
+        let mut bad = vllm.clone();
+        bad.trusted_proxies = vec!["10.0.0.0/33".into()];
+        assert!(trusted_proxies(&bad).unwrap_err().contains("10.0.0.0/33"));
     }
 
     #[test]
@@ -515,7 +599,19 @@ mod tests {
         );
         let mut other = keycloak();
         other.issuer = "https://kc.example/realms/other".into();
-        let rendered = render(CHAT, &spec(), &[other, idp], PORTS);
+        // With two issuers every rule names its issuer: a group name is
+        // unique only within the issuer that asserts it.
+        let mut spec = spec();
+        for subjects in spec
+            .access
+            .iter_mut()
+            .flat_map(|access| access.rules.iter_mut())
+            .map(|rule| &mut rule.subjects)
+            .chain(spec.quotas.iter_mut().filter_map(|q| q.subjects.as_mut()))
+        {
+            subjects.issuer = Some("https://kc.example/realms/corp".into());
+        }
+        let rendered = render(CHAT, &spec, &[other, idp], PORTS);
         rendered.config.validate().unwrap();
         assert!(rendered.config.issuers[0].token_exchange.is_none());
         let exchange = rendered.config.issuers[1].token_exchange.as_ref().unwrap();

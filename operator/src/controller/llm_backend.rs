@@ -117,10 +117,11 @@ fn decide(backend: &LLMBackend, ns: &str, ctx: &Context) -> Decision {
         name: &name,
     };
     let rendered = render(id, spec, &idps, ports);
-    if let Err(e) = rendered.config.validate() {
-        problems.push(Problem::InvalidConfig {
-            message: e.to_string(),
-        });
+    let invalid = crate::render::trusted_proxies(spec)
+        .err()
+        .or_else(|| rendered.config.validate().err().map(|e| e.to_string()));
+    if let Some(message) = invalid {
+        problems.push(Problem::InvalidConfig { message });
         return Decision {
             problems,
             idp_problem,

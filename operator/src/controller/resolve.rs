@@ -87,6 +87,7 @@ macro_rules! resolved_idp {
             leeway_seconds: spec.leeway_seconds,
             jwks_refresh_interval: spec.jwks_refresh_interval.clone(),
             insecure: spec.insecure.unwrap_or(false),
+            user_clients: spec.user_clients.clone(),
             token_exchange: spec.token_exchange.clone(),
         }
     }};

@@ -198,6 +198,14 @@ macro_rules! identity_provider_spec {
             /// Allow an http:// issuer or JWKS URL. For local testing only.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub insecure: Option<bool>,
+            /// The clients people sign in through (their apps, CLIs). A
+            /// person's token held by any other client was obtained for them
+            /// by that client (token exchange, on-behalf-of): that client is
+            /// an agent acting for them. Required by `humanOnly` rules.
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+            #[x_kube(merge_strategy = ListMerge::Set)]
+            pub user_clients: Vec<String>,
             /// RFC 8693 token exchange settings.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub token_exchange: Option<TokenExchange>,

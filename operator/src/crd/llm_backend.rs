@@ -77,7 +77,15 @@ pub struct IdentityProviderRef {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Subjects {
-    /// Every authenticated caller.
+    /// The issuer whose tokens these names come from (its exact URL, as one
+    /// of the backend's identity providers declares it). Names are unique
+    /// only within their issuer: with several identity providers, a rule or
+    /// quota that names anyone must say whose names they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("subjects.issuer must be an issuer URL"))]
+    pub issuer: Option<String>,
+    /// Every authenticated caller (of `issuer`, when set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub any_authenticated: Option<bool>,
     /// User names (the mapped user claim).
@@ -116,6 +124,11 @@ pub struct Subjects {
     #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub agents: Vec<String>,
+    /// Match `agents` against every actor in the delegation chain, not only
+    /// the one acting now (default false: an agent never borrows the grant
+    /// of an actor it acts for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any_actor: Option<bool>,
 }
 
 /// An endpoint class.
@@ -378,6 +391,7 @@ pub enum PodOptOut {
 #[x_kube(validation = Rule::new("size(self.selector.matchLabels) > 0").message("spec.selector.matchLabels must select pods by at least one label").field_path(".selector.matchLabels"))]
 #[x_kube(validation = Rule::new(schema::PORT_RULE).message(schema::PORT_MESSAGE).field_path(".port"))]
 #[x_kube(validation = Rule::new("self.engine != 'openai' || has(self.openai)").message("spec.openai is required when engine is openai: say how to bind the server to loopback").field_path(".openai"))]
+#[x_kube(validation = Rule::new("self.engine != 'ollama' || !has(self.defaultModel)").message("spec.defaultModel is for vllm and openai: Ollama has no default model").field_path(".defaultModel"))]
 pub struct LLMBackendSpec {
     /// The model pods, by labels.
     pub selector: PodSelector,
@@ -386,6 +400,28 @@ pub struct LLMBackendSpec {
     /// For engine openai: how to bind the server to loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openai: Option<OpenAiRebind>,
+    /// vllm and openai: the model the server runs when a request names none
+    /// (its `--served-model-name`). Without it, such requests are refused
+    /// (403 `missing_model`): the gateway never judges a model it cannot
+    /// name. Not for ollama, which has no default model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub default_model: Option<String>,
+    /// The models the server serves. Per-model budgets and metric labels
+    /// use a model's name only when it is served; other names share one
+    /// label. Default: read from the server's own model list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 256)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub served_models: Vec<String>,
+    /// CIDRs of proxies in front of the gateway (an ingress) whose
+    /// `X-Forwarded-*` and `Forwarded` headers are kept; from anyone else
+    /// those headers are dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("spec.trustedProxies must be CIDRs such as 10.0.0.0/8"))]
+    pub trusted_proxies: Vec<String>,
     /// The model container's port (number or name); the gateway takes it over.
     #[schemars(schema_with = "schema::port")]
     pub port: IntOrString,
