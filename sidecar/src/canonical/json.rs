@@ -58,6 +58,21 @@ pub enum JsonError {
     TrailingData(usize),
     #[error("a string escape holds a lone UTF-16 surrogate (at byte {0})")]
     LoneSurrogate(usize),
+    #[error("the keys {first:?} and {second:?} are one field to the decoder")]
+    KeyCollision { first: String, second: String },
+}
+
+/// How a decoder matches keys besides exact equality, for bodies it could
+/// otherwise read differently (Go's case folding: see `go_fold`).
+pub trait KeyRules {
+    /// Whether the decoder takes the (different) keys `a` and `b` for one
+    /// field.
+    fn same_field(&self, a: &str, b: &str) -> bool;
+    /// `key` as the decoder compares it, for large objects.
+    fn folded(&self, key: &str) -> String;
+    /// Whether the value under `key` is data (a map, a schema) rather than a
+    /// struct, so keys below it are matched exactly.
+    fn holds_data(&self, key: &str) -> bool;
 }
 
 /// A JSON value, as read.
@@ -165,6 +180,7 @@ impl Str {
                     b,
                     pos: 0,
                     depth: 0,
+                    rules: None,
                 };
                 // Checked when read, so this cannot fail.
                 while reader.pos < b.len() {
@@ -297,6 +313,12 @@ impl Object {
 
 /// Reads `body` as one strict JSON value.
 pub fn parse(body: &Bytes) -> Result<Value, JsonError> {
+    parse_with(body, None)
+}
+
+/// Reads `body` as one strict JSON value, also refusing keys that `rules`
+/// take for one field, in every object that is not data.
+pub fn parse_with(body: &Bytes, rules: Option<&dyn KeyRules>) -> Result<Value, JsonError> {
     // One pass over the whole body; string slices taken at ASCII delimiters
     // are then valid UTF-8 too.
     if std::str::from_utf8(body).is_err() {
@@ -307,9 +329,10 @@ pub fn parse(body: &Bytes) -> Result<Value, JsonError> {
         b: body,
         pos: 0,
         depth: 0,
+        rules,
     };
     reader.skip_ws();
-    let value = reader.value()?;
+    let value = reader.value(rules.is_some())?;
     reader.skip_ws();
     if reader.pos != reader.b.len() {
         return Err(JsonError::TrailingData(reader.pos));
@@ -322,6 +345,7 @@ struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
     depth: usize,
+    rules: Option<&'a dyn KeyRules>,
 }
 
 impl Reader<'_> {
@@ -335,10 +359,11 @@ impl Reader<'_> {
         JsonError::Syntax(self.pos)
     }
 
-    fn value(&mut self) -> Result<Value, JsonError> {
+    /// A value; `folding`: its objects are checked with the key rules.
+    fn value(&mut self, folding: bool) -> Result<Value, JsonError> {
         match self.b.get(self.pos) {
-            Some(b'{') => self.object(),
-            Some(b'[') => self.array(),
+            Some(b'{') => self.object(folding),
+            Some(b'[') => self.array(folding),
             Some(b'"') => self.string().map(Value::String),
             Some(b't') => self.literal(b"true", Value::Bool(true)),
             Some(b'f') => self.literal(b"false", Value::Bool(false)),
@@ -365,12 +390,14 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn object(&mut self) -> Result<Value, JsonError> {
+    fn object(&mut self, folding: bool) -> Result<Value, JsonError> {
         self.enter()?;
         self.pos += 1;
+        let rules = self.rules.filter(|_| folding);
         let mut members: Vec<(Str, Value)> = Vec::new();
         // Linear checks are cheaper for the usual handful of keys.
         let mut seen: Option<HashSet<Bytes>> = None;
+        let mut folded: Option<std::collections::HashMap<String, usize>> = None;
         self.skip_ws();
         if self.b.get(self.pos) == Some(&b'}') {
             self.pos += 1;
@@ -402,13 +429,41 @@ impl Reader<'_> {
             if duplicate {
                 return Err(JsonError::DuplicateKey(bounded(&key.as_str())));
             }
+            let text = key.as_str();
+            if let Some(rules) = rules {
+                let collision = match &mut folded {
+                    Some(map) => map.insert(rules.folded(&text), members.len()),
+                    None => {
+                        let found = members
+                            .iter()
+                            .position(|(k, _)| rules.same_field(&k.as_str(), &text));
+                        if members.len() >= 16 {
+                            let mut map: std::collections::HashMap<String, usize> = members
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (k, _))| (rules.folded(&k.as_str()), i))
+                                .collect();
+                            map.insert(rules.folded(&text), members.len());
+                            folded = Some(map);
+                        }
+                        found
+                    }
+                };
+                if let Some(i) = collision {
+                    return Err(JsonError::KeyCollision {
+                        first: bounded(&members[i].0.as_str()),
+                        second: bounded(&text),
+                    });
+                }
+            }
+            let folding_below = rules.is_some_and(|r| !r.holds_data(&text));
             self.skip_ws();
             if self.b.get(self.pos) != Some(&b':') {
                 return Err(self.syntax());
             }
             self.pos += 1;
             self.skip_ws();
-            let value = self.value()?;
+            let value = self.value(folding_below)?;
             members.push((key, value));
             self.skip_ws();
             match self.b.get(self.pos) {
@@ -423,7 +478,7 @@ impl Reader<'_> {
         }
     }
 
-    fn array(&mut self) -> Result<Value, JsonError> {
+    fn array(&mut self, folding: bool) -> Result<Value, JsonError> {
         self.enter()?;
         self.pos += 1;
         let mut items = Vec::new();
@@ -435,7 +490,7 @@ impl Reader<'_> {
         }
         loop {
             self.skip_ws();
-            items.push(self.value()?);
+            items.push(self.value(folding)?);
             self.skip_ws();
             match self.b.get(self.pos) {
                 Some(b',') => self.pos += 1,

@@ -151,6 +151,7 @@ impl BodyError {
             Self::Json(JsonError::TooDeep) => "too_deep",
             Self::Json(JsonError::TrailingData(_)) => "trailing_data",
             Self::Json(JsonError::LoneSurrogate(_) | JsonError::Syntax(_)) => "invalid_json",
+            Self::Json(JsonError::KeyCollision { .. }) => "key_collision",
             Self::NotAnObject => "not_an_object",
             Self::KeyCollision { .. } => "key_collision",
             Self::ContentEncoding(_) => "content_encoding",
@@ -185,16 +186,15 @@ pub fn check_content_encoding(value: Option<&[u8]>) -> Result<(), BodyError> {
 
 /// Parses, checks and canonicalises a request body.
 pub fn canonicalize(context: Context<'_>, body: &Bytes) -> Result<CanonicalBody, BodyError> {
-    let mut value = json::parse(body)?;
     let engine = context.engine;
-    if engine == Engine::Ollama
-        && let Some(c) = go_fold::find_collision(&value)
-    {
-        return Err(BodyError::KeyCollision {
-            first: c.first,
-            second: c.second,
-        });
-    }
+    let rules: Option<&dyn json::KeyRules> = match engine {
+        Engine::Ollama => Some(&go_fold::GoFold),
+        Engine::Vllm | Engine::Openai => None,
+    };
+    let mut value = json::parse_with(body, rules).map_err(|e| match e {
+        JsonError::KeyCollision { first, second } => BodyError::KeyCollision { first, second },
+        e => BodyError::Json(e),
+    })?;
     let object = value.as_object_mut().ok_or(BodyError::NotAnObject)?;
     let model = match context.endpoint.model {
         ModelSource::Body => Some(body_model(context, object, false)?),
