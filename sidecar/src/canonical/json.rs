@@ -210,8 +210,8 @@ impl Str {
         }
     }
 
-    /// Whether this is the (plain) text `key`.
-    fn is(&self, key: &str) -> bool {
+    /// Whether this is the text `key`.
+    pub fn is(&self, key: &str) -> bool {
         match self {
             Self::Plain(b) => b.as_ref() == key.as_bytes(),
             Self::Escaped(_) => self.as_str() == key,
@@ -226,6 +226,13 @@ impl PartialEq for Str {
 }
 
 impl Eq for Str {}
+
+impl Str {
+    /// A static text, without copying.
+    pub fn from_static(s: &'static str) -> Self {
+        Self::Plain(Bytes::from_static(s.as_bytes()))
+    }
+}
 
 impl From<&str> for Str {
     fn from(s: &str) -> Self {
@@ -280,6 +287,15 @@ impl Object {
         match self.get_mut(key) {
             Some(slot) => *slot = value,
             None => self.0.push((Str::from(key), value)),
+        }
+    }
+
+    /// Sets the static `key` (replacing its value where present, else
+    /// appending it), without copying the key.
+    pub fn insert_static(&mut self, key: &'static str, value: Value) {
+        match self.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => self.0.push((Str::from_static(key), value)),
         }
     }
 
