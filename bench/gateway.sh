@@ -17,7 +17,10 @@
 #
 # With BENCH_BEFORE_GATEWAY=<an attach-gateway binary> the chat cases also
 # run that binary (for example the build before a change) in the same run,
-# and print its ratio beside the current one.
+# and print its ratio beside the current one. BENCH_ROUNDS=N (default 1)
+# repeats the chat runs N times, the paths interleaved in each round, and
+# reports medians: on a shared machine, load from elsewhere then hits every
+# path alike.
 #
 # Usage: bench/gateway.sh [seconds per run, default 10] [cases: version chat, default both]
 set -euo pipefail
@@ -89,10 +92,23 @@ if [[ -n "${BENCH_BEFORE_GATEWAY:-}" && " $cases " == *" chat "* ]]; then
   current_bin=$gateway_bin current_pid=$gw_pid
   gateway_bin=$BENCH_BEFORE_GATEWAY
   start_gateway before "$before_port" "$before_admin" "$up_port"
-  gateway_bin=$current_bin gw_pid=$current_pid
+  gateway_bin=$current_bin
   url[before]="http://127.0.0.1:$before_port"
+  before_pid=$gw_pid
+  gw_pid=$current_pid
   chat_paths+=(before)
 fi
+# CPU time (user + system, clock ticks) of the processes serving a path:
+# robust against load from elsewhere on a shared machine.
+proxy_pids() {
+  case $1 in
+    gateway) echo "$gw_pid" ;;
+    before) echo "$before_pid" ;;
+    nginx) m=$(cat "$work/proxy.pid"); echo "$m" $(pgrep -P "$m") ;;
+    direct) m=$(cat "$work/upstream.pid"); echo "$m" $(pgrep -P "$m") ;;
+  esac
+}
+cpu_ticks() { local t=0 f; for p in "$@"; do read -r -a f <"/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
 auth_args() { [[ $1 == gateway || $1 == before ]] && printf '%s\n' -H "Authorization: Bearer $token"; return 0; }
 
 if [[ " $cases " == *" chat "* ]]; then
@@ -123,32 +139,58 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 LUA
-    echo "== saturation: wrk -t2 -c64 -d${secs}s, POST /api/chat, $size-byte body" >&2
-    for name in "${chat_paths[@]}"; do
-      mapfile -t extra < <(auth_args "$name")
-      wrk -t2 -c64 -d"${secs}s" --latency -s "$work/chat-$size.lua" "${extra[@]}" "${url[$name]}/api/chat" >"$work/wrk-chat-$size-$name.txt"
-      grep -E "Requests/sec|Non-2xx" "$work/wrk-chat-$size-$name.txt" | sed "s/^/  $name: /" >&2
+    for round in $(seq 1 "${BENCH_ROUNDS:-1}"); do
+      echo "== saturation: wrk -t2 -c64 -d${secs}s, POST /api/chat, $size-byte body (round $round)" >&2
+      for name in "${chat_paths[@]}"; do
+        mapfile -t extra < <(auth_args "$name")
+        read -r -a serving < <(proxy_pids "$name")
+        t0=$(cpu_ticks "${serving[@]}")
+        wrk -t2 -c64 -d"${secs}s" --latency -s "$work/chat-$size.lua" "${extra[@]}" "${url[$name]}/api/chat" >"$work/wrk-chat-$size-$name-$round.txt"
+        echo "$t0 $(cpu_ticks "${serving[@]}") $(getconf CLK_TCK)" >"$work/cpu-chat-$size-$name-$round.txt"
+        grep -E "Requests/sec|Non-2xx" "$work/wrk-chat-$size-$name-$round.txt" | sed "s/^/  $name: /" >&2
+      done
     done
   done
-  python3 - "$work" "${chat_paths[@]}" <<'PY'
-import re, sys
-work, paths = sys.argv[1], sys.argv[2:]
-def rps(size, name):
-    text = open(f"{work}/wrk-chat-{size}-{name}.txt").read()
+  python3 - "$work" "${BENCH_ROUNDS:-1}" "${chat_paths[@]}" <<'PY'
+import re, statistics, sys
+work, rounds, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def rps(size, name, r):
+    text = open(f"{work}/wrk-chat-{size}-{name}-{r}.txt").read()
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if bad:
         sys.exit(f"{name} answered {bad.group(1)} errors on the {size}-byte chat case")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+med = statistics.median
+def cpu_us(size, name, r):
+    """CPU microseconds per request of the processes serving the path."""
+    t0, t1, hz = map(int, open(f"{work}/cpu-chat-{size}-{name}-{r}.txt").read().split())
+    text = open(f"{work}/wrk-chat-{size}-{name}-{r}.txt").read()
+    n = int(re.search(r"(\d+) requests in", text).group(1))
+    return (t1 - t0) / hz * 1e6 / n
 before = "before" in paths
-print("\nPOST /api/chat (wrk -t2 -c64)")
+print(f"\nPOST /api/chat (wrk -t2 -c64; medians of {rounds} interleaved round(s))")
 print(f"{'body':>8} {'direct':>9} {'nginx':>9} {'gateway':>9} {'gateway/nginx':>14}"
       + (f" {'before':>9} {'before/nginx':>13} {'change':>7}" if before else ""))
 for size in (1024, 65536):
-    d, n, g = (rps(size, name) for name in ("direct", "nginx", "gateway"))
-    line = f"{size:>8} {d:>9.0f} {n:>9.0f} {g:>9.0f} {g/n:>13.2f}x"
+    runs = {name: [rps(size, name, r) for r in range(1, rounds + 1)] for name in paths}
+    d, n, g = (med(runs[name]) for name in ("direct", "nginx", "gateway"))
+    ratio = med([a / b for a, b in zip(runs["gateway"], runs["nginx"])])
+    line = f"{size:>8} {d:>9.0f} {n:>9.0f} {g:>9.0f} {ratio:>13.2f}x"
     if before:
-        b = rps(size, "before")
-        line += f" {b:>9.0f} {b/n:>12.2f}x {(g/n)/(b/n)-1:>+6.1%}"
+        b = med(runs["before"])
+        before_ratio = med([a / b for a, b in zip(runs["before"], runs["nginx"])])
+        change = med([a / b for a, b in zip(runs["gateway"], runs["before"])]) - 1
+        line += f" {b:>9.0f} {before_ratio:>12.2f}x {change:>+6.1%}"
+    print(line)
+print("\nCPU per request (user + system, µs; the proxy's processes only; medians)")
+print(f"{'body':>8} {'nginx':>8} {'gateway':>8} {'nginx/gateway':>14}"
+      + (f" {'before':>8} {'nginx/before':>13} {'change':>7}" if before else ""))
+for size in (1024, 65536):
+    cpu = {name: med([cpu_us(size, name, r) for r in range(1, rounds + 1)]) for name in paths}
+    line = f"{size:>8} {cpu['nginx']:>8.1f} {cpu['gateway']:>8.1f} {cpu['nginx']/cpu['gateway']:>13.2f}x"
+    if before:
+        line += (f" {cpu['before']:>8.1f} {cpu['nginx']/cpu['before']:>12.2f}x"
+                 f" {(cpu['nginx']/cpu['gateway'])/(cpu['nginx']/cpu['before'])-1:>+6.1%}")
     print(line)
 PY
 fi

@@ -390,7 +390,7 @@ pub struct AccessConfig {
     /// Agents (actors or machine clients) refused whatever the rules say.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub denied_agents: Vec<String>,
-    /// Trim `GET /api/tags` and `GET /v1/models` to the models the caller
+    /// Trim `GET /api/tags`, `GET /api/ps` and `GET /v1/models` to the models the caller
     /// may use.
     #[serde(default = "default_true")]
     pub filter_model_lists: bool,

@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -46,8 +46,11 @@ pub struct ServedModels {
     declared: bool,
     names: ArcSwap<HashSet<ModelName>>,
     refresh_interval: Duration,
-    /// When the engine's list was last read (or tried).
-    read_at: std::sync::Mutex<Option<Instant>>,
+    /// When the engine's list was last read (or tried): milliseconds after
+    /// `created`, plus one (0: never). An atomic, not a lock: every request
+    /// on every worker thread reads it.
+    read_at: AtomicU64,
+    created: Instant,
     /// Held while a read runs: one read at a time.
     reading: tokio::sync::Mutex<()>,
     /// A background read is queued or running.
@@ -63,7 +66,8 @@ impl ServedModels {
             declared: !declared.is_empty(),
             names: ArcSwap::from_pointee(declared.into_iter().collect()),
             refresh_interval,
-            read_at: std::sync::Mutex::new(None),
+            read_at: AtomicU64::new(0),
+            created: Instant::now(),
             reading: tokio::sync::Mutex::new(()),
             background: AtomicBool::new(false),
         }
@@ -111,10 +115,19 @@ impl ServedModels {
 
     /// How long ago the list was last read (or tried).
     fn age(&self) -> Option<Duration> {
-        self.read_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .map(|t| t.elapsed())
+        match self.read_at.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(
+                self.created
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at - 1)),
+            ),
+        }
+    }
+
+    fn mark_read(&self) {
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.read_at.store(now + 1, Ordering::Release);
     }
 
     /// Reads the engine's list unless it was read within `fresh` (or another
@@ -124,10 +137,7 @@ impl ServedModels {
         if self.age().is_some_and(|age| age < fresh) {
             return;
         }
-        *self
-            .read_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        self.mark_read();
         match read_list(self.engine, upstream).await {
             Some(body) if self.observe_list(&body) => {}
             _ => tracing::debug!("could not read the engine's model list"),
@@ -250,6 +260,73 @@ mod tests {
         let read = ServedModels::new(Engine::Vllm, Vec::new(), Duration::from_secs(30));
         assert!(read.observe_list(br#"{"object":"list","data":[{"id":"Tiny-Chat"}]}"#));
         assert!(read.contains(&name(Engine::Vllm, "Tiny-Chat")));
+    }
+
+    #[tokio::test]
+    async fn a_name_not_on_the_list_reads_it_again_at_most_once_a_second() {
+        use std::sync::atomic::AtomicUsize;
+        let reads = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counter = reads.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let counter = counter.clone();
+                            async move {
+                                assert_eq!(req.headers()["user-agent"], USER_AGENT);
+                                assert_eq!(req.uri().path(), "/api/tags");
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                Ok::<_, std::convert::Infallible>(http::Response::new(
+                                    http_body_util::Full::new(Bytes::from_static(
+                                        br#"{"models":[{"name":"llama3.2:1b"}]}"#,
+                                    )),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let mut config = crate::config::GatewayConfig::new(Vec::new());
+        config.upstream.url = format!("http://{addr}");
+        let runtime =
+            crate::runtime::Runtime::build(config, None, &crate::runtime::Shared::new()).unwrap();
+        let served = runtime.served_models.clone();
+        let upstream = &runtime.upstream;
+        // Never read: the first name reads the list, and is on it.
+        assert!(
+            served
+                .serves(&name(Engine::Ollama, "LLAMA3.2:1b"), upstream)
+                .await
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // Made-up names within the second read nothing more.
+        for made_up in ["x1", "x2", "x3"] {
+            assert!(
+                !served
+                    .serves(&name(Engine::Ollama, made_up), upstream)
+                    .await
+            );
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // A served name never waits for a read.
+        assert!(
+            served
+                .serves(&name(Engine::Ollama, "llama3.2:1b"), upstream)
+                .await
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        server.abort();
     }
 
     #[test]

@@ -998,5 +998,8 @@ async fn vllm_bodies_names_and_endpoints_are_judged_as_vllm_reads_them() {
             .filter_map(|m| m["id"].as_str())
             .collect();
         assert_eq!(ids, ["tiny-lora"], "{p}");
+        // The adapter's base model, which bob may not use, is not named.
+        assert_eq!(json["data"][0]["parent"], Value::Null, "{p}");
+        assert!(!list.text().contains("big-chat"), "{p}: {}", list.text());
     }
 }

@@ -12,7 +12,7 @@
 //! Keys that fold only to non-ASCII text match no field and are ignored by
 //! Go; they are left as they are.
 
-use super::json::{Object, Str, Value};
+use super::json::KeyRules;
 
 /// Keys whose values Ollama decodes into maps or keeps as raw JSON (model
 /// options, JSON schemas, tool arguments): keys below them are data, not
@@ -59,52 +59,23 @@ pub fn matches(key: &str, field: &str) -> bool {
     chars.next().is_none()
 }
 
-/// Two keys of one object that Go would take for the same field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Collision {
-    pub first: String,
-    pub second: String,
-}
+/// Go's key matching, for [`super::json::parse_with`]: keys that fold alike
+/// are one field, at every level Go decodes into a struct.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GoFold;
 
-/// Finds keys that collide under Go's folding, in `value` and in every
-/// object below it that Go decodes into a struct.
-pub fn find_collision(value: &Value) -> Option<Collision> {
-    match value {
-        Value::Object(object) => object_collision(object),
-        Value::Array(items) => items.iter().find_map(find_collision),
-        _ => None,
+impl KeyRules for GoFold {
+    fn same_field(&self, a: &str, b: &str) -> bool {
+        fold_eq(a, b)
     }
-}
 
-fn object_collision(object: &Object) -> Option<Collision> {
-    let keys: Vec<std::borrow::Cow<'_, str>> = object.iter().map(|(k, _)| k.as_str()).collect();
-    let collision = if keys.len() <= 16 {
-        // Pairwise, without allocating: the usual handful of keys.
-        (0..keys.len()).find_map(|i| {
-            (i + 1..keys.len())
-                .find(|&j| fold_eq(&keys[i], &keys[j]))
-                .map(|j| (i, j))
-        })
-    } else {
-        let mut seen = std::collections::HashMap::with_capacity(keys.len());
-        keys.iter()
-            .enumerate()
-            .find_map(|(j, k)| seen.insert(fold(k), j).map(|i| (i, j)))
-    };
-    if let Some((i, j)) = collision {
-        let key = |n: usize| keys[n].chars().take(64).collect();
-        return Some(Collision {
-            first: key(i),
-            second: key(j),
-        });
+    fn folded(&self, key: &str) -> String {
+        fold(key)
     }
-    object.iter().find_map(|(key, value)| {
-        if is_map_valued(key) {
-            None
-        } else {
-            find_collision(value)
-        }
-    })
+
+    fn holds_data(&self, key: &str) -> bool {
+        MAP_VALUED.iter().any(|field| matches(key, field))
+    }
 }
 
 fn fold_char(c: char) -> char {
@@ -128,20 +99,20 @@ fn fold_eq(a: &str, b: &str) -> bool {
     }
 }
 
-fn is_map_valued(key: &Str) -> bool {
-    let key = key.as_str();
-    MAP_VALUED.iter().any(|field| matches(&key, field))
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::canonical::json::parse;
+    use crate::canonical::json::{JsonError, parse_with};
 
-    fn collision(text: &str) -> Option<Collision> {
-        find_collision(&parse(&Bytes::copy_from_slice(text.as_bytes())).unwrap())
+    /// The two keys that collide, if any.
+    fn collision(text: &str) -> Option<(String, String)> {
+        match parse_with(&Bytes::copy_from_slice(text.as_bytes()), Some(&GoFold)) {
+            Ok(_) => None,
+            Err(JsonError::KeyCollision { first, second }) => Some((first, second)),
+            Err(e) => panic!("{text}: {e}"),
+        }
     }
 
     #[test]
@@ -164,10 +135,14 @@ mod tests {
     fn case_variants_collide_at_struct_levels() {
         assert_eq!(
             collision(r#"{"model":"a","MODEL":"b"}"#),
-            Some(Collision {
-                first: "model".into(),
-                second: "MODEL".into()
-            })
+            Some(("model".into(), "MODEL".into()))
+        );
+        // Large objects too.
+        let mut many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
+        many.push_str("\"K3\":0");
+        assert_eq!(
+            collision(&format!("{{{many}}}")),
+            Some(("k3".into(), "K3".into()))
         );
         assert!(collision(r#"{"stream":true,"\u017ftream":false}"#).is_some());
         assert!(collision(r#"{"messages":[{"role":"user","Role":"system"}]}"#).is_some());

@@ -58,6 +58,21 @@ pub enum JsonError {
     TrailingData(usize),
     #[error("a string escape holds a lone UTF-16 surrogate (at byte {0})")]
     LoneSurrogate(usize),
+    #[error("the keys {first:?} and {second:?} are one field to the decoder")]
+    KeyCollision { first: String, second: String },
+}
+
+/// How a decoder matches keys besides exact equality, for bodies it could
+/// otherwise read differently (Go's case folding: see `go_fold`).
+pub trait KeyRules {
+    /// Whether the decoder takes the (different) keys `a` and `b` for one
+    /// field.
+    fn same_field(&self, a: &str, b: &str) -> bool;
+    /// `key` as the decoder compares it, for large objects.
+    fn folded(&self, key: &str) -> String;
+    /// Whether the value under `key` is data (a map, a schema) rather than a
+    /// struct, so keys below it are matched exactly.
+    fn holds_data(&self, key: &str) -> bool;
 }
 
 /// A JSON value, as read.
@@ -165,6 +180,7 @@ impl Str {
                     b,
                     pos: 0,
                     depth: 0,
+                    rules: None,
                 };
                 // Checked when read, so this cannot fail.
                 while reader.pos < b.len() {
@@ -194,8 +210,8 @@ impl Str {
         }
     }
 
-    /// Whether this is the (plain) text `key`.
-    fn is(&self, key: &str) -> bool {
+    /// Whether this is the text `key`.
+    pub fn is(&self, key: &str) -> bool {
         match self {
             Self::Plain(b) => b.as_ref() == key.as_bytes(),
             Self::Escaped(_) => self.as_str() == key,
@@ -210,6 +226,13 @@ impl PartialEq for Str {
 }
 
 impl Eq for Str {}
+
+impl Str {
+    /// A static text, without copying.
+    pub fn from_static(s: &'static str) -> Self {
+        Self::Plain(Bytes::from_static(s.as_bytes()))
+    }
+}
 
 impl From<&str> for Str {
     fn from(s: &str) -> Self {
@@ -267,6 +290,15 @@ impl Object {
         }
     }
 
+    /// Sets the static `key` (replacing its value where present, else
+    /// appending it), without copying the key.
+    pub fn insert_static(&mut self, key: &'static str, value: Value) {
+        match self.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => self.0.push((Str::from_static(key), value)),
+        }
+    }
+
     /// Removes the member at `index`.
     pub fn remove_at(&mut self, index: usize) {
         if index < self.0.len() {
@@ -297,6 +329,12 @@ impl Object {
 
 /// Reads `body` as one strict JSON value.
 pub fn parse(body: &Bytes) -> Result<Value, JsonError> {
+    parse_with(body, None)
+}
+
+/// Reads `body` as one strict JSON value, also refusing keys that `rules`
+/// take for one field, in every object that is not data.
+pub fn parse_with(body: &Bytes, rules: Option<&dyn KeyRules>) -> Result<Value, JsonError> {
     // One pass over the whole body; string slices taken at ASCII delimiters
     // are then valid UTF-8 too.
     if std::str::from_utf8(body).is_err() {
@@ -307,9 +345,10 @@ pub fn parse(body: &Bytes) -> Result<Value, JsonError> {
         b: body,
         pos: 0,
         depth: 0,
+        rules,
     };
     reader.skip_ws();
-    let value = reader.value()?;
+    let value = reader.value(rules.is_some())?;
     reader.skip_ws();
     if reader.pos != reader.b.len() {
         return Err(JsonError::TrailingData(reader.pos));
@@ -322,6 +361,7 @@ struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
     depth: usize,
+    rules: Option<&'a dyn KeyRules>,
 }
 
 impl Reader<'_> {
@@ -335,10 +375,11 @@ impl Reader<'_> {
         JsonError::Syntax(self.pos)
     }
 
-    fn value(&mut self) -> Result<Value, JsonError> {
+    /// A value; `folding`: its objects are checked with the key rules.
+    fn value(&mut self, folding: bool) -> Result<Value, JsonError> {
         match self.b.get(self.pos) {
-            Some(b'{') => self.object(),
-            Some(b'[') => self.array(),
+            Some(b'{') => self.object(folding),
+            Some(b'[') => self.array(folding),
             Some(b'"') => self.string().map(Value::String),
             Some(b't') => self.literal(b"true", Value::Bool(true)),
             Some(b'f') => self.literal(b"false", Value::Bool(false)),
@@ -365,12 +406,14 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn object(&mut self) -> Result<Value, JsonError> {
+    fn object(&mut self, folding: bool) -> Result<Value, JsonError> {
         self.enter()?;
         self.pos += 1;
+        let rules = self.rules.filter(|_| folding);
         let mut members: Vec<(Str, Value)> = Vec::new();
         // Linear checks are cheaper for the usual handful of keys.
         let mut seen: Option<HashSet<Bytes>> = None;
+        let mut folded: Option<std::collections::HashMap<String, usize>> = None;
         self.skip_ws();
         if self.b.get(self.pos) == Some(&b'}') {
             self.pos += 1;
@@ -402,13 +445,41 @@ impl Reader<'_> {
             if duplicate {
                 return Err(JsonError::DuplicateKey(bounded(&key.as_str())));
             }
+            let text = key.as_str();
+            if let Some(rules) = rules {
+                let collision = match &mut folded {
+                    Some(map) => map.insert(rules.folded(&text), members.len()),
+                    None => {
+                        let found = members
+                            .iter()
+                            .position(|(k, _)| rules.same_field(&k.as_str(), &text));
+                        if members.len() >= 16 {
+                            let mut map: std::collections::HashMap<String, usize> = members
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (k, _))| (rules.folded(&k.as_str()), i))
+                                .collect();
+                            map.insert(rules.folded(&text), members.len());
+                            folded = Some(map);
+                        }
+                        found
+                    }
+                };
+                if let Some(i) = collision {
+                    return Err(JsonError::KeyCollision {
+                        first: bounded(&members[i].0.as_str()),
+                        second: bounded(&text),
+                    });
+                }
+            }
+            let folding_below = rules.is_some_and(|r| !r.holds_data(&text));
             self.skip_ws();
             if self.b.get(self.pos) != Some(&b':') {
                 return Err(self.syntax());
             }
             self.pos += 1;
             self.skip_ws();
-            let value = self.value()?;
+            let value = self.value(folding_below)?;
             members.push((key, value));
             self.skip_ws();
             match self.b.get(self.pos) {
@@ -423,7 +494,7 @@ impl Reader<'_> {
         }
     }
 
-    fn array(&mut self) -> Result<Value, JsonError> {
+    fn array(&mut self, folding: bool) -> Result<Value, JsonError> {
         self.enter()?;
         self.pos += 1;
         let mut items = Vec::new();
@@ -435,7 +506,7 @@ impl Reader<'_> {
         }
         loop {
             self.skip_ws();
-            items.push(self.value()?);
+            items.push(self.value(folding)?);
             self.skip_ws();
             match self.b.get(self.pos) {
                 Some(b',') => self.pos += 1,
@@ -461,10 +532,8 @@ impl Reader<'_> {
         let mut escaped = false;
         let mut copied = start;
         loop {
-            // The hot loop: one table lookup per byte.
-            while self.pos < self.b.len() && !STRING_STOP[usize::from(self.b[self.pos])] {
-                self.pos += 1;
-            }
+            // The hot loop: to the next quote, backslash or control byte.
+            self.pos = skip_plain(self.b, self.pos);
             match self.b.get(self.pos) {
                 None => return Err(self.syntax()),
                 Some(b'"') => {
@@ -615,6 +684,36 @@ impl Reader<'_> {
             self.pos += 1;
         }
     }
+}
+
+/// The index of the first byte at or after `i` that ends a run of plain
+/// string text (a quote, a backslash or a control character), or the
+/// length. Eight bytes at a time ("SWAR": a byte-wise compare within one
+/// 64-bit word), as long bodies are mostly such text.
+fn skip_plain(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Bytes equal to zero, flagged in their high bit. Borrows only flag
+    // bytes above a true match, so the lowest flag is always a true one.
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let quote = zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+        // Bytes below 0x20 (high bit clear, so ASCII): the same trick.
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let found = quote | backslash | control;
+        if found != 0 {
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && !STRING_STOP[usize::from(b[i])] {
+        i += 1;
+    }
+    i
 }
 
 /// At most 64 characters of `s`, for error messages.
@@ -788,6 +887,29 @@ mod tests {
         assert_eq!(refused(deep.as_bytes()), JsonError::TooDeep);
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert!(parse(&Bytes::from(ok)).is_ok());
+    }
+
+    #[test]
+    fn the_fast_scan_stops_exactly_where_the_table_does() {
+        let reference = |b: &[u8], i: usize| {
+            (i..b.len())
+                .find(|&j| STRING_STOP[usize::from(b[j])])
+                .unwrap_or(b.len())
+        };
+        let mut text: Vec<u8> = (0u8..=255).collect();
+        text.extend_from_slice("plain text é ü 😀 \\ \" \u{1f}".as_bytes());
+        for start in 0..text.len() {
+            for end in start..text.len().min(start + 40) {
+                let slice = &text[start..end];
+                for i in 0..slice.len() {
+                    assert_eq!(
+                        skip_plain(slice, i),
+                        reference(slice, i),
+                        "{slice:?} at {i}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -151,6 +151,7 @@ impl BodyError {
             Self::Json(JsonError::TooDeep) => "too_deep",
             Self::Json(JsonError::TrailingData(_)) => "trailing_data",
             Self::Json(JsonError::LoneSurrogate(_) | JsonError::Syntax(_)) => "invalid_json",
+            Self::Json(JsonError::KeyCollision { .. }) => "key_collision",
             Self::NotAnObject => "not_an_object",
             Self::KeyCollision { .. } => "key_collision",
             Self::ContentEncoding(_) => "content_encoding",
@@ -185,16 +186,15 @@ pub fn check_content_encoding(value: Option<&[u8]>) -> Result<(), BodyError> {
 
 /// Parses, checks and canonicalises a request body.
 pub fn canonicalize(context: Context<'_>, body: &Bytes) -> Result<CanonicalBody, BodyError> {
-    let mut value = json::parse(body)?;
     let engine = context.engine;
-    if engine == Engine::Ollama
-        && let Some(c) = go_fold::find_collision(&value)
-    {
-        return Err(BodyError::KeyCollision {
-            first: c.first,
-            second: c.second,
-        });
-    }
+    let rules: Option<&dyn json::KeyRules> = match engine {
+        Engine::Ollama => Some(&go_fold::GoFold),
+        Engine::Vllm | Engine::Openai => None,
+    };
+    let mut value = json::parse_with(body, rules).map_err(|e| match e {
+        JsonError::KeyCollision { first, second } => BodyError::KeyCollision { first, second },
+        e => BodyError::Json(e),
+    })?;
     let object = value.as_object_mut().ok_or(BodyError::NotAnObject)?;
     let model = match context.endpoint.model {
         ModelSource::Body => Some(body_model(context, object, false)?),
@@ -221,28 +221,39 @@ fn find(engine: Engine, object: &Object, field: &str) -> Option<usize> {
     }
 }
 
-/// Renames the member at `index` to exactly `field` and sets its value.
-fn set_at(object: &mut Object, index: usize, field: &str, value: Value) {
+/// Renames the member at `index` to exactly `field` and sets its value
+/// (leaving a member that already is so untouched).
+fn set_at(object: &mut Object, index: usize, field: &'static str, value: Value) {
     if let Some(slot) = object.at_mut(index) {
-        *slot = (json::Str::from(field), value);
+        if !slot.0.is(field) {
+            slot.0 = json::Str::from_static(field);
+        }
+        if slot.1 != value {
+            slot.1 = value;
+        }
     }
 }
 
-/// A string field as the engine decodes it: `Ok(None)` when absent, null or
-/// empty (Go leaves a string field empty for null).
-fn string_field(
+/// A model name field as the engine decodes it, canonical: `Ok(None)` when
+/// absent, null or empty (Go leaves a string field empty for null).
+fn model_field(
     engine: Engine,
     object: &Object,
     field: &'static str,
-) -> Result<Option<(usize, String)>, BodyError> {
+) -> Result<Option<ModelName>, BodyError> {
     let Some(index) = find(engine, object, field) else {
         return Ok(None);
     };
     match object.at(index).map(|(_, v)| v) {
-        Some(Value::String(s)) if !s.as_str().is_empty() => {
-            Ok(Some((index, s.as_str().into_owned())))
+        Some(Value::String(s)) => {
+            let raw = s.as_str();
+            if raw.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(canonical_name(engine, &raw)?))
+            }
         }
-        Some(Value::String(_) | Value::Null) | None => Ok(None),
+        Some(Value::Null) | None => Ok(None),
         Some(_) => Err(BodyError::BadField {
             field,
             expected: "a string",
@@ -256,22 +267,29 @@ fn body_model(
     or_name: bool,
 ) -> Result<ModelName, BodyError> {
     let engine = context.engine;
-    let named = match string_field(engine, object, "model")? {
+    let named = match model_field(engine, object, "model")? {
         Some(found) => Some(found),
         // Ollama's /api/show reads `cmp.Or(model, name)`. Nothing else reads
         // `name`, and OpenAI engines never do.
-        None if or_name && engine == Engine::Ollama => string_field(engine, object, "name")?,
+        None if or_name && engine == Engine::Ollama => model_field(engine, object, "name")?,
         None => None,
     };
-    let name = match (&named, context.default_model) {
-        (Some((_, raw)), _) => canonical_name(engine, raw)?,
+    let name = match (named, context.default_model) {
+        (Some(name), _) => name,
         (None, Some(default)) if engine != Engine::Ollama => default.clone(),
         (None, _) => return Err(BodyError::MissingModel),
     };
-    let value = Value::String(json::Str::from(name.as_str()));
+    let value = || Value::String(json::Str::from(name.as_str()));
     match find(engine, object, "model") {
-        Some(index) => set_at(object, index, "model", value),
-        None => object.insert("model", value),
+        Some(index) => {
+            let unchanged = object.at(index).is_some_and(|(k, v)| {
+                k.is("model") && v.as_str().is_some_and(|s| s == name.as_str())
+            });
+            if !unchanged {
+                set_at(object, index, "model", value());
+            }
+        }
+        None => object.insert_static("model", value()),
     }
     if or_name
         && engine == Engine::Ollama
@@ -348,7 +366,9 @@ fn metering(
             // `stream *bool`: absent or null streams.
             m.stream = bool_field(engine, object, "stream", true)?;
             if let Some(slot) = find(engine, object, "options").and_then(|i| object.at_mut(i)) {
-                slot.0 = json::Str::from("options");
+                if !slot.0.is("options") {
+                    slot.0 = json::Str::from_static("options");
+                }
                 match &mut slot.1 {
                     Value::Object(options) => {
                         // A map: Ollama reads its keys exactly.
@@ -360,7 +380,10 @@ fn metering(
                                 }
                             })?;
                             if let Some(d) = decided {
-                                *n = coerce::number_of(d);
+                                let number = coerce::number_of(d);
+                                if *n != number {
+                                    *n = number;
+                                }
                             }
                             m.max_output_tokens = coerce::token_bound(decided);
                         }
@@ -413,7 +436,9 @@ fn stream_options(engine: Engine, object: &mut Object) -> Result<bool, BodyError
     let Some(slot) = object.at_mut(index) else {
         return Ok(false);
     };
-    slot.0 = json::Str::from("stream_options");
+    if !slot.0.is("stream_options") {
+        slot.0 = json::Str::from_static("stream_options");
+    }
     match &mut slot.1 {
         Value::Null => Ok(false),
         Value::Object(options) => {
@@ -434,16 +459,16 @@ fn request_usage(engine: Engine, object: &mut Object) {
     match find(engine, object, "stream_options").and_then(|i| object.at_mut(i)) {
         Some((_, Value::Object(options))) => match find(engine, options, "include_usage") {
             Some(i) => set_at(options, i, "include_usage", Value::Bool(true)),
-            None => options.insert("include_usage", Value::Bool(true)),
+            None => options.insert_static("include_usage", Value::Bool(true)),
         },
         Some(slot) => slot.1 = include_usage(),
-        None => object.insert("stream_options", include_usage()),
+        None => object.insert_static("stream_options", include_usage()),
     }
 }
 
 fn include_usage() -> Value {
     let mut options = Object::default();
-    options.insert("include_usage", Value::Bool(true));
+    options.insert_static("include_usage", Value::Bool(true));
     Value::Object(options)
 }
 

@@ -100,13 +100,13 @@ pub fn canonical_name(engine: Engine, raw: &str) -> Result<ModelName, NameError>
     }
 }
 
-/// The four parts of an Ollama name (lower case, defaults filled in).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct OllamaParts {
-    host: String,
-    namespace: String,
-    model: String,
-    tag: String,
+/// The four parts of an Ollama name, as written (defaults filled in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OllamaParts<'a> {
+    host: &'a str,
+    namespace: &'a str,
+    model: &'a str,
+    tag: &'a str,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -117,10 +117,10 @@ enum Part {
     Tag,
 }
 
-impl OllamaParts {
+impl<'a> OllamaParts<'a> {
     /// Ollama's `ParseName` then `IsValid`; with `glob`, `*` and `?` are
     /// allowed in every part (for patterns).
-    fn parse(raw: &str, glob: bool) -> Result<Self, &'static str> {
+    fn parse(raw: &'a str, glob: bool) -> Result<Self, &'static str> {
         // `ParseNameBare`: the tag is after the last ':' if that comes after
         // the last '/'; then model, namespace and host are cut at '/' from
         // the right; a part promised by a separator but empty is invalid.
@@ -133,7 +133,7 @@ impl OllamaParts {
             s = before;
             tag = Some(after);
         }
-        let (mut host, mut namespace, model) = match cut_last(s, '/') {
+        let (mut host, namespace, model) = match cut_last(s, '/') {
             None => (None, None, s),
             Some((rest, model)) => match cut_last(rest, '/') {
                 None => (None, Some(rest), model),
@@ -156,40 +156,50 @@ impl OllamaParts {
                 check_part(part, value, glob)?;
             }
         }
-        if namespace == Some("") {
-            namespace = None;
-        }
         Ok(Self {
-            host: host.unwrap_or(DEFAULT_HOST).to_ascii_lowercase(),
-            namespace: namespace.unwrap_or(DEFAULT_NAMESPACE).to_ascii_lowercase(),
-            model: model.to_ascii_lowercase(),
-            tag: tag.unwrap_or(DEFAULT_TAG).to_ascii_lowercase(),
+            host: host.unwrap_or(DEFAULT_HOST),
+            namespace: namespace.unwrap_or(DEFAULT_NAMESPACE),
+            model,
+            tag: tag.unwrap_or(DEFAULT_TAG),
         })
     }
 
-    /// Ollama's `DisplayShortest`.
+    /// Ollama's `DisplayShortest`, in lower case (one allocation).
     fn display(&self) -> String {
-        if self.host != DEFAULT_HOST {
-            format!(
-                "{}/{}/{}:{}",
-                self.host, self.namespace, self.model, self.tag
-            )
-        } else if self.namespace != DEFAULT_NAMESPACE {
-            format!("{}/{}:{}", self.namespace, self.model, self.tag)
-        } else {
-            format!("{}:{}", self.model, self.tag)
+        let mut out = String::with_capacity(
+            self.host.len() + self.namespace.len() + self.model.len() + self.tag.len() + 3,
+        );
+        let mut push = |s: &str| out.extend(s.chars().map(|c| c.to_ascii_lowercase()));
+        if !self.host.eq_ignore_ascii_case(DEFAULT_HOST) {
+            push(self.host);
+            push("/");
+            push(self.namespace);
+            push("/");
+        } else if !self.namespace.eq_ignore_ascii_case(DEFAULT_NAMESPACE) {
+            push(self.namespace);
+            push("/");
         }
+        push(self.model);
+        push(":");
+        push(self.tag);
+        out
     }
 
     /// Splits a canonical display form back into its parts (no checks).
-    fn of_canonical(name: &str) -> (&str, &str, &str, &str) {
+    fn of_canonical(name: &'a str) -> Self {
         let (rest, tag) = name.rsplit_once(':').unwrap_or((name, DEFAULT_TAG));
-        match rest.rsplit_once('/') {
-            None => (DEFAULT_HOST, DEFAULT_NAMESPACE, rest, tag),
+        let (host, namespace, model) = match rest.rsplit_once('/') {
+            None => (DEFAULT_HOST, DEFAULT_NAMESPACE, rest),
             Some((before, model)) => match before.rsplit_once('/') {
-                None => (DEFAULT_HOST, before, model, tag),
-                Some((host, namespace)) => (host, namespace, model, tag),
+                None => (DEFAULT_HOST, before, model),
+                Some((host, namespace)) => (host, namespace, model),
             },
+        };
+        Self {
+            host,
+            namespace,
+            model,
+            tag,
         }
     }
 }
@@ -262,11 +272,12 @@ impl ModelPattern {
                 let parts = OllamaParts::parse(pattern, true).map_err(|reason| {
                     format!("model pattern {pattern:?} is not an Ollama name or glob: {reason}")
                 })?;
+                let glob = |s: &str| WildMatch::new(&s.to_ascii_lowercase());
                 Ok(Self::Ollama(Box::new([
-                    WildMatch::new(&parts.host),
-                    WildMatch::new(&parts.namespace),
-                    WildMatch::new(&parts.model),
-                    WildMatch::new(&parts.tag),
+                    glob(parts.host),
+                    glob(parts.namespace),
+                    glob(parts.model),
+                    glob(parts.tag),
                 ])))
             }
             Engine::Vllm | Engine::Openai => Ok(Self::Exact(WildMatch::new(pattern))),
@@ -279,11 +290,11 @@ impl ModelPattern {
             Self::Any => true,
             Self::Exact(glob) => glob.matches(name),
             Self::Ollama(globs) => {
-                let (host, namespace, model, tag) = OllamaParts::of_canonical(name);
-                globs[0].matches(host)
-                    && globs[1].matches(namespace)
-                    && globs[2].matches(model)
-                    && globs[3].matches(tag)
+                let parts = OllamaParts::of_canonical(name);
+                globs[0].matches(parts.host)
+                    && globs[1].matches(parts.namespace)
+                    && globs[2].matches(parts.model)
+                    && globs[3].matches(parts.tag)
             }
         }
     }
