@@ -165,8 +165,14 @@ pub fn render(
     config.admin.port = ports.admin;
     config.upstream.url = format!("http://127.0.0.1:{}", ports.upstream);
     config.upstream.engine = engine(spec.engine);
-    config.upstream.default_model.clone_from(&spec.default_model);
-    config.upstream.served_models.clone_from(&spec.served_models);
+    config
+        .upstream
+        .default_model
+        .clone_from(&spec.default_model);
+    config
+        .upstream
+        .served_models
+        .clone_from(&spec.served_models);
     // Checked by `trusted_proxies` before rendering (and by the CRD).
     config.trusted_proxies = trusted_proxies(spec).unwrap_or_default();
     config.unauthenticated_paths = spec.unauthenticated_paths.clone();

@@ -34,11 +34,16 @@ pub fn boolean(decoder: Decoder, value: &Value) -> Result<Option<bool>, Refused>
         (_, Value::Null) => Ok(None),
         (_, Value::Bool(b)) => Ok(Some(*b)),
         (Decoder::Go, _) => Err(Refused),
-        (Decoder::Pydantic, Value::Number(n)) => match n.as_f64() {
-            x if x == 0.0 => Ok(Some(false)),
-            x if x == 1.0 => Ok(Some(true)),
-            _ => Err(Refused),
-        },
+        (Decoder::Pydantic, Value::Number(n)) => {
+            let x = n.as_f64();
+            if x == 0.0 {
+                Ok(Some(false))
+            } else if x == 1.0 {
+                Ok(Some(true))
+            } else {
+                Err(Refused)
+            }
+        }
         (Decoder::Pydantic, Value::String(s)) => match s.as_str().to_lowercase().as_str() {
             "0" | "off" | "f" | "false" | "n" | "no" => Ok(Some(false)),
             "1" | "on" | "t" | "true" | "y" | "yes" => Ok(Some(true)),
