@@ -11,29 +11,36 @@ Runs, for SECONDS, on loopback only:
   slow         sockets that never finish their headers
   idle         sockets that send nothing
   storm        tokens with made-up key ids (unknown-kid storm)
-and samples the gateway's RSS every 5 s. Prints one JSON summary line.
+  names        chats naming random models that match an allowed pattern
+               (new names, one in ten longer than any engine takes: none
+               may grow memory, metrics series or quota keys)
+and samples the gateway's RSS (and, with REDIS_PORT set, Redis's
+used_memory) every 5 s. Prints one JSON summary line.
 """
 import asyncio
 import base64
 import json
 import os
 import random
+import string
 import sys
 import time
 
 HOST, PORT, TOKENS, PID, SECS = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 tokens = [t.strip() for t in open(TOKENS) if t.strip()]
 stats = {k: 0 for k in ["ok", "refused_429", "refused_401", "other", "errors", "disconnects",
-                        "slow_cut", "idle_cut", "reported_tokens", "openai_ok"]}
+                        "slow_cut", "idle_cut", "reported_tokens", "openai_ok", "random_names"]}
 rss = []
+redis_memory = []
+REDIS_PORT = os.environ.get("REDIS_PORT")
 deadline = time.monotonic() + SECS
 
 
-def body_for(stream, chunks=3, openai=False):
+def body_for(stream, chunks=3, openai=False, model="llama3.2:1b"):
     if openai:
         return json.dumps({"model": "llama3.2:1b", "stream": True,
                            "messages": [{"role": "user", "content": "hello there"}]})
-    return json.dumps({"model": "llama3.2:1b", "stream": stream, "options": {"num_predict": chunks},
+    return json.dumps({"model": model, "stream": stream, "options": {"num_predict": chunks},
                        "messages": [{"role": "user", "content": "hello there"}]})
 
 
@@ -178,20 +185,47 @@ async def storm():
     count(*await request("/api/tags", "", fake))
 
 
+async def names():
+    # A name never seen before, every time: a lower-case stem of random
+    # length (Ollama's grammar folds case, so these are already canonical).
+    # One in ten is longer than any engine takes (refused, never stored).
+    length = random.randint(81, 4000) if random.random() < 0.1 else random.randint(1, 80)
+    stem = "".join(random.choices(string.ascii_lowercase + string.digits, k=length))
+    status, data = await request("/api/chat", body_for(False, model=f"{stem}:1b"), random.choice(tokens))
+    count(status, data)
+    if status == 200:
+        stats["random_names"] += 1
+
+
+async def redis_used_memory():
+    proc = await asyncio.create_subprocess_exec(
+        "redis-cli", "-p", REDIS_PORT, "info", "memory", stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    for line in out.decode().splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.split(":")[1]) / 1024 / 1024
+    return None
+
+
 async def sample():
     while time.monotonic() < deadline:
+        now = time.monotonic()
         with open(f"/proc/{PID}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
-                    rss.append((time.monotonic(), int(line.split()[1]) / 1024))
+                    rss.append((now, int(line.split()[1]) / 1024))
+        if REDIS_PORT:
+            used = await redis_used_memory()
+            if used is not None:
+                redis_memory.append((now, used))
         await asyncio.sleep(5)
 
 
 async def main():
     workers = ([normal] * 6 + [streaming] * 4 + [openai] * 2 + [disconnect] * 2
-               + [slow] * 2 + [idle] * 2 + [storm] * 2)
+               + [slow] * 2 + [idle] * 2 + [storm] * 2 + [names] * 3)
     await asyncio.gather(sample(), *(loop(w) for w in workers))
-    print(json.dumps({"stats": stats, "rss": rss}))
+    print(json.dumps({"stats": stats, "rss": rss, "redis": redis_memory}))
 
 
 asyncio.run(main())
