@@ -414,6 +414,9 @@ async fn redis_out_of_memory_is_reported_as_such_and_model_names_are_bounded_per
         ..QuotaLimit::named("per-model")
     }];
     config.quotas.max_models_per_owner = 3;
+    // Budgets are per served model (other names share `(unlisted)`), so the
+    // backend serves four: the fourth is one too many for one owner.
+    config.upstream.served_models = (0..4).map(|i| format!("m{i}:1b")).collect();
     with_store(&mut config, &redis.url(), &prefix, FailMode::Closed);
     let gw = GatewayProcess::start(config).await.unwrap();
     let named = |name: &str| json!({"model": name, "stream": false, "messages": []});
@@ -423,7 +426,7 @@ async fn redis_out_of_memory_is_reported_as_such_and_model_names_are_bounded_per
     }
     let r = post(&gw, &bob, &named("m0:1b"), &[]).await;
     assert_eq!(r.status(), 200, "a known model is fine");
-    let r = post(&gw, &bob, &named("junk-4:1b"), &[]).await;
+    let r = post(&gw, &bob, &named("m3:1b"), &[]).await;
     assert_eq!(r.status(), 429, "a fourth distinct model is refused");
     assert_eq!(r.json::<Value>().await.unwrap()["kind"], "distinct_models");
 

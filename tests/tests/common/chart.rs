@@ -86,6 +86,41 @@ impl InstalledChart {
         cmd
     }
 
+    /// Waits until the API server enforces the chart's admission policies:
+    /// it loads a new ValidatingAdmissionPolicy and its binding a moment
+    /// after they are created, and until then the writes they refuse pass.
+    /// Probed with one of them: the ServiceAccount annotating its own
+    /// namespace, retried until refused.
+    async fn wait_for_admission_policies(&self) {
+        let namespaces: kube::Api<Namespace> = kube::Api::all(self.service_account_client().await);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            // A new value each time: an unchanged annotation is no change.
+            let probe = serde_json::json!({"metadata": {"annotations": {"attach.dev/policy-probe": attempt.to_string()}}});
+            match namespaces
+                .patch(
+                    &self.release_namespace,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&probe),
+                )
+                .await
+            {
+                Err(kube::Error::Api(e))
+                    if e.code == 403 && e.message.contains("ValidatingAdmissionPolicy") =>
+                {
+                    return;
+                }
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "the chart's admission policies are not enforced after 60 s: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Stops the operator (SIGTERM, then waits).
     pub fn stop_operator(&mut self) {
         if let Some(mut operator) = self.operator.take() {
@@ -267,6 +302,7 @@ pub async fn install_chart_in(world: &'static World, extra: &[&str]) -> Installe
         world,
         installed: true,
     };
+    chart.wait_for_admission_policies().await;
     chart.start_operator().await;
     let mwcs: kube::Api<MutatingWebhookConfiguration> =
         kube::Api::all(world.client().await.unwrap());
