@@ -72,7 +72,10 @@ pidfiles+=("$work/proxy.pid")
 
 mint_tokens 1 "$work/token"
 token=$(cat "$work/token")
-start_gateway gateway "$gw_port" "$admin_port" "$up_port"
+# One access rule, written so that every gateway version reads it (the
+# BENCH_BEFORE_GATEWAY build too): both judge the same policy.
+access='access: {rules: [{name: everyone, subjects: {anyAuthenticated: true}, endpoints: [inference, read]}]}'
+start_gateway gateway "$gw_port" "$admin_port" "$up_port" "$access"
 check() { # name url [auth]
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' ${3:+-H "Authorization: Bearer $3"} "$2/api/version")
@@ -91,7 +94,7 @@ if [[ -n "${BENCH_BEFORE_GATEWAY:-}" && " $cases " == *" chat "* ]]; then
   before_port=$(free_port); before_admin=$(free_port)
   current_bin=$gateway_bin current_pid=$gw_pid
   gateway_bin=$BENCH_BEFORE_GATEWAY
-  start_gateway before "$before_port" "$before_admin" "$up_port"
+  start_gateway before "$before_port" "$before_admin" "$up_port" "$access"
   gateway_bin=$current_bin
   url[before]="http://127.0.0.1:$before_port"
   before_pid=$gw_pid

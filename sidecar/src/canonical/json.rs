@@ -210,6 +210,30 @@ impl Str {
         }
     }
 
+    /// The length of the text as read: escapes counted as written, so the
+    /// decoded text is never longer. Nothing is decoded.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::Plain(b) | Self::Escaped(b) => b.len(),
+        }
+    }
+
+    /// Whether the decoded text starts with `prefix`, decoding only when an
+    /// escape falls within the prefix's length.
+    pub fn starts_with(&self, prefix: &str) -> bool {
+        match self {
+            Self::Plain(b) => b.starts_with(prefix.as_bytes()),
+            Self::Escaped(b) => {
+                // No escape among the first bytes: they are the characters.
+                if !b[..b.len().min(prefix.len())].contains(&b'\\') {
+                    b.starts_with(prefix.as_bytes())
+                } else {
+                    self.as_str().starts_with(prefix)
+                }
+            }
+        }
+    }
+
     /// Whether this is the text `key`.
     pub fn is(&self, key: &str) -> bool {
         match self {

@@ -158,11 +158,12 @@ impl TextCount {
                 if key.is_some_and(|k| NOT_TEXT.contains(&k)) {
                     return;
                 }
-                let s = s.as_str();
+                // Escapes counted as written (a slight overestimate, never
+                // an under-reservation), so no prompt is decoded here.
                 if key == Some("images") || s.starts_with("data:") {
                     self.images = self.images.saturating_add(1);
                 } else {
-                    self.bytes = self.bytes.saturating_add(s.len() as u64);
+                    self.bytes = self.bytes.saturating_add(s.encoded_len() as u64);
                 }
             }
             Value::Array(items) => {
@@ -341,17 +342,25 @@ mod tests {
             json!({"instructions": "abc", "input": [{"role": "user", "content": "abc"}]}),
         );
         assert_eq!(responses.prompt, 2);
-        // Escaped text counts as the characters it stands for.
+        // Escaped text counts as written (18 bytes for "abc"): never less
+        // than the characters it stands for, and nothing decoded to count it.
+        let parsed =
+            |raw: &'static [u8]| crate::canonical::json::parse(&Bytes::from_static(raw)).unwrap();
         let escaped = estimate(
             "/api/generate",
-            &crate::canonical::json::parse(&Bytes::from_static(
-                br#"{"prompt":"\u0061\u0062\u0063"}"#,
-            ))
-            .unwrap(),
+            &parsed(br#"{"prompt":"\u0061\u0062\u0063"}"#),
             None,
             DEFAULT,
         );
-        assert_eq!(escaped.prompt, 1);
+        assert_eq!(escaped.prompt, 6);
+        // An image is an image however its data URL is spelled.
+        for raw in [
+            &br#"{"messages":[{"content":"\u0064ata:image/png;base64,AAAA"}]}"#[..],
+            &br#"{"messages":[{"content":"data:image/png;base64,AA\nAA"}]}"#[..],
+        ] {
+            let image = estimate("/v1/chat/completions", &parsed(raw), None, DEFAULT);
+            assert_eq!(image.prompt, TOKENS_PER_MESSAGE + TOKENS_PER_IMAGE);
+        }
     }
 
     #[test]
