@@ -4,6 +4,7 @@
 #   $ATTACH_CACHE/bin/etcd-<v>, kube-apiserver-<v>, kube-controller-manager-<v>, helm-<v>
 #   $ATTACH_CACHE/keycloak/keycloak-<v>/   (unpacked server distribution)
 #   $ATTACH_CACHE/java-home                (path of a JDK >= JAVA_MIN_VERSION)
+#   the real node, the registry, BuildKit and actionlint: see build-node.sh
 # A binary is rebuilt only when its versioned file is absent.
 set -euo pipefail
 
@@ -100,3 +101,5 @@ if [[ -z "$best" ]]; then
 fi
 echo "$best" > "$cache/java-home"
 log "java: $best (major $best_major)"
+
+"$here/build-node.sh"
