@@ -7,7 +7,7 @@
 //! listens on loopback only; from another pod through the Services: 401,
 //! 200, 403, 429 with Keycloak tokens; a quota raised with `kubectl apply`
 //! reaches the running gateway through the ConfigMap volume's `..data` swap,
-//! without a restart; the vLLM pod runs in a PodSecurity `restricted`
+//! without a restart and without cutting a stream in flight; the vLLM pod runs in a PodSecurity `restricted`
 //! namespace with its quotas in the world's Redis.
 
 mod common;
@@ -366,6 +366,20 @@ async fn the_examples_run_injected_and_enforce_access_and_quotas() {
     let before = config_maps.get("ollama-gateway").await.unwrap();
     let hash = before.annotations()["attach.dev/config-hash"].clone();
     let reloads = gateway_metric(&ip, admin, "attach_config_reloads_total{result=\"ok\"}").await;
+    // A stream in flight while the kubelet swaps the file.
+    let in_flight = {
+        let (other, url, alice) = (other.clone(), url.clone(), alice.clone());
+        tokio::spawn(async move {
+            let mut call = HttpCall::new("POST", &format!("{url}/api/chat"))
+                .json(&json!({"model": "llama3.1:70b", "stream": true,
+                              "messages": [{"role": "user", "content": "hi"}]}))
+                .bearer(&alice)
+                .header("x-mock-chunks", "40")
+                .header("x-mock-delay-ms", "250");
+            call.timeout_ms = Some(60_000);
+            other.http(&call).await.unwrap()
+        })
+    };
     let mut raised = backend_docs.clone();
     kind(&mut raised, "LLMBackend")["spec"]["quotas"][0]["tokensPerMinute"] = json!(60000);
     apply(&raised);
@@ -383,6 +397,12 @@ async fn the_examples_run_injected_and_enforce_access_and_quotas() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(reloaded > reloads, "the gateway in the pod did not reload");
+    let streamed = in_flight.await.unwrap();
+    assert_eq!(
+        (streamed.status, streamed.body.lines().count()),
+        (200, 41),
+        "the stream in flight during the reload: {streamed:?}"
+    );
     let arrived = refused_at.elapsed();
     eprintln!("the raised quota arrived {arrived:?} after the refusal");
     // Still bob's refused minute: the new limit, not a new window, lets him on.

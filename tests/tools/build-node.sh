@@ -5,7 +5,8 @@
 #   $ATTACH_CACHE/bin/runc-<v>                 (cgo, seccomp)
 #   $ATTACH_CACHE/bin/cni-plugins-<v>/{bridge,host-local,loopback,portmap}
 #   $ATTACH_CACHE/bin/{kubelet,kube-proxy,kube-scheduler,kubectl}-<v>
-#   $ATTACH_CACHE/bin/coredns-<v>, registry-<v>, actionlint-<v>
+#   $ATTACH_CACHE/bin/coredns-<v>, registry-<v> (wrapper modules: only the
+#     plugins and storage driver the node uses), actionlint-<v>
 #   $ATTACH_CACHE/bin/buildkit-<v>/{buildkitd,buildctl}
 #   $ATTACH_CACHE/bin/pause-<hash of tests/tools/pause>
 # A versioned file or folder is rebuilt only when absent; Go's module and
@@ -75,11 +76,17 @@ if [[ "${1:-}" == syft ]]; then
   exit 0
 fi
 
-have=$(cd "$here/buildkit" && go list -m -f '{{.Version}}' github.com/moby/buildkit)
-if [[ "$have" != "$BUILDKIT_VERSION" ]]; then
-  log "tests/tools/buildkit/go.mod requires buildkit $have but versions.env says $BUILDKIT_VERSION"
-  exit 1
-fi
+require_module_version() { # dir module version
+  local have
+  have=$(cd "$here/$1" && go list -m -f '{{.Version}}' "$2")
+  if [[ "$have" != "$3" ]]; then
+    log "tests/tools/$1/go.mod requires $2 $have but versions.env says $3"
+    exit 1
+  fi
+}
+require_module_version buildkit github.com/moby/buildkit "$BUILDKIT_VERSION"
+require_module_version coredns github.com/coredns/coredns "$COREDNS_VERSION"
+require_module_version registry github.com/distribution/distribution/v3 "$REGISTRY_VERSION"
 
 # The pause binary is our own code: key it by its source.
 pause_hash=$(cat "$here/pause/go.mod" "$here/pause/main.go" | sha256sum | cut -c1-12)
@@ -109,13 +116,12 @@ for cmd in kubelet kube-proxy kube-scheduler kubectl; do
   go_build "$cmd" "$KUBERNETES_VERSION" kube 0 "$kube_ldflags" "k8s.io/kubernetes/cmd/$cmd"
 done
 
-go_install coredns "$COREDNS_VERSION" 0 "" \
-  "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
-  "github.com/coredns/coredns@$COREDNS_VERSION"
+# Both through wrapper modules that link only what the node uses (see their main.go).
+go_build coredns "$COREDNS_VERSION" coredns 0 \
+  "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" .
 
-go_install registry "$REGISTRY_VERSION" 0 "" \
-  "-X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" \
-  "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
+go_build registry "$REGISTRY_VERSION" registry 0 \
+  "-X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" .
 
 go_build buildkit "$BUILDKIT_VERSION" buildkit 0 \
   "-X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" \

@@ -26,7 +26,13 @@ pub fn container_pids(container_id: &str) -> Result<Vec<i32>, HarnessError> {
         }
         None
     }
-    let root = Path::new("/sys/fs/cgroup/pids").join(CGROUP_ROOT);
+    // cgroup v1 (the pids hierarchy), else v2 (the unified tree).
+    let v1 = Path::new("/sys/fs/cgroup/pids").join(CGROUP_ROOT);
+    let root = if v1.is_dir() {
+        v1
+    } else {
+        Path::new("/sys/fs/cgroup").join(CGROUP_ROOT)
+    };
     let dir = find(&root, container_id).ok_or_else(|| {
         HarnessError::Other(format!(
             "no cgroup for container {container_id} under {}",

@@ -124,10 +124,15 @@ fn restore_script(restore: &Path, script: &str) -> Result<(), String> {
     }
 }
 
-/// Every cgroup folder of the node, in every v1 hierarchy (and the v2
-/// tree), deepest first.
+/// Every cgroup folder of the node, in every v1 hierarchy and the v2 tree
+/// (hybrid or unified), deepest first.
 pub fn node_cgroups() -> Vec<PathBuf> {
     let mut found = Vec::new();
+    // cgroup v2 mounted alone: one tree.
+    let unified = Path::new(CGROUP_FS).join(CGROUP_ROOT);
+    if Path::new(CGROUP_FS).join("cgroup.controllers").exists() && unified.is_dir() {
+        collect_dirs(&unified, &mut found);
+    }
     let Ok(hierarchies) = std::fs::read_dir(CGROUP_FS) else {
         return found;
     };

@@ -400,19 +400,29 @@ impl Drop for Node {
     }
 }
 
-/// Creates the pods' cgroup root in every v1 hierarchy (the kubelet wants it
-/// to exist), with the cpuset's CPUs and memory nodes copied from the root
-/// so that children can hold tasks.
+/// Creates the pods' cgroup root (the kubelet wants it to exist): in every
+/// v1 hierarchy, with the cpuset's CPUs and memory nodes copied from the
+/// root so that children can hold tasks; on a cgroup v2 machine, in the
+/// unified tree, with the controllers the kubelet uses delegated to it.
 fn prepare_cgroup_root() -> Result<(), HarnessError> {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+    let fs = std::path::Path::new("/sys/fs/cgroup");
+    if fs.join("cgroup.controllers").exists() {
+        let ours = fs.join(CGROUP_ROOT);
+        std::fs::create_dir_all(&ours).map_err(HarnessError::io(&ours))?;
+        let control = ours.join("cgroup.subtree_control");
+        for controller in ["cpuset", "cpu", "io", "memory", "hugetlb", "pids"] {
+            // A controller the kernel lacks is simply not delegated.
+            let _ = std::fs::write(&control, format!("+{controller}"));
+        }
+        return Ok(());
+    }
+    let Ok(hierarchies) = std::fs::read_dir(fs) else {
         return Err(HarnessError::Other("no /sys/fs/cgroup".into()));
     };
     for hierarchy in hierarchies.filter_map(Result::ok) {
         let root = hierarchy.path();
-        // The v2 part of a hybrid layout has no controllers to give.
-        if root.join("cgroup.controllers").exists() && !root.join("tasks").exists() {
-            continue;
-        }
+        // Only v1 hierarchies (the v2 part of a hybrid layout gives no
+        // controllers; the kubelet makes its folders there itself).
         if !root.join("tasks").exists() {
             continue;
         }
