@@ -362,7 +362,7 @@ async fn the_examples_run_injected_and_enforce_access_and_quotas() {
     // bob spends his 20,000 tokens a minute and is refused, with enough of
     // the minute left for the change to arrive (the windows are minutes:
     // were the change to arrive in the next one, a 200 would prove nothing).
-    let (retry_after, refused_at) = exhaust_bob(&other, &url, &bob, "20000", 40).await;
+    let (retry_after, refused_at) = exhaust_bob(&other, &url, &bob, "20000", 50).await;
     let before = config_maps.get("ollama-gateway").await.unwrap();
     let hash = before.annotations()["attach.dev/config-hash"].clone();
     let reloads = gateway_metric(&ip, admin, "attach_config_reloads_total{result=\"ok\"}").await;
