@@ -163,6 +163,13 @@ async fn check_running_pod(pod: &Pod, model: &str, port: u16, other: &PodClient)
         "the model started first"
     );
 
+    // The gateway runs as uid 65532, without capabilities, on a read-only root.
+    assert_eq!(
+        common::node::process_identity(gateway_pid),
+        ("65532".to_owned(), "0000000000000000".to_owned(), true),
+        "the gateway's uid, capabilities and root"
+    );
+
     // The kubelet's probes of the model (when the example has one) go to
     // the gateway's admin port, and pass.
     let admin = admin_port(pod);

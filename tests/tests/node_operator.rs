@@ -92,28 +92,6 @@ async fn lease_holder(release: &Release) -> Option<String> {
         .and_then(|l| l.spec?.holder_identity)
 }
 
-/// `(uid, effective capabilities)` from /proc/<pid>/status, and whether its
-/// root filesystem is mounted read-only.
-fn process_identity(pid: i32) -> (String, String, bool) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
-    let root_ro = mounts
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some("/"))
-        .is_some_and(|l| l.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"));
-    (field("Uid:"), field("CapEff:"), root_ro)
-}
-
 #[tokio::test]
 async fn the_operator_runs_in_the_cluster_and_its_webhook_survives_the_leader() {
     let world = common::world();
@@ -155,7 +133,7 @@ async fn the_operator_runs_in_the_cluster_and_its_webhook_survives_the_leader() 
         );
         // Seen from the node: uid 65532, no capabilities, a read-only root.
         let pid = container_pids(&container_id(pod, "operator")).unwrap()[0];
-        let (uid, caps, read_only) = process_identity(pid);
+        let (uid, caps, read_only) = common::node::process_identity(pid);
         assert_eq!(uid, "65532");
         assert_eq!(caps, "0000000000000000");
         assert!(read_only, "the operator's root filesystem is writable");

@@ -232,8 +232,9 @@ pub async fn install_release(extra_values: &[&str]) -> Release {
         .args(["--set", &format!("image.repository={repository}")])
         .args(["--set", &format!("image.tag={tag}")])
         .args(["--set", &format!("gateway.image={}", images.gateway)])
+        // --set-string: a run id of digits only must stay a string.
         .args([
-            "--set",
+            "--set-string",
             &format!("webhook.namespaceLabels.attach\\.dev/chart-test={run}"),
         ])
         .args(["--wait", "--timeout", "180s"]);
@@ -318,4 +319,26 @@ pub fn env_of(pod: &Pod, container: &str) -> BTreeMap<String, String> {
         .into_iter()
         .filter_map(|e| Some((e.name, e.value?)))
         .collect()
+}
+
+/// `(uid, effective capabilities)` from /proc/<pid>/status, and whether its
+/// root filesystem is mounted read-only.
+pub fn process_identity(pid: i32) -> (String, String, bool) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root_ro = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .is_some_and(|l| l.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"));
+    (field("Uid:"), field("CapEff:"), root_ro)
 }
