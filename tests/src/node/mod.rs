@@ -105,6 +105,7 @@ pub struct NodePrep {
     dir: PathBuf,
     iptables: PathBuf,
     network: Option<network::NodeNetwork>,
+    swept: bool,
     _lock: MachineLock,
 }
 
@@ -130,11 +131,16 @@ impl NodePrep {
             dir: dir.to_owned(),
             iptables: tools.iptables.clone(),
             network: Some(network),
+            swept: false,
             _lock: lock,
         })
     }
 
     fn sweep(&mut self) {
+        if self.swept {
+            return;
+        }
+        self.swept = true;
         // The janitor takes the network down and restores the sysctls.
         if let Some(network) = self.network.take() {
             network.disarm();
