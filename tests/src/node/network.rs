@@ -232,6 +232,19 @@ impl NodeNetwork {
                 FORWARD_CHAIN,
             ],
         )?;
+        // Bridged pod traffic must pass iptables (Service replies are
+        // un-NATed there): br_netfilter.
+        let bridge_nf = Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+        if !bridge_nf.exists() {
+            let _ = run("modprobe", &["br_netfilter"]);
+            if !bridge_nf.exists() {
+                return Err(HarnessError::Other(
+                    "the kernel has no br_netfilter (modprobe br_netfilter failed): \
+                     Services cannot work between pods on the bridge"
+                        .into(),
+                ));
+            }
+        }
         for (key, value) in SYSCTLS {
             if let Some(value) = value {
                 let path = Path::new("/proc/sys").join(key);
