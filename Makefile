@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PHASE := scripts/phase
 
-.PHONY: test tools fmt clippy unit e2e orphans demo deps no-golden-update
+.PHONY: test tools fmt clippy unit e2e orphans demo deps no-golden-update images release-check workflows
 
 ## Every check CI runs, each phase timed.
 test: no-golden-update deps
@@ -11,6 +11,7 @@ test: no-golden-update deps
 	  trap 'echo; echo "phase times:"; cat $$ATTACH_PHASE_LOG; rm -f $$ATTACH_PHASE_LOG' EXIT; \
 	  $(PHASE) fmt     cargo fmt --all --check && \
 	  $(PHASE) tools   tests/tools/build.sh && \
+	  $(PHASE) workflows scripts/check-workflows && \
 	  $(PHASE) clippy  cargo clippy --locked --workspace --all-targets -- -D warnings && \
 	  $(PHASE) unit    cargo test --locked --workspace --lib --bins && \
 	  $(PHASE) e2e     scripts/e2e && \
@@ -26,9 +27,24 @@ no-golden-update:
 deps:
 	scripts/install-deps
 
-## Build or reuse etcd, kube-apiserver, kube-controller-manager, helm and Keycloak.
+## Build or reuse etcd, kube-apiserver, kube-controller-manager, helm, Keycloak,
+## and the node's binaries (containerd, runc, CNI, kubelet, kube-proxy,
+## kube-scheduler, CoreDNS, registry, BuildKit, actionlint).
 tools:
 	tests/tools/build.sh
+
+## Build attach-gateway and attach-operator images with BuildKit, push them to
+## the local registry, print digests and sizes.
+images: tools
+	scripts/images
+
+## actionlint on .github/workflows.
+workflows: tools
+	scripts/check-workflows
+
+## What of the release workflow can run here: actionlint, SBOM, chart package.
+release-check: tools
+	scripts/release-check
 
 fmt:
 	cargo fmt --all --check
@@ -45,6 +61,7 @@ e2e:
 orphans:
 	scripts/check-orphans
 
-## Bring the world up, show each part working, tear it down.
+## A real node: build the images, bring the world up, helm install, show
+## injected pods serving requests, tear it down.
 demo: deps tools
 	scripts/demo

@@ -1,7 +1,10 @@
-//! A real Kubernetes control plane on loopback: etcd, kube-apiserver and
-//! kube-controller-manager, with the flags envtest uses. There is no
-//! scheduler and no kubelet, so pods stay Pending.
+//! A real Kubernetes control plane: etcd, kube-apiserver and
+//! kube-controller-manager, with the flags envtest uses. On its own it serves
+//! on loopback and has no scheduler and no kubelet, so pods stay Pending;
+//! with a node ([`ApiServing::for_node`]) it serves on the node's bridge, where
+//! pods reach it, and authorizes kubelets with the Node authorizer.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::HarnessError;
-use crate::pki::ControlPlanePki;
+use crate::pki::{ControlPlanePki, KeyPairFiles, PkiOptions};
 use crate::ports::free_port;
 use crate::process::{self, Supervised};
 use crate::tools::Tools;
@@ -20,6 +23,32 @@ use crate::wait::until_ready;
 
 /// How long each process gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where and how the API server serves.
+#[derive(Debug, Clone)]
+pub struct ApiServing {
+    /// The address it binds and advertises.
+    pub address: IpAddr,
+    /// `--service-cluster-ip-range`.
+    pub service_cidr: String,
+    /// Certificates to issue besides the control plane's own.
+    pub pki: PkiOptions,
+    /// A node joins: Node authorizer, NodeRestriction, and the kubelet
+    /// client certificate (the `kubelet-client` entry of `pki.clients`).
+    pub node: bool,
+}
+
+impl Default for ApiServing {
+    /// Loopback only, no node.
+    fn default() -> Self {
+        Self {
+            address: IpAddr::from([127, 0, 0, 1]),
+            service_cidr: "10.0.0.0/24".into(),
+            pki: PkiOptions::default(),
+            node: false,
+        }
+    }
+}
 
 /// The running control plane. Dropping it stops all three processes.
 #[derive(Debug)]
@@ -30,16 +59,27 @@ pub struct ControlPlane {
     etcd: Supervised,
     /// The admin kubeconfig (client certificate in `system:masters`).
     pub kubeconfig: PathBuf,
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<address>:<port>`.
     pub server: String,
+    /// Every certificate and key of this control plane.
+    pub pki: ControlPlanePki,
 }
 
 impl ControlPlane {
     /// Starts etcd, kube-apiserver and kube-controller-manager under `dir` and
     /// waits until the API server is ready and the controller manager works.
     pub async fn start(tools: &Tools, dir: &Path) -> Result<Self, HarnessError> {
+        Self::start_serving(tools, dir, &ApiServing::default()).await
+    }
+
+    /// [`ControlPlane::start`], serving as `serving` says.
+    pub async fn start_serving(
+        tools: &Tools,
+        dir: &Path,
+        serving: &ApiServing,
+    ) -> Result<Self, HarnessError> {
         std::fs::create_dir_all(dir).map_err(HarnessError::io(dir))?;
-        let pki = ControlPlanePki::write(&dir.join("pki"))?;
+        let pki = ControlPlanePki::write_with(&dir.join("pki"), &serving.pki)?;
 
         let etcd_port = free_port()?;
         let etcd_peer_port = free_port()?;
@@ -64,7 +104,7 @@ impl ControlPlane {
         let mut etcd = Supervised::spawn("etcd", etcd_cmd, dir.join("etcd.log"))?;
 
         let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{}:{api_port}", serving.address);
         let mut api_cmd = process::command(&tools.kube_apiserver);
         api_cmd
             .arg(format!("--etcd-servers={etcd_url}"))
@@ -79,10 +119,12 @@ impl ControlPlane {
             ))
             .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
             .arg(format!("--secure-port={api_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg("--authorization-mode=RBAC")
-            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg(format!("--bind-address={}", serving.address))
+            .arg(format!("--advertise-address={}", serving.address))
+            .arg(format!(
+                "--service-cluster-ip-range={}",
+                serving.service_cidr
+            ))
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!(
                 "--service-account-key-file={}",
@@ -94,11 +136,39 @@ impl ControlPlane {
             ))
             .arg("--allow-privileged=true")
             .arg("--v=1");
+        if serving.node {
+            let kubelet_client = pki.clients.get("kubelet-client").ok_or_else(|| {
+                HarnessError::Other("a node needs the kubelet-client certificate".into())
+            })?;
+            api_cmd
+                .arg("--authorization-mode=Node,RBAC")
+                .arg("--enable-admission-plugins=NodeRestriction")
+                // The node's name is not in any DNS: reach it by its address.
+                .arg("--kubelet-preferred-address-types=InternalIP")
+                .arg(format!(
+                    "--kubelet-certificate-authority={}",
+                    pki.ca_cert.display()
+                ))
+                .arg(format!(
+                    "--kubelet-client-certificate={}",
+                    kubelet_client.cert.display()
+                ))
+                .arg(format!(
+                    "--kubelet-client-key={}",
+                    kubelet_client.key.display()
+                ));
+        } else {
+            api_cmd.arg("--authorization-mode=RBAC");
+        }
         let mut apiserver =
             Supervised::spawn("kube-apiserver", api_cmd, dir.join("kube-apiserver.log"))?;
 
         let kubeconfig = dir.join("admin.kubeconfig");
-        write_kubeconfig(&kubeconfig, &server, &pki)?;
+        let admin = KeyPairFiles {
+            cert: pki.admin_cert.clone(),
+            key: pki.admin_key.clone(),
+        };
+        write_kubeconfig(&kubeconfig, &server, &pki.ca_cert, &admin)?;
         let client = client_for(&kubeconfig).await?;
 
         until_ready(
@@ -150,6 +220,7 @@ impl ControlPlane {
             etcd,
             kubeconfig,
             server,
+            pki,
         })
     }
 
@@ -169,8 +240,14 @@ impl ControlPlane {
     }
 }
 
-/// Writes an admin kubeconfig (JSON, which every YAML reader accepts).
-fn write_kubeconfig(path: &Path, server: &str, pki: &ControlPlanePki) -> Result<(), HarnessError> {
+/// Writes a kubeconfig for the client certificate `user` (JSON, which every
+/// YAML reader accepts).
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_cert: &Path,
+    user: &KeyPairFiles,
+) -> Result<(), HarnessError> {
     let read = |p: &PathBuf| std::fs::read(p).map_err(HarnessError::io(p));
     let config = serde_json::json!({
         "apiVersion": "v1",
@@ -179,14 +256,14 @@ fn write_kubeconfig(path: &Path, server: &str, pki: &ControlPlanePki) -> Result<
             "name": "attach-test",
             "cluster": {
                 "server": server,
-                "certificate-authority-data": STANDARD.encode(read(&pki.ca_cert)?),
+                "certificate-authority-data": STANDARD.encode(read(&ca_cert.to_owned())?),
             },
         }],
         "users": [{
             "name": "attach-test-admin",
             "user": {
-                "client-certificate-data": STANDARD.encode(read(&pki.admin_cert)?),
-                "client-key-data": STANDARD.encode(read(&pki.admin_key)?),
+                "client-certificate-data": STANDARD.encode(read(&user.cert)?),
+                "client-key-data": STANDARD.encode(read(&user.key)?),
             },
         }],
         "contexts": [{

@@ -63,7 +63,7 @@ pub struct Keycloak {
 /// Everything a test needs to talk to Keycloak.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeycloakInfo {
-    /// `http://127.0.0.1:<port>`.
+    /// `http://<host>:<port>`: loopback, or a node's bridge address.
     pub base_url: String,
     /// The temporary admin account in the master realm.
     pub admin_user: String,
@@ -74,6 +74,16 @@ impl Keycloak {
     /// Starts Keycloak under `dir` and waits for the `attach` realm's
     /// discovery document.
     pub async fn start(tools: &Tools, dir: &Path) -> Result<Self, HarnessError> {
+        Self::start_serving(tools, dir, std::net::IpAddr::from([127, 0, 0, 1])).await
+    }
+
+    /// [`Keycloak::start`] on `host` (a node's bridge address, so that pods
+    /// and the host see the same issuer URL).
+    pub async fn start_serving(
+        tools: &Tools,
+        dir: &Path,
+        host: std::net::IpAddr,
+    ) -> Result<Self, HarnessError> {
         std::fs::create_dir_all(dir).map_err(HarnessError::io(dir))?;
         let home = dir.join("home");
         let status = Command::new("cp")
@@ -105,7 +115,7 @@ impl Keycloak {
         let admin_password = format!("admin-{:016x}", rand::random::<u64>());
         let mut cmd = process::command(home.join("bin").join("kc.sh"));
         cmd.arg("start-dev")
-            .arg("--http-host=127.0.0.1")
+            .arg(format!("--http-host={host}"))
             .arg(format!("--http-port={port}"))
             .arg(format!("--http-management-port={management_port}"))
             .arg("--import-realm")
@@ -117,7 +127,7 @@ impl Keycloak {
         let mut process = Supervised::spawn("keycloak", cmd, dir.join("keycloak.log"))?;
 
         let info = KeycloakInfo {
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url: format!("http://{host}:{port}"),
             admin_user: "admin".into(),
             admin_password,
         };

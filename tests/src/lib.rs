@@ -1,6 +1,8 @@
 //! The test world: a real Kubernetes control plane (etcd, kube-apiserver,
 //! kube-controller-manager), a real OIDC provider (Keycloak) and a real Redis,
-//! started on loopback by the project's own code.
+//! started on loopback by the project's own code; on request also a local
+//! image registry with BuildKit, and a real node (containerd, kubelet,
+//! kube-proxy, kube-scheduler, CoreDNS) whose pods reach all of them.
 //!
 //! Tests reach it through [`World::shared`], which attaches to a world that
 //! `tests/cluster up` already started (the `ATTACH_WORLD` variable names its
@@ -14,11 +16,15 @@ pub mod control_plane;
 pub mod error;
 pub mod faithful;
 pub mod gateway;
+pub mod images;
 pub mod injected_pod;
 pub mod keycloak;
+pub mod machine_lock;
 pub mod mock_model;
+pub mod node;
 pub mod operator;
 pub mod pki;
+pub mod pod_client;
 pub mod ports;
 pub mod process;
 pub mod raw_http;

@@ -98,6 +98,46 @@ impl MockModel {
     }
 }
 
+/// Where the `attach-mock-model` binary listens: `--listen` if given; else
+/// vLLM's `--host` (default all addresses) and `--port` (default 8000) if
+/// either is given; else Ollama's `OLLAMA_HOST` (`[scheme://]host[:port]`,
+/// port 11434 by default); else `127.0.0.1:11434`.
+pub fn listen_address(
+    listen: Option<SocketAddr>,
+    host: Option<&str>,
+    port: Option<u16>,
+    ollama_host: Option<&str>,
+) -> Result<SocketAddr, String> {
+    let parse = |host: &str, port: u16| -> Result<SocketAddr, String> {
+        let ip: std::net::IpAddr = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|e| format!("bad bind address {host:?}: {e}"))?;
+        Ok(SocketAddr::new(ip, port))
+    };
+    if let Some(listen) = listen {
+        return Ok(listen);
+    }
+    if host.is_some() || port.is_some() {
+        return parse(host.unwrap_or("0.0.0.0"), port.unwrap_or(8000));
+    }
+    let Some(value) = ollama_host.filter(|v| !v.is_empty()) else {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], 11434)));
+    };
+    let value = value.split_once("://").map_or(value, |(_, rest)| rest);
+    let value = value.trim_end_matches('/');
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && !port.contains(']') => {
+            let port = port
+                .parse()
+                .map_err(|e| format!("bad OLLAMA_HOST port {port:?}: {e}"))?;
+            parse(host, port)
+        }
+        _ => parse(value, 11434),
+    }
+}
+
 /// Serves until the task is aborted; used by the `attach-mock-model` binary too.
 pub async fn serve(listener: TcpListener) {
     accept_loop(listener, Arc::new(State::default())).await;
@@ -357,4 +397,51 @@ fn openai_stream(model: String, include_usage: bool, plan: StreamPlan) -> Respon
     }
     lines.push("data: [DONE]\n\n".to_owned());
     streamed(lines, plan, "text/event-stream")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_where_the_injection_says() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for (listen, host, port, ollama, want) in [
+            (None, None, None, None, "127.0.0.1:11434"),
+            (None, None, None, Some("127.0.0.1:11500"), "127.0.0.1:11500"),
+            (
+                None,
+                None,
+                None,
+                Some("http://0.0.0.0:11434"),
+                "0.0.0.0:11434",
+            ),
+            (None, None, None, Some("0.0.0.0"), "0.0.0.0:11434"),
+            (None, Some("127.0.0.1"), Some(8001), None, "127.0.0.1:8001"),
+            (None, None, Some(8000), None, "0.0.0.0:8000"),
+            // vLLM's flags win over a stray OLLAMA_HOST.
+            (
+                None,
+                Some("127.0.0.1"),
+                Some(9),
+                Some("0.0.0.0:1"),
+                "127.0.0.1:9",
+            ),
+            (
+                Some(addr("127.0.0.1:7")),
+                Some("0.0.0.0"),
+                Some(8),
+                None,
+                "127.0.0.1:7",
+            ),
+        ] {
+            assert_eq!(
+                listen_address(listen, host, port, ollama).unwrap(),
+                addr(want),
+                "{listen:?} {host:?} {port:?} {ollama:?}"
+            );
+        }
+        assert!(listen_address(None, None, None, Some("model-host:1")).is_err());
+        assert!(listen_address(None, None, None, Some("127.0.0.1:x")).is_err());
+    }
 }

@@ -1,7 +1,8 @@
-//! A real Redis (Debian's redis-server) on a loopback port.
+//! A real Redis (Debian's redis-server) on a loopback port (and, in a world
+//! with a node, on the node's bridge address too, where pods reach it).
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +20,10 @@ pub struct RedisServer {
     binary: PathBuf,
     dir: PathBuf,
     port: u16,
+    host: IpAddr,
 }
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 impl RedisServer {
     /// Starts redis-server on a free port, keeping nothing on disk.
@@ -27,10 +31,19 @@ impl RedisServer {
         Self::start_on(binary, dir, free_port()?).await
     }
 
+    /// [`RedisServer::start`], serving on `host` as well as on loopback.
+    pub async fn start_serving(
+        binary: &Path,
+        dir: &Path,
+        host: IpAddr,
+    ) -> Result<Self, HarnessError> {
+        Self::start_at(binary, dir, host, free_port()?, &[]).await
+    }
+
     /// Starts redis-server on `port`; used to bring a server back on the same
     /// address after a test stopped it.
     pub async fn start_on(binary: &Path, dir: &Path, port: u16) -> Result<Self, HarnessError> {
-        Self::start_with(binary, dir, port, &[]).await
+        Self::start_at(binary, dir, LOOPBACK, port, &[]).await
     }
 
     /// Starts redis-server on `port` with extra arguments (cluster mode,
@@ -41,10 +54,25 @@ impl RedisServer {
         port: u16,
         extra: &[&str],
     ) -> Result<Self, HarnessError> {
+        Self::start_at(binary, dir, LOOPBACK, port, extra).await
+    }
+
+    async fn start_at(
+        binary: &Path,
+        dir: &Path,
+        host: IpAddr,
+        port: u16,
+        extra: &[&str],
+    ) -> Result<Self, HarnessError> {
         std::fs::create_dir_all(dir).map_err(HarnessError::io(dir))?;
         let mut cmd = process::command(binary);
+        let bind = if host == LOOPBACK {
+            "127.0.0.1".to_owned()
+        } else {
+            format!("127.0.0.1 {host}")
+        };
         cmd.arg("--bind")
-            .arg("127.0.0.1")
+            .arg(bind)
             .arg("--port")
             .arg(port.to_string())
             .arg("--dir")
@@ -53,8 +81,10 @@ impl RedisServer {
             .arg("")
             .arg("--appendonly")
             .arg("no")
+            // Protected mode refuses every client off loopback; on a node's
+            // bridge, pods are the clients (and nothing else reaches it).
             .arg("--protected-mode")
-            .arg("yes")
+            .arg(if host == LOOPBACK { "yes" } else { "no" })
             .args(extra);
         let mut process = Supervised::spawn("redis-server", cmd, dir.join("redis.log"))?;
         until_ready(
@@ -69,12 +99,13 @@ impl RedisServer {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
             port,
+            host,
         })
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://<host>:<port>/`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        format!("redis://{}:{}/", self.host, self.port)
     }
 
     /// The port it listens on.
@@ -100,7 +131,7 @@ impl RedisServer {
     /// Stops the server if it runs, then starts a new one on the same port.
     pub async fn restart(&mut self) -> Result<(), HarnessError> {
         self.stop();
-        let fresh = Self::start_on(&self.binary, &self.dir, self.port).await?;
+        let fresh = Self::start_at(&self.binary, &self.dir, self.host, self.port, &[]).await?;
         *self = fresh;
         Ok(())
     }

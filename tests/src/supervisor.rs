@@ -7,11 +7,15 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
+use std::net::IpAddr;
+
 use crate::HarnessError;
-use crate::control_plane::ControlPlane;
+use crate::control_plane::{ApiServing, ControlPlane};
+use crate::images::ImageServices;
 use crate::keycloak::Keycloak;
+use crate::node::{self, Node, NodePrep};
 use crate::redis_server::RedisServer;
-use crate::tools::Tools;
+use crate::tools::{NodeTools, Tools};
 use crate::world::{ControlPlaneInfo, WorldInfo};
 
 /// Prefix of every state folder, so that the janitor and the orphan check can
@@ -25,10 +29,28 @@ pub enum Component {
     ControlPlane,
     Keycloak,
     Redis,
+    /// The local registry and BuildKit (one per machine).
+    Images,
+    /// A real node (one per machine); brings the control plane and the
+    /// images along, and serves the control plane, Keycloak and Redis on
+    /// the node's bridge, where pods reach them.
+    Node,
 }
 
 impl Component {
+    /// The default world: no node (it is machine-wide; ask for it).
     pub const ALL: [Component; 3] = [Self::ControlPlane, Self::Keycloak, Self::Redis];
+
+    /// `components` with what each needs added.
+    pub fn with_dependencies(components: &[Component]) -> Vec<Component> {
+        let mut all = components.to_vec();
+        if all.contains(&Self::Node) {
+            all.extend([Self::ControlPlane, Self::Images]);
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
 }
 
 impl FromStr for Component {
@@ -38,8 +60,10 @@ impl FromStr for Component {
             "control-plane" => Ok(Self::ControlPlane),
             "keycloak" => Ok(Self::Keycloak),
             "redis" => Ok(Self::Redis),
+            "images" => Ok(Self::Images),
+            "node" => Ok(Self::Node),
             other => Err(format!(
-                "unknown component {other:?} (expected control-plane, keycloak or redis)"
+                "unknown component {other:?} (expected control-plane, keycloak, redis, images or node)"
             )),
         }
     }
@@ -81,24 +105,43 @@ fn keep<T>(
 /// The processes of a running world. Dropping it stops them all.
 #[derive(Debug)]
 pub struct RunningWorld {
-    // Field order is drop order.
+    // Field order is drop order: the node first (it deletes its pods
+    // through the API server), the images last.
+    pub node: Option<Node>,
     pub control_plane: Option<ControlPlane>,
     pub keycloak: Option<Keycloak>,
     pub redis: Option<RedisServer>,
+    pub images: Option<ImageServices>,
     pub info: WorldInfo,
 }
 
 impl RunningWorld {
-    /// Starts `components` concurrently under `state_dir`.
+    /// Starts `components` (and what they need) concurrently under `state_dir`.
     pub async fn start(
         tools: &Tools,
         state_dir: &Path,
         components: &[Component],
     ) -> Result<Self, HarnessError> {
         std::fs::create_dir_all(state_dir).map_err(HarnessError::io(state_dir))?;
+        let components = Component::with_dependencies(components);
         let want = |c| components.contains(&c);
-        // Keycloak is the slowest; all three boot at once.
-        let (cp, kc, redis) = tokio::join!(
+        let node_tools = if want(Component::Images) {
+            Some(NodeTools::locate()?)
+        } else {
+            None
+        };
+        // The node's network comes first: the others serve on its bridge.
+        let node_prep = match (&node_tools, want(Component::Node)) {
+            (Some(nt), true) => Some(NodePrep::prepare(nt, &state_dir.join("node"))?),
+            _ => None,
+        };
+        let (serving, host): (ApiServing, IpAddr) = if node_prep.is_some() {
+            (node::api_serving(), node::BRIDGE_IP.into())
+        } else {
+            (ApiServing::default(), IpAddr::from([127, 0, 0, 1]))
+        };
+        // Keycloak is the slowest; everything boots at once.
+        let (cp, kc, redis, images) = tokio::join!(
             async {
                 if !want(Component::ControlPlane) {
                     return None;
@@ -106,7 +149,11 @@ impl RunningWorld {
                 Some(
                     timed(
                         "control plane",
-                        ControlPlane::start(tools, &state_dir.join("control-plane")),
+                        ControlPlane::start_serving(
+                            tools,
+                            &state_dir.join("control-plane"),
+                            &serving,
+                        ),
                     )
                     .await,
                 )
@@ -118,7 +165,7 @@ impl RunningWorld {
                 Some(
                     timed(
                         "keycloak",
-                        Keycloak::start(tools, &state_dir.join("keycloak")),
+                        Keycloak::start_serving(tools, &state_dir.join("keycloak"), host),
                     )
                     .await,
                 )
@@ -130,7 +177,21 @@ impl RunningWorld {
                 Some(
                     timed(
                         "redis",
-                        RedisServer::start(&tools.redis_server, &state_dir.join("redis")),
+                        RedisServer::start_serving(
+                            &tools.redis_server,
+                            &state_dir.join("redis"),
+                            host,
+                        ),
+                    )
+                    .await,
+                )
+            },
+            async {
+                let nt = node_tools.as_ref()?;
+                Some(
+                    timed(
+                        "registry and buildkitd",
+                        ImageServices::start(nt, &state_dir.join("images")),
                     )
                     .await,
                 )
@@ -142,8 +203,24 @@ impl RunningWorld {
         let control_plane = keep("control-plane", cp, &mut startup_seconds, &mut first_error);
         let keycloak = keep("keycloak", kc, &mut startup_seconds, &mut first_error);
         let redis = keep("redis", redis, &mut startup_seconds, &mut first_error);
+        let images = keep("images", images, &mut startup_seconds, &mut first_error);
         if let Some(e) = first_error {
             // Whatever did start is stopped when the values drop here.
+            return Err(e);
+        }
+        let node = match (node_prep, &node_tools, &control_plane, &images) {
+            (Some(prep), Some(nt), Some(cp), Some(images)) => {
+                let started = timed("node", Node::start(prep, nt, cp, &images.info)).await;
+                keep(
+                    "node",
+                    Some(started),
+                    &mut startup_seconds,
+                    &mut first_error,
+                )
+            }
+            _ => None,
+        };
+        if let Some(e) = first_error {
             return Err(e);
         }
 
@@ -157,6 +234,12 @@ impl RunningWorld {
         if let Some(pid) = redis.as_ref().and_then(RedisServer::pid) {
             processes.insert("redis-server".to_owned(), pid);
         }
+        if let Some(images) = &images {
+            processes.extend(images.pids());
+        }
+        if let Some(node) = &node {
+            processes.extend(node.pids());
+        }
         let info = WorldInfo {
             state_dir: state_dir.to_owned(),
             supervisor_pid: std::process::id(),
@@ -167,13 +250,18 @@ impl RunningWorld {
             keycloak: keycloak.as_ref().map(|k| k.info.clone()),
             redis_url: redis.as_ref().map(RedisServer::url),
             helm: tools.helm.clone(),
+            images: images.as_ref().map(|i| i.info.clone()),
+            node: node.as_ref().map(|n| n.info.clone()),
+            kubectl: node_tools.as_ref().map(|nt| nt.kubectl.clone()),
             processes,
             startup_seconds,
         };
         Ok(Self {
+            node,
             control_plane,
             keycloak,
             redis,
+            images,
             info,
         })
     }
@@ -198,8 +286,12 @@ impl RunningWorld {
         Ok(json_path)
     }
 
-    /// Stops every component: the control plane, Keycloak, then Redis.
+    /// Stops every component: the node, the control plane, Keycloak, Redis,
+    /// then the registry and buildkitd.
     pub fn stop(&mut self) {
+        if let Some(node) = self.node.as_mut() {
+            node.stop();
+        }
         if let Some(cp) = self.control_plane.as_mut() {
             cp.stop();
         }
@@ -208,6 +300,9 @@ impl RunningWorld {
         }
         if let Some(redis) = self.redis.as_mut() {
             redis.stop();
+        }
+        if let Some(images) = self.images.as_mut() {
+            images.stop();
         }
     }
 }
@@ -265,7 +360,23 @@ pub fn reap_stale_worlds(root: &Path) {
                 );
             }
         }
+        let node_dir = dir.join("node");
+        if node_dir.exists() {
+            // A dead node's machine-wide leftovers (cgroups, mounts, network,
+            // sysctls), unless another world's node runs now: it has swept
+            // them already, and they are its own now.
+            match crate::machine_lock::MachineLock::acquire("node", &dir) {
+                Ok(_lock) => {
+                    let iptables = crate::tools::which("iptables")
+                        .unwrap_or_else(|| "/usr/sbin/iptables".into());
+                    for problem in node::janitor::sweep(Some(&node_dir), &iptables) {
+                        eprintln!("[harness] stale node: {problem}");
+                    }
+                }
+                Err(e) => eprintln!("[harness] stale node at {}: {e}", node_dir.display()),
+            }
+        }
         eprintln!("[harness] removed stale world {}", dir.display());
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = node::janitor::remove_state_dir(&dir);
     }
 }

@@ -16,6 +16,12 @@ pub struct Versions {
     pub kubernetes: String,
     pub helm: String,
     pub keycloak: String,
+    pub containerd: String,
+    pub runc: String,
+    pub cni_plugins: String,
+    pub coredns: String,
+    pub registry: String,
+    pub buildkit: String,
 }
 
 impl Versions {
@@ -37,7 +43,112 @@ impl Versions {
             kubernetes: get("KUBERNETES_VERSION")?,
             helm: get("HELM_VERSION")?,
             keycloak: get("KEYCLOAK_VERSION")?,
+            containerd: get("CONTAINERD_VERSION")?,
+            runc: get("RUNC_VERSION")?,
+            cni_plugins: get("CNI_PLUGINS_VERSION")?,
+            coredns: get("COREDNS_VERSION")?,
+            registry: get("REGISTRY_VERSION")?,
+            buildkit: get("BUILDKIT_VERSION")?,
         })
+    }
+}
+
+/// The key of the cached pause binary: `tests/tools/build-node.sh` names it
+/// `pause-<first 12 hex digits of sha256(go.mod ++ main.go)>`, so a change
+/// to its source rebuilds it.
+pub fn pause_key() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(include_bytes!("../tools/pause/go.mod"));
+    hash.update(include_bytes!("../tools/pause/main.go"));
+    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    hex[..12].to_owned()
+}
+
+/// The binaries of the real node, the image registry and the image builder,
+/// from the same cache (built by `tests/tools/build-node.sh`).
+#[derive(Debug, Clone)]
+pub struct NodeTools {
+    /// Holds `containerd`, `containerd-shim-runc-v2` and `ctr`.
+    pub containerd_dir: PathBuf,
+    pub runc: PathBuf,
+    /// Holds `bridge`, `host-local`, `loopback` and `portmap`.
+    pub cni_dir: PathBuf,
+    pub kubelet: PathBuf,
+    pub kube_proxy: PathBuf,
+    pub kube_scheduler: PathBuf,
+    pub kubectl: PathBuf,
+    pub coredns: PathBuf,
+    pub registry: PathBuf,
+    /// Holds `buildkitd` and `buildctl`.
+    pub buildkit_dir: PathBuf,
+    /// The sandbox ("pause") binary.
+    pub pause: PathBuf,
+    /// The key the pause binary is cached under; also its image's tag.
+    pub pause_key: String,
+    pub iptables: PathBuf,
+}
+
+impl NodeTools {
+    /// Finds every node binary, failing with the name of the first one missing.
+    pub fn locate() -> Result<Self, HarnessError> {
+        let versions = Versions::pinned()?;
+        let bin = Tools::cache_dir().join("bin");
+        let cached = |name: &str, version: &str| {
+            existing(
+                &format!("{name} {version}"),
+                bin.join(format!("{name}-{version}")),
+            )
+        };
+        let pause_key = pause_key();
+        let containerd_dir = cached("containerd", &versions.containerd)?;
+        let cni_dir = cached("cni-plugins", &versions.cni_plugins)?;
+        let buildkit_dir = cached("buildkit", &versions.buildkit)?;
+        for (dir, names) in [
+            (
+                &containerd_dir,
+                &["containerd", "containerd-shim-runc-v2", "ctr"][..],
+            ),
+            (
+                &cni_dir,
+                &["bridge", "host-local", "loopback", "portmap"][..],
+            ),
+            (&buildkit_dir, &["buildkitd", "buildctl"][..]),
+        ] {
+            for name in names {
+                existing(name, dir.join(name))?;
+            }
+        }
+        Ok(Self {
+            runc: cached("runc", &versions.runc)?,
+            kubelet: cached("kubelet", &versions.kubernetes)?,
+            kube_proxy: cached("kube-proxy", &versions.kubernetes)?,
+            kube_scheduler: cached("kube-scheduler", &versions.kubernetes)?,
+            kubectl: cached("kubectl", &versions.kubernetes)?,
+            coredns: cached("coredns", &versions.coredns)?,
+            registry: cached("registry", &versions.registry)?,
+            pause: cached("pause", &pause_key)?,
+            pause_key,
+            containerd_dir,
+            cni_dir,
+            buildkit_dir,
+            iptables: which("iptables")
+                .or_else(|| Some(PathBuf::from("/usr/sbin/iptables")).filter(|p| p.exists()))
+                .ok_or_else(|| HarnessError::Missing {
+                    what: "iptables (Debian package iptables; run scripts/install-deps)".into(),
+                    path: "$PATH".into(),
+                })?,
+        })
+    }
+
+    /// `buildctl`.
+    pub fn buildctl(&self) -> PathBuf {
+        self.buildkit_dir.join("buildctl")
+    }
+
+    /// `ctr`.
+    pub fn ctr(&self) -> PathBuf {
+        self.containerd_dir.join("ctr")
     }
 }
 
@@ -145,5 +256,25 @@ mod tests {
         assert!(v.kubernetes.starts_with("v1.35."), "k8s {}", v.kubernetes);
         assert!(v.helm.starts_with("v3."), "helm {}", v.helm);
         assert!(v.keycloak.starts_with("26."), "keycloak {}", v.keycloak);
+        assert!(v.containerd.starts_with("v2.4."), "{}", v.containerd);
+        assert!(v.runc.starts_with("v1.5."), "{}", v.runc);
+        assert!(v.cni_plugins.starts_with("v1.10."), "{}", v.cni_plugins);
+        assert!(v.coredns.starts_with("v1.15."), "{}", v.coredns);
+        assert!(v.registry.starts_with("v3.1."), "{}", v.registry);
+        assert!(v.buildkit.starts_with("v0.34."), "{}", v.buildkit);
+    }
+
+    #[test]
+    fn pause_key_matches_the_build_script() {
+        // build-node.sh: `cat go.mod main.go | sha256sum | cut -c1-12`.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/pause");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cat {dir}/go.mod {dir}/main.go | sha256sum | cut -c1-12"
+            ))
+            .output()
+            .expect("sh runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pause_key());
     }
 }

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::HarnessError;
 use crate::control_plane::client_for;
+use crate::images::ImagesInfo;
 use crate::keycloak::KeycloakInfo;
+use crate::node::NodeInfo;
 
 /// The variable that points tests at a running world's `world.json`.
 pub const WORLD_ENV: &str = "ATTACH_WORLD";
@@ -31,6 +33,15 @@ pub struct WorldInfo {
     pub redis_url: Option<String>,
     /// The helm binary built for this world's Kubernetes version.
     pub helm: PathBuf,
+    /// The local registry and BuildKit, when this world runs them.
+    #[serde(default)]
+    pub images: Option<ImagesInfo>,
+    /// The real node, when this world runs one.
+    #[serde(default)]
+    pub node: Option<NodeInfo>,
+    /// kubectl built for this world's Kubernetes version (with a node).
+    #[serde(default)]
+    pub kubectl: Option<PathBuf>,
     /// `component -> pid` of every process the supervisor started.
     pub processes: BTreeMap<String, u32>,
     /// `component -> seconds` it took to become ready.
@@ -73,6 +84,18 @@ impl WorldInfo {
             out += &format!("export ATTACH_REDIS_URL={url}\n");
         }
         out += &format!("export ATTACH_HELM={}\n", self.helm.display());
+        if let Some(images) = &self.images {
+            out += &format!("export ATTACH_REGISTRY={}\n", images.registry);
+            out += &format!("export ATTACH_IMAGE_HOST={}\n", images.pull_host);
+            out += &format!("export ATTACH_BUILDKIT_ADDR={}\n", images.buildkit_addr);
+            out += &format!("export ATTACH_BUILDCTL={}\n", images.buildctl.display());
+        }
+        if let Some(node) = &self.node {
+            out += &format!("export ATTACH_NODE={}\n", node.name);
+        }
+        if let Some(kubectl) = &self.kubectl {
+            out += &format!("export ATTACH_KUBECTL={}\n", kubectl.display());
+        }
         out
     }
 }
@@ -99,23 +122,46 @@ impl World {
     /// When the world cannot be reached or started; the message names what is
     /// missing. A test that needs the world must fail, never skip, without it.
     pub fn shared(harness_bin: &str) -> &'static World {
-        let world =
-            SHARED.get_or_init(|| Self::attach_or_start(harness_bin).map_err(|e| e.to_string()));
+        Self::shared_with(harness_bin, &[])
+    }
+
+    /// [`World::shared`] for tests that need `components` (e.g. `node`):
+    /// the running world must have them, and a private one is started with
+    /// them (and the default ones). The first call in a process decides.
+    ///
+    /// # Panics
+    /// As [`World::shared`], and when the running world lacks a component.
+    pub fn shared_with(harness_bin: &str, components: &[&str]) -> &'static World {
+        let world = SHARED.get_or_init(|| {
+            Self::attach_or_start(harness_bin, components).map_err(|e| e.to_string())
+        });
         match world {
             Ok(world) => world,
             Err(e) => panic!("the test world is not available: {e}"),
         }
     }
 
-    fn attach_or_start(harness_bin: &str) -> Result<Self, HarnessError> {
+    fn attach_or_start(harness_bin: &str, components: &[&str]) -> Result<Self, HarnessError> {
         if let Some(path) = std::env::var_os(WORLD_ENV) {
             let info = WorldInfo::load(Path::new(&path))?;
+            if components.contains(&"node") && info.node.is_none() {
+                return Err(HarnessError::Other(format!(
+                    "the world at {} runs no node, which these tests need: start it with \
+                     the node component (scripts/e2e does for the node tests)",
+                    path.to_string_lossy()
+                )));
+            }
             return Ok(Self {
                 info,
                 _lifeline: None,
             });
         }
-        Self::start_private(harness_bin, &[])
+        if components.is_empty() {
+            return Self::start_private(harness_bin, &[]);
+        }
+        let mut all = vec!["control-plane", "keycloak", "redis"];
+        all.extend_from_slice(components);
+        Self::start_private(harness_bin, &all)
     }
 
     /// Starts a private world through `attach-harness up`, with only
@@ -202,9 +248,29 @@ impl World {
         client_for(&self.control_plane()?.kubeconfig).await
     }
 
-    /// `kubectl --kubeconfig <admin>`.
+    /// The local registry and BuildKit, or an error if this world runs without them.
+    pub fn images(&self) -> Result<&ImagesInfo, HarnessError> {
+        self.info.images.as_ref().ok_or_else(|| {
+            HarnessError::Other("this world has no image registry (component images)".into())
+        })
+    }
+
+    /// The node, or an error if this world runs without one.
+    pub fn node(&self) -> Result<&NodeInfo, HarnessError> {
+        self.info
+            .node
+            .as_ref()
+            .ok_or_else(|| HarnessError::Other("this world has no node (component node)".into()))
+    }
+
+    /// `kubectl --kubeconfig <admin>` (the world's own kubectl when it built one).
     pub fn kubectl(&self) -> Result<Command, HarnessError> {
-        let mut cmd = Command::new("kubectl");
+        let program = self
+            .info
+            .kubectl
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("kubectl"));
+        let mut cmd = Command::new(program);
         cmd.arg("--kubeconfig")
             .arg(&self.control_plane()?.kubeconfig);
         Ok(cmd)

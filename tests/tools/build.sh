@@ -4,6 +4,7 @@
 #   $ATTACH_CACHE/bin/etcd-<v>, kube-apiserver-<v>, kube-controller-manager-<v>, helm-<v>
 #   $ATTACH_CACHE/keycloak/keycloak-<v>/   (unpacked server distribution)
 #   $ATTACH_CACHE/java-home                (path of a JDK >= JAVA_MIN_VERSION)
+#   the real node, the registry, BuildKit and actionlint: see build-node.sh
 # A binary is rebuilt only when its versioned file is absent.
 set -euo pipefail
 
@@ -103,3 +104,4 @@ log "java: $best (major $best_major)"
 
 # The test upstreams that parse requests as Ollama and vLLM do.
 "$here/test-upstreams.sh" >/dev/null
+"$here/build-node.sh"

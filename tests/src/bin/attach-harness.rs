@@ -1,6 +1,7 @@
 //! `attach-harness`: starts and stops the test world (a Kubernetes control
-//! plane, Keycloak and Redis on loopback) for tests, the demo and humans.
-//! `tests/cluster` wraps it.
+//! plane, Keycloak and Redis on loopback; on request a registry with
+//! BuildKit and a real node) for tests, the demo and humans; builds the
+//! project's images into a running world's registry. `tests/cluster` wraps it.
 #![forbid(unsafe_code)]
 
 use std::io::Read;
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use attach_tests::WorldInfo;
+use attach_tests::images::build::{GATEWAY, MOCK_MODEL, OPERATOR, build_project_images};
 use attach_tests::supervisor::{self, Component, RunningWorld, STATE_PREFIX};
 use attach_tests::tools::Tools;
 use clap::{Parser, Subcommand};
@@ -29,7 +32,9 @@ enum Cmd {
         /// The state folder; by default a new `attach-harness-*` folder in $TMPDIR.
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// Comma-separated subset of control-plane,keycloak,redis.
+        /// Comma-separated subset of control-plane,keycloak,redis,images,node
+        /// (default: control-plane,keycloak,redis; node brings
+        /// control-plane and images along).
         #[arg(long, value_delimiter = ',')]
         components: Vec<Component>,
         /// Tear down when stdin closes (the test process that owns it exited).
@@ -51,6 +56,18 @@ enum Cmd {
         #[arg(long)]
         state_dir: PathBuf,
     },
+    /// Build the project's images (attach-gateway, attach-operator, the
+    /// mock model) with the running world's BuildKit, push them to its
+    /// registry, print their digests and sizes, and print shell exports of
+    /// their references.
+    Images {
+        /// The world's world.json (default: $ATTACH_WORLD).
+        #[arg(long, env = "ATTACH_WORLD")]
+        world: PathBuf,
+    },
+    /// List what a node left on this machine (processes, mounts, cgroups,
+    /// network devices, iptables chains, state folders); fails if anything.
+    NodeLeftovers,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +83,8 @@ fn main() -> ExitCode {
         Cmd::Env { state_dir } => std::fs::read_to_string(state_dir.join("env.sh"))
             .map(|env| print!("{env}"))
             .map_err(|e| format!("no running world at {}: {e}", state_dir.display())),
+        Cmd::Images { world } => images(&world),
+        Cmd::NodeLeftovers => node_leftovers(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,7 +147,7 @@ fn up(
         Ok::<(), String>(())
     });
     if !keep_state {
-        let _ = std::fs::remove_dir_all(&state_dir);
+        let _ = attach_tests::node::janitor::remove_state_dir(&state_dir);
     }
     result
 }
@@ -188,4 +207,61 @@ fn down(state_dir: &Path, timeout: Duration) -> Result<(), String> {
         "supervisor {pid} did not stop within {}s; killed it",
         timeout.as_secs()
     ))
+}
+
+fn images(world: &Path) -> Result<(), String> {
+    let info = WorldInfo::load(world).map_err(|e| e.to_string())?;
+    let images = info
+        .images
+        .ok_or("that world runs no registry: start it with the images (or node) component")?;
+    let started = Instant::now();
+    let built = build_project_images(&images).map_err(|e| e.to_string())?;
+    eprintln!(
+        "[images] built and pushed in {:.1}s:",
+        started.elapsed().as_secs_f64()
+    );
+    for image in &built {
+        eprintln!(
+            "[images]   {:<18} {}  {:>6.2} MB",
+            image.name,
+            image.reference,
+            image.compressed_bytes as f64 / 1_000_000.0
+        );
+    }
+    for image in &built {
+        let var = match image.name.as_str() {
+            GATEWAY => "ATTACH_GATEWAY_IMAGE",
+            OPERATOR => "ATTACH_OPERATOR_IMAGE",
+            MOCK_MODEL => "ATTACH_MODEL_IMAGE",
+            _ => continue,
+        };
+        println!("export {var}={}", image.reference);
+    }
+    Ok(())
+}
+
+fn node_leftovers() -> Result<(), String> {
+    let root = std::env::temp_dir();
+    let node_dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.starts_with(STATE_PREFIX))
+                })
+                .map(|e| e.path().join("node"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let left = attach_tests::node::janitor::leftovers(&node_dirs);
+    if left.is_empty() {
+        println!("no node leftovers");
+        return Ok(());
+    }
+    for (kind, what) in &left {
+        println!("{kind}: {what}");
+    }
+    Err(format!("{} node leftovers", left.len()))
 }

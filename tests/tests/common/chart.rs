@@ -272,8 +272,9 @@ pub async fn install_chart_in(world: &'static World, extra: &[&str]) -> Installe
             "--set",
             &format!("webhook.url=https://127.0.0.1:{port}/mutate-pods"),
         ])
+        // --set-string: a run id of digits only must stay a string.
         .args([
-            "--set",
+            "--set-string",
             &format!("webhook.namespaceLabels.attach\\.dev/chart-test={run}"),
         ])
         .args(extra)

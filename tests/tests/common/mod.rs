@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod chart;
+pub mod node;
 #[allow(unused_imports)] // each test binary uses its own subset
 pub use chart::{install_chart, kubectl, kubectl_apply};
 
@@ -12,9 +13,15 @@ use attach_tests::World;
 use attach_tests::keycloak::{AUDIENCE, REALM};
 use attach_tests::mock_model::MockModel;
 
-/// The world every test in this binary shares (see [`World::shared`]).
+/// The world every test in this binary shares (see [`World::shared`]). The
+/// test files named `node*` run real pods: their world has the node.
 pub fn world() -> &'static World {
-    World::shared(env!("CARGO_BIN_EXE_attach-harness"))
+    let harness = env!("CARGO_BIN_EXE_attach-harness");
+    if env!("CARGO_CRATE_NAME").starts_with("node") {
+        World::shared_with(harness, &["node"])
+    } else {
+        World::shared(harness)
+    }
 }
 
 /// A gateway config trusting the harness Keycloak's `attach` realm, in front
