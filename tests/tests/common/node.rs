@@ -232,6 +232,8 @@ pub async fn install_release(extra_values: &[&str]) -> Release {
         .args(["--set", &format!("image.repository={repository}")])
         .args(["--set", &format!("image.tag={tag}")])
         .args(["--set", &format!("gateway.image={}", images.gateway)])
+        // The CRDs are shared by every release of the world (install_crds).
+        .args(["--set", "crds.enabled=false"])
         // --set-string: a run id of digits only must stay a string.
         .args([
             "--set-string",
