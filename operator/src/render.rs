@@ -114,9 +114,9 @@ fn access(spec: Option<&crate::crd::llm_backend::Access>) -> AccessConfig {
                 &["*"],
                 &[GatewayClass::Inference, GatewayClass::Read],
             )],
-            allow_unknown_endpoints: false,
-            denied_agents: Vec::new(),
-            ..AccessConfig::default()
+            // The rest as in a config that allows nothing: unknown
+            // endpoints denied, model lists filtered, no agent named.
+            ..AccessConfig::deny()
         };
     };
     let rules = access
@@ -541,6 +541,53 @@ mod tests {
         }
         assert_eq!(prefix(CHAT, &shared), "team:");
         assert_eq!(prefix(other_name, &shared), "team:", "shared on purpose");
+    }
+
+    /// Every access and quota setting of the spec reaches the gateway: a
+    /// dropped `deniedAgents` lets the denied agents in, a dropped
+    /// `allowUnknownEndpoints` changes what unknown paths get, and a
+    /// dropped quota `subjects` or `models` applies a limit to everyone
+    /// and every model.
+    #[test]
+    fn access_and_quota_settings_reach_the_gateway() {
+        let mut custom = spec();
+        let extra: LLMBackendSpec = serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": {"app": "ollama"}},
+            "engine": "ollama",
+            "port": 11434,
+            "identityProviderRefs": [{"name": "corp"}],
+            "access": {
+                "rules": [{"name": "power", "subjects": {"groups": ["ai-power-users"]}, "endpoints": ["inference"]}],
+                "allowUnknownEndpoints": true,
+                "deniedAgents": ["rogue-agent"],
+            },
+            "quotas": [{"name": "staff-large", "per": "user", "subjects": {"groups": ["staff"]},
+                        "models": ["llama3:70b"], "tokensPerDay": 1000}],
+        }))
+        .unwrap();
+        custom.access = extra.access;
+        custom.quotas = extra.quotas;
+        let rendered = render(CHAT, &custom, &[keycloak()], PORTS);
+        let config = &rendered.config;
+        assert!(config.access.allow_unknown_endpoints);
+        assert_eq!(config.access.denied_agents, ["rogue-agent"]);
+        let limit = &config.quotas.limits[0];
+        assert_eq!(limit.name, "staff-large");
+        assert_eq!(limit.models, ["llama3:70b"]);
+        assert_eq!(
+            limit.subjects.as_ref().map(|s| s.groups.clone()),
+            Some(vec!["staff".to_owned()])
+        );
+        assert_eq!(limit.tokens_per_day, Some(1000));
+        // And survive the YAML the gateway reads.
+        assert_eq!(&GatewayConfig::parse(&rendered.config_yaml()).unwrap(), config);
+        // Unset, they are the safe values: unknown paths denied, no agent
+        // denied by name, limits on everyone.
+        let plain = render(CHAT, &spec(), &[keycloak()], PORTS).config;
+        assert!(!plain.access.allow_unknown_endpoints);
+        assert!(plain.access.denied_agents.is_empty());
+        assert!(plain.quotas.limits[0].subjects.is_none());
+        assert!(plain.quotas.limits[0].models.is_empty());
     }
 
     #[test]
