@@ -312,7 +312,11 @@ fn the_exchange_client_secret_of_the_backends_idp_is_mounted() {
     let patch = patch_of(&response);
     let volumes: Vec<&Value> = patch
         .iter()
-        .filter(|op| op["path"].as_str().is_some_and(|p| p.starts_with("/spec/volumes")))
+        .filter(|op| {
+            op["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/spec/volumes"))
+        })
         .collect();
     let mounted = serde_json::to_string(&volumes).unwrap();
     assert!(
