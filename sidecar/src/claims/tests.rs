@@ -110,6 +110,35 @@ fn a_service_account_name_makes_no_machine_unless_the_token_says_so() {
     assert!(!odd.machine);
 }
 
+/// Entra: `idtyp`, when the resource configured it, decides on its own;
+/// only without it does the absence of `scp` mark an app-only token.
+#[test]
+fn entra_idtyp_decides_before_scp() {
+    let cases = [
+        // idtyp says app: a machine even beside an scp claim.
+        (json!({"idtyp": "app", "scp": "Model.Read"}), true),
+        (json!({"idtyp": "app"}), true),
+        // idtyp says user: a person even when no scp came along.
+        (json!({"idtyp": "user"}), false),
+        (json!({"idtyp": "user", "scp": "Model.Read"}), false),
+        // No idtyp (or one Entra does not document): scp decides.
+        (json!({}), true),
+        (json!({"scp": "Model.Read"}), false),
+        (json!({"idtyp": "device", "scp": "Model.Read"}), false),
+        (json!({"idtyp": "device"}), true),
+    ];
+    for (extra, machine) in cases {
+        let mut claims = json!({"sub": "690222be", "oid": "690222be",
+                                "azp": "6e74172b", "tid": "72f988bf"});
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let id = identity(Preset::Entra, claims);
+        assert_eq!(id.machine, machine, "{extra}");
+        assert_eq!(id.is_human(), !machine, "{extra}");
+    }
+}
+
 #[test]
 fn a_persons_token_held_by_another_client_is_a_delegation_by_that_client() {
     let mapping = mapping(Preset::Keycloak).with_user_clients(&["attach-cli".into()]);
