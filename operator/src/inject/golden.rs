@@ -317,3 +317,37 @@ fn a_deny_all_backend_still_injects_its_pods() {
         other => panic!("a deny-all backend's pod: {other:?}"),
     }
 }
+
+/// The backend's `sidecar.resources` replace the defaults on the injected
+/// gateway, limits and requests both.
+#[test]
+fn the_backends_sidecar_resources_reach_the_gateway() {
+    let (_, mut case) = cases()
+        .into_iter()
+        .find(|(n, _)| n == "ollama-port-number")
+        .unwrap();
+    case.backends[0].spec.sidecar = Some(
+        serde_json::from_value(serde_json::json!({"resources": {
+            "limits": {"cpu": "2", "memory": "256Mi"},
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+        }}))
+        .unwrap(),
+    );
+    let Decision::Inject { pod, .. } = decide(&case) else {
+        panic!("not injected");
+    };
+    let gateway = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == super::SIDECAR_NAME))
+        .unwrap();
+    let resources = serde_json::to_value(gateway.resources.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        resources,
+        serde_json::json!({
+            "limits": {"cpu": "2", "memory": "256Mi"},
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+        })
+    );
+}
