@@ -189,6 +189,18 @@ fn a_second_pass_over_a_damaged_injection_is_refused() {
     // The annotations removed, the gateway kept.
     let mut no_annotations = (*pod).clone();
     no_annotations.metadata.annotations = None;
+    // The config volume mounted at another path.
+    let mut mounted_elsewhere = (*pod).clone();
+    if let Some(gateway) = mounted_elsewhere
+        .spec
+        .as_mut()
+        .and_then(|s| s.init_containers.as_mut())
+        .and_then(|c| c.iter_mut().find(|c| c.name == super::SIDECAR_NAME))
+    {
+        for m in gateway.volume_mounts.iter_mut().flatten() {
+            m.mount_path = "/elsewhere".into();
+        }
+    }
     // The config volume pointing elsewhere.
     let mut other_config = (*pod).clone();
     if let Some(spec) = other_config.spec.as_mut() {
@@ -209,6 +221,11 @@ fn a_second_pass_over_a_damaged_injection_is_refused() {
         (
             "no annotations",
             no_annotations,
+            Reason::ForeignGatewayContainer,
+        ),
+        (
+            "config volume mounted elsewhere",
+            mounted_elsewhere,
             Reason::ForeignGatewayContainer,
         ),
         (

@@ -332,3 +332,33 @@ fn the_exchange_client_secret_of_the_backends_idp_is_mounted() {
     let patch = serde_json::to_string(&patch_of(&response)).unwrap();
     assert!(!patch.contains("corp-exchange"), "{patch}");
 }
+
+/// Every answer is counted under its result and reason: refusals and
+/// opt-outs are what an operator alerts on.
+#[test]
+fn every_answer_is_counted_by_result_and_reason() {
+    let f = index(vec![backend(json!({}))]);
+    let metrics = Metrics::new();
+    for (pod, ns) in [
+        (ollama_pod(json!({}), json!({})), "ml"),
+        (
+            ollama_pod(json!({"attach.dev/inject": "false"}), json!({})),
+            "ml",
+        ),
+        (ollama_pod(json!({}), json!({})), "elsewhere"),
+    ] {
+        let (_, outcome) = answer(&review_of(pod, ns), &f.index);
+        outcome.record(&metrics);
+    }
+    let (_, invalid) = review(b"{not a review", &f.index, &Defaults::default());
+    invalid.record(&metrics);
+    let text = metrics.encode();
+    for line in [
+        r#"attach_operator_admissions_total{result="injected",reason=""} 1"#,
+        r#"attach_operator_admissions_total{result="refused",reason="opt_out_forbidden"} 1"#,
+        r#"attach_operator_admissions_total{result="admitted",reason="no_backend"} 1"#,
+        r#"attach_operator_admissions_total{result="invalid",reason=""} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+}
