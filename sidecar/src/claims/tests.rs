@@ -335,6 +335,9 @@ fn an_auth0_namespace_must_be_a_url() {
         "example.com/claims",
         "ftp://example.com",
         "https://",
+        // A scheme and an empty host (http::Uri accepts these).
+        "https://:443/claims",
+        "http://@/claims",
         "",
     ] {
         let err = ClaimMapping {
