@@ -65,12 +65,6 @@ impl std::fmt::Display for ModelName {
     }
 }
 
-impl AsRef<str> for ModelName {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 /// The canonical form of `raw` for `engine`, or why it is refused.
 pub fn canonical_name(engine: Engine, raw: &str) -> Result<ModelName, NameError> {
     if raw.len() > MAX_NAME_BYTES {
@@ -366,7 +360,7 @@ mod tests {
 
     #[test]
     fn openai_names_are_exact() {
-        let name = |raw| canonical_name(Engine::Vllm, raw).map(|n| n.to_string());
+        let name = |raw: &str| canonical_name(Engine::Vllm, raw).map(|n| n.to_string());
         assert_eq!(
             name("meta-llama/Llama-3.1-8B").as_deref(),
             Ok("meta-llama/Llama-3.1-8B")
@@ -376,6 +370,9 @@ mod tests {
         assert!(name(" tiny").is_err());
         assert!(name("tiny\u{0}").is_err());
         assert_eq!(name(&"x".repeat(257)), Err(NameError::TooLong));
+        // The limit itself is allowed.
+        let longest = "x".repeat(MAX_NAME_BYTES);
+        assert_eq!(name(&longest).as_deref(), Ok(longest.as_str()));
     }
 
     fn pattern(engine: Engine, p: &str) -> ModelPattern {
