@@ -356,6 +356,30 @@ mod tests {
         }
         assert_eq!(ollama(&"a".repeat(257)), Err(NameError::TooLong));
         assert!(ollama(&"a".repeat(81)).is_err(), "a part over 80 bytes");
+        assert!(ollama(&"a".repeat(80)).is_ok(), "a part of 80 bytes");
+    }
+
+    /// Patterns are checked before the engine's own grammar: the vLLM
+    /// branch accepts any glob, so these checks are all that stands
+    /// between a rule and a pattern no model name can be.
+    #[test]
+    fn patterns_that_cannot_be_a_name_are_refused_for_every_engine() {
+        for engine in [Engine::Vllm, Engine::Ollama] {
+            for bad in [
+                String::new(),
+                "x".repeat(MAX_NAME_BYTES + 1),
+                "a b".into(),
+                "a\u{7}b".into(),
+            ] {
+                assert!(
+                    ModelPattern::parse(engine, &bad).is_err(),
+                    "{engine:?}: {bad:?} accepted"
+                );
+            }
+        }
+        let longest = "x".repeat(MAX_NAME_BYTES);
+        assert!(pattern(Engine::Vllm, &longest).matches(&longest));
+        assert!(matches!(pattern(Engine::Vllm, "*"), ModelPattern::Any));
     }
 
     #[test]
