@@ -445,3 +445,20 @@ fn presets_parse_from_auth_backend_names() {
     assert_eq!("entra".parse::<Preset>(), Ok(Preset::Entra));
     assert!("cognito".parse::<Preset>().is_err());
 }
+
+/// A numeric id in a name claim is read as its decimal text, whatever its
+/// range: negative, or above `i64::MAX`. Anything else is not a name.
+#[test]
+fn integer_names_of_every_range_are_read_as_text() {
+    for (value, text) in [
+        (json!("alice"), Some("alice")),
+        (json!(42), Some("42")),
+        (json!(-42), Some("-42")),
+        (json!(u64::MAX), Some("18446744073709551615")),
+        (json!(1.5), None),
+        (json!(true), None),
+        (json!(["alice"]), None),
+    ] {
+        assert_eq!(typed::text(&value).as_deref(), text, "{value}");
+    }
+}
