@@ -430,6 +430,24 @@ mod tests {
     use super::*;
     use crate::canonical::Engine;
 
+    /// The class an audit line names is spelled as rules write it.
+    #[test]
+    fn class_names_are_the_config_spelling() {
+        for class in [
+            EndpointClass::Inference,
+            EndpointClass::Read,
+            EndpointClass::Admin,
+            EndpointClass::Unknown,
+        ] {
+            assert_eq!(
+                serde_json::to_value(class).unwrap(),
+                serde_json::Value::from(class.as_str())
+            );
+            let parsed: EndpointClass = serde_json::from_value(class.as_str().into()).unwrap();
+            assert_eq!(parsed, class);
+        }
+    }
+
     fn endpoint(engine: Engine, method: Method, raw: &str) -> Endpoint {
         classify(engine, &method, &normalize_path(raw).unwrap())
     }
