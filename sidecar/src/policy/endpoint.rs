@@ -456,6 +456,25 @@ mod tests {
         endpoint(Engine::Ollama, method, raw).class
     }
 
+    /// vLLM's `/ping` answers GET, HEAD and POST (the SageMaker health
+    /// check); other methods are no route of it.
+    #[test]
+    fn a_get_post_route_is_read_for_get_head_and_post_only() {
+        for (method, want) in [
+            (Method::GET, EndpointClass::Read),
+            (Method::HEAD, EndpointClass::Read),
+            (Method::POST, EndpointClass::Read),
+            (Method::PUT, EndpointClass::Unknown),
+            (Method::DELETE, EndpointClass::Unknown),
+        ] {
+            assert_eq!(
+                endpoint(Engine::Vllm, method.clone(), "/ping").class,
+                want,
+                "{method}"
+            );
+        }
+    }
+
     #[test]
     fn disguised_admin_paths_are_still_admin() {
         for raw in [
