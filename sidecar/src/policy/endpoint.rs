@@ -456,6 +456,26 @@ mod tests {
         endpoint(Engine::Ollama, method, raw).class
     }
 
+    /// `{}` is one segment and `/**` one or more, never empty ones, even
+    /// on a path that did not come through `normalize_path`.
+    #[test]
+    fn placeholders_match_only_non_empty_segments() {
+        for (pattern, path, want) in [
+            ("/v1/models/{}", "/v1/models/llama", true),
+            ("/v1/models/{}", "/v1/models/", false),
+            ("/v1/models/{}", "/v1/models/a/b", false),
+            ("/api/user/keys/**", "/api/user/keys/a", true),
+            ("/api/user/keys/**", "/api/user/keys/a/b", true),
+            ("/api/user/keys/**", "/api/user/keys", false),
+            ("/api/user/keys/**", "/api/user/keys/", false),
+            ("/api/user/keys/**", "/api/user/keys//a", false),
+            ("/api/user/keys/**", "/api/user/keys/a//b", false),
+            ("/api/user/keys/**", "/api/user/keys/a/", false),
+        ] {
+            assert_eq!(path_matches(pattern, path), want, "{pattern} {path}");
+        }
+    }
+
     /// vLLM's `/ping` answers GET, HEAD and POST (the SageMaker health
     /// check); other methods are no route of it.
     #[test]
