@@ -372,7 +372,8 @@ fn path_matches(pattern: &str, path: &str) -> bool {
 }
 
 /// A matching path in the table's spelling: literal segments as the table
-/// writes them, parameters as they came.
+/// writes them, parameters as they came (a `**`, always the pattern's last
+/// segment, and every segment after it included).
 fn spelled(pattern: &str, path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut want = pattern.split('/').skip(1);
@@ -380,12 +381,6 @@ fn spelled(pattern: &str, path: &str) -> String {
         out.push('/');
         match want.next() {
             Some(w) if w != "{}" && w != "**" => out.push_str(w),
-            Some("**") => {
-                // This and every later segment as they came.
-                out.push_str(h);
-                want = "".split('/').skip(1);
-                continue;
-            }
             _ => out.push_str(h),
         }
     }
@@ -473,6 +468,22 @@ mod tests {
             ("/api/user/keys/**", "/api/user/keys/a/", false),
         ] {
             assert_eq!(path_matches(pattern, path), want, "{pattern} {path}");
+        }
+    }
+
+    /// The forwarded path of a `/**` route: the table's literal segments,
+    /// then the rest as it came; `**` ends every pattern that has it.
+    #[test]
+    fn a_trailing_double_star_keeps_the_rest_as_it_came() {
+        let e = endpoint(Engine::Ollama, Method::DELETE, "/API/User/Keys/AbC/dEf");
+        assert_eq!(e.class, EndpointClass::Admin);
+        assert_eq!(e.path, "/api/user/keys/AbC/dEf");
+        for table in [OLLAMA, VLLM, OPENAI] {
+            for r in table {
+                if let Some(i) = r.path.find("**") {
+                    assert_eq!(i + 2, r.path.len(), "{}", r.path);
+                }
+            }
         }
     }
 
