@@ -329,6 +329,23 @@ mod tests {
     use super::*;
     use crate::claims::ClaimMapping;
 
+    /// A 403's `denied_by` is API: clients and dashboards match on these
+    /// names (README, "Access policy"); each kind has its own.
+    #[test]
+    fn deny_kinds_have_their_documented_names() {
+        let kinds = [
+            (DenyKind::Subject, "subject"),
+            (DenyKind::Endpoint, "endpoint"),
+            (DenyKind::Model, "model"),
+            (DenyKind::UnknownEndpoint, "unknown_endpoint"),
+            (DenyKind::MissingModel, "missing_model"),
+            (DenyKind::Agent, "agent"),
+        ];
+        for (kind, name) in kinds {
+            assert_eq!(kind.as_str(), name, "{kind:?}");
+        }
+    }
+
     fn who(claims: serde_json::Value) -> Identity {
         ClaimMapping::default()
             .resolve()
