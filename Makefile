@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PHASE := scripts/phase
 
-.PHONY: test tools fmt clippy unit e2e orphans demo deps no-golden-update images release-check workflows
+.PHONY: test tools fmt clippy unit e2e orphans demo deps no-golden-update images release-check workflows mutants mutants-diff
 
 ## Every check CI runs, each phase timed.
 test: no-golden-update deps
@@ -60,6 +60,15 @@ e2e:
 
 orphans:
 	scripts/check-orphans
+
+## Mutation testing of the security modules (cargo-mutants, unit tests only).
+## MUTANTS_FILES='sidecar/src/policy/**' narrows it; see scripts/mutants.
+mutants:
+	scripts/mutants
+
+## The same, only for lines changed since MUTANTS_BASE (default main).
+mutants-diff:
+	scripts/mutants --diff
 
 ## A real node: build the images, bring the world up, helm install, show
 ## injected pods serving requests, tear it down.

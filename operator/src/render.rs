@@ -114,9 +114,9 @@ fn access(spec: Option<&crate::crd::llm_backend::Access>) -> AccessConfig {
                 &["*"],
                 &[GatewayClass::Inference, GatewayClass::Read],
             )],
-            allow_unknown_endpoints: false,
-            denied_agents: Vec::new(),
-            ..AccessConfig::default()
+            // The rest as in a config that allows nothing: unknown
+            // endpoints denied, model lists filtered, no agent named.
+            ..AccessConfig::deny()
         };
     };
     let rules = access
@@ -226,12 +226,7 @@ pub fn render_deny_all(spec: &LLMBackendSpec, ports: Ports) -> Rendered {
     config.admin.port = ports.admin;
     config.upstream.url = format!("http://127.0.0.1:{}", ports.upstream);
     config.unauthenticated_paths = spec.unauthenticated_paths.clone();
-    config.access = AccessConfig {
-        rules: Vec::new(),
-        allow_unknown_endpoints: false,
-        denied_agents: Vec::new(),
-        ..AccessConfig::default()
-    };
+    config.access = AccessConfig::deny();
     config.deny_all = true;
     Rendered { config }
 }
@@ -541,6 +536,117 @@ mod tests {
         }
         assert_eq!(prefix(CHAT, &shared), "team:");
         assert_eq!(prefix(other_name, &shared), "team:", "shared on purpose");
+    }
+
+    /// Every access and quota setting of the spec reaches the gateway: a
+    /// dropped `deniedAgents` lets the denied agents in, a dropped
+    /// `allowUnknownEndpoints` changes what unknown paths get, and a
+    /// dropped quota `subjects` or `models` applies a limit to everyone
+    /// and every model.
+    #[test]
+    fn access_and_quota_settings_reach_the_gateway() {
+        let mut custom = spec();
+        let extra: LLMBackendSpec = serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": {"app": "ollama"}},
+            "engine": "ollama",
+            "port": 11434,
+            "identityProviderRefs": [{"name": "corp"}],
+            "access": {
+                "rules": [{"name": "power", "endpoints": ["inference"], "subjects": {
+                    "issuer": "https://kc.example/realms/corp", "anyAuthenticated": true,
+                    "users": ["alice"], "groups": ["ai-power-users"], "roles": ["llm"],
+                    "scopes": ["models"], "tenants": ["acme"], "clients": ["cli"],
+                    "agents": ["helper"], "anyActor": true}}],
+                "allowUnknownEndpoints": true,
+                "deniedAgents": ["rogue-agent"],
+            },
+            "quotas": [{"name": "staff-large", "per": "user", "subjects": {"groups": ["staff"]},
+                        "models": ["llama3:70b"], "tokensPerMinute": 500, "requestsPerMinute": 7,
+                        "concurrent": 2, "tokensPerDay": 1000}],
+        }))
+        .unwrap();
+        custom.access = extra.access;
+        custom.quotas = extra.quotas;
+        let rendered = render(CHAT, &custom, &[keycloak()], PORTS);
+        let config = &rendered.config;
+        assert!(config.access.allow_unknown_endpoints);
+        assert_eq!(config.access.denied_agents, ["rogue-agent"]);
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            config.access.rules[0].subjects,
+            GatewaySubjects {
+                issuer: Some("https://kc.example/realms/corp".into()),
+                any_authenticated: true,
+                users: strings(&["alice"]),
+                groups: strings(&["ai-power-users"]),
+                roles: strings(&["llm"]),
+                scopes: strings(&["models"]),
+                tenants: strings(&["acme"]),
+                clients: strings(&["cli"]),
+                agents: strings(&["helper"]),
+                any_actor: true,
+            }
+        );
+        let limit = &config.quotas.limits[0];
+        assert_eq!(limit.name, "staff-large");
+        assert_eq!(limit.models, ["llama3:70b"]);
+        assert_eq!(
+            limit.subjects.as_ref().map(|s| s.groups.clone()),
+            Some(vec!["staff".to_owned()])
+        );
+        assert_eq!(limit.tokens_per_minute, Some(500));
+        assert_eq!(limit.requests_per_minute, Some(7));
+        assert_eq!(limit.concurrent, Some(2));
+        assert_eq!(limit.tokens_per_day, Some(1000));
+        // And survive the YAML the gateway reads.
+        assert_eq!(
+            &GatewayConfig::parse(&rendered.config_yaml()).unwrap(),
+            config
+        );
+        // Unset, they are the safe values: unknown paths denied, no agent
+        // denied by name, limits on everyone.
+        let plain = render(CHAT, &spec(), &[keycloak()], PORTS).config;
+        assert!(!plain.access.allow_unknown_endpoints);
+        assert!(plain.access.denied_agents.is_empty());
+        assert!(plain.quotas.limits[0].subjects.is_none());
+        assert!(plain.quotas.limits[0].models.is_empty());
+    }
+
+    /// An IdP's preset and its claim paths reach the gateway: a dropped
+    /// `groups` path, say, reads groups from the preset's claim instead.
+    #[test]
+    fn the_preset_and_claim_paths_reach_the_gateway() {
+        let mut entra = keycloak();
+        entra.preset = Preset::Entra;
+        let rendered = render(CHAT, &spec(), &[entra.clone()], PORTS);
+        assert_eq!(
+            rendered.config.issuers[0].claims,
+            ClaimMapping::preset(GatewayPreset::Entra)
+        );
+        entra.claims = Some(crate::crd::identity_provider::ClaimPaths {
+            user: Some("upn".into()),
+            groups: Some("realm_access.groups".into()),
+            roles: Some("app_roles".into()),
+            scopes: Some("scope_list".into()),
+            tenant: Some("org.id".into()),
+            namespace: Some("https://example.com/claims/".into()),
+        });
+        let claims = &render(CHAT, &spec(), &[entra], PORTS).config.issuers[0].claims;
+        assert_eq!(claims.preset, GatewayPreset::Entra);
+        assert_eq!(claims.user.as_deref(), Some("upn"));
+        assert_eq!(claims.groups.as_deref(), Some("realm_access.groups"));
+        assert_eq!(claims.roles.as_deref(), Some("app_roles"));
+        assert_eq!(claims.scopes.as_deref(), Some("scope_list"));
+        assert_eq!(claims.tenant.as_deref(), Some("org.id"));
+        assert_eq!(
+            claims.namespace.as_deref(),
+            Some("https://example.com/claims/")
+        );
+        // The preset's own client claim stays.
+        assert_eq!(
+            claims.client,
+            ClaimMapping::preset(GatewayPreset::Entra).client
+        );
     }
 
     #[test]

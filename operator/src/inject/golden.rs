@@ -174,9 +174,33 @@ fn a_second_pass_over_a_damaged_injection_is_refused() {
     if let Some(spec) = no_gateway.spec.as_mut() {
         spec.init_containers = None;
     }
+    // The gateway removed, and only one of the two annotations kept: each
+    // marks the pod as injected on its own.
+    let one_annotation = |keep: &str| {
+        let mut pod = no_gateway.clone();
+        if let Some(annotations) = pod.metadata.annotations.as_mut() {
+            annotations.retain(|k, _| k == keep);
+            assert_eq!(annotations.len(), 1, "{keep}");
+        }
+        pod
+    };
+    let only_injected = one_annotation(super::INJECTED);
+    let only_backend = one_annotation(super::BACKEND);
     // The annotations removed, the gateway kept.
     let mut no_annotations = (*pod).clone();
     no_annotations.metadata.annotations = None;
+    // The config volume mounted at another path.
+    let mut mounted_elsewhere = (*pod).clone();
+    if let Some(gateway) = mounted_elsewhere
+        .spec
+        .as_mut()
+        .and_then(|s| s.init_containers.as_mut())
+        .and_then(|c| c.iter_mut().find(|c| c.name == super::SIDECAR_NAME))
+    {
+        for m in gateway.volume_mounts.iter_mut().flatten() {
+            m.mount_path = "/elsewhere".into();
+        }
+    }
     // The config volume pointing elsewhere.
     let mut other_config = (*pod).clone();
     if let Some(spec) = other_config.spec.as_mut() {
@@ -185,8 +209,23 @@ fn a_second_pass_over_a_damaged_injection_is_refused() {
     for (what, pod, reason) in [
         ("no gateway", no_gateway, Reason::ForgedAnnotation),
         (
+            "no gateway, only the injected annotation",
+            only_injected,
+            Reason::ForgedAnnotation,
+        ),
+        (
+            "no gateway, only the backend annotation",
+            only_backend,
+            Reason::ForgedAnnotation,
+        ),
+        (
             "no annotations",
             no_annotations,
+            Reason::ForeignGatewayContainer,
+        ),
+        (
+            "config volume mounted elsewhere",
+            mounted_elsewhere,
             Reason::ForeignGatewayContainer,
         ),
         (
@@ -265,4 +304,67 @@ fn the_cases_cover_what_the_injector_must_handle() {
     ] {
         assert!(names.iter().any(|n| n == required), "no {required} case");
     }
+}
+
+/// Only a ConfigMap taken by someone else refuses the pod: a backend whose
+/// config is a deny-all (its IdP is missing, say) still gets its pods
+/// injected, so that the gateway in front of the model refuses every
+/// request instead of the model running without one.
+#[test]
+fn a_deny_all_backend_still_injects_its_pods() {
+    let (_, mut case) = cases()
+        .into_iter()
+        .find(|(n, _)| n == "config-map-taken")
+        .unwrap();
+    assert!(matches!(
+        decide(&case),
+        Decision::Refuse {
+            reason: Reason::ConfigMapTaken,
+            ..
+        }
+    ));
+    let status = case.backends[0].status.as_mut().unwrap();
+    for c in &mut status.conditions {
+        if c.type_ == "ConfigRendered" {
+            c.reason = "DenyAll".into();
+        }
+    }
+    match decide(&case) {
+        Decision::Inject { backend, .. } => assert_eq!(backend, "ollama"),
+        other => panic!("a deny-all backend's pod: {other:?}"),
+    }
+}
+
+/// The backend's `sidecar.resources` replace the defaults on the injected
+/// gateway, limits and requests both.
+#[test]
+fn the_backends_sidecar_resources_reach_the_gateway() {
+    let (_, mut case) = cases()
+        .into_iter()
+        .find(|(n, _)| n == "ollama-port-number")
+        .unwrap();
+    case.backends[0].spec.sidecar = Some(
+        serde_json::from_value(serde_json::json!({"resources": {
+            "limits": {"cpu": "2", "memory": "256Mi"},
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+        }}))
+        .unwrap(),
+    );
+    let Decision::Inject { pod, .. } = decide(&case) else {
+        panic!("not injected");
+    };
+    let gateway = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == super::SIDECAR_NAME))
+        .unwrap();
+    let resources = serde_json::to_value(gateway.resources.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        resources,
+        serde_json::json!({
+            "limits": {"cpu": "2", "memory": "256Mi"},
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+        })
+    );
 }

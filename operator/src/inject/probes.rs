@@ -91,3 +91,111 @@ fn take_over(
     });
     Some(original)
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{ExecAction, TCPSocketAction};
+
+    use super::*;
+
+    const LAYOUT: Ports = Ports {
+        listen: 11434,
+        admin: 9090,
+        upstream: 11435,
+    };
+
+    fn model_port() -> ContainerPort {
+        ContainerPort {
+            container_port: 11434,
+            name: Some("http".into()),
+            ..ContainerPort::default()
+        }
+    }
+
+    fn http(port: IntOrString, host: Option<&str>, scheme: Option<&str>) -> Probe {
+        Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/api/version".into()),
+                port,
+                host: host.map(str::to_owned),
+                scheme: scheme.map(str::to_owned),
+                ..HTTPGetAction::default()
+            }),
+            timeout_seconds: Some(3),
+            ..Probe::default()
+        }
+    }
+
+    fn tcp(port: IntOrString, host: Option<&str>) -> Probe {
+        Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port,
+                host: host.map(str::to_owned),
+            }),
+            ..Probe::default()
+        }
+    }
+
+    /// Only a probe the kubelet would send to the model's port on this
+    /// pod, in plain HTTP or TCP, is taken over; one with its own host,
+    /// over HTTPS, on another port or running a command is left exactly
+    /// as it was.
+    #[test]
+    fn only_plain_probes_of_the_model_port_are_taken_over() {
+        let number = IntOrString::Int(11434);
+        let name = IntOrString::String("http".into());
+        let other = IntOrString::Int(8080);
+        let cases = [
+            ("http by number", http(number.clone(), None, None), true),
+            (
+                "http by name, scheme HTTP",
+                http(name, None, Some("HTTP")),
+                true,
+            ),
+            (
+                "http with a host",
+                http(number.clone(), Some("10.0.0.7"), None),
+                false,
+            ),
+            ("https", http(number.clone(), None, Some("HTTPS")), false),
+            ("http, another port", http(other.clone(), None, None), false),
+            ("tcp", tcp(number.clone(), None), true),
+            ("tcp with a host", tcp(number, Some("10.0.0.7")), false),
+            ("tcp, another port", tcp(other, None), false),
+            (
+                "exec",
+                Probe {
+                    exec: Some(ExecAction {
+                        command: Some(vec!["true".into()]),
+                    }),
+                    ..Probe::default()
+                },
+                false,
+            ),
+        ];
+        for (what, probe, taken) in cases {
+            let mut model = Container {
+                name: "ollama".into(),
+                liveness_probe: Some(probe.clone()),
+                ..Container::default()
+            };
+            let probes = rewrite(&mut model, &model_port(), LAYOUT);
+            let path = format!("{PATH_PREFIX}ollama/liveness");
+            let Some(rewritten) = model.liveness_probe else {
+                panic!("{what}: the probe is gone")
+            };
+            if taken {
+                let original = probes.0.get(&path).unwrap_or_else(|| panic!("{what}"));
+                assert_eq!(original.port, LAYOUT.upstream, "{what}");
+                assert!(rewritten.tcp_socket.is_none(), "{what}");
+                let get = rewritten.http_get.unwrap();
+                assert_eq!(get.port, IntOrString::Int(9090), "{what}");
+                assert_eq!(get.path.as_deref(), Some(path.as_str()), "{what}");
+                assert!(get.host.is_none(), "{what}");
+            } else {
+                assert!(probes.0.is_empty(), "{what}: {probes:?}");
+                assert_eq!(rewritten, probe, "{what}: left as it was");
+            }
+        }
+    }
+}

@@ -161,4 +161,70 @@ mod tests {
         set_flags(&mut w, 1, "9");
         assert_eq!(w, words("--port 9 --host 127.0.0.1"));
     }
+
+    fn vllm() -> LLMBackendSpec {
+        serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": {"app": "vllm"}},
+            "engine": "vllm",
+            "port": 8000,
+            "identityProviderRefs": [{"name": "corp"}],
+        }))
+        .unwrap()
+    }
+
+    fn container(command: &str, args: &str) -> Container {
+        Container {
+            name: "vllm".into(),
+            command: Some(words(command)),
+            args: Some(words(args)),
+            ..Container::default()
+        }
+    }
+
+    /// vLLM's flags are rewritten where they are, whichever spelling:
+    /// left in the command while the args got a second `--port`, vLLM
+    /// would take the last one and keep the gateway's port.
+    #[test]
+    fn vllm_flags_are_rewritten_in_the_command_that_has_them() {
+        let server = "python3 -m vllm.entrypoints.openai.api_server --model m";
+        for (flags, rewritten) in [
+            ("--port 8000", "--port 18000 --host 127.0.0.1"),
+            ("--host 0.0.0.0", "--host 127.0.0.1 --port 18000"),
+            ("--port=8000", "--port=18000 --host 127.0.0.1"),
+            ("--host=0.0.0.0", "--host=127.0.0.1 --port 18000"),
+        ] {
+            let mut model = container(&format!("{server} {flags}"), "--dtype auto");
+            rebind(&mut model, &vllm(), 18000);
+            assert_eq!(
+                model.command,
+                Some(words(&format!("{server} {rewritten}"))),
+                "{flags}"
+            );
+            assert_eq!(model.args, Some(words("--dtype auto")), "{flags}");
+        }
+        // `-c` after something that is not a shell is no shell line: the
+        // Python code is left alone, the flags go to the args.
+        let code = "import runpy; runpy.run_module('vllm.entrypoints.openai.api_server', run_name='__main__')";
+        let mut model = Container {
+            name: "vllm".into(),
+            command: Some(vec!["python3".into(), "-c".into(), code.into()]),
+            args: Some(words("--model m --port 8000")),
+            ..Container::default()
+        };
+        rebind(&mut model, &vllm(), 18000);
+        assert_eq!(
+            model.command,
+            Some(vec!["python3".into(), "-c".into(), code.into()])
+        );
+        assert_eq!(
+            model.args,
+            Some(words("--model m --port 18000 --host 127.0.0.1"))
+        );
+        // Flags in the args and none in the command: rewritten in the
+        // args; the command is left alone.
+        let mut model = container("vllm serve", "m --host 0.0.0.0 --port 8000");
+        rebind(&mut model, &vllm(), 18000);
+        assert_eq!(model.command, Some(words("vllm serve")));
+        assert_eq!(model.args, Some(words("m --host 127.0.0.1 --port 18000")));
+    }
 }

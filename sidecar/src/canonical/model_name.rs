@@ -65,12 +65,6 @@ impl std::fmt::Display for ModelName {
     }
 }
 
-impl AsRef<str> for ModelName {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 /// The canonical form of `raw` for `engine`, or why it is refused.
 pub fn canonical_name(engine: Engine, raw: &str) -> Result<ModelName, NameError> {
     if raw.len() > MAX_NAME_BYTES {
@@ -362,11 +356,35 @@ mod tests {
         }
         assert_eq!(ollama(&"a".repeat(257)), Err(NameError::TooLong));
         assert!(ollama(&"a".repeat(81)).is_err(), "a part over 80 bytes");
+        assert!(ollama(&"a".repeat(80)).is_ok(), "a part of 80 bytes");
+    }
+
+    /// Patterns are checked before the engine's own grammar: the vLLM
+    /// branch accepts any glob, so these checks are all that stands
+    /// between a rule and a pattern no model name can be.
+    #[test]
+    fn patterns_that_cannot_be_a_name_are_refused_for_every_engine() {
+        for engine in [Engine::Vllm, Engine::Ollama] {
+            for bad in [
+                String::new(),
+                "x".repeat(MAX_NAME_BYTES + 1),
+                "a b".into(),
+                "a\u{7}b".into(),
+            ] {
+                assert!(
+                    ModelPattern::parse(engine, &bad).is_err(),
+                    "{engine:?}: {bad:?} accepted"
+                );
+            }
+        }
+        let longest = "x".repeat(MAX_NAME_BYTES);
+        assert!(pattern(Engine::Vllm, &longest).matches(&longest));
+        assert!(matches!(pattern(Engine::Vllm, "*"), ModelPattern::Any));
     }
 
     #[test]
     fn openai_names_are_exact() {
-        let name = |raw| canonical_name(Engine::Vllm, raw).map(|n| n.to_string());
+        let name = |raw: &str| canonical_name(Engine::Vllm, raw).map(|n| n.to_string());
         assert_eq!(
             name("meta-llama/Llama-3.1-8B").as_deref(),
             Ok("meta-llama/Llama-3.1-8B")
@@ -376,6 +394,9 @@ mod tests {
         assert!(name(" tiny").is_err());
         assert!(name("tiny\u{0}").is_err());
         assert_eq!(name(&"x".repeat(257)), Err(NameError::TooLong));
+        // The limit itself is allowed.
+        let longest = "x".repeat(MAX_NAME_BYTES);
+        assert_eq!(name(&longest).as_deref(), Ok(longest.as_str()));
     }
 
     fn pattern(engine: Engine, p: &str) -> ModelPattern {

@@ -110,6 +110,35 @@ fn a_service_account_name_makes_no_machine_unless_the_token_says_so() {
     assert!(!odd.machine);
 }
 
+/// Entra: `idtyp`, when the resource configured it, decides on its own;
+/// only without it does the absence of `scp` mark an app-only token.
+#[test]
+fn entra_idtyp_decides_before_scp() {
+    let cases = [
+        // idtyp says app: a machine even beside an scp claim.
+        (json!({"idtyp": "app", "scp": "Model.Read"}), true),
+        (json!({"idtyp": "app"}), true),
+        // idtyp says user: a person even when no scp came along.
+        (json!({"idtyp": "user"}), false),
+        (json!({"idtyp": "user", "scp": "Model.Read"}), false),
+        // No idtyp (or one Entra does not document): scp decides.
+        (json!({}), true),
+        (json!({"scp": "Model.Read"}), false),
+        (json!({"idtyp": "device", "scp": "Model.Read"}), false),
+        (json!({"idtyp": "device"}), true),
+    ];
+    for (extra, machine) in cases {
+        let mut claims = json!({"sub": "690222be", "oid": "690222be",
+                                "azp": "6e74172b", "tid": "72f988bf"});
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let id = identity(Preset::Entra, claims);
+        assert_eq!(id.machine, machine, "{extra}");
+        assert_eq!(id.is_human(), !machine, "{extra}");
+    }
+}
+
 #[test]
 fn a_persons_token_held_by_another_client_is_a_delegation_by_that_client() {
     let mapping = mapping(Preset::Keycloak).with_user_clients(&["attach-cli".into()]);
@@ -306,6 +335,9 @@ fn an_auth0_namespace_must_be_a_url() {
         "example.com/claims",
         "ftp://example.com",
         "https://",
+        // A scheme and an empty host (http::Uri accepts these).
+        "https://:443/claims",
+        "http://@/claims",
         "",
     ] {
         let err = ClaimMapping {
@@ -412,4 +444,21 @@ fn presets_parse_from_auth_backend_names() {
     assert_eq!("Keycloak".parse::<Preset>(), Ok(Preset::Keycloak));
     assert_eq!("entra".parse::<Preset>(), Ok(Preset::Entra));
     assert!("cognito".parse::<Preset>().is_err());
+}
+
+/// A numeric id in a name claim is read as its decimal text, whatever its
+/// range: negative, or above `i64::MAX`. Anything else is not a name.
+#[test]
+fn integer_names_of_every_range_are_read_as_text() {
+    for (value, text) in [
+        (json!("alice"), Some("alice")),
+        (json!(42), Some("42")),
+        (json!(-42), Some("-42")),
+        (json!(u64::MAX), Some("18446744073709551615")),
+        (json!(1.5), None),
+        (json!(true), None),
+        (json!(["alice"]), None),
+    ] {
+        assert_eq!(typed::text(&value).as_deref(), text, "{value}");
+    }
 }

@@ -372,7 +372,8 @@ fn path_matches(pattern: &str, path: &str) -> bool {
 }
 
 /// A matching path in the table's spelling: literal segments as the table
-/// writes them, parameters as they came.
+/// writes them, parameters as they came (a `**`, always the pattern's last
+/// segment, and every segment after it included).
 fn spelled(pattern: &str, path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut want = pattern.split('/').skip(1);
@@ -380,12 +381,6 @@ fn spelled(pattern: &str, path: &str) -> String {
         out.push('/');
         match want.next() {
             Some(w) if w != "{}" && w != "**" => out.push_str(w),
-            Some("**") => {
-                // This and every later segment as they came.
-                out.push_str(h);
-                want = "".split('/').skip(1);
-                continue;
-            }
             _ => out.push_str(h),
         }
     }
@@ -430,12 +425,85 @@ mod tests {
     use super::*;
     use crate::canonical::Engine;
 
+    /// The class an audit line names is spelled as rules write it.
+    #[test]
+    fn class_names_are_the_config_spelling() {
+        for class in [
+            EndpointClass::Inference,
+            EndpointClass::Read,
+            EndpointClass::Admin,
+            EndpointClass::Unknown,
+        ] {
+            assert_eq!(
+                serde_json::to_value(class).unwrap(),
+                serde_json::Value::from(class.as_str())
+            );
+            let parsed: EndpointClass = serde_json::from_value(class.as_str().into()).unwrap();
+            assert_eq!(parsed, class);
+        }
+    }
+
     fn endpoint(engine: Engine, method: Method, raw: &str) -> Endpoint {
         classify(engine, &method, &normalize_path(raw).unwrap())
     }
 
     fn class(method: Method, raw: &str) -> EndpointClass {
         endpoint(Engine::Ollama, method, raw).class
+    }
+
+    /// `{}` is one segment and `/**` one or more, never empty ones, even
+    /// on a path that did not come through `normalize_path`.
+    #[test]
+    fn placeholders_match_only_non_empty_segments() {
+        for (pattern, path, want) in [
+            ("/v1/models/{}", "/v1/models/llama", true),
+            ("/v1/models/{}", "/v1/models/", false),
+            ("/v1/models/{}", "/v1/models/a/b", false),
+            ("/api/user/keys/**", "/api/user/keys/a", true),
+            ("/api/user/keys/**", "/api/user/keys/a/b", true),
+            ("/api/user/keys/**", "/api/user/keys", false),
+            ("/api/user/keys/**", "/api/user/keys/", false),
+            ("/api/user/keys/**", "/api/user/keys//a", false),
+            ("/api/user/keys/**", "/api/user/keys/a//b", false),
+            ("/api/user/keys/**", "/api/user/keys/a/", false),
+        ] {
+            assert_eq!(path_matches(pattern, path), want, "{pattern} {path}");
+        }
+    }
+
+    /// The forwarded path of a `/**` route: the table's literal segments,
+    /// then the rest as it came; `**` ends every pattern that has it.
+    #[test]
+    fn a_trailing_double_star_keeps_the_rest_as_it_came() {
+        let e = endpoint(Engine::Ollama, Method::DELETE, "/API/User/Keys/AbC/dEf");
+        assert_eq!(e.class, EndpointClass::Admin);
+        assert_eq!(e.path, "/api/user/keys/AbC/dEf");
+        for table in [OLLAMA, VLLM, OPENAI] {
+            for r in table {
+                if let Some(i) = r.path.find("**") {
+                    assert_eq!(i + 2, r.path.len(), "{}", r.path);
+                }
+            }
+        }
+    }
+
+    /// vLLM's `/ping` answers GET, HEAD and POST (the SageMaker health
+    /// check); other methods are no route of it.
+    #[test]
+    fn a_get_post_route_is_read_for_get_head_and_post_only() {
+        for (method, want) in [
+            (Method::GET, EndpointClass::Read),
+            (Method::HEAD, EndpointClass::Read),
+            (Method::POST, EndpointClass::Read),
+            (Method::PUT, EndpointClass::Unknown),
+            (Method::DELETE, EndpointClass::Unknown),
+        ] {
+            assert_eq!(
+                endpoint(Engine::Vllm, method.clone(), "/ping").class,
+                want,
+                "{method}"
+            );
+        }
     }
 
     #[test]

@@ -329,6 +329,34 @@ mod tests {
     use super::*;
     use crate::claims::ClaimMapping;
 
+    /// A rule written without `models` grants every model (README,
+    /// "Access policy"), as one that says `models: ["*"]`.
+    #[test]
+    fn a_rule_without_models_grants_every_model() {
+        let rule: Rule = serde_json::from_value(json!({
+            "name": "all", "subjects": {"anyAuthenticated": true}, "endpoints": ["inference"],
+        }))
+        .unwrap();
+        assert_eq!(rule.models, ["*"]);
+    }
+
+    /// A 403's `denied_by` is API: clients and dashboards match on these
+    /// names (README, "Access policy"); each kind has its own.
+    #[test]
+    fn deny_kinds_have_their_documented_names() {
+        let kinds = [
+            (DenyKind::Subject, "subject"),
+            (DenyKind::Endpoint, "endpoint"),
+            (DenyKind::Model, "model"),
+            (DenyKind::UnknownEndpoint, "unknown_endpoint"),
+            (DenyKind::MissingModel, "missing_model"),
+            (DenyKind::Agent, "agent"),
+        ];
+        for (kind, name) in kinds {
+            assert_eq!(kind.as_str(), name, "{kind:?}");
+        }
+    }
+
     fn who(claims: serde_json::Value) -> Identity {
         ClaimMapping::default()
             .resolve()

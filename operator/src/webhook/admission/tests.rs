@@ -276,3 +276,89 @@ fn rejects_what_is_not_a_review() {
         assert_eq!(outcome, Outcome::Invalid);
     }
 }
+
+/// The webhook looks the exchange client Secret up in its IdP cache and
+/// mounts it into the gateway: without it, a gateway configured to
+/// exchange tokens has no client secret to exchange them with.
+#[test]
+fn the_exchange_client_secret_of_the_backends_idp_is_mounted() {
+    let (b, mut bw) = reflector::store();
+    bw.apply_watcher_event(&watcher::Event::Apply(backend(json!({}))));
+    let (namespaced, mut iw) = reflector::store::<IdentityProvider>();
+    iw.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(json!({
+            "apiVersion": "attach.dev/v1alpha1", "kind": "IdentityProvider",
+            "metadata": {"name": "corp", "namespace": "ml"},
+            "spec": {"issuer": "https://idp.example.com", "audiences": ["a"],
+                     "tokenExchange": {"tokenEndpoint": "https://idp.example.com/token",
+                                       "clientId": "gw", "audience": "down",
+                                       "clientSecretRef": {"name": "corp-exchange", "key": "client-secret"}}},
+        }))
+        .unwrap(),
+    ));
+    let (cluster, cw) = reflector::store();
+    let f = Fixture {
+        index: Index {
+            backends: b,
+            idps: IdpStores {
+                namespaced,
+                cluster,
+            },
+        },
+        _writers: (bw, iw, cw),
+    };
+    let (response, _) = answer(&review_of(ollama_pod(json!({}), json!({})), "ml"), &f.index);
+    assert_eq!(response["allowed"], true);
+    let patch = patch_of(&response);
+    let volumes: Vec<&Value> = patch
+        .iter()
+        .filter(|op| {
+            op["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/spec/volumes"))
+        })
+        .collect();
+    let mounted = serde_json::to_string(&volumes).unwrap();
+    assert!(
+        mounted.contains("\"corp-exchange\"") && mounted.contains("\"client-secret\""),
+        "the exchange Secret is not in the gateway's volume: {mounted}"
+    );
+    // Without an IdP that exchanges tokens, no such Secret is mounted.
+    let plain = index(vec![backend(json!({}))]);
+    let (response, _) = answer(
+        &review_of(ollama_pod(json!({}), json!({})), "ml"),
+        &plain.index,
+    );
+    let patch = serde_json::to_string(&patch_of(&response)).unwrap();
+    assert!(!patch.contains("corp-exchange"), "{patch}");
+}
+
+/// Every answer is counted under its result and reason: refusals and
+/// opt-outs are what an operator alerts on.
+#[test]
+fn every_answer_is_counted_by_result_and_reason() {
+    let f = index(vec![backend(json!({}))]);
+    let metrics = Metrics::new();
+    for (pod, ns) in [
+        (ollama_pod(json!({}), json!({})), "ml"),
+        (
+            ollama_pod(json!({"attach.dev/inject": "false"}), json!({})),
+            "ml",
+        ),
+        (ollama_pod(json!({}), json!({})), "elsewhere"),
+    ] {
+        let (_, outcome) = answer(&review_of(pod, ns), &f.index);
+        outcome.record(&metrics);
+    }
+    let (_, invalid) = review(b"{not a review", &f.index, &Defaults::default());
+    invalid.record(&metrics);
+    let text = metrics.encode();
+    for line in [
+        r#"attach_operator_admissions_total{result="injected",reason=""} 1"#,
+        r#"attach_operator_admissions_total{result="refused",reason="opt_out_forbidden"} 1"#,
+        r#"attach_operator_admissions_total{result="admitted",reason="no_backend"} 1"#,
+        r#"attach_operator_admissions_total{result="invalid",reason=""} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+}
