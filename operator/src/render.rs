@@ -75,9 +75,19 @@ pub struct BackendId<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
     pub config: GatewayConfig,
+    /// A spec field that could not be rendered, left out of `config`.
+    unrenderable: Option<String>,
 }
 
 impl Rendered {
+    /// Why this rendering must not be served: a spec field that could not
+    /// be rendered, or a config the gateway would refuse.
+    pub fn problem(&self) -> Option<String> {
+        self.unrenderable
+            .clone()
+            .or_else(|| self.config.validate().err().map(|e| e.to_string()))
+    }
+
     /// The config as the gateway reads it.
     pub fn config_yaml(&self) -> String {
         serde_yaml::to_string(&self.config).unwrap_or_default()
@@ -173,8 +183,13 @@ pub fn render(
         .upstream
         .served_models
         .clone_from(&spec.served_models);
-    // Checked by `trusted_proxies` before rendering (and by the CRD).
-    config.trusted_proxies = trusted_proxies(spec).unwrap_or_default();
+    // The CRD refuses non-CIDRs; one that gets past it is reported by
+    // `Rendered::problem`, never dropped.
+    let (trusted, unrenderable) = match trusted_proxies(spec) {
+        Ok(trusted) => (trusted, None),
+        Err(message) => (Vec::new(), Some(message)),
+    };
+    config.trusted_proxies = trusted;
     config.unauthenticated_paths = spec.unauthenticated_paths.clone();
     config.access = access(spec.access.as_ref());
     config.quotas.limits = spec
@@ -214,7 +229,10 @@ pub fn render(
         };
     }
     config.audit.enabled = spec.audit.as_ref().and_then(|a| a.enabled).unwrap_or(true);
-    Rendered { config }
+    Rendered {
+        config,
+        unrenderable,
+    }
 }
 
 /// The config of a backend that cannot be served as declared: it verifies
@@ -228,7 +246,10 @@ pub fn render_deny_all(spec: &LLMBackendSpec, ports: Ports) -> Rendered {
     config.unauthenticated_paths = spec.unauthenticated_paths.clone();
     config.access = AccessConfig::deny();
     config.deny_all = true;
-    Rendered { config }
+    Rendered {
+        config,
+        unrenderable: None,
+    }
 }
 
 /// A duration as the CRD allows it (`30s`, `5m`, `1h30m`: digits and `s`,
@@ -295,7 +316,7 @@ fn issuer(idp: &ResolvedIdp) -> IssuerConfig {
 
 /// The backend's trusted proxies, parsed; an entry that is not a CIDR is
 /// an error naming it (the backend then fails closed).
-pub fn trusted_proxies(spec: &LLMBackendSpec) -> Result<Vec<ipnet::IpNet>, String> {
+fn trusted_proxies(spec: &LLMBackendSpec) -> Result<Vec<ipnet::IpNet>, String> {
     spec.trusted_proxies
         .iter()
         .map(|c| {
@@ -500,7 +521,8 @@ mod tests {
         // A trusted proxy that is not a CIDR is an error, never dropped.
         let mut bad = vllm.clone();
         bad.trusted_proxies = vec!["10.0.0.0/33".into()];
-        assert!(trusted_proxies(&bad).unwrap_err().contains("10.0.0.0/33"));
+        let problem = render(CHAT, &bad, &[keycloak()], PORTS).problem();
+        assert!(problem.is_some_and(|p| p.contains("10.0.0.0/33")));
     }
 
     #[test]

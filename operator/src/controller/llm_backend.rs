@@ -117,10 +117,7 @@ fn decide(backend: &LLMBackend, ns: &str, ctx: &Context) -> Decision {
         name: &name,
     };
     let rendered = render(id, spec, &idps, ports);
-    let invalid = crate::render::trusted_proxies(spec)
-        .err()
-        .or_else(|| rendered.config.validate().err().map(|e| e.to_string()));
-    if let Some(message) = invalid {
+    if let Some(message) = rendered.problem() {
         problems.push(Problem::InvalidConfig { message });
         return Decision {
             problems,
