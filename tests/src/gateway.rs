@@ -13,7 +13,7 @@ use attach_sidecar::config::GatewayConfig;
 use crate::HarnessError;
 use crate::ports::free_port;
 use crate::process::{self, Supervised};
-use crate::wait::until_ready;
+use crate::wait::until_http_ok;
 
 /// Builds (once per test process) and returns the gateway binary, so a test
 /// never runs a stale one. It is built with the test-only quota clock.
@@ -112,17 +112,11 @@ impl GatewayProcess {
         let mut process = Supervised::spawn("attach-gateway", cmd, dir.path().join("gateway.log"))?;
         let admin_url = format!("http://127.0.0.1:{admin_port}");
         let probe = format!("{admin_url}{ready_path}");
-        let http = reqwest::Client::new();
-        until_ready(
+        until_http_ok(
             &mut process,
+            &probe,
             Duration::from_secs(30),
             Duration::from_millis(50),
-            async || {
-                http.get(&probe)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
         )
         .await?;
         Ok(Self {
@@ -137,17 +131,11 @@ impl GatewayProcess {
     /// Waits until `/readyz` answers 200 (every issuer's keys loaded).
     pub async fn wait_ready(&mut self) -> Result<(), HarnessError> {
         let ready = format!("{}/readyz", self.admin_url);
-        let http = reqwest::Client::new();
-        until_ready(
+        until_http_ok(
             &mut self.process,
+            &ready,
             Duration::from_secs(30),
             Duration::from_millis(50),
-            async || {
-                http.get(&ready)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
         )
         .await
     }

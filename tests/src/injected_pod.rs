@@ -13,7 +13,7 @@ use crate::HarnessError;
 use crate::gateway::write_configmap_file;
 use crate::ports::free_port;
 use crate::process::{self, Supervised};
-use crate::wait::until_ready;
+use crate::wait::until_http_ok;
 
 /// The running pod. Its processes stop on drop.
 #[derive(Debug)]
@@ -121,18 +121,12 @@ impl InjectedPod {
         }
         let mut gateway = Supervised::spawn("attach-gateway", cmd, dir.path().join("gateway.log"))?;
         let admin = format!("http://127.0.0.1:{}", ports[&flag("--admin-port")?]);
-        let http = reqwest::Client::new();
         let ready = format!("{admin}/readyz");
-        until_ready(
+        until_http_ok(
             &mut gateway,
+            &ready,
             Duration::from_secs(30),
             Duration::from_millis(100),
-            async || {
-                http.get(&ready)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
         )
         .await?;
         Ok(Self {

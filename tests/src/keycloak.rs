@@ -15,7 +15,7 @@ use crate::HarnessError;
 use crate::ports::free_port;
 use crate::process::{self, Supervised};
 use crate::tools::Tools;
-use crate::wait::until_ready;
+use crate::wait::until_http_ok;
 
 /// Keycloak boots in 20-60 s on two cores.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
@@ -132,17 +132,11 @@ impl Keycloak {
             admin_password,
         };
         let discovery = format!("{}/.well-known/openid-configuration", info.issuer(REALM));
-        let http = reqwest::Client::new();
-        until_ready(
+        until_http_ok(
             &mut process,
+            &discovery,
             READY_TIMEOUT,
             Duration::from_millis(500),
-            async || {
-                http.get(&discovery)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
         )
         .await?;
         Ok(Self { process, info })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::HarnessError;
 use crate::ports::free_port;
 use crate::process::{self, Supervised};
-use crate::wait::until_ready;
+use crate::wait::until_http_ok;
 use crate::world::World;
 
 /// Builds (once per test process) and returns the operator binary.
@@ -70,17 +70,11 @@ impl OperatorProcess {
         let mut process = Supervised::spawn("attach-operator", cmd, log.clone())?;
         let admin_url = format!("http://127.0.0.1:{port}");
         let probe = format!("{admin_url}/readyz");
-        let http = reqwest::Client::new();
-        until_ready(
+        until_http_ok(
             &mut process,
+            &probe,
             Duration::from_secs(30),
             Duration::from_millis(50),
-            async || {
-                http.get(&probe)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
         )
         .await?;
         Ok(Self {

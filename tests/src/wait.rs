@@ -25,3 +25,20 @@ pub async fn until_ready(
         tokio::time::sleep(interval).await;
     }
 }
+
+/// [`until_ready`] with the usual probe: a GET of `url` answered 2xx.
+pub async fn until_http_ok(
+    process: &mut Supervised,
+    url: &str,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<(), HarnessError> {
+    let http = reqwest::Client::new();
+    until_ready(process, timeout, interval, async || {
+        http.get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await
+}

@@ -8,7 +8,7 @@ use crate::HarnessError;
 use crate::ports::free_port;
 use crate::process::{self, Supervised};
 use crate::tools::NodeTools;
-use crate::wait::until_ready;
+use crate::wait::until_http_ok;
 
 /// The running registry.
 #[derive(Debug)]
@@ -42,17 +42,11 @@ impl Registry {
         cmd.arg("serve").arg(&config);
         let mut process = Supervised::spawn("registry", cmd, dir.join("registry.log"))?;
         let probe = format!("http://{address}/v2/");
-        let http = reqwest::Client::new();
-        until_ready(
+        until_http_ok(
             &mut process,
+            &probe,
             Duration::from_secs(30),
             Duration::from_millis(100),
-            async || {
-                http.get(&probe)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
         )
         .await?;
         Ok(Self { process, address })

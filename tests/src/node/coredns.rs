@@ -12,7 +12,7 @@ use crate::HarnessError;
 use crate::ports::free_port;
 use crate::process::{self, Supervised};
 use crate::tools::NodeTools;
-use crate::wait::until_ready;
+use crate::wait::until_http_ok;
 
 /// The Corefile.
 pub fn corefile(kubeconfig: &Path, ready_port: u16) -> String {
@@ -62,17 +62,11 @@ impl CoreDns {
         cmd.arg("-conf").arg(&config);
         let mut process = Supervised::spawn("coredns", cmd, dir.join("coredns.log"))?;
         let probe = format!("http://127.0.0.1:{ready_port}/ready");
-        let http = reqwest::Client::new();
-        until_ready(
+        until_http_ok(
             &mut process,
+            &probe,
             Duration::from_secs(60),
             Duration::from_millis(250),
-            async || {
-                http.get(&probe)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
         )
         .await?;
         Ok(Self { process })

@@ -10,7 +10,7 @@ use crate::HarnessError;
 use crate::ports::free_port;
 use crate::process::{self, Supervised};
 use crate::tools::NodeTools;
-use crate::wait::until_ready;
+use crate::wait::until_http_ok;
 
 /// The KubeProxyConfiguration (JSON is YAML).
 pub fn config_json(kubeconfig: &Path, healthz_port: u16, metrics_port: u16) -> serde_json::Value {
@@ -71,17 +71,11 @@ impl KubeProxy {
         cmd.env("PATH", format!("{path}:/usr/sbin:/sbin"));
         let mut process = Supervised::spawn("kube-proxy", cmd, dir.join("kube-proxy.log"))?;
         let probe = format!("http://127.0.0.1:{healthz}/healthz");
-        let http = reqwest::Client::new();
-        until_ready(
+        until_http_ok(
             &mut process,
+            &probe,
             Duration::from_secs(60),
             Duration::from_millis(250),
-            async || {
-                http.get(&probe)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
         )
         .await?;
         Ok(Self { process })
