@@ -366,6 +366,67 @@ const LLAMACPP_ROUTES: &[(&str, &str, Expect)] = &[
     ("HEAD", "/redoc", Refuse),
 ];
 
+/// The routes both vLLM 0.32 instances register, reviewed. `*` is a
+/// mounted app (any method, and every path below it).
+const VLLM_COMMON_ROUTES: &[(&str, &str, Expect)] = &[
+    ("GET", "/health", Pass),
+    ("GET", "/load", Pass),
+    ("GET", "/version", Pass),
+    ("GET", "/ping", Pass),
+    ("POST", "/ping", Pass),
+    ("GET", "/v1/models", Pass),
+    ("POST", "/tokenize", Pass),
+    ("POST", "/detokenize", Pass),
+    ("POST", "/invocations", Pass),
+    ("POST", "/v1/systemone", Pass),
+    ("GET", "/kv_event_sources", Refuse),
+    ("GET", "/metrics", Refuse),
+    ("*", "/metrics", Refuse),
+    ("GET", "/openapi.json", Refuse),
+    ("HEAD", "/openapi.json", Refuse),
+    ("GET", "/docs", Refuse),
+    ("HEAD", "/docs", Refuse),
+    ("GET", "/docs/oauth2-redirect", Refuse),
+    ("HEAD", "/docs/oauth2-redirect", Refuse),
+    ("GET", "/redoc", Refuse),
+    ("HEAD", "/redoc", Refuse),
+];
+
+/// The generating instance's own routes, reviewed.
+const VLLM_GENERATE_ROUTES: &[(&str, &str, Expect)] = &[
+    ("POST", "/v1/chat/completions", Pass),
+    ("POST", "/v1/chat/completions/batch", Pass),
+    ("POST", "/v1/completions", Pass),
+    ("POST", "/v1/responses", Pass),
+    ("POST", "/v1/messages", Pass),
+    ("POST", "/v1/messages/count_tokens", Pass),
+    ("POST", "/generative_scoring", Pass),
+    ("POST", "/inference/v1/generate", Pass),
+    ("POST", "/v1/chat/completions/render", Pass),
+    ("POST", "/v1/completions/render", Pass),
+    ("POST", "/v1/messages/render", Pass),
+    ("POST", "/v1/responses/render", Pass),
+    ("POST", "/v1/chat/completions/derender", Pass),
+    ("POST", "/v1/completions/derender", Pass),
+    ("GET", "/v1/responses/{response_id}", Refuse),
+    ("POST", "/v1/responses/{response_id}/cancel", Refuse),
+    ("POST", "/inference/v1/abort_requests", Refuse),
+    ("POST", "/scale_elastic_ep", Refuse),
+    ("POST", "/is_scaling_elastic_ep", Refuse),
+];
+
+/// The pooling instance's own routes, reviewed.
+const VLLM_EMBED_ROUTES: &[(&str, &str, Expect)] = &[
+    ("POST", "/v1/embeddings", Pass),
+    ("POST", "/pooling", Pass),
+    ("POST", "/v2/embed", Pass),
+    ("POST", "/score", Pass),
+    ("POST", "/v1/score", Pass),
+    ("POST", "/rerank", Pass),
+    ("POST", "/v1/rerank", Pass),
+    ("POST", "/v2/rerank", Pass),
+];
+
 /// A concrete path for a route pattern: `/v1/models/:model` names bob's
 /// model, other parameters a placeholder.
 fn concrete(path: &str) -> String {
@@ -415,9 +476,9 @@ async fn routes_are_classed_as_reviewed(
     let http = reqwest::Client::new();
     for (method, path, expect) in table {
         let url = format!("{}{}", gw.url, concrete(path));
-        let mut request = http
-            .request(method.parse().unwrap(), &url)
-            .bearer_auth(&bob);
+        // A mounted app takes any method: GET stands for them.
+        let verb = if *method == "*" { "GET" } else { method };
+        let mut request = http.request(verb.parse().unwrap(), &url).bearer_auth(&bob);
         if *method == "POST" {
             request = request.json(&json!({"model": CHAT_MODEL}));
         }
@@ -448,6 +509,16 @@ async fn routes_are_classed_as_reviewed(
 async fn every_route_ollama_registers_is_classed_and_judged_as_reviewed() {
     let engines = common::world().engines().unwrap();
     routes_are_classed_as_reviewed("ollama", &engines.ollama, Engine::Ollama, OLLAMA_ROUTES).await;
+}
+
+#[tokio::test]
+async fn every_route_vllm_registers_is_classed_and_judged_as_reviewed() {
+    let engines = common::world().engines().unwrap();
+    let generate = [VLLM_COMMON_ROUTES, VLLM_GENERATE_ROUTES].concat();
+    routes_are_classed_as_reviewed("vllm", &engines.vllm, Engine::Vllm, &generate).await;
+    let embed = [VLLM_COMMON_ROUTES, VLLM_EMBED_ROUTES].concat();
+    routes_are_classed_as_reviewed("vllm (pooling)", &engines.vllm_embed, Engine::Vllm, &embed)
+        .await;
 }
 
 #[tokio::test]

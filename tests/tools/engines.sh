@@ -29,7 +29,7 @@ log() { printf '[engines] %s\n' "$*" >&2; }
 key() { cat "$@" | sha256sum | cut -c1-12; }
 
 # vLLM first, in the background: it is mostly a download.
-vllm_venv="$cache/venv/vllm-$(key "$here/vllm/requirements.txt" "$here/vllm/install.sh")"
+vllm_venv="$cache/venv/vllm-$(key "$here/vllm/requirements.txt")"
 vllm_pid=
 if [[ -x "$vllm_venv/bin/python" ]]; then
   log "vllm venv: cached"
