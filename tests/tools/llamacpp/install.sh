@@ -8,8 +8,15 @@
 # `import llama_cpp.server` works, so a half install is never taken for a
 # cached one; an existing VENV_DIR is kept as it is. llama.cpp is compiled from
 # the sdist with cmake (CPU only, generic x86-64, no BLAS/GPU/OpenMP, no
-# multimodal library): about 7 minutes on 2 cores. pip keeps the downloads and
-# the built wheel in $ATTACH_CACHE/pip, so a rebuilt venv reuses them.
+# multimodal library): 10 minutes of CPU, 7 to 20 minutes on 2 shared cores.
+# pip keeps the downloads and the built wheel in $ATTACH_CACHE/pip, so a
+# rebuilt venv reuses them (about 20 s). pip keys that wheel by the sdist, not
+# by CMAKE_ARGS: whoever changes the flags below must also change the venv's
+# cache key (hash this script with requirements.txt) and drop the cached wheel.
+#
+# The venv is moved after it is built, so its console scripts (bin/pip,
+# bin/uvicorn) keep the old path in their #! line: run everything as
+# `VENV_DIR/bin/python -m ...` (the server: `python -m llama_cpp.server`).
 set -euo pipefail
 
 log() { echo "[llamacpp] $*" >&2; }
@@ -49,7 +56,7 @@ pip=("$tmp/bin/python" -m pip install --quiet --no-deps)
 # before its sdist is built without isolation (so the backend is the pinned one).
 "${pip[@]}" -r <(grep -v '^llama-cpp-python' "$reqs")
 line=$(grep '^llama-cpp-python' "$reqs")
-log "building $line (llama.cpp with cmake; several minutes)"
+log "installing $line (builds llama.cpp with cmake unless pip's cache has the wheel)"
 start=$SECONDS
 nice -n 10 "${pip[@]}" --no-build-isolation "$line"
 log "built in $((SECONDS - start)) s"
