@@ -31,6 +31,9 @@ pub(super) async fn start(
         })
     };
     let config = serde_json::json!({
+        // By default a new request cuts the stream being served (one at a
+        // time): wait instead, as a server people rely on would.
+        "interrupt_requests": false,
         "models": [
             model(CHAT_MODEL, CHAT_MODEL, false),
             model(BIG_MODEL, CHAT_MODEL, false),

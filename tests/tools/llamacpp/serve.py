@@ -13,10 +13,15 @@ and released first), and writes two files for the test harness:
 import argparse
 import os
 import socket
+import sys
+from pathlib import Path
 
 import uvicorn
 from llama_cpp.server.app import create_app
 from llama_cpp.server.settings import ConfigFileSettings, ServerSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from app_routes import route_lines  # noqa: E402
 
 
 def main() -> None:
@@ -32,11 +37,7 @@ def main() -> None:
         server_settings=ServerSettings.model_validate(config), model_settings=config.models
     )
 
-    lines = []
-    for route in app.routes:
-        methods = sorted(getattr(route, "methods", None) or ["*"])
-        lines.append(f"{','.join(methods)} {route.path}")
-    write(args.routes_file, "\n".join(sorted(lines)) + "\n")
+    write(args.routes_file, "\n".join(route_lines(app.routes)) + "\n")
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -20,6 +20,10 @@ read its routes).
 import argparse
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from app_routes import route_lines  # noqa: E402
 
 
 def write(path: str, text: str) -> None:
@@ -38,8 +42,6 @@ def main() -> None:
     args = parser.parse_args()
     server_args = [a for a in args.server_args if a != "--"]
 
-    from starlette.routing import Mount
-
     from vllm.entrypoints.launchers.api_server import entry
 
     setup_server = entry.setup_server
@@ -53,13 +55,7 @@ def main() -> None:
 
     def built(server, tasks, model_config):
         app = build_app(server, tasks, model_config)
-        lines = set()
-        for route in app.routes:
-            if isinstance(route, Mount):
-                lines.add(f"* {route.path}")
-            elif getattr(route, "methods", None):
-                lines.add(f"{','.join(sorted(route.methods))} {route.path}")
-        write(args.routes_file, "\n".join(sorted(lines)) + "\n")
+        write(args.routes_file, "\n".join(route_lines(app.routes)) + "\n")
         return app
 
     entry.setup_server = bound
