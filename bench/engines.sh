@@ -15,6 +15,7 @@
 # starts one with only the engines.
 #
 # Usage: bench/engines.sh [requests per path, default 100]
+# BENCH_ENGINES="ollama llamacpp vllm" (the default) picks the engines.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -46,7 +47,7 @@ JSON
 quota="quotas: {limits: [{name: per-user, tokensPerDay: 1000000000}]}"
 
 printf '%-10s %9s %9s %9s %9s %10s %10s %8s\n' engine direct-p50 gw-p50 added-p50 added-p99 direct-rps gw-rps ratio
-for engine in ollama llamacpp vllm; do
+for engine in ${BENCH_ENGINES:-ollama llamacpp vllm}; do
   case $engine in
     ollama) url=$ATTACH_OLLAMA_URL kind=ollama ;;
     llamacpp) url=$ATTACH_LLAMACPP_URL kind=openai ;;

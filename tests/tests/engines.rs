@@ -599,7 +599,7 @@ async fn what_ollama_runs_is_what_the_gateway_judged() {
             "duplicate_key",
         ),
         (format!(r#""MODEL":"{BIG_MODEL}""#), 403, "model"),
-        (format!(r#""Model":"BIG:latest""#), 403, "model"),
+        (r#""Model":"BIG:latest""#.to_owned(), 403, "model"),
     ] {
         let (got, answer) = raw(&gw.url, Some(&bob), "/api/chat", &chat(&keys)).await;
         assert_eq!(got, status, "{keys}: {answer}");
@@ -715,9 +715,9 @@ async fn what_vllm_runs_is_what_the_gateway_judged() {
         (403, &json!("model")),
         "{answer}"
     );
-    // vLLM names are case-sensitive: BIG is not big, and not bob's either.
-    let upper = format!(r#""model":"TINY""#);
-    let (status, answer) = raw(&gw.url, Some(&bob), "/v1/chat/completions", &chat(&upper)).await;
+    // vLLM names are case-sensitive: TINY is another name, not bob's model.
+    let upper = r#""model":"TINY""#;
+    let (status, answer) = raw(&gw.url, Some(&bob), "/v1/chat/completions", &chat(upper)).await;
     assert_eq!(status, 403, "{answer}");
 
     // No model: vLLM runs its first served name, the declared default.
