@@ -49,12 +49,17 @@ fn request_id(headers: &http::HeaderMap) -> String {
 
 /// A made-up request id: a random (version 4) UUID, the form servers check
 /// when they validate the header (llama-cpp-python's server, through
-/// starlette-context, answers 400 to any other). Written here from `rand`
-/// rather than with another crate: it is these few lines.
+/// starlette-context, answers 400 to any other).
 fn new_request_id() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40; // version 4
-    b[8] = (b[8] & 0x3f) | 0x80; // RFC 9562 variant
+    uuid_v4(rand::random())
+}
+
+/// The version 4 UUID of 16 random bytes (RFC 9562: the version and the
+/// variant bits set). Written here rather than with another crate: it is
+/// these few lines.
+fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
@@ -112,6 +117,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_carry_their_version_and_variant_whatever_the_random_bytes() {
+        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let counting: [u8; 16] = std::array::from_fn(|i| i as u8 * 17);
+        assert_eq!(uuid_v4(counting), "00112233-4455-4677-8899-aabbccddeeff");
+    }
 
     #[test]
     fn a_made_up_request_id_is_a_version_4_uuid_and_a_sane_client_id_is_kept() {
