@@ -504,6 +504,12 @@ pub struct QuotaConfig {
     /// have per-model budgets for in a day, per limit.
     #[serde(default = "default_max_models_per_owner")]
     pub max_models_per_owner: u64,
+    /// When a client leaves mid-answer, how long the gateway keeps reading
+    /// the model's answer (and holds the request's concurrency slot) to
+    /// charge the usage the model reports at its end. Past it, or with 0,
+    /// the estimate is charged (`attach_tokens_total{estimated="true"}`).
+    #[serde(default = "default_drain_after_client_left", with = "humantime_serde")]
+    pub drain_after_client_left: Duration,
 }
 
 impl Default for QuotaConfig {
@@ -515,8 +521,13 @@ impl Default for QuotaConfig {
             default_max_output_tokens: default_max_output_tokens(),
             lease_ttl: default_lease_ttl(),
             max_models_per_owner: default_max_models_per_owner(),
+            drain_after_client_left: default_drain_after_client_left(),
         }
     }
+}
+
+fn default_drain_after_client_left() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_max_output_tokens() -> u64 {

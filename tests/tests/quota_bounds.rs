@@ -183,8 +183,9 @@ async fn every_path_releases(redis: Option<&str>) {
     response.chunk().await.unwrap().unwrap();
     assert_eq!(post(&gw, &bob, &body, &[]).await.status(), 429);
     drop(response);
-    nothing_held(&gw, redis).await;
+    // The slot is held until the model's answer ends (its usage is charged).
     model.release();
+    nothing_held(&gw, redis).await;
 
     // HTTP/2 RST_STREAM, before and after the headers.
     let stream = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://"))

@@ -104,4 +104,6 @@ log "java: $best (major $best_major)"
 
 # The test upstreams that parse requests as Ollama and vLLM do.
 "$here/test-upstreams.sh" >/dev/null
+# The real engines, the tiny models and the client SDKs.
+"$here/engines.sh" >/dev/null
 "$here/build-node.sh"

@@ -189,7 +189,8 @@ where
                     trail.finish(status, "forwarded", Some(usage));
                 }
             });
-            let body = crate::body::boxed(MeteredBody::new(body, meter, on_done));
+            let drain_for = runtime.config.quotas.drain_after_client_left;
+            let body = crate::body::boxed(MeteredBody::new(body, meter, on_done, drain_for));
             Ok(Response::from_parts(parts, body))
         })
     }

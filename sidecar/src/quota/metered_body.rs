@@ -1,12 +1,15 @@
 //! A response body that passes the model's answer through, reads its usage
 //! on the way (see [`UsageMeter`]), and reports it exactly once: when the
-//! answer ends, or when the client goes away mid-stream.
+//! answer ends, or, when the client goes away mid-answer, once the rest of
+//! the answer has been read (and dropped) to its usage, within a bound.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 
 use super::usage::{Usage, UsageMeter};
 use crate::body::{Body, BoxError};
@@ -20,15 +23,20 @@ pub struct MeteredBody {
     meter: UsageMeter,
     on_done: Option<OnDone>,
     tail: Option<Bytes>,
+    /// How long the rest of an answer is read after the client left.
+    drain_for: Duration,
 }
 
 impl MeteredBody {
-    pub fn new(inner: Body, meter: UsageMeter, on_done: OnDone) -> Self {
+    /// Meters `inner`; `drain_for` bounds the read of the rest of the
+    /// answer once the client has gone (zero: charge what was seen).
+    pub fn new(inner: Body, meter: UsageMeter, on_done: OnDone, drain_for: Duration) -> Self {
         Self {
             inner,
             meter,
             on_done: Some(on_done),
             tail: None,
+            drain_for,
         }
     }
 
@@ -95,14 +103,48 @@ impl HttpBody for MeteredBody {
 
 impl Drop for MeteredBody {
     fn drop(&mut self) {
-        if self.on_done.is_none() {
+        let Some(on_done) = self.on_done.take() else {
             return;
-        }
+        };
         // Either the server stopped polling once `Content-Length` bytes were
-        // sent (a whole answer), or the client went away mid-stream. Either
-        // way, charge what was seen, parsing what is still buffered.
-        let (_, usage) = self.meter.finish();
-        let complete = !usage.estimated;
-        self.done(usage, complete);
+        // sent (a whole answer), or the client went away mid-answer. The
+        // model does not know: it goes on and reports its usage at the end.
+        // Read the rest (the request keeps its slot meanwhile) and charge
+        // that, or, past the bound, what was seen and the estimate.
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if !self.inner.is_end_stream() && !self.drain_for.is_zero() => {
+                let inner = std::mem::replace(&mut self.inner, crate::body::empty());
+                let meter = std::mem::replace(&mut self.meter, UsageMeter::opaque());
+                runtime.spawn(drain(inner, meter, on_done, self.drain_for));
+            }
+            _ => {
+                let (_, usage) = self.meter.finish();
+                let complete = !usage.estimated;
+                on_done(usage, complete);
+            }
+        }
     }
+}
+
+/// Reads what is left of an answer nobody receives, for its usage, for at
+/// most `limit`, then reports.
+async fn drain(mut inner: Body, mut meter: UsageMeter, on_done: OnDone, limit: Duration) {
+    let read = async {
+        while let Some(frame) = inner.frame().await {
+            match frame.map(Frame::into_data) {
+                Ok(Ok(data)) => {
+                    meter.feed(data);
+                }
+                Ok(Err(_)) => {} // trailers
+                Err(_) => return,
+            }
+        }
+    };
+    // Past the limit the rest is dropped with `inner`: the model sees the
+    // connection close.
+    let _ = tokio::time::timeout(limit, read).await;
+    let (_, usage) = meter.finish();
+    let complete = !usage.estimated;
+    on_done(usage, complete);
 }
