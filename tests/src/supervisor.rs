@@ -152,7 +152,7 @@ impl RunningWorld {
             (ApiServing::default(), IpAddr::from([127, 0, 0, 1]))
         };
         // Keycloak is the slowest; everything boots at once.
-        let (cp, kc, redis, images, engines) = tokio::join!(
+        let (cp, kc, redis, images) = tokio::join!(
             async {
                 if !want(Component::ControlPlane) {
                     return None;
@@ -207,12 +207,6 @@ impl RunningWorld {
                     .await,
                 )
             },
-            async {
-                if !want(Component::Engines) {
-                    return None;
-                }
-                Some(timed("engines", Engines::start(&state_dir.join("engines"))).await)
-            },
         );
 
         let mut startup_seconds = BTreeMap::new();
@@ -221,7 +215,6 @@ impl RunningWorld {
         let keycloak = keep("keycloak", kc, &mut startup_seconds, &mut first_error);
         let redis = keep("redis", redis, &mut startup_seconds, &mut first_error);
         let images = keep("images", images, &mut startup_seconds, &mut first_error);
-        let engines = keep("engines", engines, &mut startup_seconds, &mut first_error);
         if let Some(e) = first_error {
             // Whatever did start is stopped when the values drop here.
             return Err(e);
@@ -237,6 +230,22 @@ impl RunningWorld {
                 )
             }
             _ => None,
+        };
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        // The engines come last: vLLM's start is a burst of CPU that, on
+        // two cores, would slow Keycloak's past its deadline.
+        let engines = if want(Component::Engines) {
+            let started = timed("engines", Engines::start(&state_dir.join("engines"))).await;
+            keep(
+                "engines",
+                Some(started),
+                &mut startup_seconds,
+                &mut first_error,
+            )
+        } else {
+            None
         };
         if let Some(e) = first_error {
             return Err(e);

@@ -170,7 +170,7 @@ where
                 .map(|m| m.label().to_owned())
                 .unwrap_or_default();
             let meter = UsageMeter::new(shape, added_usage, estimate.prompt);
-            let on_done = Box::new(move |usage: Usage, _complete: bool| {
+            let on_done = Box::new(move |usage: Usage| {
                 if let Some(admission) = admission {
                     admission.settle(usage.total());
                 }

@@ -14,8 +14,8 @@ use http_body_util::BodyExt;
 use super::usage::{Usage, UsageMeter};
 use crate::body::{Body, BoxError};
 
-/// Called once with the usage and whether the answer ran to its end.
-pub type OnDone = Box<dyn FnOnce(Usage, bool) + Send>;
+/// Called once with the usage (`estimated` when the answer carried none).
+pub type OnDone = Box<dyn FnOnce(Usage) + Send>;
 
 /// The metered body.
 pub struct MeteredBody {
@@ -40,9 +40,9 @@ impl MeteredBody {
         }
     }
 
-    fn done(&mut self, usage: Usage, complete: bool) {
+    fn done(&mut self, usage: Usage) {
         if let Some(on_done) = self.on_done.take() {
-            on_done(usage, complete);
+            on_done(usage);
         }
     }
 }
@@ -74,12 +74,12 @@ impl HttpBody for MeteredBody {
                 },
                 Poll::Ready(Some(Err(e))) => {
                     let usage = this.meter.usage();
-                    this.done(usage, false);
+                    this.done(usage);
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {
                     let (tail, usage) = this.meter.finish();
-                    this.done(usage, true);
+                    this.done(usage);
                     if tail.is_empty() {
                         return Poll::Ready(None);
                     }
@@ -111,17 +111,17 @@ impl Drop for MeteredBody {
         // model does not know: it goes on and reports its usage at the end.
         // Read the rest (the request keeps its slot meanwhile) and charge
         // that, or, past the bound, what was seen and the estimate.
-        let runtime = tokio::runtime::Handle::try_current();
-        match runtime {
-            Ok(runtime) if !self.inner.is_end_stream() && !self.drain_for.is_zero() => {
+        // (A whole answer, or a zero bound, ends at once there.)
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
                 let inner = std::mem::replace(&mut self.inner, crate::body::empty());
                 let meter = std::mem::replace(&mut self.meter, UsageMeter::opaque());
                 runtime.spawn(drain(inner, meter, on_done, self.drain_for));
             }
-            _ => {
+            Err(_) => {
                 let (_, usage) = self.meter.finish();
                 let complete = !usage.estimated;
-                on_done(usage, complete);
+                on_done(usage);
             }
         }
     }
@@ -145,6 +145,5 @@ async fn drain(mut inner: Body, mut meter: UsageMeter, on_done: OnDone, limit: D
     // connection close.
     let _ = tokio::time::timeout(limit, read).await;
     let (_, usage) = meter.finish();
-    let complete = !usage.estimated;
-    on_done(usage, complete);
+    on_done(usage);
 }
