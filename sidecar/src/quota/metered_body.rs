@@ -120,7 +120,6 @@ impl Drop for MeteredBody {
             }
             Err(_) => {
                 let (_, usage) = self.meter.finish();
-                let complete = !usage.estimated;
                 on_done(usage);
             }
         }
