@@ -217,8 +217,9 @@ async fn every_path_releases(redis: Option<&str>) {
     let mut h2_body = response.into_body();
     h2_body.frame().await.unwrap().unwrap();
     drop(h2_body);
-    nothing_held(&gw, redis).await;
+    // As above: held until the model's answer ends.
     model.release();
+    nothing_held(&gw, redis).await;
 
     // The model does not answer in time (504).
     let r = post(&gw, &bob, &body, &[("x-mock-header-delay-ms", "2000")]).await;
