@@ -53,6 +53,25 @@ impl Versions {
     }
 }
 
+/// Runs a build script of `tests/tools` that prints where it put things as
+/// `KEY=path` lines (a no-op when all of it is cached), and returns them.
+pub fn script_paths(script: &str) -> Result<HashMap<String, PathBuf>, String> {
+    let out = std::process::Command::new(script)
+        .output()
+        .map_err(|e| format!("{script}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(key, path)| (key.to_owned(), PathBuf::from(path)))
+        .collect())
+}
+
 /// The key of the cached pause binary: `tests/tools/build-node.sh` names it
 /// `pause-<first 12 hex digits of sha256(go.mod ++ main.go)>`, so a change
 /// to its source rebuilds it.

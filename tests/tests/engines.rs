@@ -349,17 +349,10 @@ const OLLAMA_ROUTES: &[(&str, &str, Expect)] = &[
     ("DELETE", "/api/experimental/aliases", Refuse),
 ];
 
-/// Every route llama-cpp-python 0.3.36's server registers, reviewed. Its
-/// extras are not OpenAI routes: unknown, so refused.
-const LLAMACPP_ROUTES: &[(&str, &str, Expect)] = &[
-    ("POST", "/v1/completions", Pass),
-    ("POST", "/v1/chat/completions", Pass),
-    ("POST", "/v1/embeddings", Pass),
-    ("GET", "/v1/models", Pass),
-    ("POST", "/v1/engines/copilot-codex/completions", Refuse),
-    ("POST", "/extras/tokenize", Refuse),
-    ("POST", "/extras/tokenize/count", Refuse),
-    ("POST", "/extras/detokenize", Refuse),
+/// The routes FastAPI adds to every app (its schema and docs pages), which
+/// both Python engines serve: refused (vLLM's table has its schema and docs
+/// as admin, the others are unknown).
+const FASTAPI_DOCS_ROUTES: &[(&str, &str, Expect)] = &[
     ("GET", "/openapi.json", Refuse),
     ("HEAD", "/openapi.json", Refuse),
     ("GET", "/docs", Refuse),
@@ -370,7 +363,21 @@ const LLAMACPP_ROUTES: &[(&str, &str, Expect)] = &[
     ("HEAD", "/redoc", Refuse),
 ];
 
-/// The routes both vLLM 0.32 instances register, reviewed. `*` is a
+/// Every route llama-cpp-python 0.3.36's server registers besides FastAPI's
+/// own, reviewed. Its extras are not OpenAI routes: unknown, so refused.
+const LLAMACPP_ROUTES: &[(&str, &str, Expect)] = &[
+    ("POST", "/v1/completions", Pass),
+    ("POST", "/v1/chat/completions", Pass),
+    ("POST", "/v1/embeddings", Pass),
+    ("GET", "/v1/models", Pass),
+    ("POST", "/v1/engines/copilot-codex/completions", Refuse),
+    ("POST", "/extras/tokenize", Refuse),
+    ("POST", "/extras/tokenize/count", Refuse),
+    ("POST", "/extras/detokenize", Refuse),
+];
+
+/// The routes both vLLM 0.32 instances register besides FastAPI's own,
+/// reviewed. `*` is a
 /// mounted app (any method, and every path below it).
 const VLLM_COMMON_ROUTES: &[(&str, &str, Expect)] = &[
     ("GET", "/health", Pass),
@@ -386,14 +393,6 @@ const VLLM_COMMON_ROUTES: &[(&str, &str, Expect)] = &[
     ("GET", "/kv_event_sources", Refuse),
     ("GET", "/metrics", Refuse),
     ("*", "/metrics", Refuse),
-    ("GET", "/openapi.json", Refuse),
-    ("HEAD", "/openapi.json", Refuse),
-    ("GET", "/docs", Refuse),
-    ("HEAD", "/docs", Refuse),
-    ("GET", "/docs/oauth2-redirect", Refuse),
-    ("HEAD", "/docs/oauth2-redirect", Refuse),
-    ("GET", "/redoc", Refuse),
-    ("HEAD", "/redoc", Refuse),
 ];
 
 /// The generating instance's own routes, reviewed.
@@ -521,9 +520,14 @@ async fn every_route_ollama_registers_is_classed_and_judged_as_reviewed() {
 #[tokio::test]
 async fn every_route_vllm_registers_is_classed_and_judged_as_reviewed() {
     let engines = common::world().engines().unwrap();
-    let generate = [VLLM_COMMON_ROUTES, VLLM_GENERATE_ROUTES].concat();
+    let generate = [
+        FASTAPI_DOCS_ROUTES,
+        VLLM_COMMON_ROUTES,
+        VLLM_GENERATE_ROUTES,
+    ]
+    .concat();
     routes_are_classed_as_reviewed("vllm", &engines.vllm, Engine::Vllm, &generate).await;
-    let embed = [VLLM_COMMON_ROUTES, VLLM_EMBED_ROUTES].concat();
+    let embed = [FASTAPI_DOCS_ROUTES, VLLM_COMMON_ROUTES, VLLM_EMBED_ROUTES].concat();
     routes_are_classed_as_reviewed("vllm (pooling)", &engines.vllm_embed, Engine::Vllm, &embed)
         .await;
 }
@@ -535,7 +539,7 @@ async fn every_route_llamacpp_registers_is_classed_and_judged_as_reviewed() {
         "llama.cpp",
         &engines.llamacpp,
         Engine::Openai,
-        LLAMACPP_ROUTES,
+        &[FASTAPI_DOCS_ROUTES, LLAMACPP_ROUTES].concat(),
     )
     .await;
 }

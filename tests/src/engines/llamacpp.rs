@@ -4,12 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{
-    BIG_MODEL, Built, CHAT_MODEL, EMBED_MODEL, EngineInfo, parse_route_lines, read_when_written,
-};
+use super::{BIG_MODEL, Built, CHAT_MODEL, EMBED_MODEL, EngineInfo, parse_route_lines};
 use crate::HarnessError;
 use crate::process::{self, Supervised};
-use crate::wait::until_ready;
+use crate::wait::until_addr_file_serves;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -53,25 +51,15 @@ pub(super) async fn start(
         .arg("--routes-file")
         .arg(&routes_file);
     let mut process = Supervised::spawn("llama.cpp", cmd, dir.join("llamacpp.log"))?;
-    let http = reqwest::Client::new();
-    let mut url = String::new();
-    until_ready(
+    let url = until_addr_file_serves(
         &mut process,
+        &addr_file,
+        "/v1/models",
         READY_TIMEOUT,
         Duration::from_millis(100),
-        async || {
-            let Some(addr) = read_when_written(&addr_file) else {
-                return false;
-            };
-            url = format!("http://{}", addr.trim());
-            http.get(format!("{url}/v1/models"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
     )
     .await?;
-    let routes = parse_route_lines(&read_when_written(&routes_file).unwrap_or_default());
+    let routes = parse_route_lines(&std::fs::read_to_string(&routes_file).unwrap_or_default());
     let info = EngineInfo {
         url,
         models: [CHAT_MODEL, BIG_MODEL, EMBED_MODEL]

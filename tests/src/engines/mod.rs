@@ -17,7 +17,6 @@ mod refusing_proxy;
 mod vllm;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
@@ -91,20 +90,11 @@ pub fn built() -> Result<Built, HarnessError> {
     BUILT
         .get_or_init(|| {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/engines.sh");
-            let out = Command::new(script)
-                .output()
-                .map_err(|e| format!("{script}: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{script} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
+            let paths = crate::tools::script_paths(script)?;
             let get = |key: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-                    .map(PathBuf::from)
+                paths
+                    .get(key)
+                    .cloned()
                     .ok_or_else(|| format!("{script} printed no {key}"))
             };
             Ok(Built {
@@ -175,13 +165,6 @@ impl Engines {
             process.stop(crate::process::DEFAULT_GRACE);
         }
     }
-}
-
-/// Reads a file a server writes once it has started, `None` until then.
-pub(crate) fn read_when_written(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .filter(|s| !s.trim().is_empty())
 }
 
 /// Parses `METHODS PATH` lines (methods comma-separated) into routes, one

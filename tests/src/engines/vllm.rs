@@ -4,12 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{
-    BIG_MODEL, Built, CHAT_MODEL, EMBED_MODEL, EngineInfo, parse_route_lines, read_when_written,
-};
+use super::{BIG_MODEL, Built, CHAT_MODEL, EMBED_MODEL, EngineInfo, parse_route_lines};
 use crate::HarnessError;
 use crate::process::{self, Supervised};
-use crate::wait::until_ready;
+use crate::wait::until_addr_file_serves;
 
 /// vLLM imports torch and profiles the model before it serves: about 20 s
 /// alone, more when the world's other components start beside it.
@@ -68,25 +66,15 @@ pub(super) async fn start(
         Runner::Embed => "vllm-embed",
     };
     let mut process = Supervised::spawn(component, cmd, dir.join("vllm.log"))?;
-    let http = reqwest::Client::new();
-    let mut url = String::new();
-    until_ready(
+    let url = until_addr_file_serves(
         &mut process,
+        &addr_file,
+        "/health",
         READY_TIMEOUT,
         Duration::from_millis(250),
-        async || {
-            let Some(addr) = read_when_written(&addr_file) else {
-                return false;
-            };
-            url = format!("http://{}", addr.trim());
-            http.get(format!("{url}/health"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
     )
     .await?;
-    let routes = parse_route_lines(&read_when_written(&routes_file).unwrap_or_default());
+    let routes = parse_route_lines(&std::fs::read_to_string(&routes_file).unwrap_or_default());
     let info = EngineInfo {
         url,
         models: names.iter().map(|n| (*n).to_owned()).collect(),
