@@ -33,6 +33,8 @@ pub struct WebhookSettings {
     /// Where cert-manager's `tls.crt` and `tls.key` are mounted.
     pub cert_dir: std::path::PathBuf,
     pub defaults: crate::inject::Defaults,
+    /// The listener's deadlines, and its linger after shutdown.
+    pub limits: crate::serve::Limits,
 }
 
 /// Why the webhook could not start.
@@ -57,8 +59,9 @@ pub enum WebhookError {
 }
 
 /// Starts the webhook: certificate, listener, over the shared caches.
-/// Returns once it serves (so readiness can say so); it stops when
-/// `shutdown` resolves.
+/// Returns once it serves (so readiness can say so), with the server's
+/// task: it stops when `shutdown` resolves and ends once drained, which
+/// the process awaits before exiting.
 pub async fn start(
     client: Client,
     caches: &Caches,
@@ -66,7 +69,7 @@ pub async fn start(
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     recorder: kube::runtime::events::Recorder,
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + 'static,
-) -> Result<(), WebhookError> {
+) -> Result<tokio::task::JoinHandle<()>, WebhookError> {
     use std::sync::Arc;
     let index = Index {
         backends: caches.backends.store(),
@@ -107,9 +110,16 @@ pub async fn start(
         metrics,
         recorder: Some(recorder),
     };
-    tokio::spawn(server::serve(listener, tls, webhook, shutdown.clone()));
+    let limits = settings.limits;
+    let served = tokio::spawn(server::serve(
+        listener,
+        tls,
+        webhook,
+        limits,
+        shutdown.clone(),
+    ));
     tokio::spawn(keep_current(client, settings, current, renew, shutdown));
-    Ok(())
+    Ok(served)
 }
 
 fn read_cert_dir(dir: &std::path::Path) -> Result<rustls::sign::CertifiedKey, WebhookError> {
