@@ -1009,7 +1009,8 @@ impl GatewayConfig {
             .iter()
             .map(|i| TrustedIssuer {
                 issuer: &i.issuer,
-                has_user_clients: !i.user_clients.is_empty(),
+                tells_people_apart: !i.user_clients.is_empty()
+                    || i.claims.preset == Preset::Kubernetes,
             })
             .collect();
         for (i, rule) in self.access.rules.iter().enumerate() {
@@ -1381,6 +1382,11 @@ issuers:
             GatewayConfig::parse(&with).unwrap().issuers[0].user_clients,
             ["attach-cli"]
         );
+        // The cluster's ServiceAccount tokens never name a person.
+        let workloads = minimal() + "    claims: {preset: kubernetes}\n" + rule;
+        assert!(GatewayConfig::parse(&workloads).is_ok());
+        let overridden = minimal() + "    claims: {preset: kubernetes, groups: teams}\n";
+        assert!(refused(&overridden).contains("issuers[0].claims: groups"));
     }
 
     #[test]

@@ -25,8 +25,10 @@
 mod actors;
 mod machine;
 mod typed;
+mod workload;
 
 pub use actors::MAX_ACTORS;
+pub use workload::Workload;
 
 use std::str::FromStr;
 
@@ -42,13 +44,16 @@ pub enum Preset {
     Descope,
     Keycloak,
     Entra,
+    /// The cluster's own ServiceAccount tokens: a workload, always a
+    /// machine, named as the API server names it (see [`Workload`]).
+    Kubernetes,
     #[default]
     Generic,
 }
 
 impl Preset {
     /// Every preset's name, for messages.
-    pub const NAMES: &'static str = "auth0, okta, descope, keycloak, entra, generic";
+    pub const NAMES: &'static str = "auth0, okta, descope, keycloak, entra, kubernetes, generic";
 }
 
 impl FromStr for Preset {
@@ -60,6 +65,7 @@ impl FromStr for Preset {
             "descope" => Ok(Self::Descope),
             "keycloak" => Ok(Self::Keycloak),
             "entra" | "azure" | "azuread" => Ok(Self::Entra),
+            "kubernetes" | "k8s" => Ok(Self::Kubernetes),
             "generic" | "oidc" => Ok(Self::Generic),
             other => Err(format!(
                 "unknown identity provider preset {other:?} (expected one of {})",
@@ -121,6 +127,7 @@ impl ClaimMapping {
     /// The final paths: each override, else the preset's default.
     pub fn resolve(&self) -> Result<ResolvedMapping, String> {
         self.check_namespace()?;
+        self.check_kubernetes()?;
         let d = self.defaults();
         let pick = |name: &str, over: &Option<String>, default: String| {
             ClaimPath::parse(over.as_deref().unwrap_or(&default))
@@ -155,6 +162,30 @@ impl ClaimMapping {
             _ => Err(format!(
                 "namespace: {namespace:?} must be an https:// URL (Auth0 namespaces custom claims by URL)"
             )),
+        }
+    }
+
+    /// A ServiceAccount token's identity is the API server's: overriding
+    /// where it is read would be silently ignored, so it is refused.
+    fn check_kubernetes(&self) -> Result<(), String> {
+        if self.preset != Preset::Kubernetes {
+            return Ok(());
+        }
+        let overridden = [
+            ("user", &self.user),
+            ("groups", &self.groups),
+            ("roles", &self.roles),
+            ("scopes", &self.scopes),
+            ("tenant", &self.tenant),
+            ("client", &self.client),
+        ]
+        .into_iter()
+        .find_map(|(name, path)| path.as_ref().map(|_| name));
+        match overridden {
+            Some(name) => Err(format!(
+                "{name}: the kubernetes preset reads the ServiceAccount the API server names; its claim paths cannot be overridden"
+            )),
+            None => Ok(()),
         }
     }
 
@@ -220,6 +251,16 @@ impl ClaimMapping {
                 scopes: s("scp"),
                 tenant: s("tid"),
                 client: s("azp|appid"),
+            },
+            // Read from the `kubernetes.io` claim instead (see `workload`);
+            // these paths are never looked up.
+            Preset::Kubernetes => Defaults {
+                user: s("sub"),
+                groups: s("groups"),
+                roles: s("roles"),
+                scopes: s("scope"),
+                tenant: s("tenant"),
+                client: s("azp"),
             },
         }
     }
@@ -301,6 +342,10 @@ pub enum MappingError {
     /// The `act` chain is longer than [`MAX_ACTORS`].
     #[error("the token's actor chain is longer than {MAX_ACTORS}")]
     TooManyActors,
+    /// A `kubernetes` issuer's token names no ServiceAccount, or its `sub`
+    /// and `kubernetes.io` claims name different ones.
+    #[error("the token names no ServiceAccount, or two different ones")]
+    NoWorkload,
 }
 
 /// An identity, and the claims that were ignored for their shape (for the
@@ -364,6 +409,9 @@ impl ResolvedMapping {
         exp: u64,
         forward: &[String],
     ) -> Result<Mapped, MappingError> {
+        if self.preset == Preset::Kubernetes {
+            return workload_identity(claims, exp, forward);
+        }
         let mut ignored = Vec::new();
         let mut read = Reader {
             claims,
@@ -428,6 +476,48 @@ impl ResolvedMapping {
             ignored,
         })
     }
+}
+
+/// A ServiceAccount token's identity: the account as the API server names
+/// it, its namespace's groups, the namespace as tenant; a machine (no person
+/// stands behind a workload), acting as itself. Delegation (`act`) is not
+/// something the API server mints, so a token carrying it is refused.
+fn workload_identity(
+    claims: &Map<String, Value>,
+    exp: u64,
+    forward: &[String],
+) -> Result<Mapped, MappingError> {
+    let workload = workload::read(claims).ok_or(MappingError::NoWorkload)?;
+    if claims.contains_key("act") {
+        return Err(MappingError::InvalidActor);
+    }
+    let iss = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let user = workload.user();
+    Ok(Mapped {
+        identity: Identity {
+            iss,
+            sub: user.clone(),
+            user,
+            groups: workload.groups(),
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            tenant: Some(workload.namespace),
+            client: None,
+            actors: Vec::new(),
+            machine: true,
+            exp,
+            claims: forward
+                .iter()
+                .filter_map(|name| Some((name.clone(), claims.get(name)?.clone())))
+                .collect(),
+            rendered_headers: std::sync::OnceLock::new(),
+        },
+        ignored: Vec::new(),
+    })
 }
 
 /// Reads mapped fields by type, noting the ones ignored for their shape.

@@ -202,6 +202,7 @@ impl Verifier {
                 MappingError::NoUser => AuthError::NoUser,
                 MappingError::InvalidActor => AuthError::InvalidClaim("act"),
                 MappingError::TooManyActors => AuthError::ActorChainTooLong,
+                MappingError::NoWorkload => AuthError::InvalidClaim("kubernetes.io"),
             })?;
         for claim in mapped.ignored {
             // Once per verified token: the identity is cached with it.
