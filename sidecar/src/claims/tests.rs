@@ -491,6 +491,16 @@ fn service_account_token(edit: impl FnOnce(&mut Value)) -> Value {
 fn a_service_account_token_names_its_workload_as_the_api_server_does() {
     let id = identity(Preset::Kubernetes, service_account_token(|_| {}));
     assert_eq!(id.user, "system:serviceaccount:search:rag-indexer");
+    // The longest name Kubernetes allows, with dots and digits.
+    let longest = format!("{}.b-9", "a".repeat(249));
+    let long = identity(
+        Preset::Kubernetes,
+        service_account_token(|c| {
+            c["kubernetes.io"]["serviceaccount"]["name"] = json!(longest);
+            c["sub"] = json!(format!("system:serviceaccount:search:{longest}"));
+        }),
+    );
+    assert_eq!(long.user, format!("system:serviceaccount:search:{longest}"));
     assert_eq!(id.tenant.as_deref(), Some("search"));
     assert_eq!(
         id.groups,
