@@ -298,6 +298,11 @@ pub struct IssuerConfig {
     /// A local JWKS file used instead of fetching keys (air-gapped setups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
+    /// The keys themselves, a JWKS (`{"keys": [...]}`), as the operator
+    /// relays a cluster's ServiceAccount issuer keys, which only the API
+    /// server serves. New keys come with a new config (a reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
     /// Accepted `aud` values: a token must carry at least one. Required.
     pub audiences: Vec<String>,
     /// Accepted signing algorithms; defaults to every asymmetric one.
@@ -342,6 +347,7 @@ impl IssuerConfig {
             issuer: issuer.into(),
             jwks_uri: None,
             jwks_file: None,
+            jwks: None,
             audiences,
             algorithms: default_algorithms(),
             leeway: default_leeway(),
@@ -828,6 +834,25 @@ impl GatewayConfig {
             check_fetch_url(&field("issuer"), &issuer.issuer, issuer.allow_insecure_http)?;
             if let Some(uri) = &issuer.jwks_uri {
                 check_fetch_url(&field("jwksUri"), uri, issuer.allow_insecure_http)?;
+            }
+            let sources = [
+                issuer.jwks_uri.is_some(),
+                issuer.jwks_file.is_some(),
+                issuer.jwks.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() > 1 {
+                return Err(ConfigError::invalid(
+                    field("jwks"),
+                    "jwksUri, jwksFile and jwks each name the keys: give one",
+                ));
+            }
+            if let Some(jwks) = &issuer.jwks
+                && !jwks.get("keys").is_some_and(serde_json::Value::is_array)
+            {
+                return Err(ConfigError::invalid(
+                    field("jwks"),
+                    "must be a JWKS: an object with a \"keys\" array",
+                ));
             }
             if issuer.audiences.iter().all(|a| a.trim().is_empty()) {
                 return Err(ConfigError::invalid(
@@ -1382,6 +1407,13 @@ issuers:
             GatewayConfig::parse(&with).unwrap().issuers[0].user_clients,
             ["attach-cli"]
         );
+        // Keys named twice, or keys that are no JWKS.
+        let both = minimal() + "    jwksFile: /k.json\n    jwks: {keys: []}\n";
+        assert!(refused(&both).contains("issuers[0].jwks: jwksUri, jwksFile and jwks"));
+        let not_jwks = minimal() + "    jwks: {kty: RSA}\n";
+        assert!(refused(&not_jwks).contains("issuers[0].jwks: must be a JWKS"));
+        let inline = minimal() + "    jwks: {keys: []}\n";
+        assert!(GatewayConfig::parse(&inline).is_ok());
         // The cluster's ServiceAccount tokens never name a person.
         let workloads = minimal() + "    claims: {preset: kubernetes}\n" + rule;
         assert!(GatewayConfig::parse(&workloads).is_ok());

@@ -320,6 +320,9 @@ fn reuse_served_models(
 }
 
 fn key_source(issuer: &IssuerConfig) -> KeySource {
+    if let Some(jwks) = &issuer.jwks {
+        return KeySource::Inline(jwks.to_string());
+    }
     match (&issuer.jwks_file, &issuer.jwks_uri) {
         (Some(path), _) => KeySource::File(path.clone()),
         (None, Some(uri)) => KeySource::Uri(uri.clone()),
@@ -437,5 +440,32 @@ mod tests {
             );
             assert_eq!(key_cache(&third).issuer(), issuer);
         }
+    }
+
+    #[tokio::test]
+    async fn keys_given_in_the_config_load_and_new_keys_come_with_a_new_config() {
+        let jwk = |kid: &str| {
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
+                "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"})
+        };
+        let inline = |kids: &[&str]| {
+            let mut config = config(ISSUER, std::path::Path::new("/unused"));
+            config.issuers[0].jwks_file = None;
+            config.issuers[0].jwks = Some(serde_json::json!({
+                "keys": kids.iter().map(|k| jwk(k)).collect::<Vec<_>>()
+            }));
+            config
+        };
+        let shared = Shared::new();
+        let first = Runtime::build(inline(&["k1"]), None, &shared).unwrap();
+        let keys = key_cache(&first).refresh("initial").await.unwrap();
+        assert_eq!(keys, 1);
+        assert!(first.verifier.is_ready());
+        // The same keys: the same cache. Rotated keys: a cache of their own.
+        let same = Runtime::build(inline(&["k1"]), Some(&first), &shared).unwrap();
+        assert!(Arc::ptr_eq(&key_cache(&first), &key_cache(&same)));
+        let rotated = Runtime::build(inline(&["k1", "k2"]), Some(&same), &shared).unwrap();
+        assert!(!Arc::ptr_eq(&key_cache(&same), &key_cache(&rotated)));
+        assert_eq!(key_cache(&rotated).refresh("initial").await.unwrap(), 2);
     }
 }

@@ -826,10 +826,14 @@ async fn the_examples_pass_server_side_dry_run() {
     common::install_crds();
     let examples = root().join("examples");
     // Namespaces for real (dry-run of namespaced objects needs them).
-    for ns in ["ml-team/namespace.yaml", "vllm-team/namespace.yaml"] {
+    for ns in [
+        "ml-team/namespace.yaml",
+        "vllm-team/namespace.yaml",
+        "agents-team/namespace.yaml",
+    ] {
         kubectl(&["apply", "-f", examples.join(ns).to_str().unwrap()]);
     }
-    for dir in ["platform", "ml-team", "vllm-team"] {
+    for dir in ["platform", "ml-team", "vllm-team", "agents-team"] {
         let out = kubectl(&[
             "apply",
             "--dry-run=server",

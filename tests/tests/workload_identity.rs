@@ -276,3 +276,97 @@ async fn workloads_reach_models_with_their_service_account_tokens_and_nothing_el
             .await;
     }
 }
+
+/// The operator's part: a `ClusterIdentityProvider` with the `kubernetes`
+/// preset is checked against the API server (its issuer, its keys), the
+/// keys are relayed into each backend's rendered config, each backend
+/// names its own audience, and a gateway running that config takes the
+/// API server's tokens for that backend only.
+#[tokio::test]
+async fn the_operator_relays_the_cluster_keys_and_binds_each_backend_to_its_audience() {
+    use attach_operator::crd::{ClusterIdentityProvider, LLMBackend};
+    let chart = common::install_chart().await;
+    let cluster = Cluster {
+        client: common::world().client().await.unwrap(),
+    };
+    let (issuer, _) = cluster.issuer_and_keys().await;
+    let ns = chart.namespace("workloads").await;
+    cluster.service_account(&ns, "rag-indexer").await;
+    let idp = format!("cluster-{:08x}", rand_suffix());
+    let wrong = format!("{idp}-wrong");
+    let audience = format!("attach.dev/{ns}/embed");
+    common::kubectl_apply(&format!(
+        "apiVersion: attach.dev/v1alpha1\nkind: ClusterIdentityProvider\nmetadata: {{name: {idp}}}\nspec: {{issuer: \"{issuer}\", audiences: [unused], preset: kubernetes}}\n---\n\
+         apiVersion: attach.dev/v1alpha1\nkind: ClusterIdentityProvider\nmetadata: {{name: {wrong}}}\nspec: {{issuer: \"https://not-this-cluster.example\", audiences: [unused], preset: kubernetes}}\n---\n\
+         apiVersion: attach.dev/v1alpha1\nkind: LLMBackend\nmetadata: {{name: embed, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: embed}}}}\n  engine: ollama\n  port: 11434\n  identityProviderRefs: [{{kind: ClusterIdentityProvider, name: {idp}, audiences: [\"{audience}\"]}}]\n  access:\n    rules:\n      - {{name: indexer, subjects: {{users: [\"system:serviceaccount:{ns}:rag-indexer\"]}}, endpoints: [inference]}}\n---\n\
+         apiVersion: attach.dev/v1alpha1\nkind: LLMBackend\nmetadata: {{name: unbound, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{app: unbound}}}}\n  engine: ollama\n  port: 11434\n  identityProviderRefs: [{{kind: ClusterIdentityProvider, name: {idp}}}]\n"
+    ));
+
+    // The IdP: Ready with the API server's keys; one naming another issuer
+    // is not, and says why.
+    let idps: Api<ClusterIdentityProvider> = Api::all(cluster.client.clone());
+    let ready = common::wait_ready(&idps, &idp, "True").await;
+    let status = ready.status.unwrap();
+    assert!(status.key_count.unwrap() >= 1, "{status:?}");
+    let relayed: serde_json::Value =
+        serde_json::from_str(status.relayed_keys.as_deref().unwrap()).unwrap();
+    let not_ready = common::wait_ready(&idps, &wrong, "False").await;
+    let condition = common::condition(&not_ready, "Ready").unwrap();
+    assert_eq!(condition["reason"], "IssuerMismatch", "{condition}");
+    assert!(
+        condition["message"].as_str().unwrap().contains(&issuer),
+        "{condition}"
+    );
+
+    // A backend without its own audience fails closed, and says so.
+    let backends: Api<LLMBackend> = Api::namespaced(cluster.client.clone(), &ns);
+    let unbound = common::wait_ready(&backends, "unbound", "False").await;
+    let condition = common::condition(&unbound, "Ready").unwrap();
+    assert_eq!(condition["reason"], "AudienceRequired", "{condition}");
+
+    // The bound backend's config carries the keys and its audience only.
+    common::wait_ready(&backends, "embed", "True").await;
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(cluster.client.clone(), &ns)
+        .get("embed-attach-gateway")
+        .await
+        .unwrap();
+    let yaml = &cm.data.unwrap()["gateway.yaml"];
+    let mut config: GatewayConfig = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(config.issuers[0].audiences, std::slice::from_ref(&audience));
+    assert_eq!(config.issuers[0].jwks.as_ref(), Some(&relayed));
+    assert_eq!(config.issuers[0].claims.preset, Preset::Kubernetes);
+
+    // That config, in front of a model: the API server's token for this
+    // backend passes; one for another backend does not.
+    let model = MockModel::start().await.unwrap();
+    config.upstream.url = model.url();
+    let gw = GatewayProcess::start(config).await.unwrap();
+    let embed = |token: String| {
+        let url = format!("{}/api/embed", gw.url);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"model": "nomic-embed-text", "input": "hi"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let token = cluster.token(&ns, "rag-indexer", &audience).await;
+    assert_eq!(embed(token).await, 200, "{}", gw.log());
+    assert_eq!(
+        model.last().await.unwrap().headers["x-attach-user"],
+        format!("system:serviceaccount:{ns}:rag-indexer")
+    );
+    let other = cluster
+        .token(&ns, "rag-indexer", &format!("attach.dev/{ns}/chat"))
+        .await;
+    assert_eq!(embed(other).await, 401);
+
+    for name in [&idp, &wrong] {
+        let _ = idps.delete(name, &DeleteParams::default()).await;
+    }
+}
