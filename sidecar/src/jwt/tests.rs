@@ -1102,6 +1102,14 @@ async fn a_jwks_without_usable_keys_fails_closed_and_says_how_many_it_skipped() 
         {"kty": "RSA", "alg": "HS256", "kid": "hs-1",
          "n": jwk(&rsa_key(), Algorithm::RS256, "x")["n"], "e": "AQAB"},
         {"kty": "RSA", "kid": "broken"},
+        // Ed25519 keys jsonwebtoken would slice past their end (a panic
+        // at verification), or on a curve it does not verify.
+        {"kty": "OKP", "crv": "Ed25519", "kid": "short", "x": "AAECAwQFBgcICQoLDA0ODw"},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "long",
+         "x": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g"},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "not-base64", "x": "!!"},
+        {"kty": "OKP", "crv": "Ed448", "kid": "ed448",
+         "x": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"},
     ]});
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
@@ -1116,13 +1124,13 @@ async fn a_jwks_without_usable_keys_fails_closed_and_says_how_many_it_skipped() 
     ));
     let err = cache.refresh("initial").await.unwrap_err();
     assert!(
-        matches!(err, jwks::RefreshError::NoUsableKeys { skipped: 4 }),
+        matches!(err, jwks::RefreshError::NoUsableKeys { skipped: 8 }),
         "{err:?}"
     );
     // The message the refresh warning logs.
     assert_eq!(
         err.to_string(),
-        "the JWKS has no usable signing keys (4 skipped)"
+        "the JWKS has no usable signing keys (8 skipped)"
     );
     assert!(!cache.is_loaded());
     assert_eq!(cache.status().keys, 0);
