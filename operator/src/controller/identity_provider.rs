@@ -144,21 +144,30 @@ pub async fn check(http: &IdpClient, issuer: &str, jwks_uri: Option<&str>) -> Ch
             };
         }
     };
-    let keys = KeySet::from_jwks(&doc);
+    match usable_keys(&doc, &jwks_uri) {
+        Ok(keys) => Check::Ready {
+            jwks_uri,
+            keys,
+            relayed: None,
+        },
+        Err(failed) => failed,
+    }
+}
+
+/// How many signing keys of the JWKS `doc` (from `source`) can verify
+/// tokens; none fails the check, saying how many were skipped.
+fn usable_keys(doc: &Value, source: &str) -> Result<usize, Check> {
+    let keys = KeySet::from_jwks(doc);
     if keys.is_empty() {
-        return Check::Failed {
+        return Err(Check::Failed {
             reason: "NoUsableKeys",
             message: format!(
-                "{jwks_uri} has no usable signing keys ({} skipped: symmetric, encryption or unparseable)",
+                "{source} has no usable signing keys ({} skipped: symmetric, encryption or unparseable)",
                 keys.skipped
             ),
-        };
+        });
     }
-    Check::Ready {
-        jwks_uri,
-        keys: keys.len(),
-        relayed: None,
-    }
+    Ok(keys.len())
 }
 
 /// Where the API server serves its ServiceAccount issuer's discovery
@@ -213,23 +222,17 @@ pub async fn check_cluster(client: &Client, issuer: &str) -> Check {
             };
         }
     };
-    let keys = KeySet::from_jwks(&doc);
-    if keys.is_empty() {
-        return Check::Failed {
-            reason: "NoUsableKeys",
-            message: format!(
-                "the API server's {CLUSTER_JWKS} has no usable signing keys ({} skipped)",
-                keys.skipped
-            ),
-        };
-    }
+    let keys = match usable_keys(&doc, &format!("the API server's {CLUSTER_JWKS}")) {
+        Ok(keys) => keys,
+        Err(failed) => return failed,
+    };
     Check::Ready {
         jwks_uri: discovery
             .get("jwks_uri")
             .and_then(Value::as_str)
             .unwrap_or(CLUSTER_JWKS)
             .to_owned(),
-        keys: keys.len(),
+        keys,
         relayed: Some(doc.to_string()),
     }
 }

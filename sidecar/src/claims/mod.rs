@@ -421,16 +421,8 @@ impl ResolvedMapping {
             typed::Read::Value(user) if !user.is_empty() => user,
             _ => return Err(MappingError::NoUser),
         };
-        let sub = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let iss = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let sub = string_claim(claims, "sub");
+        let iss = string_claim(claims, "iss");
         let client = read.field("client", &self.client, typed::text);
         let groups = read
             .field("groups", &self.groups, typed::names)
@@ -467,10 +459,7 @@ impl ResolvedMapping {
                 actors,
                 machine,
                 exp,
-                claims: forward
-                    .iter()
-                    .filter_map(|name| Some((name.clone(), claims.get(name)?.clone())))
-                    .collect(),
+                claims: forwarded(claims, forward),
                 rendered_headers: std::sync::OnceLock::new(),
             },
             ignored,
@@ -491,15 +480,10 @@ fn workload_identity(
     if claims.contains_key("act") {
         return Err(MappingError::InvalidActor);
     }
-    let iss = claims
-        .get("iss")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
     let user = workload.user();
     Ok(Mapped {
         identity: Identity {
-            iss,
+            iss: string_claim(claims, "iss"),
             sub: user.clone(),
             user,
             groups: workload.groups(),
@@ -510,14 +494,29 @@ fn workload_identity(
             actors: Vec::new(),
             machine: true,
             exp,
-            claims: forward
-                .iter()
-                .filter_map(|name| Some((name.clone(), claims.get(name)?.clone())))
-                .collect(),
+            claims: forwarded(claims, forward),
             rendered_headers: std::sync::OnceLock::new(),
         },
         ignored: Vec::new(),
     })
+}
+
+/// A string claim as is, empty when absent or not a string (`sub`, `iss`:
+/// the verifier has already required them).
+fn string_claim(claims: &Map<String, Value>, name: &str) -> String {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The raw claims `identity.forwardClaims` names, those present.
+fn forwarded(claims: &Map<String, Value>, forward: &[String]) -> Map<String, Value> {
+    forward
+        .iter()
+        .filter_map(|name| Some((name.clone(), claims.get(name)?.clone())))
+        .collect()
 }
 
 /// Reads mapped fields by type, noting the ones ignored for their shape.
