@@ -65,6 +65,23 @@ impl HttpBody for MeteredBody {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         let out = this.meter.feed(data);
+                        if this.inner.is_end_stream() {
+                            // The last of the answer. A server that sends
+                            // `Content-Length` bytes never polls for the
+                            // end: charge now, before it writes these out,
+                            // so that the client's next request already
+                            // sees the charge.
+                            let (tail, usage) = this.meter.finish();
+                            this.done(usage);
+                            return Poll::Ready(match (out.is_empty(), tail.is_empty()) {
+                                (true, true) => None,
+                                (true, false) => Some(Ok(Frame::data(tail))),
+                                (false, empty) => {
+                                    this.tail = (!empty).then_some(tail);
+                                    Some(Ok(Frame::data(out)))
+                                }
+                            });
+                        }
                         if out.is_empty() {
                             continue; // held back until its event is complete
                         }
@@ -106,12 +123,10 @@ impl Drop for MeteredBody {
         let Some(on_done) = self.on_done.take() else {
             return;
         };
-        // Either the server stopped polling once `Content-Length` bytes were
-        // sent (a whole answer), or the client went away mid-answer. The
-        // model does not know: it goes on and reports its usage at the end.
-        // Read the rest (the request keeps its slot meanwhile) and charge
-        // that, or, past the bound, what was seen and the estimate.
-        // (A whole answer, or a zero bound, ends at once there.)
+        // The client went away mid-answer. The model does not know: it goes
+        // on and reports its usage at the end. Read the rest (the request
+        // keeps its slot meanwhile) and charge that, or, past the bound,
+        // what was seen and the estimate.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let inner = std::mem::replace(&mut self.inner, crate::body::empty());
@@ -145,4 +160,142 @@ async fn drain(mut inner: Body, mut meter: UsageMeter, on_done: OnDone, limit: D
     let _ = tokio::time::timeout(limit, read).await;
     let (_, usage) = meter.finish();
     on_done(usage);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::quota::usage::Shape;
+
+    /// An answer in chunks that, like a `Content-Length` body, knows it
+    /// has ended as soon as its last chunk is read.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Chunks {
+        fn body(parts: &[&'static str]) -> Body {
+            let parts = parts.iter().map(|p| Bytes::from_static(p.as_bytes()));
+            crate::body::boxed(Self(parts.collect()))
+        }
+    }
+
+    impl HttpBody for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    type Seen = Arc<Mutex<Option<Usage>>>;
+
+    fn metered(inner: Body, shape: Shape) -> (MeteredBody, Seen) {
+        let seen: Seen = Arc::default();
+        let report = seen.clone();
+        let on_done: OnDone = Box::new(move |usage| {
+            let previous = report.lock().unwrap().replace(usage);
+            assert!(previous.is_none(), "reported twice");
+        });
+        let meter = UsageMeter::new(shape, true, 7);
+        let body = MeteredBody::new(inner, meter, on_done, Duration::from_secs(5));
+        (body, seen)
+    }
+
+    async fn data(body: &mut MeteredBody) -> Bytes {
+        body.frame().await.unwrap().unwrap().into_data().unwrap()
+    }
+
+    const ANSWER: [&str; 2] = [
+        r#"{"usage":{"prompt"#,
+        r#"_tokens":11,"completion_tokens":3}}"#,
+    ];
+
+    #[tokio::test]
+    async fn the_last_chunk_of_an_answer_is_charged_before_the_server_writes_it() {
+        // A server sending `Content-Length` bytes stops polling after the
+        // last one: the charge must be in place before it writes them, so
+        // before the client can have read the answer and sent its next
+        // request.
+        let (mut body, seen) = metered(Chunks::body(&ANSWER), Shape::Json);
+        assert_eq!(data(&mut body).await, ANSWER[0]);
+        assert!(seen.lock().unwrap().is_none(), "not charged mid-answer");
+        assert_eq!(data(&mut body).await, ANSWER[1]);
+        let usage = seen
+            .lock()
+            .unwrap()
+            .take()
+            .expect("charged with the last chunk");
+        assert_eq!((usage.prompt, usage.completion), (11, 3));
+        assert!(!usage.estimated);
+        assert!(body.is_end_stream(), "the server may let go of it");
+        drop(body);
+        assert!(seen.lock().unwrap().is_none(), "charged once");
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_last_chunk_ends_mid_event_is_charged_and_sent_whole() {
+        const EVENTS: [&str; 2] = [
+            "data: {\"choices\":[{}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":3}}\n\n\
+             data: {\"choices\":[{}]}\n\ndata: [DONE]",
+        ];
+        let (mut body, seen) = metered(Chunks::body(&EVENTS), Shape::Sse);
+        assert_eq!(data(&mut body).await, EVENTS[0]);
+        // The added usage event is dropped, the complete event sent, and
+        // the unterminated `[DONE]` held until the end, then sent too.
+        assert_eq!(data(&mut body).await, "data: {\"choices\":[{}]}\n\n");
+        let usage = seen
+            .lock()
+            .unwrap()
+            .take()
+            .expect("charged with the last chunk");
+        assert_eq!(usage.total(), 14);
+        assert!(!body.is_end_stream(), "bytes are still held");
+        assert_eq!(data(&mut body).await, "data: [DONE]");
+        assert!(body.frame().await.is_none());
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_last_chunk_that_is_all_held_back_comes_out_at_the_end() {
+        const EVENTS: [&str; 3] = ["data: {\"choices\":[{}]}\n\n", "data: [DO", "NE]"];
+        let (mut body, seen) = metered(Chunks::body(&EVENTS), Shape::Sse);
+        assert_eq!(data(&mut body).await, EVENTS[0]);
+        assert_eq!(data(&mut body).await, "data: [DONE]");
+        assert!(seen.lock().unwrap().take().unwrap().estimated);
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_mid_answer_is_charged_the_models_usage_once_it_ends() {
+        let (mut body, seen) = metered(Chunks::body(&ANSWER), Shape::Json);
+        data(&mut body).await;
+        drop(body); // the client left after the first chunk
+        assert!(seen.lock().unwrap().is_none(), "the rest is still read");
+        for _ in 0..100 {
+            if seen.lock().unwrap().is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let usage = seen
+            .lock()
+            .unwrap()
+            .take()
+            .expect("charged after the drain");
+        assert_eq!((usage.prompt, usage.completion), (11, 3));
+        assert!(!usage.estimated, "the rest of the answer was read");
+    }
 }
