@@ -1,5 +1,7 @@
 //! The operator's Prometheus metrics, served at `/metrics`: reconciles,
-//! their errors and durations by kind, and whether this replica leads.
+//! their errors and durations by kind, whether this replica leads, the
+//! webhook's admissions and their latency by result, and when its serving
+//! certificate expires.
 
 use std::future::Future;
 use std::time::Instant;
@@ -26,6 +28,12 @@ pub struct AdmissionLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming an admission's result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 /// Every metric, in one registry for the process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,8 +44,9 @@ pub struct Metrics {
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
     admissions: Family<AdmissionLabels, Counter>,
-    /// How long answering an AdmissionReview took.
-    pub admission_duration: Histogram,
+    admission_duration: Family<ResultLabels, Histogram>,
+    /// When the webhook's serving certificate expires (Unix seconds).
+    pub webhook_certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -56,7 +65,15 @@ impl Metrics {
         });
         let leader = Gauge::default();
         let admissions = Family::<AdmissionLabels, Counter>::default();
-        let admission_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let admission_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        let webhook_certificate_expiry = Gauge::default();
+        registry.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "When the certificate the webhook serves expires, in Unix seconds",
+            webhook_certificate_expiry.clone(),
+        );
         registry.register(
             "admissions",
             "AdmissionReviews answered, by result and skip reason",
@@ -64,7 +81,7 @@ impl Metrics {
         );
         registry.register(
             "admission_duration_seconds",
-            "How long answering an AdmissionReview took",
+            "How long answering an AdmissionReview took, by result",
             admission_duration.clone(),
         );
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
@@ -91,6 +108,7 @@ impl Metrics {
             leader,
             admissions,
             admission_duration,
+            webhook_certificate_expiry,
         }
     }
 
@@ -99,6 +117,13 @@ impl Metrics {
         self.admissions
             .get_or_create(&AdmissionLabels { result, reason })
             .inc();
+    }
+
+    /// Times one answered AdmissionReview.
+    pub fn admission_took(&self, result: &'static str, seconds: f64) {
+        self.admission_duration
+            .get_or_create(&ResultLabels { result })
+            .observe(seconds);
     }
 
     /// Runs one reconcile of `kind`, counting and timing it.
@@ -114,8 +139,11 @@ impl Metrics {
         self.duration
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
+        // The error series exists from the first reconcile, at 0, so that
+        // rates and alerts over it have something to read.
+        let errors = self.errors.get_or_create(&labels);
         if result.is_err() {
-            self.errors.get_or_create(&labels).inc();
+            errors.inc();
         }
         result
     }
@@ -164,5 +192,15 @@ mod tests {
         );
         assert!(text.contains("attach_operator_leader 0"), "{text}");
         assert_eq!(m.reconciles("LLMBackend"), 2);
+
+        // A kind that never failed shows 0 errors, not nothing.
+        m.measure("Namespace", async { Ok::<_, ()>(()) })
+            .await
+            .unwrap();
+        let text = m.encode();
+        assert!(
+            text.contains("attach_operator_reconcile_errors_total{kind=\"Namespace\"} 0"),
+            "{text}"
+        );
     }
 }

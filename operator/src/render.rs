@@ -179,6 +179,7 @@ pub fn render(
     config.admin.port = ports.admin;
     config.upstream.url = format!("http://127.0.0.1:{}", ports.upstream);
     config.upstream.engine = engine(spec.engine);
+    config.metrics.backend = Some(format!("{}/{}", backend.namespace, backend.name));
     config
         .upstream
         .default_model

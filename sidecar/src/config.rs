@@ -477,6 +477,14 @@ pub struct MetricsConfig {
     /// per user can overwhelm Prometheus.
     #[serde(default)]
     pub user_labels: bool,
+    /// Label the GenAI token usage with the caller's tenant too. Off by
+    /// default, for the same reason.
+    #[serde(default)]
+    pub tenant_labels: bool,
+    /// The `LLMBackend` this gateway protects (`namespace/name`), for the
+    /// `attach_backend` label of the GenAI metrics. The operator sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// Quotas. Every applicable limit must have room for a request to be

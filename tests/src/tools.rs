@@ -22,6 +22,8 @@ pub struct Versions {
     pub coredns: String,
     pub registry: String,
     pub buildkit: String,
+    /// Prometheus's Go module version (`v0.3XX.Y` is release 3.XX.Y).
+    pub prometheus: String,
 }
 
 impl Versions {
@@ -49,6 +51,7 @@ impl Versions {
             coredns: get("COREDNS_VERSION")?,
             registry: get("REGISTRY_VERSION")?,
             buildkit: get("BUILDKIT_VERSION")?,
+            prometheus: get("PROMETHEUS_VERSION")?,
         })
     }
 }
@@ -238,6 +241,28 @@ impl Tools {
     }
 }
 
+/// The cached `prometheus-<PROMETHEUS_VERSION>` (built by `tests/tools/build.sh`).
+pub fn prometheus_binary() -> Result<PathBuf, HarnessError> {
+    let versions = Versions::pinned()?;
+    cached_binary("prometheus", &versions.prometheus)
+}
+
+/// The cached `promtool-<PROMETHEUS_VERSION>` (built by `tests/tools/build.sh`).
+pub fn promtool_binary() -> Result<PathBuf, HarnessError> {
+    let versions = Versions::pinned()?;
+    cached_binary("promtool", &versions.prometheus)
+}
+
+/// `$ATTACH_CACHE/bin/<name>-<version>`, if it exists.
+fn cached_binary(name: &str, version: &str) -> Result<PathBuf, HarnessError> {
+    existing(
+        &format!("{name} {version}"),
+        Tools::cache_dir()
+            .join("bin")
+            .join(format!("{name}-{version}")),
+    )
+}
+
 fn existing(what: &str, path: PathBuf) -> Result<PathBuf, HarnessError> {
     if path.exists() {
         Ok(path)
@@ -281,6 +306,7 @@ mod tests {
         assert!(v.coredns.starts_with("v1.15."), "{}", v.coredns);
         assert!(v.registry.starts_with("v3.1."), "{}", v.registry);
         assert!(v.buildkit.starts_with("v0.34."), "{}", v.buildkit);
+        assert!(v.prometheus.starts_with("v0.3"), "{}", v.prometheus);
     }
 
     #[test]

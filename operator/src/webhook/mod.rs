@@ -104,10 +104,11 @@ pub async fn start(
             addr: settings.addr,
             source,
         })?;
+    expiry_to(&metrics, &current);
     let webhook = server::Webhook {
         index,
         defaults: Arc::new(settings.defaults.clone()),
-        metrics,
+        metrics: metrics.clone(),
         recorder: Some(recorder),
     };
     let limits = settings.limits;
@@ -118,8 +119,20 @@ pub async fn start(
         limits,
         shutdown.clone(),
     ));
-    tokio::spawn(keep_current(client, settings, current, renew, shutdown));
+    tokio::spawn(keep_current(
+        client, settings, current, renew, metrics, shutdown,
+    ));
     Ok(served)
+}
+
+/// Publishes when the served certificate expires.
+fn expiry_to(metrics: &crate::metrics::Metrics, current: &certs::CurrentCert) {
+    match current.not_after() {
+        Some(not_after) => {
+            metrics.webhook_certificate_expiry.set(not_after);
+        }
+        None => tracing::warn!("cannot read the served certificate's expiry"),
+    }
 }
 
 fn read_cert_dir(dir: &std::path::Path) -> Result<rustls::sign::CertifiedKey, WebhookError> {
@@ -137,6 +150,7 @@ async fn keep_current(
     settings: WebhookSettings,
     current: std::sync::Arc<certs::CurrentCert>,
     mut certs_now: Option<certs::WebhookCerts>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -147,7 +161,10 @@ async fn keep_current(
         }
         match settings.cert_mode {
             CertMode::CertManager => match read_cert_dir(&settings.cert_dir) {
-                Ok(key) => current.replace(key),
+                Ok(key) => {
+                    current.replace(key);
+                    expiry_to(&metrics, &current);
+                }
                 Err(e) => tracing::warn!(error = %e, "reloading the webhook certificate failed"),
             },
             CertMode::SelfManaged => match certs::ensure(&client, &settings.certs).await {
@@ -156,6 +173,7 @@ async fn keep_current(
                         match latest.certified_key() {
                             Ok(key) => {
                                 current.replace(key);
+                                expiry_to(&metrics, &current);
                                 tracing::info!(not_after = %latest.not_after, "webhook certificate renewed");
                             }
                             Err(e) => {

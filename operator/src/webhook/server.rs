@@ -83,8 +83,7 @@ impl Webhook {
         let (answer, outcome) = review(&body, &self.index, &self.defaults);
         outcome.record(&self.metrics);
         self.metrics
-            .admission_duration
-            .observe(started.elapsed().as_secs_f64());
+            .admission_took(outcome.result(), started.elapsed().as_secs_f64());
         self.publish(outcome);
         match serde_json::to_vec(&answer) {
             Ok(json) => {

@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -14,8 +14,19 @@ use http_body_util::BodyExt;
 use super::usage::{Usage, UsageMeter};
 use crate::body::{Body, BoxError};
 
-/// Called once with the usage (`estimated` when the answer carried none).
-pub type OnDone = Box<dyn FnOnce(Usage) + Send>;
+/// How an answer ended: reported once.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// The usage (`estimated` when the answer carried none).
+    pub usage: Usage,
+    /// When its first bytes went to the client (none: it had none).
+    pub first_chunk: Option<Instant>,
+    /// The model's answer broke off with an error.
+    pub broke_off: bool,
+}
+
+/// Called once, when the answer ends.
+pub type OnDone = Box<dyn FnOnce(Ended) + Send>;
 
 /// The metered body.
 pub struct MeteredBody {
@@ -25,6 +36,7 @@ pub struct MeteredBody {
     tail: Option<Bytes>,
     /// How long the rest of an answer is read after the client left.
     drain_for: Duration,
+    first_chunk: Option<Instant>,
 }
 
 impl MeteredBody {
@@ -37,13 +49,26 @@ impl MeteredBody {
             on_done: Some(on_done),
             tail: None,
             drain_for,
+            first_chunk: None,
         }
     }
 
-    fn done(&mut self, usage: Usage) {
+    fn done(&mut self, usage: Usage, broke_off: bool) {
         if let Some(on_done) = self.on_done.take() {
-            on_done(usage);
+            on_done(Ended {
+                usage,
+                first_chunk: self.first_chunk,
+                broke_off,
+            });
         }
+    }
+
+    /// Hands `data` to the client, noting when the first bytes went.
+    fn send(&mut self, data: Bytes) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.first_chunk.is_none() && !data.is_empty() {
+            self.first_chunk = Some(Instant::now());
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
     }
 }
 
@@ -57,7 +82,7 @@ impl HttpBody for MeteredBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Some(tail) = this.tail.take() {
-            return Poll::Ready(Some(Ok(Frame::data(tail))));
+            return this.send(tail);
         }
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
@@ -72,35 +97,43 @@ impl HttpBody for MeteredBody {
                             // so that the client's next request already
                             // sees the charge.
                             let (tail, usage) = this.meter.finish();
-                            this.done(usage);
-                            return Poll::Ready(match (out.is_empty(), tail.is_empty()) {
-                                (true, true) => None,
-                                (true, false) => Some(Ok(Frame::data(tail))),
-                                (false, empty) => {
-                                    this.tail = (!empty).then_some(tail);
-                                    Some(Ok(Frame::data(out)))
-                                }
-                            });
+                            let (now, later) = match (out.is_empty(), tail.is_empty()) {
+                                (true, _) => (tail, None),
+                                (false, true) => (out, None),
+                                (false, false) => (out, Some(tail)),
+                            };
+                            if this.first_chunk.is_none() && !now.is_empty() {
+                                this.first_chunk = Some(Instant::now());
+                            }
+                            this.done(usage, false);
+                            this.tail = later;
+                            if now.is_empty() {
+                                return Poll::Ready(None);
+                            }
+                            return this.send(now);
                         }
                         if out.is_empty() {
                             continue; // held back until its event is complete
                         }
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                        return this.send(out);
                     }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
                 Poll::Ready(Some(Err(e))) => {
                     let usage = this.meter.usage();
-                    this.done(usage);
+                    this.done(usage, true);
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {
                     let (tail, usage) = this.meter.finish();
-                    this.done(usage);
+                    if this.first_chunk.is_none() && !tail.is_empty() {
+                        this.first_chunk = Some(Instant::now());
+                    }
+                    this.done(usage, false);
                     if tail.is_empty() {
                         return Poll::Ready(None);
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                    return this.send(tail);
                 }
             }
         }
@@ -131,11 +164,23 @@ impl Drop for MeteredBody {
             Ok(runtime) => {
                 let inner = std::mem::replace(&mut self.inner, crate::body::empty());
                 let meter = std::mem::replace(&mut self.meter, UsageMeter::opaque());
-                runtime.spawn(drain(inner, meter, on_done, self.drain_for));
+                let first_chunk = self.first_chunk;
+                let report = Box::new(move |usage, broke_off| {
+                    on_done(Ended {
+                        usage,
+                        first_chunk,
+                        broke_off,
+                    });
+                });
+                runtime.spawn(drain(inner, meter, report, self.drain_for));
             }
             Err(_) => {
                 let (_, usage) = self.meter.finish();
-                on_done(usage);
+                on_done(Ended {
+                    usage,
+                    first_chunk: self.first_chunk,
+                    broke_off: false,
+                });
             }
         }
     }
@@ -143,7 +188,12 @@ impl Drop for MeteredBody {
 
 /// Reads what is left of an answer nobody receives, for its usage, for at
 /// most `limit`, then reports.
-async fn drain(mut inner: Body, mut meter: UsageMeter, on_done: OnDone, limit: Duration) {
+async fn drain(
+    mut inner: Body,
+    mut meter: UsageMeter,
+    report: Box<dyn FnOnce(Usage, bool) + Send>,
+    limit: Duration,
+) {
     let read = async {
         while let Some(frame) = inner.frame().await {
             match frame.map(Frame::into_data) {
@@ -151,15 +201,16 @@ async fn drain(mut inner: Body, mut meter: UsageMeter, on_done: OnDone, limit: D
                     meter.feed(data);
                 }
                 Ok(Err(_)) => {} // trailers
-                Err(_) => return,
+                Err(_) => return true,
             }
         }
+        false
     };
     // Past the limit the rest is dropped with `inner`: the model sees the
     // connection close.
-    let _ = tokio::time::timeout(limit, read).await;
+    let broke_off = tokio::time::timeout(limit, read).await.unwrap_or(false);
     let (_, usage) = meter.finish();
-    on_done(usage);
+    report(usage, broke_off);
 }
 
 #[cfg(test)]
@@ -199,13 +250,13 @@ mod tests {
         }
     }
 
-    type Seen = Arc<Mutex<Option<Usage>>>;
+    type Seen = Arc<Mutex<Option<Ended>>>;
 
     fn metered(inner: Body, shape: Shape) -> (MeteredBody, Seen) {
         let seen: Seen = Arc::default();
         let report = seen.clone();
-        let on_done: OnDone = Box::new(move |usage| {
-            let previous = report.lock().unwrap().replace(usage);
+        let on_done: OnDone = Box::new(move |ended| {
+            let previous = report.lock().unwrap().replace(ended);
             assert!(previous.is_none(), "reported twice");
         });
         let meter = UsageMeter::new(shape, true, 7);
@@ -236,7 +287,8 @@ mod tests {
             .lock()
             .unwrap()
             .take()
-            .expect("charged with the last chunk");
+            .expect("charged with the last chunk")
+            .usage;
         assert_eq!((usage.prompt, usage.completion), (11, 3));
         assert!(!usage.estimated);
         assert!(body.is_end_stream(), "the server may let go of it");
@@ -260,7 +312,8 @@ mod tests {
             .lock()
             .unwrap()
             .take()
-            .expect("charged with the last chunk");
+            .expect("charged with the last chunk")
+            .usage;
         assert_eq!(usage.total(), 14);
         assert!(!body.is_end_stream(), "bytes are still held");
         assert_eq!(data(&mut body).await, "data: [DONE]");
@@ -274,7 +327,7 @@ mod tests {
         let (mut body, seen) = metered(Chunks::body(&EVENTS), Shape::Sse);
         assert_eq!(data(&mut body).await, EVENTS[0]);
         assert_eq!(data(&mut body).await, "data: [DONE]");
-        assert!(seen.lock().unwrap().take().unwrap().estimated);
+        assert!(seen.lock().unwrap().take().unwrap().usage.estimated);
         assert!(body.frame().await.is_none());
     }
 
@@ -294,8 +347,30 @@ mod tests {
             .lock()
             .unwrap()
             .take()
-            .expect("charged after the drain");
+            .expect("charged after the drain")
+            .usage;
         assert_eq!((usage.prompt, usage.completion), (11, 3));
         assert!(!usage.estimated, "the rest of the answer was read");
+    }
+
+    #[tokio::test]
+    async fn the_report_says_when_the_first_bytes_went_and_whether_the_model_broke_off() {
+        let before = Instant::now();
+        let (mut body, seen) = metered(Chunks::body(&ANSWER), Shape::Json);
+        data(&mut body).await;
+        let after_first = Instant::now();
+        data(&mut body).await;
+        let ended = seen.lock().unwrap().take().unwrap();
+        let first = ended.first_chunk.expect("bytes went");
+        assert!(before <= first && first <= after_first);
+        assert!(!ended.broke_off);
+
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Err("reset".into())];
+        let broken = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let (mut body, seen) = metered(crate::body::boxed(broken), Shape::Json);
+        assert!(body.frame().await.unwrap().is_err());
+        let ended = seen.lock().unwrap().take().unwrap();
+        assert!(ended.broke_off);
+        assert_eq!(ended.first_chunk, None, "nothing went");
     }
 }

@@ -127,6 +127,7 @@ impl QuotaStore {
         let renewer = background
             .as_ref()
             .map(|handle| handle.spawn(renew(Arc::downgrade(&shared), metrics.clone())));
+        metrics.quota_store_up(1);
         Self {
             local,
             shared: Some((shared, fail_mode)),
@@ -177,7 +178,11 @@ impl QuotaStore {
                         self.mark_unhealthy(&e);
                         match mode {
                             FailMode::Closed => return Err(NotAdmitted::Unavailable),
-                            FailMode::Open => self.admit_local(&checks, reserve)?,
+                            FailMode::Open => {
+                                let via = self.admit_local(&checks, reserve)?;
+                                self.metrics.quota_fail_open.inc();
+                                via
+                            }
                         }
                     }
                 }
@@ -265,6 +270,7 @@ impl QuotaStore {
     }
 
     fn mark_healthy(&self, _: Option<()>) {
+        self.metrics.quota_store_up(1);
         if !self.healthy.swap(true, Ordering::SeqCst) {
             tracing::info!("the shared quota store (Redis) is back");
         }
@@ -280,6 +286,7 @@ impl QuotaStore {
             .quota_store_errors
             .get_or_create(&KindLabels { kind })
             .inc();
+        self.metrics.quota_store_up(0);
         if self.healthy.swap(false, Ordering::SeqCst) {
             if kind == "out_of_memory" {
                 tracing::error!(
