@@ -20,8 +20,10 @@ use attach_sidecar::policy::{EndpointClass, Rule, Subjects};
 use attach_sidecar::quota::{QuotaKey, QuotaLimit};
 use attach_tests::gateway::GatewayProcess;
 use attach_tests::mock_model::MockModel;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use serde_json::json;
@@ -76,11 +78,22 @@ impl Cluster {
     /// A token of `ns`/`name` for `audience`, as a projected volume holds
     /// one (the shortest lifetime the API server grants: 10 minutes).
     async fn token(&self, ns: &str, name: &str, audience: &str) -> String {
+        self.token_bound(ns, name, audience, None).await
+    }
+
+    /// A token of `ns`/`name` for `audience`, bound to `pod` when given, as
+    /// the kubelet asks for a pod's projected token.
+    async fn token_bound(&self, ns: &str, name: &str, audience: &str, pod: Option<&Pod>) -> String {
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: vec![audience.into()],
                 expiration_seconds: Some(600),
-                bound_object_ref: None,
+                bound_object_ref: pod.map(|pod| BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: pod.metadata.name.clone(),
+                    uid: pod.metadata.uid.clone(),
+                }),
             },
             ..TokenRequest::default()
         };
@@ -221,6 +234,32 @@ async fn workloads_reach_models_with_their_service_account_tokens_and_nothing_el
     assert_eq!(seen.headers["x-attach-tenant"], search);
     assert_eq!(seen.headers["x-attach-issuer"], issuer);
     assert!(seen.headers.get("authorization").is_none());
+    // A pod's token (bound to it, as a projected volume's is): the model
+    // learns which pod and node call, from the token alone.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "rag-indexer-0"},
+        "spec": {"serviceAccountName": "rag-indexer", "nodeName": "node-x",
+                 "containers": [{"name": "indexer", "image": "indexer"}]}
+    }))
+    .unwrap();
+    let pod = Api::<Pod>::namespaced(cluster.client.clone(), &search)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let bound = cluster
+        .token_bound(&search, "rag-indexer", AUDIENCE, Some(&pod))
+        .await;
+    assert_eq!(embed(bound).await, 200, "{}", gw.log());
+    let seen = model.last().await.unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(seen.headers["x-attach-claims"].as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["user"], indexer);
+    assert_eq!(claims["pod"], "rag-indexer-0");
+    assert_eq!(claims["node"], "node-x");
     // Only the models its rule names.
     assert_eq!(chat(token.clone()).await, 403);
 

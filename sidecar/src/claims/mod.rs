@@ -383,6 +383,12 @@ pub struct Identity {
     pub machine: bool,
     /// The token's expiry (seconds since the epoch).
     pub exp: u64,
+    /// The pod a ServiceAccount token is bound to (`kubernetes` preset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The node that pod runs on, where the API server records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Raw claims chosen by `identity.forwardClaims`.
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub claims: Map<String, Value>,
@@ -459,6 +465,8 @@ impl ResolvedMapping {
                 actors,
                 machine,
                 exp,
+                pod: None,
+                node: None,
                 claims: forwarded(claims, forward),
                 rendered_headers: std::sync::OnceLock::new(),
             },
@@ -494,6 +502,8 @@ fn workload_identity(
             actors: Vec::new(),
             machine: true,
             exp,
+            pod: workload.pod,
+            node: workload.node,
             claims: forwarded(claims, forward),
             rendered_headers: std::sync::OnceLock::new(),
         },

@@ -518,6 +518,16 @@ fn a_service_account_token_names_its_workload_as_the_api_server_does() {
         }),
     );
     assert_eq!(unbound.user, id.user);
+    // The pod and node are the workload's, where the token names them.
+    assert_eq!(id.pod.as_deref(), Some("rag-indexer-7d9f-abcde"));
+    assert_eq!(id.node.as_deref(), Some("node-a"));
+    assert_eq!((unbound.pod, unbound.node), (None, None));
+    // A person's token names neither, whatever its claims say.
+    let person = identity(
+        Preset::Keycloak,
+        json!({"iss": "https://idp", "sub": "u", "pod": "p", "kubernetes.io": {"pod": {"name": "p"}}}),
+    );
+    assert_eq!((person.pod, person.node), (None, None));
 }
 
 /// Claims a token could carry that no API server mints: each names nobody,
