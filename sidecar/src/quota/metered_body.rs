@@ -365,6 +365,19 @@ mod tests {
         assert!(before <= first && first <= after_first);
         assert!(!ended.broke_off);
 
+        // An answer in one chunk: its first bytes are its last.
+        let (mut body, seen) = metered(Chunks::body(&[ANSWER[0]]), Shape::Json);
+        data(&mut body).await;
+        assert!(seen.lock().unwrap().take().unwrap().first_chunk.is_some());
+        // A stream whose only bytes are held to its end, which it only
+        // tells by ending.
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"data: [DONE]")))];
+        let open = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let (mut body, seen) = metered(crate::body::boxed(open), Shape::Sse);
+        assert_eq!(data(&mut body).await, "data: [DONE]");
+        assert!(seen.lock().unwrap().take().unwrap().first_chunk.is_some());
+
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Err("reset".into())];
         let broken = http_body_util::StreamBody::new(futures::stream::iter(frames));
         let (mut body, seen) = metered(crate::body::boxed(broken), Shape::Json);
