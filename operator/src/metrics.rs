@@ -34,6 +34,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels naming an LLMBackend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub namespace: String,
+    pub backend: String,
+}
+
 /// Every metric, in one registry for the process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -47,6 +54,10 @@ pub struct Metrics {
     admission_duration: Family<ResultLabels, Histogram>,
     /// When the webhook's serving certificate expires (Unix seconds).
     pub webhook_certificate_expiry: Gauge,
+    unprotected_pods: Family<BackendLabels, Gauge>,
+    /// The backends `unprotected_pods` has a series for, to drop the series
+    /// of deleted ones.
+    reported_backends: std::sync::Mutex<std::collections::BTreeSet<BackendLabels>>,
 }
 
 impl Default for Metrics {
@@ -68,6 +79,12 @@ impl Metrics {
         let admission_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
         });
+        let unprotected_pods = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "unprotected_pods",
+            "Pods a backend selects that run without attach-gateway (created before the webhook could inject them), by backend",
+            unprotected_pods.clone(),
+        );
         let webhook_certificate_expiry = Gauge::default();
         registry.register(
             "webhook_certificate_expiry_timestamp_seconds",
@@ -109,6 +126,8 @@ impl Metrics {
             admissions,
             admission_duration,
             webhook_certificate_expiry,
+            unprotected_pods,
+            reported_backends: std::sync::Mutex::default(),
         }
     }
 
@@ -117,6 +136,41 @@ impl Metrics {
         self.admissions
             .get_or_create(&AdmissionLabels { result, reason })
             .inc();
+    }
+
+    /// Sets how many pods `backend` selects that run unprotected, and drops
+    /// the series of the backends `exists` says are gone.
+    pub fn unprotected_pods(
+        &self,
+        backend: BackendLabels,
+        count: usize,
+        exists: impl Fn(&BackendLabels) -> bool,
+    ) {
+        let mut reported = self
+            .reported_backends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reported.retain(|labels| {
+            let keep = *labels == backend || exists(labels);
+            if !keep {
+                self.unprotected_pods.remove(labels);
+            }
+            keep
+        });
+        self.unprotected_pods
+            .get_or_create(&backend)
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        reported.insert(backend);
+    }
+
+    /// Drops the series of a deleted backend.
+    pub fn backend_deleted(&self, backend: &BackendLabels) {
+        let mut reported = self
+            .reported_backends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reported.remove(backend);
+        self.unprotected_pods.remove(backend);
     }
 
     /// Times one answered AdmissionReview.
@@ -202,5 +256,32 @@ mod tests {
             text.contains("attach_operator_reconcile_errors_total{kind=\"Namespace\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn unprotected_pods_are_reported_per_backend_until_it_is_gone() {
+        let m = Metrics::new();
+        let backend = |name: &str| BackendLabels {
+            namespace: "team".into(),
+            backend: name.into(),
+        };
+        m.unprotected_pods(backend("a"), 2, |_| true);
+        m.unprotected_pods(backend("b"), 0, |_| true);
+        let text = m.encode();
+        assert!(
+            text.contains("attach_operator_unprotected_pods{namespace=\"team\",backend=\"a\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("attach_operator_unprotected_pods{namespace=\"team\",backend=\"b\"} 0"),
+            "{text}"
+        );
+        // `a` was deleted: the next report of another backend drops it.
+        m.unprotected_pods(backend("b"), 1, |b| b.backend != "a");
+        let text = m.encode();
+        assert!(!text.contains("backend=\"a\""), "{text}");
+        assert!(text.contains("backend=\"b\"} 1"), "{text}");
+        m.backend_deleted(&backend("b"));
+        assert!(!m.encode().contains("backend=\"b\""));
     }
 }

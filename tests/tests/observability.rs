@@ -2,8 +2,8 @@
 //! The metrics, dashboard and alerts, checked by the real tools: the alert
 //! rules pass their `promtool test rules`, and a real Prometheus scraping a
 //! gateway and the operator finds data for every dashboard query, counts
-//! the tokens the model reported, and fires `AttachQuotaStoreDown` once
-//! Redis is stopped.
+//! the tokens the model reported and the model pod running unprotected,
+//! and fires `AttachQuotaStoreDown` once Redis is stopped.
 
 mod common;
 
@@ -181,6 +181,18 @@ scrape_configs:
     // A namespace holding a backend is one the webhook answers for: a pod
     // there is an admission (this one is not selected, and let through).
     let client = common::world().client().await.unwrap();
+    // A model pod that starts before its backend exists: the webhook never
+    // saw it, and it runs unprotected.
+    let early: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "early", "labels": {"app": "llm"}},
+        "spec": {"containers": [{"name": "ollama", "image": "ollama/ollama",
+                                 "ports": [{"containerPort": 11434}]}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &early)
+        .await
+        .unwrap();
     let backend: LLMBackend = serde_json::from_value(json!({
         "apiVersion": "attach.dev/v1alpha1", "kind": "LLMBackend", "metadata": {"name": "llm"},
         "spec": {"selector": {"matchLabels": {"app": "llm"}}, "engine": "ollama", "port": 11434,
@@ -213,8 +225,15 @@ scrape_configs:
             .query("sum(attach_operator_admissions_total)")
             .await
             .unwrap();
+        let unprotected = prometheus
+            .query(r#"attach_operator_unprotected_pods{backend="llm"}"#)
+            .await
+            .unwrap();
         let seen = value(&scraped).unwrap_or(0.0);
-        if seen >= f64::from(answers + 2) && value(&admissions).unwrap_or(0.0) >= 1.0 {
+        if seen >= f64::from(answers + 2)
+            && value(&admissions).unwrap_or(0.0) >= 1.0
+            && value(&unprotected) == Some(1.0)
+        {
             break;
         }
         assert!(

@@ -301,7 +301,9 @@ async fn backend_controller(
         pods: leader.pods.store(),
         config_maps: leader.config_maps.store(),
         backoff: backoff::Backoff::default(),
+        metrics: metrics.clone(),
     });
+    let deleted = metrics.clone();
 
     let by_idp = backends.clone();
     let by_cluster_idp = backends.clone();
@@ -351,7 +353,16 @@ async fn backend_controller(
             llm_backend::error_policy,
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(move |result| {
+            // A deleted backend is looked up and not found: its series go.
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = result {
+                deleted.backend_deleted(&crate::metrics::BackendLabels {
+                    namespace: gone.namespace.unwrap_or_default(),
+                    backend: gone.name,
+                });
+            }
+            async {}
+        })
         .await;
 }
 
