@@ -356,9 +356,11 @@ mod tests {
     #[tokio::test]
     async fn the_report_says_when_the_first_bytes_went_and_whether_the_model_broke_off() {
         let before = Instant::now();
-        let (mut body, seen) = metered(Chunks::body(&ANSWER), Shape::Json);
+        let (head, rest) = ANSWER[1].split_at(5);
+        let (mut body, seen) = metered(Chunks::body(&[ANSWER[0], head, rest]), Shape::Json);
         data(&mut body).await;
         let after_first = Instant::now();
+        data(&mut body).await;
         data(&mut body).await;
         let ended = seen.lock().unwrap().take().unwrap();
         let first = ended.first_chunk.expect("bytes went");
@@ -377,6 +379,24 @@ mod tests {
         let (mut body, seen) = metered(crate::body::boxed(open), Shape::Sse);
         assert_eq!(data(&mut body).await, "data: [DONE]");
         assert!(seen.lock().unwrap().take().unwrap().first_chunk.is_some());
+        // ... and when it held the end of a stream that had sent before.
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"data: {}\n\n"))),
+            Ok(Frame::data(Bytes::from_static(b"data: [DONE]"))),
+        ];
+        let open = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        let (mut body, seen) = metered(crate::body::boxed(open), Shape::Sse);
+        data(&mut body).await;
+        let after_first = Instant::now();
+        assert_eq!(data(&mut body).await, "data: [DONE]");
+        let first = seen.lock().unwrap().take().unwrap().first_chunk.unwrap();
+        assert!(first <= after_first, "the first bytes, not the last");
+        // A stream that ends without a byte.
+        let none: Vec<Result<Frame<Bytes>, BoxError>> = Vec::new();
+        let empty = http_body_util::StreamBody::new(futures::stream::iter(none));
+        let (mut body, seen) = metered(crate::body::boxed(empty), Shape::Sse);
+        assert!(body.frame().await.is_none());
+        assert_eq!(seen.lock().unwrap().take().unwrap().first_chunk, None);
 
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![Err("reset".into())];
         let broken = http_body_util::StreamBody::new(futures::stream::iter(frames));

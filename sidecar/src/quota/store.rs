@@ -332,3 +332,33 @@ async fn renew(store: Weak<RedisStore>, metrics: Arc<Metrics>) {
 fn new_lease_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::clock::SystemClock;
+
+    #[test]
+    fn the_shared_stores_health_goes_down_with_a_failure_and_up_with_a_success() {
+        let metrics = Arc::new(Metrics::new());
+        let local = Arc::new(MemoryStore::new(10, Arc::new(SystemClock)));
+        let store = QuotaStore::memory(local, metrics.clone());
+        let up = |metrics: &Metrics| {
+            metrics
+                .encode()
+                .lines()
+                .find_map(|l| l.strip_prefix("attach_quota_store_up{store=\"redis\"} "))
+                .map(str::to_owned)
+        };
+        let refused = redis::RedisError::from((redis::ErrorKind::Io, "connection refused"));
+        store.mark_unhealthy(&refused);
+        assert_eq!(up(&metrics).as_deref(), Some("0"));
+        assert!(
+            metrics
+                .encode()
+                .contains("attach_quota_store_errors_total{kind=\"unavailable\"} 1")
+        );
+        store.mark_healthy(None);
+        assert_eq!(up(&metrics).as_deref(), Some("1"));
+    }
+}
