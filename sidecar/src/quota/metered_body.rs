@@ -264,6 +264,12 @@ mod tests {
         (body, seen)
     }
 
+    /// The usage reported, which must have been.
+    fn charged(seen: &Seen, when: &str) -> Usage {
+        let ended = seen.lock().unwrap().take();
+        ended.unwrap_or_else(|| panic!("not {when}")).usage
+    }
+
     async fn data(body: &mut MeteredBody) -> Bytes {
         body.frame().await.unwrap().unwrap().into_data().unwrap()
     }
@@ -283,12 +289,7 @@ mod tests {
         assert_eq!(data(&mut body).await, ANSWER[0]);
         assert!(seen.lock().unwrap().is_none(), "not charged mid-answer");
         assert_eq!(data(&mut body).await, ANSWER[1]);
-        let usage = seen
-            .lock()
-            .unwrap()
-            .take()
-            .expect("charged with the last chunk")
-            .usage;
+        let usage = charged(&seen, "charged with the last chunk");
         assert_eq!((usage.prompt, usage.completion), (11, 3));
         assert!(!usage.estimated);
         assert!(body.is_end_stream(), "the server may let go of it");
@@ -308,12 +309,7 @@ mod tests {
         // The added usage event is dropped, the complete event sent, and
         // the unterminated `[DONE]` held until the end, then sent too.
         assert_eq!(data(&mut body).await, "data: {\"choices\":[{}]}\n\n");
-        let usage = seen
-            .lock()
-            .unwrap()
-            .take()
-            .expect("charged with the last chunk")
-            .usage;
+        let usage = charged(&seen, "charged with the last chunk");
         assert_eq!(usage.total(), 14);
         assert!(!body.is_end_stream(), "bytes are still held");
         assert_eq!(data(&mut body).await, "data: [DONE]");
@@ -343,12 +339,7 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
-        let usage = seen
-            .lock()
-            .unwrap()
-            .take()
-            .expect("charged after the drain")
-            .usage;
+        let usage = charged(&seen, "charged after the drain");
         assert_eq!((usage.prompt, usage.completion), (11, 3));
         assert!(!usage.estimated, "the rest of the answer was read");
     }
