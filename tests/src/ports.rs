@@ -2,17 +2,23 @@
 //!
 //! A port must be chosen before the component binds it (it is written in
 //! the component's config or flags), so it is free when chosen and bound a
-//! moment later. Asking the kernel (binding port 0) gave a port from its
-//! ephemeral range, which it hands to the very next bind of port 0 (a mock
-//! model, an outgoing connection) once released: two tests running at once
-//! collided that way. So ports come from below the ephemeral range, which
-//! the kernel never hands out by itself, and no port is handed out twice by
-//! one process.
+//! moment later. Two things can take it in between:
+//! - the kernel: binding port 0 gives a port from its ephemeral range, which
+//!   it hands to the very next bind of port 0 (a mock model, an outgoing
+//!   connection) once released. So ports come from below that range, which
+//!   the kernel never hands out by itself;
+//! - another harness or test process choosing at the same moment (the
+//!   loopback world and the node's world start side by side). So each
+//!   process owns blocks of ports, each held with an exclusive `flock` on a
+//!   file until the process exits, and chooses only within its own blocks.
 
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::HarnessError;
 
@@ -21,43 +27,88 @@ use crate::HarnessError;
 /// kernel's ephemeral range.
 const LOWEST: u16 = 20_000;
 const HIGHEST: u16 = 29_999;
+/// Ports per block a process owns.
+const BLOCK: u16 = 100;
 
-/// The ports this process has handed out.
-static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-/// Where the next search starts; seeded per process, so that two test
-/// processes start in different places.
-static CURSOR: AtomicU32 = AtomicU32::new(0);
+/// What this process owns and has handed out.
+struct Owned {
+    /// The blocks' first ports, and their locks (held for the process).
+    blocks: Vec<(u16, Flock<File>)>,
+    handed_out: BTreeSet<u16>,
+}
 
-/// A port on 127.0.0.1 that nothing listens on, in 20000-29999 (and below
-/// the kernel's ephemeral range), never handed out before by this process.
+static OWNED: Mutex<Owned> = Mutex::new(Owned {
+    blocks: Vec::new(),
+    handed_out: BTreeSet::new(),
+});
+
+/// A port on 127.0.0.1 that nothing listens on, in 20000-29999 (below the
+/// kernel's ephemeral range), in a block no other process of this project
+/// owns, never handed out before by this process.
 pub fn free_port() -> Result<u16, HarnessError> {
-    let (lowest, highest) = (LOWEST, HIGHEST.min(ephemeral_start().saturating_sub(1)));
-    let span = u32::from(highest.saturating_sub(lowest)).max(1);
-    if CURSOR.load(Ordering::Relaxed) == 0 {
-        let seed = std::process::id().wrapping_mul(2_654_435_761)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or_default();
-        let _ = CURSOR.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    let mut owned = OWNED.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let candidates: Vec<u16> = owned
+            .blocks
+            .iter()
+            .flat_map(|(first, _)| *first..first.saturating_add(BLOCK))
+            .collect();
+        for port in candidates {
+            if owned.handed_out.contains(&port) {
+                continue;
+            }
+            // Something outside this project may still listen there.
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                owned.handed_out.insert(port);
+                return Ok(port);
+            }
+        }
+        let block = claim_block(owned.blocks.iter().map(|(first, _)| *first))?;
+        owned.blocks.push(block);
     }
-    for _ in 0..span.min(4096) {
-        let offset = CURSOR.fetch_add(7919, Ordering::Relaxed) % span;
-        let Ok(port) = u16::try_from(u32::from(lowest) + offset) else {
+}
+
+/// Claims a block no other process holds, starting the search at a place
+/// that differs per process.
+fn claim_block(held: impl Iterator<Item = u16>) -> Result<(u16, Flock<File>), HarnessError> {
+    let held: BTreeSet<u16> = held.collect();
+    let highest = HIGHEST.min(ephemeral_start().saturating_sub(1));
+    let count = (highest.saturating_sub(LOWEST).saturating_add(1) / BLOCK).max(1);
+    let start = std::process::id() % u32::from(count);
+    let dir = lock_dir();
+    for i in 0..u32::from(count) {
+        let Ok(index) = u16::try_from((start + i) % u32::from(count)) else {
             continue;
         };
-        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if handed_out.contains(&port) {
+        let first = LOWEST + index * BLOCK;
+        if held.contains(&first) {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed_out.insert(port);
-            return Ok(port);
+        let path = dir.join(format!("attach-ports-{first}.lock"));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(HarnessError::io(&path))?;
+        if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            return Ok((first, lock));
         }
     }
-    Err(HarnessError::io("a free port below the ephemeral range")(
-        std::io::Error::from(std::io::ErrorKind::AddrInUse),
-    ))
+    Err(HarnessError::io(
+        "a free block of ports below the ephemeral range",
+    )(std::io::Error::from(std::io::ErrorKind::AddrInUse)))
+}
+
+/// Where the block locks live (as the machine locks).
+fn lock_dir() -> PathBuf {
+    let run = Path::new("/run/lock");
+    if run.is_dir() {
+        run.to_owned()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// The first port of the kernel's ephemeral range (32768 when it cannot
@@ -88,5 +139,25 @@ mod tests {
         for port in &ports[..20] {
             TcpListener::bind(("127.0.0.1", *port)).unwrap();
         }
+    }
+
+    #[test]
+    fn another_process_never_gets_a_block_this_one_holds() {
+        let mine = free_port().unwrap();
+        let first = LOWEST + (mine - LOWEST) / BLOCK * BLOCK;
+        // Another process (a child: flock locks belong to the open file,
+        // and a new open in another process conflicts) cannot take it.
+        let path = lock_dir().join(format!("attach-ports-{first}.lock"));
+        let status = std::process::Command::new("flock")
+            .args(["--nonblock", "--exclusive"])
+            .arg(&path)
+            .arg("true")
+            .status()
+            .unwrap();
+        assert!(
+            !status.success(),
+            "{} was taken from this process",
+            path.display()
+        );
     }
 }
