@@ -655,3 +655,35 @@ fn the_kubernetes_preset_refuses_claim_path_overrides() {
         assert!(err.starts_with(field), "{field}: {err}");
     }
 }
+
+/// `identity.forwardClaims`: the raw claims named, those present, as they
+/// are, for people and workloads alike; nothing else.
+#[test]
+fn the_claims_named_for_forwarding_are_carried_as_they_are() {
+    let forward = [
+        "department".to_owned(),
+        "absent".to_owned(),
+        "kubernetes.io".to_owned(),
+    ];
+    let person = json!({"iss": "https://idp", "sub": "u", "department": {"id": 7}, "secret": "x"});
+    let Value::Object(claims) = person else {
+        unreachable!()
+    };
+    let id = mapping(Preset::Keycloak)
+        .identity(&claims, 0, &forward)
+        .unwrap()
+        .identity;
+    assert_eq!(Value::Object(id.claims), json!({"department": {"id": 7}}));
+    let Value::Object(claims) = service_account_token(|_| {}) else {
+        unreachable!()
+    };
+    let workload = mapping(Preset::Kubernetes)
+        .identity(&claims, 0, &forward)
+        .unwrap()
+        .identity;
+    assert_eq!(
+        workload.claims["kubernetes.io"]["pod"]["name"],
+        "rag-indexer-7d9f-abcde"
+    );
+    assert_eq!(workload.claims.len(), 1);
+}
