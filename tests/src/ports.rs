@@ -9,18 +9,18 @@
 //!   the kernel never hands out by itself;
 //! - another harness or test process choosing at the same moment (the
 //!   loopback world and the node's world start side by side). So each
-//!   process owns blocks of ports, each held with an exclusive `flock` on a
-//!   file until the process exits, and chooses only within its own blocks.
+//!   process owns blocks of ports, each held with an exclusive machine lock
+//!   ([`crate::machine_lock::try_lock`]) until the process exits, and chooses only within its own blocks.
 
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 use crate::HarnessError;
+use crate::machine_lock::{lock_path, try_lock};
 
 /// The ports handed out: above the node's own (the kubelet and kube-proxy
 /// listen on 10248-10259), below the NodePort range (30000-32767) and the
@@ -75,7 +75,6 @@ fn claim_block(held: impl Iterator<Item = u16>) -> Result<(u16, Flock<File>), Ha
     let highest = HIGHEST.min(ephemeral_start().saturating_sub(1));
     let count = (highest.saturating_sub(LOWEST).saturating_add(1) / BLOCK).max(1);
     let start = std::process::id() % u32::from(count);
-    let dir = lock_dir();
     for i in 0..u32::from(count) {
         let Ok(index) = u16::try_from((start + i) % u32::from(count)) else {
             continue;
@@ -84,31 +83,13 @@ fn claim_block(held: impl Iterator<Item = u16>) -> Result<(u16, Flock<File>), Ha
         if held.contains(&first) {
             continue;
         }
-        let path = dir.join(format!("attach-ports-{first}.lock"));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(HarnessError::io(&path))?;
-        if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        if let Ok(lock) = try_lock(&lock_path(&format!("ports-{first}")))? {
             return Ok((first, lock));
         }
     }
     Err(HarnessError::io(
         "a free block of ports below the ephemeral range",
     )(std::io::Error::from(std::io::ErrorKind::AddrInUse)))
-}
-
-/// Where the block locks live (as the machine locks).
-fn lock_dir() -> PathBuf {
-    let run = Path::new("/run/lock");
-    if run.is_dir() {
-        run.to_owned()
-    } else {
-        std::env::temp_dir()
-    }
 }
 
 /// The first port of the kernel's ephemeral range (32768 when it cannot
@@ -147,7 +128,7 @@ mod tests {
         let first = LOWEST + (mine - LOWEST) / BLOCK * BLOCK;
         // Another process (a child: flock locks belong to the open file,
         // and a new open in another process conflicts) cannot take it.
-        let path = lock_dir().join(format!("attach-ports-{first}.lock"));
+        let path = lock_path(&format!("ports-{first}"));
         let status = std::process::Command::new("flock")
             .args(["--nonblock", "--exclusive"])
             .arg(&path)
