@@ -149,7 +149,11 @@ struct Gateway {
     _jwks: tempfile::NamedTempFile,
 }
 
-async fn gateway(mut config: GatewayConfig) -> Gateway {
+async fn gateway(config: GatewayConfig) -> Gateway {
+    gateway_with(config, Shared::new()).await
+}
+
+async fn gateway_with(mut config: GatewayConfig, shared: Shared) -> Gateway {
     let upstream = Upstream::start().await;
     let mut jwk = Jwk::from_encoding_key(&key(), Algorithm::RS256).unwrap();
     jwk.common.key_id = Some("k1".into());
@@ -159,7 +163,6 @@ async fn gateway(mut config: GatewayConfig) -> Gateway {
     issuer.jwks_file = Some(jwks.path().to_owned());
     config.issuers = vec![issuer];
     config.upstream.url = format!("http://{}", upstream.addr);
-    let shared = Shared::new();
     let runtime = Runtime::build(config, None, &shared).unwrap();
     for cache in runtime.verifier.key_caches() {
         cache.refresh("initial").await.unwrap();
@@ -500,4 +503,209 @@ async fn the_genai_metrics_count_inference_answers_only_and_name_model_errors() 
         .find(|l| l.starts_with("attach_request_overhead_seconds_count"))
         .unwrap();
     assert!(overhead.ends_with(" 3"), "{overhead}");
+}
+
+mod traces {
+    use opentelemetry::trace::{SpanKind, Status};
+    use opentelemetry::{KeyValue, Value as OtelValue};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+
+    use super::*;
+
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+    async fn traced(hash_user_id: bool) -> (Gateway, InMemorySpanExporter) {
+        let mut shared = Shared::new();
+        let (traces, spans) = crate::traces::Traces::in_memory(hash_user_id);
+        shared.traces = traces;
+        (gateway_with(base_config(), shared).await, spans)
+    }
+
+    fn attribute(span: &SpanData, key: &str) -> Option<OtelValue> {
+        span.attributes
+            .iter()
+            .find(|kv: &&KeyValue| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    }
+
+    fn text(span: &SpanData, key: &str) -> String {
+        attribute(span, key).map_or_else(|| format!("<no {key}>"), |v| v.as_str().into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_request_is_traced_from_the_caller_through_the_gateway_to_the_model() {
+        let (mut gw, spans) = traced(false).await;
+        let auth = bearer(&alice());
+        let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/api/chat",
+                &[
+                    ("authorization", &auth),
+                    ("traceparent", &parent),
+                    ("tracestate", "vendor=kept"),
+                ],
+                r#"{"model":"tinyllama","stream":false}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let finished = spans.get_finished_spans().unwrap();
+        assert_eq!(finished.len(), 2, "{finished:#?}");
+        let server = finished
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Server)
+            .expect("a server span");
+        let client = finished
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Client)
+            .expect("a client span");
+        // The caller's trace, continued: caller -> server -> client -> model.
+        assert_eq!(server.span_context.trace_id().to_string(), CALLER_TRACE);
+        assert_eq!(server.parent_span_id.to_string(), CALLER_SPAN);
+        assert_eq!(client.span_context.trace_id().to_string(), CALLER_TRACE);
+        assert_eq!(client.parent_span_id, server.span_context.span_id());
+        let seen = gw.last();
+        assert_eq!(
+            seen.headers["traceparent"],
+            format!("00-{CALLER_TRACE}-{}-01", client.span_context.span_id()),
+            "the model is told the client span is its parent, not the caller's span"
+        );
+        assert_eq!(seen.headers["tracestate"], "vendor=kept");
+
+        assert_eq!(server.name, "POST inference");
+        assert_eq!(text(server, "user.id"), "alice");
+        assert_eq!(text(server, "attach.decision"), "allow");
+        assert_eq!(text(server, "attach.reason"), "forwarded");
+        assert_eq!(text(server, "attach.rule"), "authenticated");
+        assert_eq!(text(server, "gen_ai.request.model"), "tinyllama:latest");
+        assert_eq!(
+            attribute(server, "http.response.status_code"),
+            Some(OtelValue::I64(200))
+        );
+        for span in [server, client] {
+            assert_eq!(
+                attribute(span, "gen_ai.usage.input_tokens"),
+                Some(OtelValue::I64(1))
+            );
+            assert_eq!(
+                attribute(span, "gen_ai.usage.output_tokens"),
+                Some(OtelValue::I64(1))
+            );
+        }
+        let events: Vec<&str> = server.events.iter().map(|e| e.name.as_ref()).collect();
+        assert_eq!(
+            events,
+            ["authenticated", "authorized", "admitted", "answered"]
+        );
+
+        assert_eq!(client.name, "chat tinyllama:latest");
+        assert_eq!(text(client, "gen_ai.operation.name"), "chat");
+        assert_eq!(text(client, "gen_ai.provider.name"), "ollama");
+        assert_eq!(client.status, Status::Unset);
+        // The client span lies within the server span.
+        assert!(client.start_time >= server.start_time);
+        assert!(client.end_time <= server.end_time);
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_gets_one_span_that_says_why_and_nothing_reaches_the_model() {
+        let (mut gw, spans) = traced(false).await;
+        let (status, _) = gw
+            .send("POST", "/api/chat", &[], r#"{"model":"tinyllama"}"#)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = gw
+            .send(
+                "DELETE",
+                "/api/delete",
+                &[("authorization", &bearer(&alice()))],
+                r#"{"model":"tinyllama"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(gw.reached(), 0);
+        let finished = spans.get_finished_spans().unwrap();
+        assert_eq!(finished.len(), 2, "{finished:#?}");
+        let [unauthenticated, forbidden] = &finished[..] else {
+            unreachable!()
+        };
+        for span in [unauthenticated, forbidden] {
+            assert_eq!(span.span_kind, SpanKind::Server);
+            assert_eq!(text(span, "attach.decision"), "deny");
+            assert_eq!(
+                span.parent_span_id,
+                opentelemetry::trace::SpanId::INVALID,
+                "no caller trace: a root"
+            );
+        }
+        assert_eq!(text(unauthenticated, "attach.reason"), "missing_token");
+        assert_eq!(
+            attribute(unauthenticated, "user.id"),
+            None,
+            "nobody was authenticated"
+        );
+        assert_eq!(text(forbidden, "user.id"), "alice");
+        assert_ne!(text(forbidden, "attach.reason"), "forwarded");
+        assert_eq!(
+            attribute(forbidden, "http.response.status_code"),
+            Some(OtelValue::I64(403))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_user_id_can_be_hashed_and_a_model_error_marks_both_spans() {
+        let (mut gw, spans) = traced(true).await;
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/api/generate",
+                &[("authorization", &bearer(&alice()))],
+                r#"{"model":"tinyllama","stream":false}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let finished = spans.get_finished_spans().unwrap();
+        assert_eq!(finished.len(), 2, "{finished:#?}");
+        for span in &finished {
+            assert!(matches!(span.status, Status::Error { .. }), "{span:#?}");
+        }
+        let server = finished
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Server)
+            .unwrap();
+        // sha256("alice")
+        assert_eq!(
+            text(server, "user.id"),
+            "2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db186d6e90"
+        );
+        assert!(
+            server
+                .attributes
+                .iter()
+                .all(|kv| kv.value.as_str() != "alice"),
+            "the plain id appears nowhere: {:#?}",
+            server.attributes
+        );
+    }
+
+    #[tokio::test]
+    async fn without_traces_the_callers_traceparent_reaches_the_model_untouched() {
+        let mut gw = gateway(base_config()).await;
+        let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/api/chat",
+                &[
+                    ("authorization", &bearer(&alice())),
+                    ("traceparent", &parent),
+                ],
+                r#"{"model":"tinyllama","stream":false}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(gw.last().headers["traceparent"], parent.as_str());
+    }
 }
