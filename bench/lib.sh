@@ -58,19 +58,22 @@ mint_tokens() {
 }
 
 # start_gateway NAME PORT ADMIN_PORT UPSTREAM_PORT [EXTRA_YAML]: sets gw_pid.
+# EXTRA_YAML may replace the `audit`, `access` and `upstream` defaults.
 start_gateway() {
   local name=$1 port=$2 admin=$3 up=$4 extra=${5:-}
   # Defaults unless EXTRA_YAML sets them: no audit log, and every caller
   # allowed (a config file without `access` denies everything).
   local audit="audit: {enabled: false}" access="access: {allowAll: true}"
+  local upstream="upstream: {url: \"http://127.0.0.1:$up\"}"
   grep -q '^audit:' <<<"$extra" && audit=""
   grep -q '^access:' <<<"$extra" && access=""
+  grep -q '^upstream:' <<<"$extra" && upstream=""
   cat >"$work/$name.yaml" <<YAML
 apiVersion: attach.dev/v1alpha1
 kind: GatewayConfig
 listen: {address: 127.0.0.1, port: $port}
 admin: {address: 127.0.0.1, port: $admin}
-upstream: {url: "http://127.0.0.1:$up"}
+$upstream
 $audit
 $access
 issuers:

@@ -29,17 +29,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     health: Health,
+    limits: crate::serve::Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    crate::serve::serve(
-        "admin",
-        listener,
-        None,
-        health,
-        crate::serve::Limits::default(),
-        shutdown,
-    )
-    .await;
+    crate::serve::serve("admin", listener, None, health, limits, shutdown).await;
 }
 
 impl crate::serve::Handler for Health {

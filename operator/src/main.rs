@@ -15,6 +15,7 @@ use attach_operator::reflectors::Caches;
 use attach_operator::webhook::{self, CertMode, WebhookSettings, certs::CertSettings};
 use clap::{ArgAction, Parser, ValueEnum};
 use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use tracing_subscriber::EnvFilter;
 
 /// Declarative OIDC auth and quotas for self-hosted LLMs on Kubernetes.
@@ -90,6 +91,12 @@ struct Args {
     /// This replica's identity in the election (default: host name and pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Seconds the webhook and health endpoints keep answering after
+    /// SIGTERM (readiness already failing) while the Service's endpoints
+    /// forget this pod; the pod's terminationGracePeriodSeconds must
+    /// cover it plus the 20 s drain.
+    #[arg(long, default_value_t = 5, env = "ATTACH_SHUTDOWN_DELAY_SECONDS")]
+    shutdown_delay_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -118,13 +125,47 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args))
+    runtime.block_on(async {
+        // Resolves on SIGTERM, or when `run` returns for any other reason.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                _ = stopped => {}
+            }
+        }
+        .boxed()
+        .shared();
+        let mut servers = Vec::new();
+        let code = run(args, shutdown, &mut servers).await;
+        drop(stop);
+        // Returning drops the runtime, and with it every connection still
+        // open: the servers linger and drain first.
+        for server in servers {
+            let _ = server.await;
+        }
+        code
+    })
 }
 
-async fn run(args: Args) -> ExitCode {
-    let shutdown = shutdown_signal().boxed().shared();
+async fn run(
+    args: Args,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+    servers: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
+    let limits = attach_operator::serve::Limits {
+        linger: Duration::from_secs(args.shutdown_delay_seconds),
+        ..Default::default()
+    };
+    tokio::spawn({
+        let (ready, shutdown) = (ready.clone(), shutdown.clone());
+        async move {
+            shutdown.await;
+            ready.store(false, Ordering::Release);
+        }
+    });
     let listener = match admin::bind(args.metrics_addr).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -136,7 +177,12 @@ async fn run(args: Args) -> ExitCode {
         metrics: metrics.clone(),
         ready: ready.clone(),
     };
-    tokio::spawn(admin::serve(listener, health, shutdown.clone()));
+    servers.push(tokio::spawn(admin::serve(
+        listener,
+        health,
+        limits,
+        shutdown.clone(),
+    )));
 
     let client = match kube::Client::try_default().await {
         Ok(client) => client,
@@ -174,12 +220,13 @@ async fn run(args: Args) -> ExitCode {
             configuration: args.webhook_configuration.clone(),
             cert_dir: args.webhook_cert_dir.clone(),
             defaults,
+            limits,
         };
         let recorder = kube::runtime::events::Recorder::new(
             client.clone(),
             attach_operator::controller::identity_provider::reporter(),
         );
-        if let Err(e) = webhook::start(
+        match webhook::start(
             client.clone(),
             &caches,
             settings,
@@ -189,8 +236,11 @@ async fn run(args: Args) -> ExitCode {
         )
         .await
         {
-            tracing::error!(error = %e, "cannot start the webhook");
-            return ExitCode::FAILURE;
+            Ok(server) => servers.push(server),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the webhook");
+                return ExitCode::FAILURE;
+            }
         }
         tracing::info!(addr = %args.webhook_addr, "webhook serving");
     }

@@ -1,5 +1,7 @@
 //! The operator's Prometheus metrics, served at `/metrics`: reconciles,
-//! their errors and durations by kind, and whether this replica leads.
+//! their errors and durations by kind, whether this replica leads, the
+//! webhook's admissions and their latency by result, and when its serving
+//! certificate expires.
 
 use std::future::Future;
 use std::time::Instant;
@@ -26,6 +28,19 @@ pub struct AdmissionLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming an admission's result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Labels naming an LLMBackend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub namespace: String,
+    pub backend: String,
+}
+
 /// Every metric, in one registry for the process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,8 +51,13 @@ pub struct Metrics {
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
     admissions: Family<AdmissionLabels, Counter>,
-    /// How long answering an AdmissionReview took.
-    pub admission_duration: Histogram,
+    admission_duration: Family<ResultLabels, Histogram>,
+    /// When the webhook's serving certificate expires (Unix seconds).
+    pub webhook_certificate_expiry: Gauge,
+    unprotected_pods: Family<BackendLabels, Gauge>,
+    /// The backends `unprotected_pods` has a series for, to drop the series
+    /// of deleted ones.
+    reported_backends: std::sync::Mutex<std::collections::BTreeSet<BackendLabels>>,
 }
 
 impl Default for Metrics {
@@ -56,7 +76,21 @@ impl Metrics {
         });
         let leader = Gauge::default();
         let admissions = Family::<AdmissionLabels, Counter>::default();
-        let admission_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let admission_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
+        let unprotected_pods = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "unprotected_pods",
+            "Pods a backend selects that run without attach-gateway (created before the webhook could inject them), by backend",
+            unprotected_pods.clone(),
+        );
+        let webhook_certificate_expiry = Gauge::default();
+        registry.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "When the certificate the webhook serves expires, in Unix seconds",
+            webhook_certificate_expiry.clone(),
+        );
         registry.register(
             "admissions",
             "AdmissionReviews answered, by result and skip reason",
@@ -64,7 +98,7 @@ impl Metrics {
         );
         registry.register(
             "admission_duration_seconds",
-            "How long answering an AdmissionReview took",
+            "How long answering an AdmissionReview took, by result",
             admission_duration.clone(),
         );
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
@@ -91,6 +125,9 @@ impl Metrics {
             leader,
             admissions,
             admission_duration,
+            webhook_certificate_expiry,
+            unprotected_pods,
+            reported_backends: std::sync::Mutex::default(),
         }
     }
 
@@ -99,6 +136,48 @@ impl Metrics {
         self.admissions
             .get_or_create(&AdmissionLabels { result, reason })
             .inc();
+    }
+
+    /// Sets how many pods `backend` selects that run unprotected, and drops
+    /// the series of the backends `exists` says are gone.
+    pub fn unprotected_pods(
+        &self,
+        backend: BackendLabels,
+        count: usize,
+        exists: impl Fn(&BackendLabels) -> bool,
+    ) {
+        let mut reported = self
+            .reported_backends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reported.retain(|labels| {
+            let keep = *labels == backend || exists(labels);
+            if !keep {
+                self.unprotected_pods.remove(labels);
+            }
+            keep
+        });
+        self.unprotected_pods
+            .get_or_create(&backend)
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        reported.insert(backend);
+    }
+
+    /// Drops the series of a deleted backend.
+    pub fn backend_deleted(&self, backend: &BackendLabels) {
+        let mut reported = self
+            .reported_backends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        reported.remove(backend);
+        self.unprotected_pods.remove(backend);
+    }
+
+    /// Times one answered AdmissionReview.
+    pub fn admission_took(&self, result: &'static str, seconds: f64) {
+        self.admission_duration
+            .get_or_create(&ResultLabels { result })
+            .observe(seconds);
     }
 
     /// Runs one reconcile of `kind`, counting and timing it.
@@ -114,8 +193,11 @@ impl Metrics {
         self.duration
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
+        // The error series exists from the first reconcile, at 0, so that
+        // rates and alerts over it have something to read.
+        let errors = self.errors.get_or_create(&labels);
         if result.is_err() {
-            self.errors.get_or_create(&labels).inc();
+            errors.inc();
         }
         result
     }
@@ -164,5 +246,42 @@ mod tests {
         );
         assert!(text.contains("attach_operator_leader 0"), "{text}");
         assert_eq!(m.reconciles("LLMBackend"), 2);
+
+        // A kind that never failed shows 0 errors, not nothing.
+        m.measure("Namespace", async { Ok::<_, ()>(()) })
+            .await
+            .unwrap();
+        let text = m.encode();
+        assert!(
+            text.contains("attach_operator_reconcile_errors_total{kind=\"Namespace\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unprotected_pods_are_reported_per_backend_until_it_is_gone() {
+        let m = Metrics::new();
+        let backend = |name: &str| BackendLabels {
+            namespace: "team".into(),
+            backend: name.into(),
+        };
+        m.unprotected_pods(backend("a"), 2, |_| true);
+        m.unprotected_pods(backend("b"), 0, |_| true);
+        let text = m.encode();
+        assert!(
+            text.contains("attach_operator_unprotected_pods{namespace=\"team\",backend=\"a\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("attach_operator_unprotected_pods{namespace=\"team\",backend=\"b\"} 0"),
+            "{text}"
+        );
+        // `a` was deleted: the next report of another backend drops it.
+        m.unprotected_pods(backend("b"), 1, |b| b.backend != "a");
+        let text = m.encode();
+        assert!(!text.contains("backend=\"a\""), "{text}");
+        assert!(text.contains("backend=\"b\"} 1"), "{text}");
+        m.backend_deleted(&backend("b"));
+        assert!(!m.encode().contains("backend=\"b\""));
     }
 }

@@ -21,7 +21,11 @@ use crate::crd::llm_backend::{
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedIdp {
     pub issuer: String,
+    /// The audiences this backend accepts: its reference's, else the IdP's.
     pub audiences: Vec<String>,
+    /// The `kubernetes` preset: the keys the operator read from the API
+    /// server (a JWKS), given to the gateway in its config.
+    pub relayed_keys: Option<String>,
     pub jwks_uri: Option<String>,
     pub preset: Preset,
     pub claims: Option<crate::crd::identity_provider::ClaimPaths>,
@@ -175,6 +179,7 @@ pub fn render(
     config.admin.port = ports.admin;
     config.upstream.url = format!("http://127.0.0.1:{}", ports.upstream);
     config.upstream.engine = engine(spec.engine);
+    config.metrics.backend = Some(format!("{}/{}", backend.namespace, backend.name));
     config
         .upstream
         .default_model
@@ -285,6 +290,18 @@ fn issuer(idp: &ResolvedIdp) -> IssuerConfig {
         preset(idp.preset),
     );
     issuer.jwks_uri.clone_from(&idp.jwks_uri);
+    if idp.preset == Preset::Kubernetes {
+        // Only the API server serves these keys, to authenticated callers:
+        // they come with the config. None yet (the IdP is not Ready), or
+        // unparseable: an empty set, which verifies nothing.
+        let keys = idp
+            .relayed_keys
+            .as_deref()
+            .and_then(|k| serde_json::from_str(k).ok())
+            .unwrap_or_else(|| serde_json::json!({"keys": []}));
+        issuer.jwks = Some(keys);
+        issuer.jwks_uri = None;
+    }
     issuer.allow_insecure_http = idp.insecure;
     issuer.user_clients.clone_from(&idp.user_clients);
     if let Some(interval) = idp
@@ -343,6 +360,7 @@ fn preset(p: Preset) -> GatewayPreset {
         Preset::Descope => GatewayPreset::Descope,
         Preset::Keycloak => GatewayPreset::Keycloak,
         Preset::Entra => GatewayPreset::Entra,
+        Preset::Kubernetes => GatewayPreset::Kubernetes,
         Preset::Generic => GatewayPreset::Generic,
     }
 }
@@ -410,6 +428,7 @@ mod tests {
         ResolvedIdp {
             issuer: "https://kc.example/realms/corp".into(),
             audiences: vec!["attach-gateway".into()],
+            relayed_keys: None,
             jwks_uri: None,
             preset: Preset::Keycloak,
             claims: None,
@@ -668,6 +687,38 @@ mod tests {
         assert_eq!(
             claims.client,
             ClaimMapping::preset(GatewayPreset::Entra).client
+        );
+    }
+
+    /// A `kubernetes` IdP's keys come from the API server through the
+    /// operator: they are in the config, and nothing is fetched; with none
+    /// relayed yet, the gateway holds an empty set and verifies nothing.
+    #[test]
+    fn a_kubernetes_idp_gives_the_gateway_the_relayed_keys() {
+        let jwks = r#"{"keys":[{"kty":"RSA","kid":"k1","n":"xyz","e":"AQAB"}]}"#;
+        let mut cluster = keycloak();
+        cluster.issuer = "https://kubernetes.default.svc.cluster.local".into();
+        cluster.preset = Preset::Kubernetes;
+        cluster.jwks_uri = Some("https://ignored.example/jwks".into());
+        cluster.relayed_keys = Some(jwks.into());
+        let rendered = render(CHAT, &spec(), &[cluster.clone()], PORTS);
+        let issuer = &rendered.config.issuers[0];
+        assert_eq!(issuer.jwks, Some(serde_json::from_str(jwks).unwrap()));
+        assert_eq!(issuer.jwks_uri, None);
+        assert_eq!(issuer.claims.preset, GatewayPreset::Kubernetes);
+        assert_eq!(rendered.problem(), None);
+
+        cluster.relayed_keys = None;
+        let rendered = render(CHAT, &spec(), &[cluster.clone()], PORTS);
+        assert_eq!(
+            rendered.config.issuers[0].jwks,
+            Some(serde_json::json!({"keys": []}))
+        );
+        cluster.relayed_keys = Some("not json".into());
+        let rendered = render(CHAT, &spec(), &[cluster], PORTS);
+        assert_eq!(
+            rendered.config.issuers[0].jwks,
+            Some(serde_json::json!({"keys": []}))
         );
     }
 

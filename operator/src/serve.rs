@@ -1,8 +1,10 @@
 //! The one accept loop behind both of the operator's listeners (the admin
 //! endpoints and the webhook): accept errors (EMFILE and friends) back off
 //! instead of spinning, a TLS handshake and a request's headers each have a
-//! deadline, and on shutdown the loop stops accepting and lets the
-//! connections in flight finish, up to a drain timeout.
+//! deadline, and on shutdown the loop first lingers (it keeps accepting
+//! and answering, with keep-alive off, while the Service's endpoints
+//! forget this pod), then stops accepting and lets the connections in
+//! flight finish, up to a drain timeout.
 //!
 //! Written here rather than taken from a crate: kubert, which has this
 //! shape, pins older kube and hyper versions than this workspace uses.
@@ -11,9 +13,11 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -33,7 +37,14 @@ pub struct Limits {
     /// A client must send a request's headers within this (HTTP/1.1; the
     /// same bounds an idle keep-alive connection).
     pub header_read_timeout: Duration,
-    /// How long connections in flight may take to finish after shutdown.
+    /// How long the listener keeps accepting and answering after shutdown
+    /// begins. A Service routes new connections here, and clients reuse
+    /// kept-alive ones, until the endpoint removal reaches every proxy;
+    /// closing at once refuses them (the API server fails the admission).
+    /// HTTP/1.1 answers carry `Connection: close` meanwhile, so the clients'
+    /// pooled connections retire cleanly rather than being cut idle.
+    pub linger: Duration,
+    /// How long connections in flight may take to finish after lingering.
     pub drain_timeout: Duration,
     /// The first pause after a failed accept; it doubles up to
     /// [`Limits::max_accept_backoff`] and resets on success.
@@ -46,6 +57,7 @@ impl Default for Limits {
         Self {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            linger: Duration::ZERO,
             drain_timeout: Duration::from_secs(20),
             min_accept_backoff: Duration::from_millis(5),
             max_accept_backoff: Duration::from_secs(1),
@@ -84,7 +96,9 @@ pub fn accept_backoff(limits: &Limits, failures: u32) -> Duration {
 }
 
 /// Serves `handler` on `listener` (over TLS when `tls` is set) until
-/// `shutdown` resolves, then drains. `name` labels the log lines.
+/// `shutdown` resolves, lingers, then drains; returns once every
+/// connection is closed, so the caller must await it before exiting.
+/// `name` labels the log lines.
 pub async fn serve<L: Listener, H: Handler>(
     name: &'static str,
     mut listener: L,
@@ -101,12 +115,29 @@ pub async fn serve<L: Listener, H: Handler>(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let closing = Arc::new(AtomicBool::new(false));
     let mut failures = 0u32;
-    tokio::pin!(shutdown);
+    // Shutdown, then the linger after it: `stop` resolves at the end.
+    let stop = {
+        let closing = closing.clone();
+        async move {
+            shutdown.await;
+            closing.store(true, Ordering::Release);
+            if !limits.linger.is_zero() {
+                tracing::info!(
+                    listener = name,
+                    linger_ms = limits.linger.as_millis() as u64,
+                    "shutting down: still answering while the endpoints catch up"
+                );
+                tokio::time::sleep(limits.linger).await;
+            }
+        }
+    };
+    tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
+            () = &mut stop => break,
         };
         let io = match accepted {
             Ok((io, _)) => {
@@ -119,7 +150,7 @@ pub async fn serve<L: Listener, H: Handler>(
                 tracing::warn!(listener = name, error = %e, pause_ms = pause.as_millis() as u64, "accept failed");
                 tokio::select! {
                     () = tokio::time::sleep(pause) => continue,
-                    () = &mut shutdown => break,
+                    () = &mut stop => break,
                 }
             }
         };
@@ -127,10 +158,20 @@ pub async fn serve<L: Listener, H: Handler>(
         let handler = handler.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
+        let closing = closing.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(req).await) }
+                let closing = closing.clone();
+                async move {
+                    let version = req.version();
+                    let mut resp = handler.handle(req).await;
+                    if closing.load(Ordering::Acquire) && version < http::Version::HTTP_2 {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let result = match tls {
                 Some(acceptor) => {

@@ -4,6 +4,7 @@
 //! `tenant` and `client` are), `user` (the subject), `agent` (who acted
 //! for it: the `act` chain, current actor first, or the machine client
 //! acting alone; absent for a human acting directly), `tenant`, `client`, `model`,
+//! `pod` and `node` (a ServiceAccount token bound to a pod),
 //! `endpoint`, `decision` (`allow`/`deny`), `reason`, `rule`, `status`,
 //! `prompt_tokens`, `completion_tokens`, `tokens_estimated`, `latency_ms`.
 //! It never holds a token, an `Authorization` header or a body, and no
@@ -176,6 +177,10 @@ pub struct AuditRecord {
     pub agent: Option<Vec<String>>,
     pub tenant: Option<String>,
     pub client: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub model: Option<String>,
     pub endpoint: Option<&'static str>,
     pub decision: &'static str,
@@ -241,6 +246,8 @@ impl AuditTrail {
             r.agent = (!agents.is_empty()).then(|| agents.into_iter().map(bounded).collect());
             r.tenant = identity.tenant.as_deref().map(bounded);
             r.client = identity.client.as_deref().map(bounded);
+            r.pod = identity.pod.as_deref().map(bounded);
+            r.node = identity.node.as_deref().map(bounded);
         });
     }
 

@@ -298,6 +298,11 @@ pub struct IssuerConfig {
     /// A local JWKS file used instead of fetching keys (air-gapped setups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
+    /// The keys themselves, a JWKS (`{"keys": [...]}`), as the operator
+    /// relays a cluster's ServiceAccount issuer keys, which only the API
+    /// server serves. New keys come with a new config (a reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
     /// Accepted `aud` values: a token must carry at least one. Required.
     pub audiences: Vec<String>,
     /// Accepted signing algorithms; defaults to every asymmetric one.
@@ -342,6 +347,7 @@ impl IssuerConfig {
             issuer: issuer.into(),
             jwks_uri: None,
             jwks_file: None,
+            jwks: None,
             audiences,
             algorithms: default_algorithms(),
             leeway: default_leeway(),
@@ -471,6 +477,14 @@ pub struct MetricsConfig {
     /// per user can overwhelm Prometheus.
     #[serde(default)]
     pub user_labels: bool,
+    /// Label the GenAI token usage with the caller's tenant too. Off by
+    /// default, for the same reason.
+    #[serde(default)]
+    pub tenant_labels: bool,
+    /// The `LLMBackend` this gateway protects (`namespace/name`), for the
+    /// `attach_backend` label of the GenAI metrics. The operator sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// Quotas. Every applicable limit must have room for a request to be
@@ -504,6 +518,12 @@ pub struct QuotaConfig {
     /// have per-model budgets for in a day, per limit.
     #[serde(default = "default_max_models_per_owner")]
     pub max_models_per_owner: u64,
+    /// When a client leaves mid-answer, how long the gateway keeps reading
+    /// the model's answer (and holds the request's concurrency slot) to
+    /// charge the usage the model reports at its end. Past it, or with 0,
+    /// the estimate is charged (`attach_tokens_total{estimated="true"}`).
+    #[serde(default = "default_drain_after_client_left", with = "humantime_serde")]
+    pub drain_after_client_left: Duration,
 }
 
 impl Default for QuotaConfig {
@@ -515,8 +535,13 @@ impl Default for QuotaConfig {
             default_max_output_tokens: default_max_output_tokens(),
             lease_ttl: default_lease_ttl(),
             max_models_per_owner: default_max_models_per_owner(),
+            drain_after_client_left: default_drain_after_client_left(),
         }
     }
+}
+
+fn default_drain_after_client_left() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_max_output_tokens() -> u64 {
@@ -818,6 +843,25 @@ impl GatewayConfig {
             if let Some(uri) = &issuer.jwks_uri {
                 check_fetch_url(&field("jwksUri"), uri, issuer.allow_insecure_http)?;
             }
+            let sources = [
+                issuer.jwks_uri.is_some(),
+                issuer.jwks_file.is_some(),
+                issuer.jwks.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() > 1 {
+                return Err(ConfigError::invalid(
+                    field("jwks"),
+                    "jwksUri, jwksFile and jwks each name the keys: give one",
+                ));
+            }
+            if let Some(jwks) = &issuer.jwks
+                && !jwks.get("keys").is_some_and(serde_json::Value::is_array)
+            {
+                return Err(ConfigError::invalid(
+                    field("jwks"),
+                    "must be a JWKS: an object with a \"keys\" array",
+                ));
+            }
             if issuer.audiences.iter().all(|a| a.trim().is_empty()) {
                 return Err(ConfigError::invalid(
                     field("audiences"),
@@ -998,7 +1042,8 @@ impl GatewayConfig {
             .iter()
             .map(|i| TrustedIssuer {
                 issuer: &i.issuer,
-                has_user_clients: !i.user_clients.is_empty(),
+                tells_people_apart: !i.user_clients.is_empty()
+                    || i.claims.preset == Preset::Kubernetes,
             })
             .collect();
         for (i, rule) in self.access.rules.iter().enumerate() {
@@ -1370,6 +1415,18 @@ issuers:
             GatewayConfig::parse(&with).unwrap().issuers[0].user_clients,
             ["attach-cli"]
         );
+        // Keys named twice, or keys that are no JWKS.
+        let both = minimal() + "    jwksFile: /k.json\n    jwks: {keys: []}\n";
+        assert!(refused(&both).contains("issuers[0].jwks: jwksUri, jwksFile and jwks"));
+        let not_jwks = minimal() + "    jwks: {kty: RSA}\n";
+        assert!(refused(&not_jwks).contains("issuers[0].jwks: must be a JWKS"));
+        let inline = minimal() + "    jwks: {keys: []}\n";
+        assert!(GatewayConfig::parse(&inline).is_ok());
+        // The cluster's ServiceAccount tokens never name a person.
+        let workloads = minimal() + "    claims: {preset: kubernetes}\n" + rule;
+        assert!(GatewayConfig::parse(&workloads).is_ok());
+        let overridden = minimal() + "    claims: {preset: kubernetes, groups: teams}\n";
+        assert!(refused(&overridden).contains("issuers[0].claims: groups"));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Prometheus metrics, served on the admin port at `/metrics`.
 //!
 //! One registry lives for the whole process, so counters survive config
-//! reloads.
+//! reloads. The OpenTelemetry GenAI instruments ([`gen_ai`]) live in a
+//! second one, without the `attach_` prefix.
+
+pub mod gen_ai;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -82,6 +85,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels naming a quota store.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub store: &'static str,
+}
+
 /// Labels naming a config setting.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SettingLabels {
@@ -97,6 +106,12 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    gen_ai_registry: Registry,
+    /// The OpenTelemetry GenAI instruments.
+    pub gen_ai: gen_ai::GenAi,
+    /// `attach_request_overhead_seconds`: from a request's arrival to its
+    /// forwarding, what the gateway adds before the model sees it.
+    pub request_overhead: Histogram,
     pub requests: Family<RequestLabels, Counter>,
     pub verify_duration: Family<VerifyLabels, Histogram, fn() -> Histogram>,
     pub jwks_refreshes: Family<JwksLabels, Counter>,
@@ -111,6 +126,12 @@ pub struct Metrics {
     pub quota_store_errors: Family<KindLabels, Counter>,
     /// Admissions holding a slot and a reservation now (0 when idle).
     pub quota_admissions_in_flight: Gauge,
+    /// `attach_quota_store_up{store="redis"}`: 1 while the shared store
+    /// answers (only with a shared store).
+    quota_store_up: Family<StoreLabels, Gauge>,
+    /// Requests admitted against the local store because Redis was
+    /// unreachable and `failMode` is `open`.
+    pub quota_fail_open: Counter,
     /// `attach_token_exchanges_total{result}`.
     pub token_exchanges: Family<ResultLabels, Counter>,
     /// `attach_claims_ignored_total{issuer,claim}`.
@@ -206,6 +227,18 @@ impl Metrics {
             "Admitted requests holding a quota slot and reservation now",
             quota_admissions_in_flight.clone(),
         );
+        let quota_store_up = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "quota_store_up",
+            "1 while the shared quota store (Redis) answers, 0 after an operation failed until one succeeds",
+            quota_store_up.clone(),
+        );
+        let quota_fail_open = Counter::default();
+        registry.register(
+            "quota_fail_open_admissions",
+            "Requests admitted against this gateway's own counters because Redis was unreachable (failMode: open)",
+            quota_fail_open.clone(),
+        );
         let connections_open = Gauge::default();
         registry.register(
             "connections_open",
@@ -260,14 +293,27 @@ impl Metrics {
             "Verified tokens whose mapped claim had a shape the IdP does not document, so it was left out (never turned into names)",
             claims_ignored.clone(),
         );
+        let request_overhead = latency_histogram();
+        registry.register(
+            "request_overhead_seconds",
+            "Time from a request's arrival to its forwarding to the model: what the gateway adds (authentication, authorization, token exchange, admission)",
+            request_overhead.clone(),
+        );
+        let mut gen_ai_registry = Registry::default();
+        let gen_ai = gen_ai::GenAi::register(&mut gen_ai_registry);
         Self {
             registry,
+            gen_ai_registry,
+            gen_ai,
+            request_overhead,
             claims_ignored,
             token_exchanges,
             tokens,
             quota_store_duration,
             quota_store_errors,
             quota_admissions_in_flight,
+            quota_store_up,
+            quota_fail_open,
             connections_open,
             connections_closed,
             load_shed,
@@ -283,6 +329,13 @@ impl Metrics {
             config_reloads,
             in_flight,
         }
+    }
+
+    /// Sets whether the shared quota store answers.
+    pub fn quota_store_up(&self, up: i64) {
+        self.quota_store_up
+            .get_or_create(&StoreLabels { store: "redis" })
+            .set(up);
     }
 
     /// Counts one token exchange outcome.
@@ -304,9 +357,12 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.gen_ai_registry))
+            .and_then(|()| encode_eof(&mut out));
         out
     }
 }

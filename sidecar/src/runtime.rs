@@ -320,6 +320,9 @@ fn reuse_served_models(
 }
 
 fn key_source(issuer: &IssuerConfig) -> KeySource {
+    if let Some(jwks) = &issuer.jwks {
+        return KeySource::Inline(jwks.to_string());
+    }
     match (&issuer.jwks_file, &issuer.jwks_uri) {
         (Some(path), _) => KeySource::File(path.clone()),
         (None, Some(uri)) => KeySource::Uri(uri.clone()),
@@ -377,4 +380,92 @@ fn build_upstream(config: &GatewayConfig) -> Result<Upstream, ConfigError> {
         response_header_timeout: config.upstream.response_header_timeout,
         pool_idle_timeout: config.upstream.pool_idle_timeout,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::claims::Preset;
+
+    const ISSUER: &str = "https://idp.test/realms/attach";
+
+    fn config(issuer: &str, jwks: &std::path::Path) -> GatewayConfig {
+        let mut issuer = IssuerConfig::new(issuer, vec!["attach-gateway".into()], Preset::Keycloak);
+        issuer.jwks_file = Some(jwks.to_owned());
+        let mut config = GatewayConfig::new(vec![issuer]);
+        config.upstream.url = "http://127.0.0.1:11434".into();
+        config
+    }
+
+    fn key_cache(runtime: &Runtime) -> Arc<JwksCache> {
+        let mut caches = runtime.verifier.key_caches();
+        let cache = caches.next().unwrap().clone();
+        assert!(caches.next().is_none());
+        cache
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_loaded_keys_of_an_unchanged_issuer() {
+        // A new key cache starts empty: until its first fetch the issuer's
+        // requests get 503 and /readyz fails. A reload that changes nothing
+        // about an issuer must not open that gap.
+        let dir = tempfile::tempdir().unwrap();
+        let (file, other_file) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "k1",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        let jwks = serde_json::json!({"keys": [jwk]}).to_string();
+        std::fs::write(&file, &jwks).unwrap();
+        std::fs::write(&other_file, &jwks).unwrap();
+        let shared = Shared::new();
+        let first = Runtime::build(config(ISSUER, &file), None, &shared).unwrap();
+        key_cache(&first).refresh("initial").await.unwrap();
+        assert!(first.verifier.is_ready());
+
+        let mut changed_elsewhere = config(ISSUER, &file);
+        changed_elsewhere.access.allow_unknown_endpoints = true;
+        let second = Runtime::build(changed_elsewhere, Some(&first), &shared).unwrap();
+        assert!(Arc::ptr_eq(&key_cache(&first), &key_cache(&second)));
+        assert!(second.verifier.is_ready(), "ready at once, keys kept");
+
+        // Another issuer with the same key file, or the same issuer with
+        // another key file, gets keys of its own.
+        for (issuer, jwks) in [("https://other.test/", &file), (ISSUER, &other_file)] {
+            let third = Runtime::build(config(issuer, jwks), Some(&second), &shared).unwrap();
+            assert!(
+                !Arc::ptr_eq(&key_cache(&second), &key_cache(&third)),
+                "{issuer} {}",
+                jwks.display()
+            );
+            assert_eq!(key_cache(&third).issuer(), issuer);
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_given_in_the_config_load_and_new_keys_come_with_a_new_config() {
+        let jwk = |kid: &str| {
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
+                "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"})
+        };
+        let inline = |kids: &[&str]| {
+            let mut config = config(ISSUER, std::path::Path::new("/unused"));
+            config.issuers[0].jwks_file = None;
+            config.issuers[0].jwks = Some(serde_json::json!({
+                "keys": kids.iter().map(|k| jwk(k)).collect::<Vec<_>>()
+            }));
+            config
+        };
+        let shared = Shared::new();
+        let first = Runtime::build(inline(&["k1"]), None, &shared).unwrap();
+        let keys = key_cache(&first).refresh("initial").await.unwrap();
+        assert_eq!(keys, 1);
+        assert!(first.verifier.is_ready());
+        // The same keys: the same cache. Rotated keys: a cache of their own.
+        let same = Runtime::build(inline(&["k1"]), Some(&first), &shared).unwrap();
+        assert!(Arc::ptr_eq(&key_cache(&first), &key_cache(&same)));
+        let rotated = Runtime::build(inline(&["k1", "k2"]), Some(&same), &shared).unwrap();
+        assert!(!Arc::ptr_eq(&key_cache(&same), &key_cache(&rotated)));
+        assert_eq!(key_cache(&rotated).refresh("initial").await.unwrap(), 2);
+    }
 }

@@ -24,7 +24,7 @@ use http::HeaderMap;
 
 use crate::HarnessError;
 use crate::process::{self, Supervised};
-use crate::wait::until_ready;
+use crate::wait::until_addr_file_serves;
 
 /// Where `test-upstreams.sh` put the upstreams.
 #[derive(Debug, Clone)]
@@ -39,20 +39,11 @@ fn built() -> Result<Built, HarnessError> {
     BUILT
         .get_or_init(|| {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/test-upstreams.sh");
-            let out = Command::new(script)
-                .output()
-                .map_err(|e| format!("{script}: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "{script} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
+            let paths = crate::tools::script_paths(script)?;
             let get = |key: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-                    .map(PathBuf::from)
+                paths
+                    .get(key)
+                    .cloned()
                     .ok_or_else(|| format!("{script} printed no {key}"))
             };
             Ok(Built {
@@ -109,25 +100,12 @@ impl FaithfulUpstream {
         ready_path: &str,
     ) -> Result<Self, HarnessError> {
         let mut process = Supervised::spawn(name, cmd, dir.path().join("upstream.log"))?;
-        let addr_file = dir.path().join("addr");
-        let http = reqwest::Client::new();
-        let mut url = String::new();
-        until_ready(
+        let url = until_addr_file_serves(
             &mut process,
+            &dir.path().join("addr"),
+            ready_path,
             Duration::from_secs(60),
             Duration::from_millis(50),
-            async || {
-                // The upstream binds a free port itself and writes it here,
-                // so no port is picked and released first.
-                let Ok(addr) = std::fs::read_to_string(&addr_file) else {
-                    return false;
-                };
-                url = format!("http://{}", addr.trim());
-                http.get(format!("{url}{ready_path}"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
         )
         .await?;
         Ok(Self {

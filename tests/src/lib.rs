@@ -13,6 +13,7 @@
 
 pub mod binaries;
 pub mod control_plane;
+pub mod engines;
 pub mod error;
 pub mod faithful;
 pub mod gateway;
@@ -27,6 +28,7 @@ pub mod pki;
 pub mod pod_client;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
 pub mod raw_http;
 pub mod redis_cluster;
 pub mod redis_server;

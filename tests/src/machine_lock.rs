@@ -24,22 +24,10 @@ impl MachineLock {
     /// Takes the lock `attach-<name>.lock`, recording `owner` (a world's state
     /// folder) in it; fails at once, naming the holder, if another world has it.
     pub fn acquire(name: &str, owner: &Path) -> Result<Self, HarnessError> {
-        let dir = if Path::new(LOCK_DIR).is_dir() {
-            PathBuf::from(LOCK_DIR)
-        } else {
-            std::env::temp_dir()
-        };
-        let path = dir.join(format!("attach-{name}.lock"));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(HarnessError::io(&path))?;
-        let mut locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let path = lock_path(name);
+        let mut locked = match try_lock(&path)? {
             Ok(locked) => locked,
-            Err((mut file, _)) => {
+            Err(mut file) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 return Err(HarnessError::Other(format!(
@@ -57,6 +45,31 @@ impl MachineLock {
             path,
         })
     }
+}
+
+/// The file of the machine-wide lock `name`: `attach-<name>.lock` in
+/// `/run/lock` (or the temporary folder where there is none).
+pub fn lock_path(name: &str) -> PathBuf {
+    let dir = if Path::new(LOCK_DIR).is_dir() {
+        PathBuf::from(LOCK_DIR)
+    } else {
+        std::env::temp_dir()
+    };
+    dir.join(format!("attach-{name}.lock"))
+}
+
+/// Takes the exclusive lock on `path` without waiting: the held lock
+/// (released when dropped or when the process dies), or the file when
+/// another process holds it.
+pub fn try_lock(path: &Path) -> Result<Result<Flock<File>, File>, HarnessError> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(HarnessError::io(path))?;
+    Ok(Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(file, _)| file))
 }
 
 #[cfg(test)]

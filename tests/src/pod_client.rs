@@ -33,6 +33,11 @@ pub struct HttpCall {
     /// Whole-request timeout (default 10 s).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// A file in the pod whose contents are sent as the bearer token: a
+    /// projected ServiceAccount token, read at each call (the kubelet
+    /// rotates it). The test never sees the token.
+    #[serde(default)]
+    pub bearer_file: Option<String>,
 }
 
 impl HttpCall {
@@ -54,6 +59,12 @@ impl HttpCall {
     /// Adds `Authorization: Bearer <token>`.
     pub fn bearer(self, token: &str) -> Self {
         self.header("authorization", &format!("Bearer {token}"))
+    }
+
+    /// Sends the token in the pod's file `path` as the bearer token.
+    pub fn bearer_file(mut self, path: &str) -> Self {
+        self.bearer_file = Some(path.to_owned());
+        self
     }
 
     /// Sets a JSON body.
@@ -104,6 +115,10 @@ pub async fn perform(call: &HttpCall) -> Result<HttpResult, String> {
     let mut request = client.request(method, &call.url);
     for (name, value) in &call.headers {
         request = request.header(name, value);
+    }
+    if let Some(path) = &call.bearer_file {
+        let token = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        request = request.bearer_auth(token.trim());
     }
     if let Some(body) = &call.body {
         request = request.body(body.clone());

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use crate::HarnessError;
 use crate::control_plane::{ApiServing, ControlPlane};
+use crate::engines::Engines;
 use crate::images::ImageServices;
 use crate::keycloak::Keycloak;
 use crate::node::{self, Node, NodePrep};
@@ -35,11 +36,18 @@ pub enum Component {
     /// images along, and serves the control plane, Keycloak and Redis on
     /// the node's bridge, where pods reach them.
     Node,
+    /// The real engines (Ollama, llama.cpp, vLLM) with the tiny models.
+    Engines,
 }
 
 impl Component {
     /// The default world: no node (it is machine-wide; ask for it).
-    pub const ALL: [Component; 3] = [Self::ControlPlane, Self::Keycloak, Self::Redis];
+    pub const ALL: [Component; 4] = [
+        Self::ControlPlane,
+        Self::Keycloak,
+        Self::Redis,
+        Self::Engines,
+    ];
 
     /// `components` with what each needs added.
     pub fn with_dependencies(components: &[Component]) -> Vec<Component> {
@@ -62,8 +70,10 @@ impl FromStr for Component {
             "redis" => Ok(Self::Redis),
             "images" => Ok(Self::Images),
             "node" => Ok(Self::Node),
+            "engines" => Ok(Self::Engines),
             other => Err(format!(
-                "unknown component {other:?} (expected control-plane, keycloak, redis, images or node)"
+                "unknown component {other:?} (expected control-plane, keycloak, redis, images, \
+                 node or engines)"
             )),
         }
     }
@@ -112,6 +122,7 @@ pub struct RunningWorld {
     pub keycloak: Option<Keycloak>,
     pub redis: Option<RedisServer>,
     pub images: Option<ImageServices>,
+    pub engines: Option<Engines>,
     pub info: WorldInfo,
 }
 
@@ -223,6 +234,22 @@ impl RunningWorld {
         if let Some(e) = first_error {
             return Err(e);
         }
+        // The engines come last: vLLM's start is a burst of CPU that, on
+        // two cores, would slow Keycloak's past its deadline.
+        let engines = if want(Component::Engines) {
+            let started = timed("engines", Engines::start(&state_dir.join("engines"))).await;
+            keep(
+                "engines",
+                Some(started),
+                &mut startup_seconds,
+                &mut first_error,
+            )
+        } else {
+            None
+        };
+        if let Some(e) = first_error {
+            return Err(e);
+        }
 
         let mut processes = BTreeMap::new();
         if let Some(cp) = &control_plane {
@@ -240,6 +267,9 @@ impl RunningWorld {
         if let Some(node) = &node {
             processes.extend(node.pids());
         }
+        if let Some(engines) = &engines {
+            processes.extend(engines.pids());
+        }
         let info = WorldInfo {
             state_dir: state_dir.to_owned(),
             supervisor_pid: std::process::id(),
@@ -253,6 +283,7 @@ impl RunningWorld {
             images: images.as_ref().map(|i| i.info.clone()),
             node: node.as_ref().map(|n| n.info.clone()),
             kubectl: node_tools.as_ref().map(|nt| nt.kubectl.clone()),
+            engines: engines.as_ref().map(|e| e.info.clone()),
             processes,
             startup_seconds,
         };
@@ -262,6 +293,7 @@ impl RunningWorld {
             keycloak,
             redis,
             images,
+            engines,
             info,
         })
     }
@@ -303,6 +335,9 @@ impl RunningWorld {
         }
         if let Some(images) = self.images.as_mut() {
             images.stop();
+        }
+        if let Some(engines) = self.engines.as_mut() {
+            engines.stop();
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Versions {
     pub coredns: String,
     pub registry: String,
     pub buildkit: String,
+    /// Prometheus's Go module version (`v0.3XX.Y` is release 3.XX.Y).
+    pub prometheus: String,
 }
 
 impl Versions {
@@ -49,8 +51,28 @@ impl Versions {
             coredns: get("COREDNS_VERSION")?,
             registry: get("REGISTRY_VERSION")?,
             buildkit: get("BUILDKIT_VERSION")?,
+            prometheus: get("PROMETHEUS_VERSION")?,
         })
     }
+}
+
+/// Runs a build script of `tests/tools` that prints where it put things as
+/// `KEY=path` lines (a no-op when all of it is cached), and returns them.
+pub fn script_paths(script: &str) -> Result<HashMap<String, PathBuf>, String> {
+    let out = std::process::Command::new(script)
+        .output()
+        .map_err(|e| format!("{script}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(key, path)| (key.to_owned(), PathBuf::from(path)))
+        .collect())
 }
 
 /// The key of the cached pause binary: `tests/tools/build-node.sh` names it
@@ -219,6 +241,28 @@ impl Tools {
     }
 }
 
+/// The cached `prometheus-<PROMETHEUS_VERSION>` (built by `tests/tools/build.sh`).
+pub fn prometheus_binary() -> Result<PathBuf, HarnessError> {
+    let versions = Versions::pinned()?;
+    cached_binary("prometheus", &versions.prometheus)
+}
+
+/// The cached `promtool-<PROMETHEUS_VERSION>` (built by `tests/tools/build.sh`).
+pub fn promtool_binary() -> Result<PathBuf, HarnessError> {
+    let versions = Versions::pinned()?;
+    cached_binary("promtool", &versions.prometheus)
+}
+
+/// `$ATTACH_CACHE/bin/<name>-<version>`, if it exists.
+fn cached_binary(name: &str, version: &str) -> Result<PathBuf, HarnessError> {
+    existing(
+        &format!("{name} {version}"),
+        Tools::cache_dir()
+            .join("bin")
+            .join(format!("{name}-{version}")),
+    )
+}
+
 fn existing(what: &str, path: PathBuf) -> Result<PathBuf, HarnessError> {
     if path.exists() {
         Ok(path)
@@ -262,6 +306,7 @@ mod tests {
         assert!(v.coredns.starts_with("v1.15."), "{}", v.coredns);
         assert!(v.registry.starts_with("v3.1."), "{}", v.registry);
         assert!(v.buildkit.starts_with("v0.34."), "{}", v.buildkit);
+        assert!(v.prometheus.starts_with("v0.3"), "{}", v.prometheus);
     }
 
     #[test]

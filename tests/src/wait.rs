@@ -42,3 +42,33 @@ pub async fn until_http_ok(
     })
     .await
 }
+
+/// [`until_ready`] for a server that binds a port the kernel picks and
+/// writes its `host:port` to `addr_file` (so no port is picked and released
+/// first): waits until the file names an address whose `ready_path` answers
+/// 2xx, and returns `http://host:port`.
+pub async fn until_addr_file_serves(
+    process: &mut Supervised,
+    addr_file: &std::path::Path,
+    ready_path: &str,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<String, HarnessError> {
+    let http = reqwest::Client::new();
+    let mut url = String::new();
+    until_ready(process, timeout, interval, async || {
+        let Some(addr) = std::fs::read_to_string(addr_file)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+        else {
+            return false;
+        };
+        url = format!("http://{}", addr.trim());
+        http.get(format!("{url}{ready_path}"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await?;
+    Ok(url)
+}

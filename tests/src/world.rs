@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::HarnessError;
 use crate::control_plane::client_for;
+use crate::engines::EnginesInfo;
 use crate::images::ImagesInfo;
 use crate::keycloak::KeycloakInfo;
 use crate::node::NodeInfo;
@@ -42,6 +43,9 @@ pub struct WorldInfo {
     /// kubectl built for this world's Kubernetes version (with a node).
     #[serde(default)]
     pub kubectl: Option<PathBuf>,
+    /// The real engines, when this world runs them.
+    #[serde(default)]
+    pub engines: Option<EnginesInfo>,
     /// `component -> pid` of every process the supervisor started.
     pub processes: BTreeMap<String, u32>,
     /// `component -> seconds` it took to become ready.
@@ -95,6 +99,12 @@ impl WorldInfo {
         }
         if let Some(kubectl) = &self.kubectl {
             out += &format!("export ATTACH_KUBECTL={}\n", kubectl.display());
+        }
+        if let Some(engines) = &self.engines {
+            out += &format!("export ATTACH_OLLAMA_URL={}\n", engines.ollama.url);
+            out += &format!("export ATTACH_LLAMACPP_URL={}\n", engines.llamacpp.url);
+            out += &format!("export ATTACH_VLLM_URL={}\n", engines.vllm.url);
+            out += &format!("export ATTACH_VLLM_EMBED_URL={}\n", engines.vllm_embed.url);
         }
         out
     }
@@ -261,6 +271,13 @@ impl World {
             .node
             .as_ref()
             .ok_or_else(|| HarnessError::Other("this world has no node (component node)".into()))
+    }
+
+    /// The real engines, or an error if this world runs without them.
+    pub fn engines(&self) -> Result<&EnginesInfo, HarnessError> {
+        self.info.engines.as_ref().ok_or_else(|| {
+            HarnessError::Other("this world runs no engines (component engines)".into())
+        })
     }
 
     /// `kubectl --kubeconfig <admin>` (the world's own kubectl when it built one).

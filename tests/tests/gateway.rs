@@ -566,7 +566,10 @@ async fn limits_and_model_failures_get_clear_answers() {
     }
 
     drop(model);
-    let response = http
+    // A fresh connection: the pooled one sat idle while the slow client was
+    // cut off, as long as the gateway keeps idle connections, so reusing it
+    // would race the gateway closing it.
+    let response = reqwest::Client::new()
         .get(format!("{}/api/tags", gw.url))
         .bearer_auth(&alice)
         .send()

@@ -164,6 +164,63 @@ fn helm_lint_is_clean_and_bad_values_are_refused_by_name() {
 }
 
 #[test]
+fn the_monitoring_objects_carry_the_tested_rule_file_and_dashboard_only_when_asked() {
+    let kinds = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let plain = template(&[]);
+    for kind in ["PrometheusRule", "PodMonitor"] {
+        assert!(
+            !kinds(&plain).iter().any(|k| k == kind),
+            "{kind} by default"
+        );
+    }
+    let docs = template(&[
+        "--set",
+        "metrics.prometheusRule.enabled=true,metrics.gatewayPodMonitor.enabled=true",
+        "--set",
+        "metrics.dashboard.enabled=true,metrics.dashboard.namespace=grafana",
+        "--set",
+        "metrics.prometheusRule.labels.release=kube-prometheus",
+    ]);
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    // The PrometheusRule is the rule file promtool tests, unchanged.
+    let rules: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("files/alerts.yaml")).unwrap())
+            .unwrap();
+    let rule = find("PrometheusRule");
+    assert_eq!(rule["spec"], rules);
+    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus");
+    // The dashboard ConfigMap holds the dashboard, for Grafana's sidecar.
+    let dashboard = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["data"]["attach.json"].is_string())
+        .expect("the dashboard ConfigMap");
+    assert_eq!(dashboard["metadata"]["namespace"], "grafana");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value =
+        serde_json::from_str(dashboard["data"]["attach.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("files/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, file);
+    // Gateways are scraped on the sidecar's admin port, in every namespace.
+    let monitor = find("PodMonitor");
+    assert_eq!(monitor["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"][0]["port"],
+        "attach-admin"
+    );
+}
+
+#[test]
 fn helm_template_matches_its_golden_files() {
     let fixtures = root().join("tests/fixtures/helm");
     let update = std::env::var_os("ATTACH_UPDATE_GOLDEN").is_some();
@@ -826,10 +883,14 @@ async fn the_examples_pass_server_side_dry_run() {
     common::install_crds();
     let examples = root().join("examples");
     // Namespaces for real (dry-run of namespaced objects needs them).
-    for ns in ["ml-team/namespace.yaml", "vllm-team/namespace.yaml"] {
+    for ns in [
+        "ml-team/namespace.yaml",
+        "vllm-team/namespace.yaml",
+        "agents-team/namespace.yaml",
+    ] {
         kubectl(&["apply", "-f", examples.join(ns).to_str().unwrap()]);
     }
-    for dir in ["platform", "ml-team", "vllm-team"] {
+    for dir in ["platform", "ml-team", "vllm-team", "agents-team"] {
         let out = kubectl(&[
             "apply",
             "--dry-run=server",

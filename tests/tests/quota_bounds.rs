@@ -183,8 +183,9 @@ async fn every_path_releases(redis: Option<&str>) {
     response.chunk().await.unwrap().unwrap();
     assert_eq!(post(&gw, &bob, &body, &[]).await.status(), 429);
     drop(response);
-    nothing_held(&gw, redis).await;
+    // The slot is held until the model's answer ends (its usage is charged).
     model.release();
+    nothing_held(&gw, redis).await;
 
     // HTTP/2 RST_STREAM, before and after the headers.
     let stream = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://"))
@@ -216,8 +217,9 @@ async fn every_path_releases(redis: Option<&str>) {
     let mut h2_body = response.into_body();
     h2_body.frame().await.unwrap().unwrap();
     drop(h2_body);
-    nothing_held(&gw, redis).await;
+    // As above: held until the model's answer ends.
     model.release();
+    nothing_held(&gw, redis).await;
 
     // The model does not answer in time (504).
     let r = post(&gw, &bob, &body, &[("x-mock-header-delay-ms", "2000")]).await;

@@ -271,7 +271,16 @@ async fn when_redis_dies_fail_closed_refuses_fail_open_serves_and_both_recover()
             metric_sum(&metrics, "attach_quota_store_errors_total") >= 1.0,
             "{metrics}"
         );
+        assert!(
+            metrics.contains("attach_quota_store_up{store=\"redis\"} 0"),
+            "{metrics}"
+        );
     }
+    // Only the fail-open gateway let requests through without Redis: the
+    // three it admitted locally (the 429 was refused by the local copy).
+    let admitted_open = |m: &str| metric_sum(m, "attach_quota_fail_open_admissions_total");
+    assert_eq!(admitted_open(&open.metrics().await.unwrap()), 3.0);
+    assert_eq!(admitted_open(&closed.metrics().await.unwrap()), 0.0);
     assert!(
         closed
             .log()
@@ -292,4 +301,11 @@ async fn when_redis_dies_fail_closed_refuses_fail_open_serves_and_both_recover()
         "the fail-closed gateway came back without a restart"
     );
     assert_eq!(status(open.url.clone()).await, 200);
+    for gw in [&closed, &open] {
+        let metrics = gw.metrics().await.unwrap();
+        assert!(
+            metrics.contains("attach_quota_store_up{store=\"redis\"} 1"),
+            "{metrics}"
+        );
+    }
 }

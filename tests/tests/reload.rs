@@ -195,7 +195,7 @@ async fn a_reload_rebuilds_the_quota_store_and_audit_sink_and_keeps_what_did_not
     assert_eq!(gw.readyz().await.unwrap()["restartRequired"], json!([]));
     // A new listen port needs a restart: said, not silently ignored.
     let mut moved_listen = config.clone();
-    moved_listen.listen.port = moved_listen.listen.port.wrapping_add(1).max(1024);
+    moved_listen.listen.port = attach_tests::ports::free_port().unwrap();
     gw.write_config(&moved_listen).unwrap();
     let mut said = false;
     for _ in 0..100 {

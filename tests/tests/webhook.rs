@@ -119,8 +119,16 @@ async fn team(
     ns
 }
 
+/// The operators of this file's tests. Each labels every namespace that
+/// holds a backend (`attach.dev/llm-backends`, one label cluster-wide, as a
+/// cluster runs one operator), whichever install it belongs to; the outage
+/// test needs to be the only one. Each test holds its guard until its chart
+/// (and operator) is gone: declared first, dropped last.
+static OPERATORS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 #[tokio::test]
 async fn deployments_get_the_gateway_and_the_model_is_only_reachable_through_it() {
+    let _alongside = OPERATORS.read().await;
     let chart = common::install_chart().await;
     let client = common::world().client().await.unwrap();
     let ns = team(
@@ -245,6 +253,7 @@ async fn refused_twice(client: &Client, ns: &str, pod: &Value, reason: &str) {
 
 #[tokio::test]
 async fn every_reason_a_selected_pod_cannot_be_protected_is_refused_twice() {
+    let _alongside = OPERATORS.read().await;
     let chart = common::install_chart().await;
     let client = common::world().client().await.unwrap();
     let ns = team(
@@ -367,6 +376,9 @@ async fn every_reason_a_selected_pod_cannot_be_protected_is_refused_twice() {
 /// unlabelled, and its selected pods are refused by the admission policy.
 #[tokio::test]
 async fn an_outage_blocks_pod_creation_only_where_backends_are() {
+    // No other operator may run meanwhile: any would label the namespace
+    // whose backend comes during this one's outage.
+    let _alone = OPERATORS.write().await;
     let mut chart = common::install_chart().await;
     let client = common::world().client().await.unwrap();
     let models = team(&chart, &client, "outage-models", &[("ollama", json!({}))]).await;

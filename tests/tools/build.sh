@@ -2,6 +2,7 @@
 # Builds (or reuses) every binary the test harness runs, in a cache outside
 # the clone:
 #   $ATTACH_CACHE/bin/etcd-<v>, kube-apiserver-<v>, kube-controller-manager-<v>, helm-<v>
+#   $ATTACH_CACHE/bin/prometheus-<v>, promtool-<v>
 #   $ATTACH_CACHE/keycloak/keycloak-<v>/   (unpacked server distribution)
 #   $ATTACH_CACHE/java-home                (path of a JDK >= JAVA_MIN_VERSION)
 #   the real node, the registry, BuildKit and actionlint: see build-node.sh
@@ -26,7 +27,12 @@ require_module_version() { # dir module version
   fi
 }
 
-build_go() { # name dir version ldflags packages...
+build_go() { # [--tags tag,...] name dir version ldflags packages...
+  local tags=""
+  if [[ "$1" == --tags ]]; then
+    tags=$2
+    shift 2
+  fi
   local name=$1 dir=$2 version=$3 ldflags=$4
   shift 4
   local out="$bin/$name-$version"
@@ -37,13 +43,14 @@ build_go() { # name dir version ldflags packages...
   log "$name $version: building (first build is slow on 2 cores)"
   local tmp
   tmp=$(mktemp -d)
-  (cd "$here/$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s $ldflags" -o "$tmp/" "$@")
+  (cd "$here/$dir" && CGO_ENABLED=0 go build -trimpath -tags "$tags" -ldflags "-s $ldflags" -o "$tmp/" "$@")
   mv "$tmp"/* "$out"
   rmdir "$tmp"
 }
 
 require_module_version etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 require_module_version kube k8s.io/kubernetes "$KUBERNETES_VERSION"
+require_module_version prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
 
 build_go etcd etcd "$ETCD_VERSION" "" .
 
@@ -54,6 +61,17 @@ kube_ldflags="-X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION \
   -X k8s.io/component-base/version.gitTreeState=clean"
 for cmd in kube-apiserver kube-controller-manager; do
   build_go "$cmd" kube "$KUBERNETES_VERSION" "$kube_ldflags" "k8s.io/kubernetes/cmd/$cmd"
+done
+
+# Prometheus publishes release 3.X.Y as module version v0.3XX.Y. remove_all_sd
+# leaves out every service discovery but file and HTTP (the tests use
+# static_configs); without builtinassets the web UI is left out too.
+prom_release=${PROMETHEUS_VERSION#v0.}
+prom_release=${prom_release:0:1}.${prom_release:1}
+prom_ldflags="-X github.com/prometheus/common/version.Version=$prom_release"
+for cmd in prometheus promtool; do
+  build_go --tags remove_all_sd "$cmd" prometheus "$PROMETHEUS_VERSION" "$prom_ldflags" \
+    "github.com/prometheus/prometheus/cmd/$cmd"
 done
 
 helm="$bin/helm-$HELM_VERSION"
@@ -104,4 +122,6 @@ log "java: $best (major $best_major)"
 
 # The test upstreams that parse requests as Ollama and vLLM do.
 "$here/test-upstreams.sh" >/dev/null
+# The real engines, the tiny models and the client SDKs.
+"$here/engines.sh" >/dev/null
 "$here/build-node.sh"

@@ -1,6 +1,7 @@
 //! The identity-provider controllers: for every `IdentityProvider` and
 //! `ClusterIdentityProvider`, fetch discovery and the JWKS, report what was
-//! found in status (`Ready`, `jwksUri`, `keyCount`, `lastRefresh`), emit an
+//! found in status (`Ready`, `jwksUri`, `keyCount`, `lastRefresh`, and for
+//! the `kubernetes` preset the keys themselves, `relayedKeys`), emit an
 //! Event when the IdP becomes unreachable and when it recovers, and check
 //! again periodically.
 
@@ -22,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::crd::conditions::types::READY;
-use crate::crd::identity_provider::IdentityProviderStatus;
+use crate::crd::identity_provider::{IdentityProviderStatus, Preset};
 use crate::crd::{ClusterIdentityProvider, IdentityProvider};
 
 /// The field manager of every status this operator writes.
@@ -62,6 +63,7 @@ pub trait IdpObject:
     const KIND: &'static str;
     fn issuer(&self) -> &str;
     fn jwks_uri(&self) -> Option<&str>;
+    fn preset(&self) -> Preset;
     fn status(&self) -> Option<&IdentityProviderStatus>;
     fn api(client: Client, namespace: Option<&str>) -> Api<Self>;
 }
@@ -73,6 +75,9 @@ impl IdpObject for IdentityProvider {
     }
     fn jwks_uri(&self) -> Option<&str> {
         self.spec.jwks_uri.as_deref()
+    }
+    fn preset(&self) -> Preset {
+        self.spec.preset
     }
     fn status(&self) -> Option<&IdentityProviderStatus> {
         self.status.as_ref()
@@ -90,6 +95,9 @@ impl IdpObject for ClusterIdentityProvider {
     fn jwks_uri(&self) -> Option<&str> {
         self.spec.jwks_uri.as_deref()
     }
+    fn preset(&self) -> Preset {
+        self.spec.preset
+    }
     fn status(&self) -> Option<&IdentityProviderStatus> {
         self.status.as_ref()
     }
@@ -104,6 +112,8 @@ pub enum Check {
     Ready {
         jwks_uri: String,
         keys: usize,
+        /// The JWKS itself, for the gateways (the `kubernetes` preset).
+        relayed: Option<String>,
     },
     Failed {
         reason: &'static str,
@@ -134,25 +144,105 @@ pub async fn check(http: &IdpClient, issuer: &str, jwks_uri: Option<&str>) -> Ch
             };
         }
     };
-    let keys = KeySet::from_jwks(&doc);
+    match usable_keys(&doc, &jwks_uri) {
+        Ok(keys) => Check::Ready {
+            jwks_uri,
+            keys,
+            relayed: None,
+        },
+        Err(failed) => failed,
+    }
+}
+
+/// How many signing keys of the JWKS `doc` (from `source`) can verify
+/// tokens; none fails the check, saying how many were skipped.
+fn usable_keys(doc: &Value, source: &str) -> Result<usize, Check> {
+    let keys = KeySet::from_jwks(doc);
     if keys.is_empty() {
-        return Check::Failed {
+        return Err(Check::Failed {
             reason: "NoUsableKeys",
             message: format!(
-                "{jwks_uri} has no usable signing keys ({} skipped: symmetric, encryption or unparseable)",
+                "{source} has no usable signing keys ({} skipped: symmetric, encryption or unparseable)",
                 keys.skipped
+            ),
+        });
+    }
+    Ok(keys.len())
+}
+
+/// Where the API server serves its ServiceAccount issuer's discovery
+/// document and keys.
+const CLUSTER_DISCOVERY: &str = "/.well-known/openid-configuration";
+const CLUSTER_JWKS: &str = "/openid/v1/jwks";
+
+/// Reads the cluster's ServiceAccount issuer through the API server, with
+/// the operator's own credentials: it serves these documents to
+/// authenticated callers only, so gateways in model pods (often without a
+/// token of their own, or a route to the API server) could not fetch them.
+/// The issuer must be the one the API server names.
+pub async fn check_cluster(client: &Client, issuer: &str) -> Check {
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get(path)
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
+            let text = client
+                .request_text(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::from_str::<Value>(&text).map_err(|e| format!("not JSON: {e}"))
+        }
+    };
+    let discovery = match get(CLUSTER_DISCOVERY).await {
+        Ok(doc) => doc,
+        Err(e) => {
+            return Check::Failed {
+                reason: "DiscoveryFailed",
+                message: format!("reading the API server's {CLUSTER_DISCOVERY} failed: {e}"),
+            };
+        }
+    };
+    let named = discovery.get("issuer").and_then(Value::as_str);
+    if named != Some(issuer) {
+        return Check::Failed {
+            reason: "IssuerMismatch",
+            message: format!(
+                "the API server's ServiceAccount issuer is {}, not {issuer}: its tokens carry that iss (set spec.issuer to it)",
+                named.unwrap_or("not named")
             ),
         };
     }
+    let doc = match get(CLUSTER_JWKS).await {
+        Ok(doc) => doc,
+        Err(e) => {
+            return Check::Failed {
+                reason: "JwksUnreachable",
+                message: format!("reading the API server's {CLUSTER_JWKS} failed: {e}"),
+            };
+        }
+    };
+    let keys = match usable_keys(&doc, &format!("the API server's {CLUSTER_JWKS}")) {
+        Ok(keys) => keys,
+        Err(failed) => return failed,
+    };
     Check::Ready {
-        jwks_uri,
-        keys: keys.len(),
+        jwks_uri: discovery
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .unwrap_or(CLUSTER_JWKS)
+            .to_owned(),
+        keys,
+        relayed: Some(doc.to_string()),
     }
 }
 
 /// Reconciles one IdP of either kind.
 pub async fn reconcile<K: IdpObject>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let result = check(&ctx.http, obj.issuer(), obj.jwks_uri()).await;
+    let result = match obj.preset() {
+        Preset::Kubernetes => check_cluster(&ctx.client, obj.issuer()).await,
+        _ => check(&ctx.http, obj.issuer(), obj.jwks_uri()).await,
+    };
     let previous = obj
         .status()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
@@ -193,6 +283,11 @@ pub async fn reconcile<K: IdpObject>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
             Check::Ready { .. } => Some(now),
             Check::Failed { .. } => obj.status().and_then(|s| s.last_refresh.clone()),
         },
+        // The last good keys stay while the API server cannot be read.
+        relayed_keys: match &result {
+            Check::Ready { relayed, .. } => relayed.clone(),
+            Check::Failed { .. } => obj.status().and_then(|s| s.relayed_keys.clone()),
+        },
     };
     // A failing IdP that still fails the same way has nothing new to say
     // (a ready one has: when its keys were last fetched).
@@ -202,6 +297,7 @@ pub async fn reconcile<K: IdpObject>(obj: Arc<K>, ctx: Arc<Context>) -> Result<A
             && before.jwks_uri == status.jwks_uri
             && before.key_count == status.key_count
             && before.last_refresh == status.last_refresh
+            && before.relayed_keys == status.relayed_keys
     });
     if !unchanged {
         let patch = serde_json::json!({

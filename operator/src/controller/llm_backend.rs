@@ -66,6 +66,7 @@ pub struct Context {
     /// The ConfigMaps the operator owns (by label): what is already written.
     pub config_maps: Store<ConfigMap>,
     pub backoff: Backoff<ObjectRef<LLMBackend>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Context {
@@ -163,6 +164,18 @@ pub async fn reconcile(backend: Arc<LLMBackend>, ctx: Arc<Context>) -> Result<Ac
     };
 
     let counts = selection::pod_counts(&backend, &ctx.pods.state());
+    ctx.metrics.unprotected_pods(
+        crate::metrics::BackendLabels {
+            namespace: ns.clone(),
+            backend: name.clone(),
+        },
+        counts.unprotected.len(),
+        |b| {
+            ctx.backends
+                .get(&ObjectRef::new(&b.backend).within(&b.namespace))
+                .is_some()
+        },
+    );
     let verdicts = verdicts(&decision, taken.as_ref(), &counts, &owned_name, &hash);
     let previous = backend.status.clone().unwrap_or_default();
     let generation = backend.meta().generation;

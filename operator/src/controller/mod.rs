@@ -226,13 +226,15 @@ async fn namespace_label_controller(
         .await;
 }
 
-/// What of an identity provider a backend depends on: its spec and
-/// whether it is Ready.
-fn idp_state<K: identity_provider::IdpObject>(idp: &K) -> (Option<i64>, bool) {
+/// What of an identity provider a backend depends on: its spec, whether it
+/// is Ready, and the keys it relays (a rotation re-renders every backend
+/// that accepts it at once, not at its next resync).
+fn idp_state<K: identity_provider::IdpObject>(idp: &K) -> (Option<i64>, bool, Option<String>) {
+    let status = idp.status();
     (
         idp.meta().generation,
-        idp.status()
-            .is_some_and(|s| is_true(&s.conditions, crate::crd::conditions::types::READY)),
+        status.is_some_and(|s| is_true(&s.conditions, crate::crd::conditions::types::READY)),
+        status.and_then(|s| s.relayed_keys.clone()),
     )
 }
 
@@ -299,7 +301,9 @@ async fn backend_controller(
         pods: leader.pods.store(),
         config_maps: leader.config_maps.store(),
         backoff: backoff::Backoff::default(),
+        metrics: metrics.clone(),
     });
+    let deleted = metrics.clone();
 
     let by_idp = backends.clone();
     let by_cluster_idp = backends.clone();
@@ -349,7 +353,16 @@ async fn backend_controller(
             llm_backend::error_policy,
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(move |result| {
+            // A deleted backend is looked up and not found: its series go.
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = result {
+                deleted.backend_deleted(&crate::metrics::BackendLabels {
+                    namespace: gone.namespace.unwrap_or_default(),
+                    backend: gone.name,
+                });
+            }
+            async {}
+        })
         .await;
 }
 
@@ -375,4 +388,29 @@ fn referring(
         })
         .map(|b| ObjectRef::from_obj(b.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ClusterIdentityProvider;
+
+    #[test]
+    fn a_backend_wakes_when_its_idp_relays_new_keys() {
+        let idp = |keys: &str| -> ClusterIdentityProvider {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "attach.dev/v1alpha1", "kind": "ClusterIdentityProvider",
+                "metadata": {"name": "cluster", "generation": 1},
+                "spec": {"issuer": "https://kubernetes.default.svc", "audiences": ["x"], "preset": "kubernetes"},
+                "status": {"relayedKeys": keys},
+            }))
+            .unwrap()
+        };
+        let before = idp(r#"{"keys":[{"kid":"a"}]}"#);
+        assert_eq!(idp_state(&before), idp_state(&before.clone()));
+        assert_ne!(
+            idp_state(&before),
+            idp_state(&idp(r#"{"keys":[{"kid":"a"},{"kid":"b"}]}"#))
+        );
+    }
 }

@@ -8,7 +8,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::conditions::is_true;
 use crate::crd::conditions::types::READY;
-use crate::crd::identity_provider::SecretKeyRef;
+use crate::crd::identity_provider::{Preset, SecretKeyRef};
 use crate::crd::llm_backend::{IdentityProviderKind, IdentityProviderRef};
 use crate::crd::{ClusterIdentityProvider, IdentityProvider};
 use crate::render::ResolvedIdp;
@@ -22,6 +22,9 @@ pub enum Problem {
     IdentityProviderNotFound { reference: String },
     /// A referenced IdP exists but its keys could not be loaded.
     IdentityProviderNotReady { reference: String },
+    /// A `kubernetes` IdP is referenced without this backend's own
+    /// audience: any workload token for the cluster's IdP would pass.
+    AudienceRequired { reference: String },
     /// The rendered config fails the gateway's own validation.
     InvalidConfig { message: String },
     /// The backend's ConfigMap name is taken by an object the operator did
@@ -36,6 +39,7 @@ impl Problem {
             Self::Conflict { .. } | Self::ConfigMapTaken { .. } => "Conflict",
             Self::IdentityProviderNotFound { .. } => "IdentityProviderNotFound",
             Self::IdentityProviderNotReady { .. } => "IdentityProviderNotReady",
+            Self::AudienceRequired { .. } => "AudienceRequired",
             Self::InvalidConfig { .. } => "InvalidConfig",
         }
     }
@@ -55,6 +59,9 @@ impl Problem {
             Self::InvalidConfig { message } => {
                 format!("the rendered gateway config is invalid: {message}")
             }
+            Self::AudienceRequired { reference } => format!(
+                "{reference} accepts the cluster's ServiceAccount tokens: set this backend's own audience in spec.identityProviderRefs[].audiences, so that a token minted for another backend does not work here"
+            ),
             Self::ConfigMapTaken { name, why } => format!(
                 "ConfigMap {name} {why}; attach-operator leaves it alone and its pods are refused until it is deleted or renamed"
             ),
@@ -75,11 +82,12 @@ fn ready(status: Option<&crate::crd::identity_provider::IdentityProviderStatus>)
 
 /// Maps either IdP kind's spec (they share every field) to what rendering needs.
 macro_rules! resolved_idp {
-    ($spec:expr) => {{
-        let spec = &$spec;
+    ($idp:expr) => {{
+        let spec = &$idp.spec;
         ResolvedIdp {
             issuer: spec.issuer.clone(),
             audiences: spec.audiences.clone(),
+            relayed_keys: $idp.status.as_ref().and_then(|s| s.relayed_keys.clone()),
             jwks_uri: spec.jwks_uri.clone(),
             preset: spec.preset,
             claims: spec.claims.clone(),
@@ -116,21 +124,26 @@ impl IdpStores {
                     format!("IdentityProvider {namespace}/{}", r.name),
                     self.namespaced
                         .get(&ObjectRef::new(&r.name).within(namespace))
-                        .map(|idp| (resolved_idp!(idp.spec), ready(idp.status.as_ref()))),
+                        .map(|idp| (resolved_idp!(idp), ready(idp.status.as_ref()))),
                 ),
                 IdentityProviderKind::ClusterIdentityProvider => (
                     format!("ClusterIdentityProvider {}", r.name),
                     self.cluster
                         .get(&ObjectRef::new(&r.name))
-                        .map(|idp| (resolved_idp!(idp.spec), ready(idp.status.as_ref()))),
+                        .map(|idp| (resolved_idp!(idp), ready(idp.status.as_ref()))),
                 ),
             };
-            let Some((idp, is_ready)) = found else {
+            let Some((mut idp, is_ready)) = found else {
                 return (
                     Vec::new(),
                     Some(Problem::IdentityProviderNotFound { reference }),
                 );
             };
+            if !r.audiences.is_empty() {
+                idp.audiences.clone_from(&r.audiences);
+            } else if idp.preset == Preset::Kubernetes {
+                return (Vec::new(), Some(Problem::AudienceRequired { reference }));
+            }
             if !is_ready && not_ready.is_none() {
                 not_ready = Some(Problem::IdentityProviderNotReady { reference });
             }
@@ -207,6 +220,7 @@ mod tests {
         let reference = |kind, name: &str| IdentityProviderRef {
             kind,
             name: name.into(),
+            audiences: Vec::new(),
         };
         let namespaced_ref = reference(IdentityProviderKind::IdentityProvider, "team-idp");
         assert_eq!(
@@ -229,6 +243,62 @@ mod tests {
                     &reference(IdentityProviderKind::IdentityProvider, "nope")
                 )
                 .is_none()
+        );
+    }
+
+    /// A backend's own audiences replace the IdP's; a `kubernetes` IdP
+    /// (the cluster's ServiceAccount tokens) needs them, and the backend
+    /// fails closed without: any workload's token would pass.
+    #[test]
+    fn a_backend_names_its_own_audience_and_must_for_the_cluster_idp() {
+        let (namespaced, _) = reflector::store::<IdentityProvider>();
+        let (cluster, mut cw) = reflector::store::<ClusterIdentityProvider>();
+        for (name, preset) in [("corp", "keycloak"), ("cluster", "kubernetes")] {
+            cw.apply_watcher_event(&watcher::Event::Apply(
+                serde_json::from_value(json!({
+                    "apiVersion": "attach.dev/v1alpha1", "kind": "ClusterIdentityProvider",
+                    "metadata": {"name": name},
+                    "spec": {"issuer": "https://idp.example.com", "audiences": ["shared"], "preset": preset},
+                    "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KeysLoaded",
+                        "message": "", "lastTransitionTime": "2026-12-01T00:00:00Z"}],
+                        "relayedKeys": "{\"keys\":[]}"},
+                }))
+                .unwrap(),
+            ));
+        }
+        let stores = IdpStores {
+            namespaced,
+            cluster,
+        };
+        let reference = |name: &str, audiences: &[&str]| IdentityProviderRef {
+            kind: IdentityProviderKind::ClusterIdentityProvider,
+            name: name.into(),
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        let (idps, problem) = stores.resolve("ml", &[reference("corp", &[])]);
+        assert_eq!(
+            (idps[0].audiences.clone(), problem),
+            (vec!["shared".into()], None)
+        );
+        let (idps, problem) = stores.resolve("ml", &[reference("corp", &["ml/chat"])]);
+        assert_eq!(
+            (idps[0].audiences.clone(), problem),
+            (vec!["ml/chat".into()], None)
+        );
+
+        let (idps, problem) = stores.resolve("ml", &[reference("cluster", &["ml/embed"])]);
+        assert_eq!(problem, None);
+        assert_eq!(idps[0].audiences, ["ml/embed"]);
+        assert_eq!(idps[0].relayed_keys.as_deref(), Some("{\"keys\":[]}"));
+        let (idps, problem) = stores.resolve("ml", &[reference("cluster", &[])]);
+        let problem = problem.unwrap();
+        assert!(idps.is_empty());
+        assert_eq!(problem.reason(), "AudienceRequired");
+        assert!(problem.fails_closed());
+        assert!(
+            problem
+                .message()
+                .contains("identityProviderRefs[].audiences")
         );
     }
 }

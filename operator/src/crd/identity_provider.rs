@@ -18,6 +18,9 @@ pub enum Preset {
     Descope,
     Keycloak,
     Entra,
+    /// The cluster's own ServiceAccount tokens: the operator reads the
+    /// issuer's keys from the API server and relays them to the gateways.
+    Kubernetes,
     #[default]
     Generic,
 }
@@ -128,6 +131,11 @@ pub struct IdentityProviderStatus {
     /// When the keys were last fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_refresh: Option<Time>,
+    /// The `kubernetes` preset: the cluster issuer's signing keys (a JWKS,
+    /// public keys only) as the API server publishes them, relayed into the
+    /// config of every backend that accepts this IdP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_keys: Option<String>,
 }
 
 /// Declares the spec struct of one identity-provider kind; both kinds share
@@ -175,7 +183,10 @@ macro_rules! identity_provider_spec {
             /// The JWKS URL; without it, OIDC discovery finds it.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub jwks_uri: Option<String>,
-            /// The IdP's claim conventions: auth0, okta, descope, keycloak, entra or generic.
+            /// The IdP's claim conventions: auth0, okta, descope, keycloak,
+            /// entra, generic, or kubernetes (the cluster's ServiceAccount
+            /// tokens; each backend then names its own audience in
+            /// `identityProviderRefs[].audiences`).
             #[serde(default)]
             pub preset: Preset,
             /// Claim paths overriding the preset.

@@ -62,7 +62,7 @@ pub enum IdentityProviderKind {
 }
 
 /// A reference to an identity provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IdentityProviderRef {
     /// `IdentityProvider` (same namespace) or `ClusterIdentityProvider`.
@@ -71,6 +71,13 @@ pub struct IdentityProviderRef {
     /// Its name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// The `aud` values this backend accepts, instead of the IdP's: give
+    /// each backend its own, so that a token minted for one backend does
+    /// not work at another. Required for a `kubernetes` IdP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 256)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub audiences: Vec<String>,
 }
 
 /// Who a rule or quota applies to: any listed value matches.

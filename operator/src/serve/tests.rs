@@ -168,3 +168,72 @@ async fn shutdown_lets_requests_in_flight_finish_and_refuses_new_connections() {
         "no new connection after shutdown"
     );
 }
+
+/// One request on a fresh connection; the raw answer, once the server
+/// closes (or the connection is kept alive past a short wait).
+async fn ask(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), stream.read_to_end(&mut out)).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn after_shutdown_it_lingers_answering_with_keep_alive_off_then_refuses() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let linger = Duration::from_secs(2);
+    let task = tokio::spawn(serve(
+        "test",
+        listener,
+        None,
+        Slow(Duration::ZERO),
+        Limits { linger, ..limits() },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // A pooled connection, opened before the shutdown.
+    let mut pooled = TcpStream::connect(addr).await.unwrap();
+    let before = ask(addr).await.unwrap();
+    assert!(before.starts_with("HTTP/1.1 200"), "{before}");
+    assert!(
+        !before.to_ascii_lowercase().contains("connection: close"),
+        "{before}"
+    );
+
+    stop.send(()).unwrap();
+    let stopped_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // New connections, as a Service that has not yet heard still routes
+    // them: answered, and told to close.
+    let during = ask(addr).await.expect("refused while lingering");
+    assert!(during.starts_with("HTTP/1.1 200"), "{during}");
+    assert!(
+        during.to_ascii_lowercase().contains("connection: close"),
+        "{during}"
+    );
+    // The pooled connection is answered too, and retired by the server.
+    pooled
+        .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&until_closed(&mut pooled).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("done"), "{answer}");
+    assert!(!task.is_finished());
+
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("drained after the linger")
+        .unwrap();
+    assert!(stopped_at.elapsed() >= linger, "{:?}", stopped_at.elapsed());
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no new connection after the linger"
+    );
+}

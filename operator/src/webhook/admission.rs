@@ -141,14 +141,23 @@ pub fn review(
 }
 
 impl Outcome {
+    /// The result label: `invalid`, `injected`, `admitted` or `refused`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Injected { .. } => "injected",
+            Self::Admitted { .. } => "admitted",
+            Self::Refused { .. } => "refused",
+        }
+    }
+
     /// Counts the outcome.
     pub fn record(&self, metrics: &Metrics) {
-        match self {
-            Self::Invalid => metrics.admission("invalid", ""),
-            Self::Injected { .. } => metrics.admission("injected", ""),
-            Self::Admitted { reason, .. } => metrics.admission("admitted", reason.as_str()),
-            Self::Refused { reason, .. } => metrics.admission("refused", reason.as_str()),
-        }
+        let reason = match self {
+            Self::Admitted { reason, .. } | Self::Refused { reason, .. } => reason.as_str(),
+            Self::Invalid | Self::Injected { .. } => "",
+        };
+        metrics.admission(self.result(), reason);
     }
 }
 

@@ -352,6 +352,15 @@ impl CurrentCert {
     pub fn replace(&self, key: CertifiedKey) {
         self.0.store(Arc::new(key));
     }
+
+    /// When the served certificate expires, in Unix seconds (`None` if it
+    /// cannot be read).
+    pub fn not_after(&self) -> Option<i64> {
+        let key = self.0.load();
+        let leaf = key.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
 }
 
 impl ResolvesServerCert for CurrentCert {
@@ -389,11 +398,13 @@ mod tests {
             now,
         )
         .unwrap();
-        certs.certified_key().unwrap();
+        let served = CurrentCert::new(certs.certified_key().unwrap());
         assert_eq!(
             certs.not_after,
             "2026-08-30T00:00:00Z".parse::<Timestamp>().unwrap()
         );
+        // The expiry metric reads the served certificate itself.
+        assert_eq!(served.not_after(), Some(certs.not_after.as_second()));
         assert!(!needs_renewal(certs.not_after, 90, now));
         let late: Timestamp = "2026-08-01T00:00:00Z".parse().unwrap();
         assert!(

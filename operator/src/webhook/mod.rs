@@ -33,6 +33,8 @@ pub struct WebhookSettings {
     /// Where cert-manager's `tls.crt` and `tls.key` are mounted.
     pub cert_dir: std::path::PathBuf,
     pub defaults: crate::inject::Defaults,
+    /// The listener's deadlines, and its linger after shutdown.
+    pub limits: crate::serve::Limits,
 }
 
 /// Why the webhook could not start.
@@ -57,8 +59,9 @@ pub enum WebhookError {
 }
 
 /// Starts the webhook: certificate, listener, over the shared caches.
-/// Returns once it serves (so readiness can say so); it stops when
-/// `shutdown` resolves.
+/// Returns once it serves (so readiness can say so), with the server's
+/// task: it stops when `shutdown` resolves and ends once drained, which
+/// the process awaits before exiting.
 pub async fn start(
     client: Client,
     caches: &Caches,
@@ -66,7 +69,7 @@ pub async fn start(
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     recorder: kube::runtime::events::Recorder,
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + 'static,
-) -> Result<(), WebhookError> {
+) -> Result<tokio::task::JoinHandle<()>, WebhookError> {
     use std::sync::Arc;
     let index = Index {
         backends: caches.backends.store(),
@@ -101,15 +104,35 @@ pub async fn start(
             addr: settings.addr,
             source,
         })?;
+    expiry_to(&metrics, &current);
     let webhook = server::Webhook {
         index,
         defaults: Arc::new(settings.defaults.clone()),
-        metrics,
+        metrics: metrics.clone(),
         recorder: Some(recorder),
     };
-    tokio::spawn(server::serve(listener, tls, webhook, shutdown.clone()));
-    tokio::spawn(keep_current(client, settings, current, renew, shutdown));
-    Ok(())
+    let limits = settings.limits;
+    let served = tokio::spawn(server::serve(
+        listener,
+        tls,
+        webhook,
+        limits,
+        shutdown.clone(),
+    ));
+    tokio::spawn(keep_current(
+        client, settings, current, renew, metrics, shutdown,
+    ));
+    Ok(served)
+}
+
+/// Publishes when the served certificate expires.
+fn expiry_to(metrics: &crate::metrics::Metrics, current: &certs::CurrentCert) {
+    match current.not_after() {
+        Some(not_after) => {
+            metrics.webhook_certificate_expiry.set(not_after);
+        }
+        None => tracing::warn!("cannot read the served certificate's expiry"),
+    }
 }
 
 fn read_cert_dir(dir: &std::path::Path) -> Result<rustls::sign::CertifiedKey, WebhookError> {
@@ -127,6 +150,7 @@ async fn keep_current(
     settings: WebhookSettings,
     current: std::sync::Arc<certs::CurrentCert>,
     mut certs_now: Option<certs::WebhookCerts>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -137,7 +161,10 @@ async fn keep_current(
         }
         match settings.cert_mode {
             CertMode::CertManager => match read_cert_dir(&settings.cert_dir) {
-                Ok(key) => current.replace(key),
+                Ok(key) => {
+                    current.replace(key);
+                    expiry_to(&metrics, &current);
+                }
                 Err(e) => tracing::warn!(error = %e, "reloading the webhook certificate failed"),
             },
             CertMode::SelfManaged => match certs::ensure(&client, &settings.certs).await {
@@ -146,6 +173,7 @@ async fn keep_current(
                         match latest.certified_key() {
                             Ok(key) => {
                                 current.replace(key);
+                                expiry_to(&metrics, &current);
                                 tracing::info!(not_after = %latest.not_after, "webhook certificate renewed");
                             }
                             Err(e) => {

@@ -35,11 +35,12 @@ pub struct Webhook {
     pub recorder: Option<Recorder>,
 }
 
-/// Serves until `shutdown` resolves, then drains.
+/// Serves until `shutdown` resolves, then lingers and drains.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     webhook: Webhook,
+    limits: crate::serve::Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     crate::serve::serve(
@@ -47,7 +48,7 @@ pub async fn serve(
         listener,
         Some(TlsAcceptor::from(tls)),
         webhook,
-        crate::serve::Limits::default(),
+        limits,
         shutdown,
     )
     .await;
@@ -82,8 +83,7 @@ impl Webhook {
         let (answer, outcome) = review(&body, &self.index, &self.defaults);
         outcome.record(&self.metrics);
         self.metrics
-            .admission_duration
-            .observe(started.elapsed().as_secs_f64());
+            .admission_took(outcome.result(), started.elapsed().as_secs_f64());
         self.publish(outcome);
         match serde_json::to_vec(&answer) {
             Ok(json) => {

@@ -9,6 +9,7 @@
 //! | keycloak | `client_id` (or the older `clientId`) names the token's client: the `service_account` client scope's mapper, set only for a service account | Keycloak server admin guide, service accounts |
 //! | auth0 | `gty` is `client-credentials`, or `sub` is `<client>@clients` | Auth0 access token profiles |
 //! | okta | no `uid` ("not included if there is no user bound to it") | Okta OpenID Connect & OAuth 2.0 API, access token payload |
+//! | kubernetes | always: a ServiceAccount token names a workload, never a person | Kubernetes docs, "Service account tokens" |
 //! | descope, generic | `sub` is the token's client (RFC 9068 §2.2 for the client-credentials grant) | RFC 9068; Descope inbound apps |
 
 use serde_json::{Map, Value};
@@ -42,6 +43,7 @@ pub(crate) fn is_machine(
                 || client.is_some_and(|c| !c.is_empty() && sub.strip_suffix("@clients") == Some(c))
         }
         Preset::Okta => !claims.contains_key("uid"),
+        Preset::Kubernetes => true,
         Preset::Descope | Preset::Generic => sub_is_client,
     }
 }

@@ -25,8 +25,10 @@
 mod actors;
 mod machine;
 mod typed;
+mod workload;
 
 pub use actors::MAX_ACTORS;
+pub use workload::Workload;
 
 use std::str::FromStr;
 
@@ -42,13 +44,16 @@ pub enum Preset {
     Descope,
     Keycloak,
     Entra,
+    /// The cluster's own ServiceAccount tokens: a workload, always a
+    /// machine, named as the API server names it (see [`Workload`]).
+    Kubernetes,
     #[default]
     Generic,
 }
 
 impl Preset {
     /// Every preset's name, for messages.
-    pub const NAMES: &'static str = "auth0, okta, descope, keycloak, entra, generic";
+    pub const NAMES: &'static str = "auth0, okta, descope, keycloak, entra, kubernetes, generic";
 }
 
 impl FromStr for Preset {
@@ -60,6 +65,7 @@ impl FromStr for Preset {
             "descope" => Ok(Self::Descope),
             "keycloak" => Ok(Self::Keycloak),
             "entra" | "azure" | "azuread" => Ok(Self::Entra),
+            "kubernetes" | "k8s" => Ok(Self::Kubernetes),
             "generic" | "oidc" => Ok(Self::Generic),
             other => Err(format!(
                 "unknown identity provider preset {other:?} (expected one of {})",
@@ -121,6 +127,7 @@ impl ClaimMapping {
     /// The final paths: each override, else the preset's default.
     pub fn resolve(&self) -> Result<ResolvedMapping, String> {
         self.check_namespace()?;
+        self.check_kubernetes()?;
         let d = self.defaults();
         let pick = |name: &str, over: &Option<String>, default: String| {
             ClaimPath::parse(over.as_deref().unwrap_or(&default))
@@ -155,6 +162,30 @@ impl ClaimMapping {
             _ => Err(format!(
                 "namespace: {namespace:?} must be an https:// URL (Auth0 namespaces custom claims by URL)"
             )),
+        }
+    }
+
+    /// A ServiceAccount token's identity is the API server's: overriding
+    /// where it is read would be silently ignored, so it is refused.
+    fn check_kubernetes(&self) -> Result<(), String> {
+        if self.preset != Preset::Kubernetes {
+            return Ok(());
+        }
+        let overridden = [
+            ("user", &self.user),
+            ("groups", &self.groups),
+            ("roles", &self.roles),
+            ("scopes", &self.scopes),
+            ("tenant", &self.tenant),
+            ("client", &self.client),
+        ]
+        .into_iter()
+        .find_map(|(name, path)| path.as_ref().map(|_| name));
+        match overridden {
+            Some(name) => Err(format!(
+                "{name}: the kubernetes preset reads the ServiceAccount the API server names; its claim paths cannot be overridden"
+            )),
+            None => Ok(()),
         }
     }
 
@@ -220,6 +251,16 @@ impl ClaimMapping {
                 scopes: s("scp"),
                 tenant: s("tid"),
                 client: s("azp|appid"),
+            },
+            // Read from the `kubernetes.io` claim instead (see `workload`);
+            // these paths are never looked up.
+            Preset::Kubernetes => Defaults {
+                user: s("sub"),
+                groups: s("groups"),
+                roles: s("roles"),
+                scopes: s("scope"),
+                tenant: s("tenant"),
+                client: s("azp"),
             },
         }
     }
@@ -301,6 +342,10 @@ pub enum MappingError {
     /// The `act` chain is longer than [`MAX_ACTORS`].
     #[error("the token's actor chain is longer than {MAX_ACTORS}")]
     TooManyActors,
+    /// A `kubernetes` issuer's token names no ServiceAccount, or its `sub`
+    /// and `kubernetes.io` claims name different ones.
+    #[error("the token names no ServiceAccount, or two different ones")]
+    NoWorkload,
 }
 
 /// An identity, and the claims that were ignored for their shape (for the
@@ -338,6 +383,12 @@ pub struct Identity {
     pub machine: bool,
     /// The token's expiry (seconds since the epoch).
     pub exp: u64,
+    /// The pod a ServiceAccount token is bound to (`kubernetes` preset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The node that pod runs on, where the API server records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Raw claims chosen by `identity.forwardClaims`.
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub claims: Map<String, Value>,
@@ -364,6 +415,9 @@ impl ResolvedMapping {
         exp: u64,
         forward: &[String],
     ) -> Result<Mapped, MappingError> {
+        if self.preset == Preset::Kubernetes {
+            return workload_identity(claims, exp, forward);
+        }
         let mut ignored = Vec::new();
         let mut read = Reader {
             claims,
@@ -373,16 +427,8 @@ impl ResolvedMapping {
             typed::Read::Value(user) if !user.is_empty() => user,
             _ => return Err(MappingError::NoUser),
         };
-        let sub = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let iss = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let sub = string_claim(claims, "sub");
+        let iss = string_claim(claims, "iss");
         let client = read.field("client", &self.client, typed::text);
         let groups = read
             .field("groups", &self.groups, typed::names)
@@ -419,15 +465,68 @@ impl ResolvedMapping {
                 actors,
                 machine,
                 exp,
-                claims: forward
-                    .iter()
-                    .filter_map(|name| Some((name.clone(), claims.get(name)?.clone())))
-                    .collect(),
+                pod: None,
+                node: None,
+                claims: forwarded(claims, forward),
                 rendered_headers: std::sync::OnceLock::new(),
             },
             ignored,
         })
     }
+}
+
+/// A ServiceAccount token's identity: the account as the API server names
+/// it, its namespace's groups, the namespace as tenant; a machine (no person
+/// stands behind a workload), acting as itself. Delegation (`act`) is not
+/// something the API server mints, so a token carrying it is refused.
+fn workload_identity(
+    claims: &Map<String, Value>,
+    exp: u64,
+    forward: &[String],
+) -> Result<Mapped, MappingError> {
+    let workload = workload::read(claims).ok_or(MappingError::NoWorkload)?;
+    if claims.contains_key("act") {
+        return Err(MappingError::InvalidActor);
+    }
+    let user = workload.user();
+    Ok(Mapped {
+        identity: Identity {
+            iss: string_claim(claims, "iss"),
+            sub: user.clone(),
+            user,
+            groups: workload.groups(),
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            tenant: Some(workload.namespace),
+            client: None,
+            actors: Vec::new(),
+            machine: true,
+            exp,
+            pod: workload.pod,
+            node: workload.node,
+            claims: forwarded(claims, forward),
+            rendered_headers: std::sync::OnceLock::new(),
+        },
+        ignored: Vec::new(),
+    })
+}
+
+/// A string claim as is, empty when absent or not a string (`sub`, `iss`:
+/// the verifier has already required them).
+fn string_claim(claims: &Map<String, Value>, name: &str) -> String {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The raw claims `identity.forwardClaims` names, those present.
+fn forwarded(claims: &Map<String, Value>, forward: &[String]) -> Map<String, Value> {
+    forward
+        .iter()
+        .filter_map(|name| Some((name.clone(), claims.get(name)?.clone())))
+        .collect()
 }
 
 /// Reads mapped fields by type, noting the ones ignored for their shape.

@@ -68,7 +68,14 @@ fn documented_tokens_of_every_preset_map_as_their_idp_says() {
             "{name}: the issuer travels with the subject"
         );
     }
-    for preset in ["Entra", "Okta", "Auth0", "Descope", "Keycloak"] {
+    for preset in [
+        "Entra",
+        "Okta",
+        "Auth0",
+        "Descope",
+        "Keycloak",
+        "Kubernetes",
+    ] {
         assert!(seen.contains(preset), "no fixture for {preset}");
     }
 }
@@ -461,4 +468,222 @@ fn integer_names_of_every_range_are_read_as_text() {
     ] {
         assert_eq!(typed::text(&value).as_deref(), text, "{value}");
     }
+}
+
+/// A ServiceAccount token as the API server mints it, with `edit` applied.
+fn service_account_token(edit: impl FnOnce(&mut Value)) -> Value {
+    let mut claims = json!({
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "sub": "system:serviceaccount:search:rag-indexer",
+        "aud": ["attach.dev/search/embed"],
+        "kubernetes.io": {
+            "namespace": "search",
+            "serviceaccount": {"name": "rag-indexer", "uid": "u-1"},
+            "pod": {"name": "rag-indexer-7d9f-abcde", "uid": "u-2"},
+            "node": {"name": "node-a", "uid": "u-3"}
+        }
+    });
+    edit(&mut claims);
+    claims
+}
+
+#[test]
+fn a_service_account_token_names_its_workload_as_the_api_server_does() {
+    let id = identity(Preset::Kubernetes, service_account_token(|_| {}));
+    assert_eq!(id.user, "system:serviceaccount:search:rag-indexer");
+    // The longest name Kubernetes allows, with dots and digits.
+    let longest = format!("{}.b-9", "a".repeat(249));
+    let long = identity(
+        Preset::Kubernetes,
+        service_account_token(|c| {
+            c["kubernetes.io"]["serviceaccount"]["name"] = json!(longest);
+            c["sub"] = json!(format!("system:serviceaccount:search:{longest}"));
+        }),
+    );
+    assert_eq!(long.user, format!("system:serviceaccount:search:{longest}"));
+    assert_eq!(id.tenant.as_deref(), Some("search"));
+    assert_eq!(
+        id.groups,
+        ["system:serviceaccounts", "system:serviceaccounts:search"]
+    );
+    assert!(id.machine && !id.is_human());
+    assert_eq!(id.agents(), ["system:serviceaccount:search:rag-indexer"]);
+    // A token not bound to a pod (TokenRequest for the account alone).
+    let unbound = identity(
+        Preset::Kubernetes,
+        service_account_token(|c| {
+            let k8s = c["kubernetes.io"].as_object_mut().unwrap();
+            k8s.remove("pod");
+            k8s.remove("node");
+        }),
+    );
+    assert_eq!(unbound.user, id.user);
+    // The pod and node are the workload's, where the token names them.
+    assert_eq!(id.pod.as_deref(), Some("rag-indexer-7d9f-abcde"));
+    assert_eq!(id.node.as_deref(), Some("node-a"));
+    assert_eq!((unbound.pod, unbound.node), (None, None));
+    // A person's token names neither, whatever its claims say.
+    let person = identity(
+        Preset::Keycloak,
+        json!({"iss": "https://idp", "sub": "u", "pod": "p", "kubernetes.io": {"pod": {"name": "p"}}}),
+    );
+    assert_eq!((person.pod, person.node), (None, None));
+}
+
+/// Claims a token could carry that no API server mints: each names nobody,
+/// never a workload it was not issued to.
+#[test]
+fn a_service_account_token_that_names_nobody_or_two_accounts_is_refused() {
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "no kubernetes.io",
+            service_account_token(|c| {
+                c.as_object_mut().unwrap().remove("kubernetes.io");
+            }),
+        ),
+        (
+            "kubernetes.io not an object",
+            service_account_token(|c| {
+                c["kubernetes.io"] = json!("search");
+            }),
+        ),
+        (
+            "no namespace",
+            service_account_token(|c| {
+                c["kubernetes.io"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("namespace");
+            }),
+        ),
+        (
+            "namespace not a string",
+            service_account_token(|c| {
+                c["kubernetes.io"]["namespace"] = json!(["search"]);
+            }),
+        ),
+        (
+            "no serviceaccount",
+            service_account_token(|c| {
+                c["kubernetes.io"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("serviceaccount");
+            }),
+        ),
+        (
+            "serviceaccount name empty",
+            service_account_token(|c| {
+                c["kubernetes.io"]["serviceaccount"]["name"] = json!("");
+            }),
+        ),
+        (
+            "sub names another account",
+            service_account_token(|c| {
+                c["sub"] = json!("system:serviceaccount:search:admin");
+            }),
+        ),
+        (
+            "sub names another namespace",
+            service_account_token(|c| {
+                c["sub"] = json!("system:serviceaccount:kube-system:rag-indexer");
+            }),
+        ),
+        (
+            "sub is a person",
+            service_account_token(|c| c["sub"] = json!("alice")),
+        ),
+        (
+            "no sub",
+            service_account_token(|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }),
+        ),
+        // `a:b` + `c` and `a` + `b:c` would give the same sub.
+        (
+            "a colon in the namespace",
+            service_account_token(|c| {
+                c["kubernetes.io"]["namespace"] = json!("search:rag");
+                c["kubernetes.io"]["serviceaccount"]["name"] = json!("indexer");
+                c["sub"] = json!("system:serviceaccount:search:rag:indexer");
+            }),
+        ),
+        (
+            "upper case",
+            service_account_token(|c| {
+                c["kubernetes.io"]["namespace"] = json!("Search");
+                c["sub"] = json!("system:serviceaccount:Search:rag-indexer");
+            }),
+        ),
+        (
+            "pod not an object",
+            service_account_token(|c| {
+                c["kubernetes.io"]["pod"] = json!("rag-indexer-7d9f-abcde");
+            }),
+        ),
+        (
+            "an actor chain",
+            service_account_token(|c| {
+                c["act"] = json!({"sub": "someone"});
+            }),
+        ),
+    ];
+    let mapping = mapping(Preset::Kubernetes);
+    for (name, claims) in cases {
+        let Value::Object(map) = claims else {
+            unreachable!()
+        };
+        let got = mapping.identity(&map, 0, &[]).map(|m| m.identity.user);
+        assert!(got.is_err(), "{name}: read as {got:?}");
+    }
+}
+
+#[test]
+fn the_kubernetes_preset_refuses_claim_path_overrides() {
+    for field in ["user", "groups", "roles", "scopes", "tenant", "client"] {
+        let mut mapping = ClaimMapping::preset(Preset::Kubernetes);
+        let path = Some("custom".to_owned());
+        match field {
+            "user" => mapping.user = path,
+            "groups" => mapping.groups = path,
+            "roles" => mapping.roles = path,
+            "scopes" => mapping.scopes = path,
+            "tenant" => mapping.tenant = path,
+            _ => mapping.client = path,
+        }
+        let err = mapping.resolve().unwrap_err();
+        assert!(err.starts_with(field), "{field}: {err}");
+    }
+}
+
+/// `identity.forwardClaims`: the raw claims named, those present, as they
+/// are, for people and workloads alike; nothing else.
+#[test]
+fn the_claims_named_for_forwarding_are_carried_as_they_are() {
+    let forward = [
+        "department".to_owned(),
+        "absent".to_owned(),
+        "kubernetes.io".to_owned(),
+    ];
+    let person = json!({"iss": "https://idp", "sub": "u", "department": {"id": 7}, "secret": "x"});
+    let Value::Object(claims) = person else {
+        unreachable!()
+    };
+    let id = mapping(Preset::Keycloak)
+        .identity(&claims, 0, &forward)
+        .unwrap()
+        .identity;
+    assert_eq!(Value::Object(id.claims), json!({"department": {"id": 7}}));
+    let Value::Object(claims) = service_account_token(|_| {}) else {
+        unreachable!()
+    };
+    let workload = mapping(Preset::Kubernetes)
+        .identity(&claims, 0, &forward)
+        .unwrap()
+        .identity;
+    assert_eq!(
+        workload.claims["kubernetes.io"]["pod"]["name"],
+        "rag-indexer-7d9f-abcde"
+    );
+    assert_eq!(workload.claims.len(), 1);
 }

@@ -32,6 +32,8 @@ pub enum KeySource {
     Uri(String),
     /// A local JWKS file.
     File(PathBuf),
+    /// The JWKS given in the config (its JSON text).
+    Inline(String),
 }
 
 /// Why a refresh failed.
@@ -45,6 +47,8 @@ pub enum RefreshError {
     Discovery(String),
     #[error("cannot read {path}: {message}")]
     File { path: PathBuf, message: String },
+    #[error("the configured JWKS is not JSON: {0}")]
+    Inline(String),
     #[error("the JWKS has no usable signing keys ({skipped} skipped)")]
     NoUsableKeys { skipped: usize },
 }
@@ -226,6 +230,9 @@ impl JwksCache {
                     path: path.clone(),
                     message: e.to_string(),
                 })?
+            }
+            KeySource::Inline(text) => {
+                serde_json::from_str(text).map_err(|e| RefreshError::Inline(e.to_string()))?
             }
             KeySource::Uri(uri) => self.http.get_json(uri).await?,
             KeySource::Discovery { issuer } => {

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, OctetKeyPairParameters, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::Value;
 use sha2::Digest;
@@ -119,7 +121,10 @@ fn parse_key(jwk: &Jwk) -> Option<VerifyingKey> {
     let family = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,
         AlgorithmParameters::EllipticCurve(_) => AlgorithmFamily::Ec,
-        AlgorithmParameters::OctetKeyPair(_) => AlgorithmFamily::Ed,
+        // jsonwebtoken takes the first 32 bytes of `x` when it verifies:
+        // a shorter key would panic there, so only a whole Ed25519 key is
+        // kept.
+        AlgorithmParameters::OctetKeyPair(okp) if is_ed25519_public_key(okp) => AlgorithmFamily::Ed,
         // Symmetric (`oct`) and unknown key types never verify anything.
         _ => return None,
     };
@@ -139,6 +144,15 @@ fn parse_key(jwk: &Jwk) -> Option<VerifyingKey> {
         key,
         fingerprint: sha2::Sha256::digest(&material).into(),
     })
+}
+
+/// An Ed25519 public key: the curve, and `x` of exactly 32 bytes.
+fn is_ed25519_public_key(okp: &OctetKeyPairParameters) -> bool {
+    use base64::Engine as _;
+    okp.curve == EllipticCurve::Ed25519
+        && base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&okp.x)
+            .is_ok_and(|x| x.len() == 32)
 }
 
 /// The asymmetric signature algorithm a JWK declares; `None` for HMAC and

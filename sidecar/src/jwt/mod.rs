@@ -4,7 +4,7 @@
 pub mod error;
 pub mod jwks;
 pub mod keys;
-pub mod token_cache;
+mod token_cache;
 pub mod verifier;
 
 pub use error::AuthError;

@@ -421,6 +421,33 @@ fn bad_tokens() -> Vec<(&'static str, String, AuthError)> {
             AuthError::BadSignature,
         ),
         (
+            "an empty payload under a header that is refused too",
+            format!("{}..{s}", b64(&json!({"alg": "none"}))),
+            AuthError::Malformed,
+        ),
+        (
+            // Past what a u64 holds.
+            "an exp of 2^64",
+            with(|c| {
+                c.insert("exp".into(), json!(u64::MAX as f64));
+            }),
+            AuthError::InvalidClaim("exp"),
+        ),
+        (
+            "an nbf of 2^64",
+            with(|c| {
+                c.insert("nbf".into(), json!(u64::MAX as f64));
+            }),
+            AuthError::InvalidClaim("nbf"),
+        ),
+        (
+            "a negative iat",
+            with(|c| {
+                c.insert("iat".into(), json!(-1.5));
+            }),
+            AuthError::InvalidClaim("iat"),
+        ),
+        (
             "a huge token",
             format!("{h}.{}.{s}", "A".repeat(20_000)),
             AuthError::TooLarge,
@@ -481,6 +508,13 @@ async fn leeway_forgives_small_clock_skew_only() {
         c.insert("iat".into(), json!(now + 30));
     });
     assert!(verifier.verify(&skewed).await.is_ok());
+    let fractional_iat = with(|c| {
+        c.insert("iat".into(), json!(now as f64 - 0.5));
+    });
+    assert!(
+        verifier.verify(&fractional_iat).await.is_ok(),
+        "iat may be any non-negative NumericDate"
+    );
     let audience_list = with(|c| {
         c.insert("aud".into(), json!(["other", AUDIENCE]));
     });
@@ -890,4 +924,472 @@ async fn claims_of_the_wrong_shape_are_left_out_and_counted() {
             format!("attach_claims_ignored_total{{issuer=\"{ISSUER}\",claim=\"{claim}\"}} 1");
         assert!(text.contains(&line), "{line} not in\n{text}");
     }
+}
+
+#[test]
+fn every_refusal_carries_its_documented_metric_and_audit_label() {
+    // The label is what `attach_requests_total{reason}` and the audit line
+    // carry: dashboards and alerts match these exact strings.
+    let table = [
+        (AuthError::MissingToken, "missing_token"),
+        (AuthError::Malformed, "malformed_token"),
+        (AuthError::TooLarge, "token_too_large"),
+        (AuthError::AlgorithmNotAllowed, "algorithm_not_allowed"),
+        (
+            AuthError::UnsupportedCritical,
+            "unsupported_critical_header",
+        ),
+        (AuthError::UntrustedIssuer, "untrusted_issuer"),
+        (AuthError::UnknownKey, "unknown_key"),
+        (AuthError::KeyMismatch, "key_mismatch"),
+        (AuthError::BadSignature, "bad_signature"),
+        (AuthError::Expired, "expired"),
+        (AuthError::NotYetValid, "not_yet_valid"),
+        (AuthError::IssuedInFuture, "issued_in_future"),
+        (AuthError::WrongAudience, "wrong_audience"),
+        (AuthError::MissingClaim("exp"), "missing_claim"),
+        (AuthError::InvalidClaim("act"), "invalid_claim"),
+        (AuthError::NoUser, "no_user"),
+        (AuthError::ActorChainTooLong, "actor_chain_too_long"),
+        (
+            AuthError::InsufficientScope {
+                required: vec!["llm".into()],
+            },
+            "insufficient_scope",
+        ),
+        (AuthError::KeysUnavailable, "keys_unavailable"),
+    ];
+    for (error, label) in &table {
+        // No wildcard: a new refusal does not compile until it is in the table.
+        match error {
+            AuthError::MissingToken
+            | AuthError::Malformed
+            | AuthError::TooLarge
+            | AuthError::AlgorithmNotAllowed
+            | AuthError::UnsupportedCritical
+            | AuthError::UntrustedIssuer
+            | AuthError::UnknownKey
+            | AuthError::KeyMismatch
+            | AuthError::BadSignature
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::IssuedInFuture
+            | AuthError::WrongAudience
+            | AuthError::MissingClaim(_)
+            | AuthError::InvalidClaim(_)
+            | AuthError::NoUser
+            | AuthError::ActorChainTooLong
+            | AuthError::InsufficientScope { .. }
+            | AuthError::KeysUnavailable => {}
+        }
+        assert_eq!(error.reason(), *label, "{error:?}");
+        let gateway_error = GatewayError::Auth {
+            error: error.clone(),
+            resource_metadata: None,
+        };
+        assert_eq!(gateway_error.reason(), *label, "{error:?}");
+        let response = rescue(&gateway_error);
+        assert_eq!(
+            response.extensions().get::<crate::rescue::Reason>(),
+            Some(&crate::rescue::Reason(label)),
+            "{error:?}: the label the metrics layer and the audit line read"
+        );
+    }
+    let distinct: std::collections::HashSet<_> = table.iter().map(|(_, l)| *l).collect();
+    assert_eq!(distinct.len(), table.len(), "two refusals share a label");
+}
+
+#[tokio::test]
+async fn keys_pinned_to_every_supported_algorithm_verify_their_tokens() {
+    // Keycloak, Entra and Auth0 realms can sign with any of these; a key
+    // the JWKS pins to one of them must verify that algorithm's tokens.
+    let p384 = || EncodingKey::from_ec_pem(&pem("ec-p384")).unwrap();
+    let signers = [
+        (Algorithm::RS256, rsa_key()),
+        (Algorithm::RS384, rsa_key()),
+        (Algorithm::RS512, rsa_key()),
+        (Algorithm::PS256, rsa_key()),
+        (Algorithm::PS384, rsa_key()),
+        (Algorithm::PS512, rsa_key()),
+        (Algorithm::ES256, ec_key()),
+        (Algorithm::ES384, p384()),
+        (Algorithm::EdDSA, ed_key()),
+    ];
+    let doc = json!({"keys": signers
+        .iter()
+        .map(|(alg, key)| jwk(key, *alg, &format!("{alg:?}")))
+        .collect::<Vec<_>>()});
+    let cache = Arc::new(JwksCache::with_keys(
+        ISSUER.into(),
+        &doc,
+        Arc::new(Metrics::new()),
+    ));
+    assert_eq!(cache.status().keys, signers.len(), "every key is usable");
+    let verifier = verifier_with(cache, &[]);
+    for (alg, key) in &signers {
+        let kid = format!("{alg:?}");
+        let token = sign(&claims(), *alg, Some(&kid), key);
+        let identity = verifier
+            .verify(&token)
+            .await
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        assert_eq!(identity.user, "user-1", "{alg:?}");
+    }
+    // Each key verifies only the algorithm it is pinned to.
+    for (token_alg, key_kid) in [
+        (Algorithm::RS384, "RS512"),
+        (Algorithm::PS256, "RS256"),
+        (Algorithm::RS256, "PS256"),
+        (Algorithm::PS512, "PS384"),
+    ] {
+        let token = sign(&claims(), token_alg, Some(key_kid), &rsa_key());
+        assert_eq!(
+            verifier.verify(&token).await.unwrap_err(),
+            AuthError::KeyMismatch,
+            "{token_alg:?} under the key pinned to {key_kid}"
+        );
+    }
+    let es256_under_es384 = sign(&claims(), Algorithm::ES256, Some("ES384"), &ec_key());
+    assert_eq!(
+        verifier.verify(&es256_under_es384).await.unwrap_err(),
+        AuthError::KeyMismatch
+    );
+}
+
+#[tokio::test]
+async fn keys_without_a_kid_are_counted_and_verify_when_unambiguous() {
+    let without_kid = |key: &EncodingKey, alg| {
+        let mut jwk = jwk(key, alg, "x");
+        jwk.as_object_mut().unwrap().remove("kid");
+        jwk
+    };
+    let metrics = Arc::new(Metrics::new());
+    let doc = json!({"keys": [
+        jwk(&rsa_key(), Algorithm::RS256, "rsa-1"),
+        without_kid(&ec_key(), Algorithm::ES256),
+        without_kid(&ed_key(), Algorithm::EdDSA),
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    let cache = Arc::new(JwksCache::new(
+        ISSUER.into(),
+        KeySource::File(path),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        IdpClient::new(),
+        metrics.clone(),
+    ));
+    assert_eq!(cache.refresh("initial").await.unwrap(), 3);
+    // What /readyz and the key gauge report.
+    assert_eq!(cache.status().keys, 3);
+    let gauge = format!("attach_jwks_keys{{issuer=\"{ISSUER}\"}} 3");
+    assert!(metrics.encode().contains(&gauge), "{gauge}");
+    let verifier = verifier_with(cache, &[]);
+    for (alg, key) in [(Algorithm::ES256, ec_key()), (Algorithm::EdDSA, ed_key())] {
+        let token = sign(&claims(), alg, None, &key);
+        assert!(verifier.verify(&token).await.is_ok(), "{alg:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_jwks_without_usable_keys_fails_closed_and_says_how_many_it_skipped() {
+    let unusable = json!({"keys": [
+        {"kty": "oct", "kid": "oct-1", "k": "c2VjcmV0"},
+        {"kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "kid": "enc-1",
+         "n": jwk(&attacker_key(), Algorithm::RS256, "x")["n"], "e": "AQAB"},
+        // An RSA key pinned to HMAC: the public key must never be a secret.
+        {"kty": "RSA", "alg": "HS256", "kid": "hs-1",
+         "n": jwk(&rsa_key(), Algorithm::RS256, "x")["n"], "e": "AQAB"},
+        {"kty": "RSA", "kid": "broken"},
+        // Ed25519 keys jsonwebtoken would slice past their end (a panic
+        // at verification), or on a curve it does not verify.
+        {"kty": "OKP", "crv": "Ed25519", "kid": "short", "x": "AAECAwQFBgcICQoLDA0ODw"},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "long",
+         "x": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g"},
+        {"kty": "OKP", "crv": "Ed25519", "kid": "not-base64", "x": "!!"},
+        {"kty": "OKP", "crv": "Ed448", "kid": "ed448",
+         "x": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"},
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, unusable.to_string()).unwrap();
+    let cache = Arc::new(JwksCache::new(
+        ISSUER.into(),
+        KeySource::File(path.clone()),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        IdpClient::new(),
+        Arc::new(Metrics::new()),
+    ));
+    let err = cache.refresh("initial").await.unwrap_err();
+    assert!(
+        matches!(err, jwks::RefreshError::NoUsableKeys { skipped: 8 }),
+        "{err:?}"
+    );
+    // The message the refresh warning logs.
+    assert_eq!(
+        err.to_string(),
+        "the JWKS has no usable signing keys (8 skipped)"
+    );
+    assert!(!cache.is_loaded());
+    assert_eq!(cache.status().keys, 0);
+    let verifier = verifier_with(cache.clone(), &[]);
+    assert!(!verifier.is_ready(), "/readyz stays 503");
+    assert_eq!(
+        verifier.verify(&good()).await.unwrap_err(),
+        AuthError::KeysUnavailable
+    );
+
+    // Once loaded, an unusable document keeps the last good keys.
+    std::fs::write(&path, jwks().to_string()).unwrap();
+    assert_eq!(cache.refresh("background").await.unwrap(), 3);
+    std::fs::write(&path, unusable.to_string()).unwrap();
+    assert!(cache.refresh("background").await.is_err());
+    assert_eq!(cache.status().keys, 3);
+    assert!(verifier.verify(&good()).await.is_ok());
+}
+
+#[tokio::test]
+async fn debug_output_names_keys_and_counts_never_key_material_or_tokens() {
+    let set = keys::KeySet::from_jwks(&jwks());
+    let key = set.get("rsa-1").unwrap();
+    let shown = format!("{key:?}");
+    for part in ["rsa-1", "Rsa", "RS256"] {
+        assert!(shown.contains(part), "{part} not in {shown}");
+    }
+    let modulus = jwk(&rsa_key(), Algorithm::RS256, "x")["n"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!shown.contains(&modulus[..16]), "{shown}");
+    assert!(shown.len() < 120, "more than the key's names: {shown}");
+
+    let verifier = verifier();
+    let token = good();
+    verifier.verify(&token).await.unwrap();
+    let shown = format!("{verifier:?}");
+    assert!(shown.contains("TokenCache { len: 1 }"), "{shown}");
+    for (i, segment) in segments(&token).iter().enumerate() {
+        assert!(
+            !shown.contains(segment.as_str()),
+            "token segment {i} in {shown}"
+        );
+    }
+    assert!(!shown.contains(&modulus[..16]), "{shown}");
+    assert!(!shown.contains("user-1"), "a cached identity in {shown}");
+}
+
+/// The refresh attempts counted so far, by result.
+fn refreshes(metrics: &Metrics, result: &'static str) -> u64 {
+    ["initial", "background", "unknown_kid"]
+        .into_iter()
+        .map(|trigger| {
+            metrics
+                .jwks_refreshes
+                .get_or_create(&crate::metrics::JwksLabels {
+                    issuer: ISSUER.into(),
+                    result,
+                    trigger,
+                })
+                .get()
+        })
+        .sum()
+}
+
+/// Samples the refresh attempts every 100 ms until `until` seconds after
+/// `started`, adding the second of each new attempt to `attempts_at`.
+async fn attempts_until(
+    metrics: &Metrics,
+    started: tokio::time::Instant,
+    until: u64,
+    attempts_at: &mut Vec<u64>,
+) {
+    while started.elapsed() < Duration::from_secs(until) {
+        let attempts = refreshes(metrics, "error") + refreshes(metrics, "ok");
+        let second = started.elapsed().as_secs();
+        for _ in attempts_at.len()..usize::try_from(attempts).unwrap() {
+            attempts_at.push(second);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn until_keys_load_the_refresher_backs_off_1_2_4_s_up_to_the_refresh_interval() {
+    // The IdP is down (the key file is absent): the gateway must not hammer
+    // it, and must not wait a whole refresh interval to retry either.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(JwksCache::new(
+        ISSUER.into(),
+        KeySource::File(path.clone()),
+        Duration::from_secs(10),
+        Duration::from_secs(3600),
+        IdpClient::new(),
+        metrics.clone(),
+    ));
+    let started = tokio::time::Instant::now();
+    cache.spawn_refresher();
+    // Sample between the refresher's whole seconds (at n.05, n.15, ...); the
+    // clock is paused, so every attempt lands exactly on its second.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut attempts_at = Vec::new();
+    attempts_until(&metrics, started, 40, &mut attempts_at).await;
+    assert_eq!(attempts_at, [0, 1, 3, 7, 15, 25, 35]);
+    assert!(!cache.is_loaded());
+
+    // The IdP comes back: the next attempt loads the keys, and the one after
+    // waits a whole refresh interval.
+    std::fs::write(&path, jwks().to_string()).unwrap();
+    attempts_until(&metrics, started, 60, &mut attempts_at).await;
+    assert_eq!(attempts_at[7..], [45, 55]);
+    assert!(cache.is_loaded());
+    assert_eq!(refreshes(&metrics, "ok"), 2);
+
+    // Down again: the backoff starts over at 1 s.
+    std::fs::remove_file(&path).unwrap();
+    attempts_until(&metrics, started, 75, &mut attempts_at).await;
+    assert_eq!(attempts_at[9..], [65, 66, 68, 72]);
+    assert!(cache.is_loaded(), "the last good keys are kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_kid_fetches_again_once_a_whole_cooldown_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks().to_string()).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let cooldown = Duration::from_secs(30);
+    let cache = Arc::new(JwksCache::new(
+        ISSUER.into(),
+        KeySource::File(path.clone()),
+        Duration::from_secs(3600),
+        cooldown,
+        IdpClient::new(),
+        metrics.clone(),
+    ));
+    cache.refresh("initial").await.unwrap();
+    let fetches = || refreshes(&metrics, "ok");
+    assert!(cache.key_for_unknown_kid("made-up").await.is_none());
+    assert_eq!(fetches(), 2);
+    // The IdP rotates in a new key.
+    std::fs::write(
+        &path,
+        json!({"keys": [jwk(&attacker_key(), Algorithm::RS256, "rotated-in")]}).to_string(),
+    )
+    .unwrap();
+    tokio::time::advance(cooldown - Duration::from_nanos(1)).await;
+    assert!(
+        cache.key_for_unknown_kid("rotated-in").await.is_none(),
+        "inside the cooldown"
+    );
+    assert_eq!(fetches(), 2);
+    tokio::time::advance(Duration::from_nanos(1)).await;
+    assert!(
+        cache.key_for_unknown_kid("rotated-in").await.is_some(),
+        "a whole cooldown later"
+    );
+    assert_eq!(fetches(), 3);
+}
+
+#[tokio::test]
+async fn every_verification_is_timed_as_a_cache_hit_or_miss() {
+    let metrics = Arc::new(Metrics::new());
+    let cache = JwksCache::with_keys(ISSUER.into(), &jwks(), metrics.clone());
+    let config = IssuerConfig::new(ISSUER, vec![AUDIENCE.into()], Preset::Keycloak);
+    let policy = IssuerPolicy::new(&config, Arc::new(cache)).unwrap();
+    let verifier = Verifier::new(vec![(ISSUER.into(), policy)], 100, vec![], metrics.clone());
+    let token = good();
+    verifier.verify(&token).await.unwrap();
+    verifier.verify(&token).await.unwrap();
+    verifier.verify(&token).await.unwrap();
+    let _ = verifier.verify("not-a-token").await;
+    let text = metrics.encode();
+    for line in [
+        "attach_verify_duration_seconds_count{cache=\"miss\"} 2",
+        "attach_verify_duration_seconds_count{cache=\"hit\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+}
+
+/// A good EdDSA token of exactly `len` bytes: a padding claim and the
+/// header's `cty` make up the length.
+fn token_of_len(len: usize) -> String {
+    let base = sign(&claims(), Algorithm::EdDSA, Some("ed-1"), &ed_key()).len();
+    let estimate = (len - base) * 3 / 4;
+    for cty in 0..4 {
+        for pad in estimate.saturating_sub(16)..estimate + 4 {
+            let mut c = claims();
+            c["pad"] = json!("x".repeat(pad));
+            let mut h = header(Algorithm::EdDSA, Some("ed-1"));
+            h.cty = (cty > 0).then(|| "x".repeat(cty));
+            let token = encode(&h, &c, &ed_key()).unwrap();
+            if token.len() == len {
+                return token;
+            }
+        }
+    }
+    panic!("no token of {len} bytes");
+}
+
+#[tokio::test]
+async fn a_token_of_exactly_the_size_limit_is_verified_and_one_byte_more_is_not() {
+    let verifier = verifier();
+    let at_limit = token_of_len(verifier::MAX_TOKEN_BYTES);
+    assert_eq!(at_limit.len(), 16 * 1024);
+    assert!(verifier.verify(&at_limit).await.is_ok());
+    let over = token_of_len(verifier::MAX_TOKEN_BYTES + 1);
+    assert_eq!(
+        verifier.verify(&over).await.unwrap_err(),
+        AuthError::TooLarge
+    );
+}
+
+#[tokio::test]
+async fn a_token_issued_up_to_the_leeway_ahead_of_the_gateways_clock_is_accepted() {
+    // `now` is the gateway's clock, passed in: the boundary is exact.
+    let verifier = verifier();
+    let now = unix_now();
+    let leeway = crate::config::IssuerConfig::new(ISSUER, vec![], Preset::Keycloak)
+        .leeway
+        .as_secs();
+    let issued_at = |iat: u64| {
+        with(|c| {
+            c.insert("iat".into(), json!(iat));
+        })
+    };
+    assert!(
+        verifier
+            .verify_uncached(&issued_at(now + leeway), now)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        verifier
+            .verify_uncached(&issued_at(now + leeway + 1), now)
+            .await
+            .unwrap_err(),
+        AuthError::IssuedInFuture
+    );
+}
+
+#[tokio::test]
+async fn a_key_the_jwks_publishes_broken_is_a_key_problem_not_the_clients() {
+    // An EC "key" whose point is not on the curve: the IdP's fault, counted
+    // as key_mismatch, never blamed on the token as malformed_token.
+    let cache = JwksCache::with_keys(
+        ISSUER.into(),
+        &json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "broken-ec",
+            "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "y": URL_SAFE_NO_PAD.encode([2u8; 32])}]}),
+        Arc::new(Metrics::new()),
+    );
+    let verifier = verifier_with(Arc::new(cache), &[]);
+    let token = sign(&claims(), Algorithm::ES256, Some("broken-ec"), &ec_key());
+    assert_eq!(
+        verifier.verify(&token).await.unwrap_err(),
+        AuthError::KeyMismatch
+    );
 }

@@ -92,9 +92,4 @@ impl TokenCache {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
-
-    /// Whether no token is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

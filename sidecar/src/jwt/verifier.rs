@@ -146,7 +146,8 @@ impl Verifier {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    async fn verify_uncached(
+    /// The checks behind [`Self::verify`], at `now` (seconds since the epoch).
+    pub(super) async fn verify_uncached(
         &self,
         token: &str,
         now: u64,
@@ -201,6 +202,7 @@ impl Verifier {
                 MappingError::NoUser => AuthError::NoUser,
                 MappingError::InvalidActor => AuthError::InvalidClaim("act"),
                 MappingError::TooManyActors => AuthError::ActorChainTooLong,
+                MappingError::NoWorkload => AuthError::InvalidClaim("kubernetes.io"),
             })?;
         for claim in mapped.ignored {
             // Once per verified token: the identity is cached with it.
@@ -288,16 +290,23 @@ fn decode_object(b64: &str) -> Result<Map<String, Value>, AuthError> {
     }
 }
 
-/// A NumericDate claim: absent, or a non-negative number.
+/// A NumericDate claim: absent, or a non-negative number below 2^64. That
+/// is the range jsonwebtoken reads `exp` and `nbf` in, so a value it could
+/// not read is refused here first, with the claim's name.
 fn numeric_claim(
     claims: &Map<String, Value>,
     name: &'static str,
 ) -> Result<Option<u64>, AuthError> {
+    const BEYOND_U64: f64 = u64::MAX as f64;
     match claims.get(name) {
         None => Ok(None),
         Some(v) => v
             .as_u64()
-            .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| (0.0..BEYOND_U64).contains(f))
+                    .map(|f| f as u64)
+            })
             .map(Some)
             .ok_or(AuthError::InvalidClaim(name)),
     }
@@ -316,7 +325,6 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
             "iss" => AuthError::MissingClaim("iss"),
             _ => AuthError::Malformed,
         },
-        ErrorKind::InvalidClaimFormat(_) => AuthError::InvalidClaim("exp"),
         ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthError::AlgorithmNotAllowed,
         ErrorKind::InvalidEcdsaKey
         | ErrorKind::InvalidEddsaKey

@@ -278,6 +278,10 @@ const VLLM: &[Route] = &[
     infer("/v1/responses", S::OpenAiResponses),
     infer("/v1/messages", S::AnthropicMessages),
     infer("/v1/messages/count_tokens", S::Other),
+    // Structured decisions and generative scoring (0.32): the served model
+    // answers, as for chat.
+    infer("/v1/systemone", S::Other),
+    infer("/generative_scoring", S::Other),
     infer("/v2/embed", S::Other),
     infer("/pooling", S::Other),
     infer("/classify", S::Other),

@@ -11,8 +11,10 @@ use super::Subjects;
 pub struct TrustedIssuer<'a> {
     /// The issuer URL, as tokens carry it in `iss`.
     pub issuer: &'a str,
-    /// Whether it lists the clients people sign in through.
-    pub has_user_clients: bool,
+    /// Whether its tokens tell a person acting directly from an agent
+    /// holding their token: it lists the clients people sign in through,
+    /// or it never issues tokens to people (the `kubernetes` preset).
+    pub tells_people_apart: bool,
 }
 
 /// Checks that `subjects` names an issuer where it must, and only a
@@ -43,7 +45,7 @@ pub fn check_human_only(subjects: &Subjects, issuers: &[TrustedIssuer<'_>]) -> R
     let unknown = issuers
         .iter()
         .filter(|t| subjects.issuer.as_deref().is_none_or(|i| i == t.issuer))
-        .find(|t| !t.has_user_clients);
+        .find(|t| !t.tells_people_apart);
     match unknown {
         Some(t) => Err(format!(
             "humanOnly needs issuers[].userClients for {:?}: without it, a token another client obtained for a person (token exchange) cannot be told from the person",
@@ -59,11 +61,11 @@ mod tests {
 
     const A: TrustedIssuer<'static> = TrustedIssuer {
         issuer: "https://a",
-        has_user_clients: true,
+        tells_people_apart: true,
     };
     const B: TrustedIssuer<'static> = TrustedIssuer {
         issuer: "https://b",
-        has_user_clients: false,
+        tells_people_apart: false,
     };
 
     #[test]

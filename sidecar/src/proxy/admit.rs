@@ -20,18 +20,20 @@ use tower::{Layer, Service};
 
 use super::authenticate::Unauthenticated;
 use super::authorize::Authorized;
+use super::observe::Arrived;
 use super::{BoxFuture, call_boxed, runtime_of};
 use crate::audit::AuditTrail;
 use crate::body::Body;
 use crate::claims::Identity;
 use crate::error::GatewayError;
 use crate::metrics::TokenLabels;
+use crate::metrics::gen_ai::{self, Answer, Operation};
 use crate::policy::EndpointClass;
 use crate::quota::checks;
 use crate::quota::estimate::{Estimate, estimate};
-use crate::quota::metered_body::MeteredBody;
+use crate::quota::metered_body::{Ended, MeteredBody};
 use crate::quota::store::NotAdmitted;
-use crate::quota::usage::{Shape, Usage, UsageMeter};
+use crate::quota::usage::{Shape, UsageMeter};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AdmitLayer;
@@ -99,6 +101,7 @@ where
         // The canonical body asked the model for usage where the client did not.
         let added_usage = authorized.body.as_ref().is_some_and(|b| b.usage_added);
         let trail = request.extensions().get::<Arc<AuditTrail>>().cloned();
+        let arrived = Arrived::of(&request);
 
         Box::pin(async move {
             let started = std::time::Instant::now();
@@ -169,8 +172,44 @@ where
                 .as_ref()
                 .map(|m| m.label().to_owned())
                 .unwrap_or_default();
+            let gen_ai = (authorized.class == EndpointClass::Inference).then(|| {
+                let config = &runtime.config;
+                let operation = Operation {
+                    gen_ai_operation_name: gen_ai::operation_name(&authorized.path),
+                    gen_ai_provider_name: gen_ai::provider_name(config.upstream.engine),
+                    gen_ai_request_model: model.clone(),
+                    attach_backend: config.metrics.backend.clone(),
+                };
+                let tenant = config
+                    .metrics
+                    .tenant_labels
+                    .then(|| identity.tenant.clone().unwrap_or_default());
+                (operation, tenant)
+            });
+            let streamed = matches!(shape, Shape::Sse | Shape::NdJson);
             let meter = UsageMeter::new(shape, added_usage, estimate.prompt);
-            let on_done = Box::new(move |usage: Usage, _complete: bool| {
+            let on_done = Box::new(move |ended: Ended| {
+                let usage = ended.usage;
+                if let Some((operation, tenant)) = gen_ai {
+                    let error_type = if ended.broke_off {
+                        Some("stream_error".to_owned())
+                    } else {
+                        (status >= 400).then(|| status.to_string())
+                    };
+                    metrics.gen_ai.record(&Answer {
+                        operation,
+                        user: user.clone(),
+                        tenant,
+                        input_tokens: usage.prompt,
+                        output_tokens: usage.completion,
+                        duration: arrived.elapsed(),
+                        first_chunk: ended
+                            .first_chunk
+                            .filter(|_| streamed)
+                            .map(|at| at.saturating_duration_since(arrived)),
+                        error_type,
+                    });
+                }
                 if let Some(admission) = admission {
                     admission.settle(usage.total());
                 }
@@ -189,7 +228,8 @@ where
                     trail.finish(status, "forwarded", Some(usage));
                 }
             });
-            let body = crate::body::boxed(MeteredBody::new(body, meter, on_done));
+            let drain_for = runtime.config.quotas.drain_after_client_left;
+            let body = crate::body::boxed(MeteredBody::new(body, meter, on_done, drain_for));
             Ok(Response::from_parts(parts, body))
         })
     }

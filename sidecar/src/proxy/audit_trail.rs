@@ -44,12 +44,31 @@ fn request_id(headers: &http::HeaderMap) -> String {
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
-        .map_or_else(|| format!("{:016x}", rand_u64()), str::to_owned)
+        .map_or_else(new_request_id, str::to_owned)
 }
 
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::Instant::now())
+/// A made-up request id: a random (version 4) UUID, the form servers check
+/// when they validate the header (llama-cpp-python's server, through
+/// starlette-context, answers 400 to any other).
+fn new_request_id() -> String {
+    uuid_v4(rand::random())
+}
+
+/// The version 4 UUID of 16 random bytes (RFC 9562: the version and the
+/// variant bits set). Written here rather than with another crate: it is
+/// these few lines.
+fn uuid_v4(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 impl<S, B> Service<Request<B>> for Audit<S>
@@ -92,5 +111,41 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_carry_their_version_and_variant_whatever_the_random_bytes() {
+        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let counting: [u8; 16] = std::array::from_fn(|i| i as u8 * 17);
+        assert_eq!(uuid_v4(counting), "00112233-4455-4677-8899-aabbccddeeff");
+    }
+
+    #[test]
+    fn a_made_up_request_id_is_a_version_4_uuid_and_a_sane_client_id_is_kept() {
+        let mut headers = http::HeaderMap::new();
+        let id = request_id(&headers);
+        let groups: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{id}"
+        );
+        assert!(
+            id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert!(groups[2].starts_with('4'), "{id}");
+        assert!(matches!(&groups[3][..1], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(request_id(&headers), id, "each request gets its own");
+        headers.insert(REQUEST_ID, HeaderValue::from_static("client-chosen-1"));
+        assert_eq!(request_id(&headers), "client-chosen-1");
+        headers.insert(REQUEST_ID, HeaderValue::from_static("two words"));
+        assert_ne!(request_id(&headers), "two words");
     }
 }

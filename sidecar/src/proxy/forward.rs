@@ -87,6 +87,7 @@ where
     B::Error: Into<BoxError>,
 {
     let runtime: Arc<Runtime> = super::runtime_of(&request)?;
+    let arrived = super::observe::Arrived::of(&request);
     let limit = runtime.config.limits.max_request_body_bytes;
     let declared = request
         .headers()
@@ -137,6 +138,10 @@ where
     let upstream_request = Request::from_parts(parts, body);
 
     let started = Instant::now();
+    runtime
+        .metrics
+        .request_overhead
+        .observe(started.saturating_duration_since(arrived).as_secs_f64());
     let sent = tokio::time::timeout(
         upstream.response_header_timeout,
         upstream.client().request(upstream_request),

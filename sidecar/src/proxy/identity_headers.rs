@@ -9,7 +9,7 @@
 //! | `X-Attach-Tenant`  | the tenant |
 //! | `X-Attach-Client`  | the calling client (`azp` / `client_id`) |
 //! | `X-Attach-Agent`   | who acts when it is not the user: the actor chain (current actor first: `act`, or the client that obtained a person's token for them), or the machine client acting alone; absent for a person acting directly |
-//! | `X-Attach-Claims`  | base64url (no padding) of a JSON object: `iss`, `sub`, `user`, `groups`, `roles`, `scopes`, `tenant`, `client`, `exp`, and `claims` (the raw claims listed in `identity.forwardClaims`) |
+//! | `X-Attach-Claims`  | base64url (no padding) of a JSON object: `iss`, `sub`, `user`, `groups`, `roles`, `scopes`, `tenant`, `client`, `exp`, `pod` and `node` (a ServiceAccount token bound to a pod), and `claims` (the raw claims listed in `identity.forwardClaims`) |
 //!
 //! Text values are percent-encoded where they hold `%`, `,`, control or
 //! non-ASCII characters, so any value is header-safe and lists split cleanly
@@ -176,6 +176,8 @@ mod tests {
             actors: vec![],
             machine: false,
             exp: 42,
+            pod: None,
+            node: None,
             claims: Map::new(),
             rendered_headers: Default::default(),
         }

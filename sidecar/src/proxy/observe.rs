@@ -1,7 +1,8 @@
 //! Counts every answer by status and reason, and the requests in flight: a
 //! request counts from arrival until its answer's body ends, and the count
 //! is an RAII guard, so a client that leaves (or a cancelled or panicking
-//! request) is never left counted.
+//! request) is never left counted. It also marks each request with the
+//! moment it arrived ([`Arrived`]), which later layers measure from.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +15,20 @@ use super::BoxFuture;
 use crate::body::Body;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::rescue::Reason;
+
+/// When a request arrived at the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub std::time::Instant);
+
+impl Arrived {
+    /// The request's arrival, or now for a request that was not observed.
+    pub fn of<B>(request: &Request<B>) -> std::time::Instant {
+        request
+            .extensions()
+            .get::<Self>()
+            .map_or_else(std::time::Instant::now, |a| a.0)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
@@ -55,7 +70,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(Arrived(std::time::Instant::now()));
         let metrics = self.metrics.clone();
         let in_flight = InFlight::new(&metrics);
         let future = self.inner.call(request);

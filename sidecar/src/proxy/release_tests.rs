@@ -34,28 +34,57 @@ async fn a_client_that_leaves_before_the_answer_starts_frees_its_slot() {
     gw.stop().await;
 }
 
+/// `attach_tokens_total` summed over the series `estimated` says.
+fn tokens(gw: &Running, estimated: bool) -> u64 {
+    let label = format!("estimated=\"{estimated}\"");
+    gw.runtime()
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("attach_tokens_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[tokio::test]
-async fn a_client_that_leaves_mid_stream_frees_its_slot_and_pays_prompt_plus_streamed() {
+async fn a_client_that_leaves_mid_stream_holds_its_slot_until_the_model_ends_and_pays_its_usage() {
     let model = model().await;
     let gw = start(&model, |_| {}).await;
     let (stream, _) = send_raw(gw.addr, &chat(&[("x-hold", "1")]), "\"hi\"").await;
     assert_eq!(gw.held(), 1);
     assert_eq!(status_of(gw.addr, &[]).await, 429, "one slot, taken");
     drop(stream);
-    gw.all_released().await;
+    // The model goes on answering nobody: the slot stays taken, or leaving
+    // would be a way around the concurrency limit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gw.held(), 1, "the model still works for the gone client");
     model.release.notify_waiters();
-    let tokens: u64 = gw
-        .runtime()
-        .metrics
-        .encode()
-        .lines()
-        .filter(|l| l.starts_with("attach_tokens_total{") && l.contains("estimated=\"true\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    // Prompt estimate ("hello": 2, plus 4 for the message) + one chunk.
-    assert_eq!(tokens, 7, "charged the prompt and what was streamed");
+    gw.all_released().await;
+    // The usage the model reported at the end: 5 prompt + 3 completion.
+    assert_eq!((tokens(&gw, false), tokens(&gw, true)), (8, 0));
     assert_eq!(status_of(gw.addr, &[]).await, 200);
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_drain_bound_a_gone_client_pays_the_prompt_plus_what_was_streamed() {
+    for drain in [Duration::ZERO, Duration::from_millis(300)] {
+        let model = model().await;
+        let gw = start(&model, |c| c.quotas.drain_after_client_left = drain).await;
+        let (stream, _) = send_raw(gw.addr, &chat(&[("x-hold", "1")]), "\"hi\"").await;
+        assert_eq!(gw.held(), 1);
+        drop(stream);
+        // The model never ends: the slot is freed at the bound all the same.
+        gw.all_released().await;
+        // Prompt estimate ("hello": 2, plus 4 for the message) + one chunk.
+        assert_eq!(
+            (tokens(&gw, false), tokens(&gw, true)),
+            (0, 7),
+            "drain bound {drain:?}"
+        );
+        model.release.notify_waiters();
+        gw.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -91,8 +120,9 @@ async fn http2_resets_before_and_after_the_headers_free_the_slot() {
     body.frame().await.unwrap().unwrap();
     assert_eq!(gw.held(), 1);
     drop(body);
-    gw.all_released().await;
+    // The slot is freed when the model's answer ends.
     model.release.notify_waiters();
+    gw.all_released().await;
     gw.stop().await;
 }
 

@@ -92,8 +92,11 @@ impl Upstream {
                                 } else {
                                     json!({"model": "x", "done": true, "prompt_eval_count": 1, "eval_count": 1})
                                 };
+                                // `/api/generate` fails, as a broken model does.
+                                let status = if path == "/api/generate" { 500 } else { 200 };
                                 Ok::<_, Infallible>(
                                     Response::builder()
+                                        .status(status)
                                         .header("content-type", "application/json")
                                         .body(Full::new(Bytes::from(answer.to_string())))
                                         .unwrap(),
@@ -142,6 +145,7 @@ fn alice() -> String {
 struct Gateway {
     service: BoxCloneService<Request<Full<Bytes>>, Response<crate::body::Body>, Infallible>,
     upstream: Upstream,
+    metrics: Arc<crate::metrics::Metrics>,
     _jwks: tempfile::NamedTempFile,
 }
 
@@ -165,6 +169,7 @@ async fn gateway(mut config: GatewayConfig) -> Gateway {
     Gateway {
         service,
         upstream,
+        metrics: shared.metrics.clone(),
         _jwks: jwks,
     }
 }
@@ -438,4 +443,61 @@ async fn the_model_receives_the_canonical_body_that_was_judged() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list, json!({"models": [{"name": "tinyllama:latest"}]}));
     assert_eq!(gw.last().method, "GET");
+}
+
+#[tokio::test]
+async fn the_genai_metrics_count_inference_answers_only_and_name_model_errors() {
+    let mut config = base_config();
+    config.metrics.backend = Some("team/llm".into());
+    let mut gw = gateway(config).await;
+    let auth = bearer(&alice());
+    let chat = r#"{"model": "tinyllama", "stream": false}"#;
+    let (status, _) = gw
+        .send("POST", "/api/chat", &[("authorization", &auth)], chat)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = gw
+        .send("GET", "/api/tags", &[("authorization", &auth)], "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = gw
+        .send("POST", "/api/generate", &[("authorization", &auth)], chat)
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let text = gw.metrics.encode();
+    let model = "gen_ai_provider_name=\"ollama\",gen_ai_request_model=\"tinyllama:latest\",\
+                 attach_backend=\"team/llm\"";
+    for line in [
+        // The chat's usage as the model reported it; the list read is not
+        // an inference answer and counts nowhere.
+        format!(
+            "gen_ai_client_token_usage_count{{gen_ai_operation_name=\"chat\",{model},\
+             gen_ai_token_type=\"input\",user=\"\",tenant=\"\"}} 1"
+        ),
+        format!(
+            "gen_ai_server_request_duration_seconds_count{{gen_ai_operation_name=\"chat\",\
+             {model},error_type=\"\"}} 1"
+        ),
+        // The model's failure is named by its status.
+        format!(
+            "gen_ai_server_request_duration_seconds_count{{gen_ai_operation_name=\"text_completion\",\
+             {model},error_type=\"500\"}} 1"
+        ),
+    ] {
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
+    let answers: usize = text
+        .lines()
+        .filter(|l| l.starts_with("gen_ai_server_request_duration_seconds_count"))
+        .count();
+    assert_eq!(answers, 2, "{text}");
+    assert!(
+        !text.contains("gen_ai_server_time_to_first_token_seconds_count{"),
+        "no stream, no first token:\n{text}"
+    );
+    let overhead = text
+        .lines()
+        .find(|l| l.starts_with("attach_request_overhead_seconds_count"))
+        .unwrap();
+    assert!(overhead.ends_with(" 3"), "{overhead}");
 }

@@ -127,6 +127,7 @@ impl QuotaStore {
         let renewer = background
             .as_ref()
             .map(|handle| handle.spawn(renew(Arc::downgrade(&shared), metrics.clone())));
+        metrics.quota_store_up(1);
         Self {
             local,
             shared: Some((shared, fail_mode)),
@@ -177,7 +178,11 @@ impl QuotaStore {
                         self.mark_unhealthy(&e);
                         match mode {
                             FailMode::Closed => return Err(NotAdmitted::Unavailable),
-                            FailMode::Open => self.admit_local(&checks, reserve)?,
+                            FailMode::Open => {
+                                let via = self.admit_local(&checks, reserve)?;
+                                self.metrics.quota_fail_open.inc();
+                                via
+                            }
                         }
                     }
                 }
@@ -265,6 +270,7 @@ impl QuotaStore {
     }
 
     fn mark_healthy(&self, _: Option<()>) {
+        self.metrics.quota_store_up(1);
         if !self.healthy.swap(true, Ordering::SeqCst) {
             tracing::info!("the shared quota store (Redis) is back");
         }
@@ -280,6 +286,7 @@ impl QuotaStore {
             .quota_store_errors
             .get_or_create(&KindLabels { kind })
             .inc();
+        self.metrics.quota_store_up(0);
         if self.healthy.swap(false, Ordering::SeqCst) {
             if kind == "out_of_memory" {
                 tracing::error!(
@@ -324,4 +331,34 @@ async fn renew(store: Weak<RedisStore>, metrics: Arc<Metrics>) {
 /// A lease id unique across gateways: 128 random bits.
 fn new_lease_id() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::clock::SystemClock;
+
+    #[test]
+    fn the_shared_stores_health_goes_down_with_a_failure_and_up_with_a_success() {
+        let metrics = Arc::new(Metrics::new());
+        let local = Arc::new(MemoryStore::new(10, Arc::new(SystemClock)));
+        let store = QuotaStore::memory(local, metrics.clone());
+        let up = |metrics: &Metrics| {
+            metrics
+                .encode()
+                .lines()
+                .find_map(|l| l.strip_prefix("attach_quota_store_up{store=\"redis\"} "))
+                .map(str::to_owned)
+        };
+        let refused = redis::RedisError::from((redis::ErrorKind::Io, "connection refused"));
+        store.mark_unhealthy(&refused);
+        assert_eq!(up(&metrics).as_deref(), Some("0"));
+        assert!(
+            metrics
+                .encode()
+                .contains("attach_quota_store_errors_total{kind=\"unavailable\"} 1")
+        );
+        store.mark_healthy(None);
+        assert_eq!(up(&metrics).as_deref(), Some("1"));
+    }
 }

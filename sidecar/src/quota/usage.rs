@@ -63,6 +63,18 @@ pub struct Reported {
 }
 
 impl Reported {
+    /// Whether it counts nothing. Every inference answer has a prompt, so
+    /// an all-zero `usage` is not a count: Ollama's OpenAI routes write one
+    /// in every chunk of a completion stream, and in the whole answer when
+    /// its runner stopped early (a model repeating itself), before any real
+    /// count. Taken as a report, it would make such answers free; they are
+    /// charged the estimate instead.
+    fn counts_nothing(&self) -> bool {
+        [self.prompt, self.completion, self.total]
+            .iter()
+            .all(|c| c.unwrap_or(0) == 0)
+    }
+
     fn merge(&mut self, newer: Reported) {
         self.prompt = newer.prompt.or(self.prompt);
         self.completion = newer.completion.or(self.completion);
@@ -101,7 +113,7 @@ pub fn read_usage_object(usage: &Value) -> Option<Reported> {
         completion: n("completion_tokens").or_else(|| n("output_tokens")),
         total: n("total_tokens"),
     };
-    (reported != Reported::default()).then_some(reported)
+    (!reported.counts_nothing()).then_some(reported)
 }
 
 /// The usage one JSON document (a whole answer, a stream line or an event
@@ -131,7 +143,7 @@ pub fn read_document(v: &Value) -> Option<Reported> {
             completion: n("eval_count"),
             total: None,
         };
-        return (reported != Reported::default()).then_some(reported);
+        return (!reported.counts_nothing()).then_some(reported);
     }
     None
 }
@@ -201,6 +213,11 @@ impl UsageMeter {
             found: None,
             chunks: 0,
         }
+    }
+
+    /// A meter that reads nothing (what is left behind when a meter moves).
+    pub fn opaque() -> Self {
+        Self::new(Shape::Opaque, false, 0)
     }
 
     /// Feeds one chunk of the answer; returns what to send to the client now.
@@ -460,7 +477,7 @@ fn scan_usage(text: &[u8]) -> Option<Reported> {
         completion: number_after(b"\"eval_count\""),
         total: None,
     };
-    (reported != Reported::default()).then_some(reported)
+    (!reported.counts_nothing()).then_some(reported)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -140,19 +140,47 @@ pub fn pod_ip(pod: &Pod) -> String {
 /// image) in a namespace of its own and returns it once Ready.
 pub async fn client_pod() -> (TestNamespace, PodClient) {
     let ns = namespace("client", &[]).await;
+    let client = start_client(&ns.name, "client", "", "").await;
+    (ns, client)
+}
+
+/// Where [`client_pod_as`] mounts the workload's projected token.
+pub const WORKLOAD_TOKEN: &str = "/var/run/attach/token";
+
+/// The test client as a workload: pod `pod` in `ns`, running as
+/// ServiceAccount `account` (created if missing), with no API token but a
+/// projected token for `audience` at [`WORKLOAD_TOKEN`], as an agent's pod
+/// mounts it.
+pub async fn client_pod_as(ns: &str, pod: &str, account: &str, audience: &str) -> PodClient {
+    super::kubectl_apply(&format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {account}, namespace: {ns}}}\nautomountServiceAccountToken: false\n"
+    ));
+    let identity = format!(
+        "  serviceAccountName: {account}\n  automountServiceAccountToken: false\n  volumes:\n    - name: attach-token\n      projected:\n        sources:\n          - serviceAccountToken: {{path: token, audience: \"{audience}\", expirationSeconds: 600}}\n"
+    );
+    let mount =
+        "      volumeMounts: [{name: attach-token, mountPath: /var/run/attach, readOnly: true}]\n";
+    start_client(ns, pod, &identity, mount).await
+}
+
+/// Runs client pod `pod` in `ns` (with extra pod-spec and container lines)
+/// and waits until it is Ready.
+async fn start_client(ns: &str, pod: &str, pod_extra: &str, container_extra: &str) -> PodClient {
     let manifest = format!(
         r#"apiVersion: v1
 kind: Pod
 metadata:
-  name: client
+  name: {pod}
   namespace: {ns}
-  labels: {{app: attach-test-client}}
+  labels: {{app: attach-test-client, client: {pod}}}
 spec:
   terminationGracePeriodSeconds: 1
   securityContext:
     runAsNonRoot: true
+    # The image's user, stated: the kubelet gives a projected token to it.
+    runAsUser: 65532
     seccompProfile: {{type: RuntimeDefault}}
-  containers:
+{pod_extra}  containers:
     - name: client
       image: {image}
       command: [/attach-pod-client, serve, --listen, "0.0.0.0:8080"]
@@ -164,22 +192,20 @@ spec:
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true
         capabilities: {{drop: [ALL]}}
-"#,
-        ns = ns.name,
+{container_extra}"#,
         image = images().model,
     );
     super::kubectl_apply(&manifest);
     let client = world().client().await.unwrap();
     let pods = ready_pods(
         &client,
-        &ns.name,
-        "app=attach-test-client",
+        ns,
+        &format!("client={pod}"),
         1,
         Duration::from_secs(120),
     )
     .await;
-    let pod_client = PodClient::new(&pod_ip(&pods[0]));
-    (ns, pod_client)
+    PodClient::new(&pod_ip(&pods[0]))
 }
 
 /// The chart installed in the cluster: the operator runs as pods from the

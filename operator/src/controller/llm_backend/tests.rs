@@ -125,6 +125,7 @@ fn fixture_with(
         pods,
         config_maps,
         backoff: Backoff::default(),
+        metrics: Arc::default(),
     });
     Fixture {
         server,
@@ -472,9 +473,13 @@ async fn a_selected_pod_without_the_gateway_keeps_the_backend_from_ready() {
         vec![pod("a", true), pod("b", false)],
         Vec::new(),
     );
+    let metrics = ctx.metrics.clone();
     let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
     expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
     let status = expect(&mut server, Method::PATCH, STATUS, None).await;
+    let text = metrics.encode();
+    let series = "attach_operator_unprotected_pods{namespace=\"ml\",backend=\"chat\"} 1";
+    assert!(text.contains(series), "{series} not in\n{text}");
     let protected = condition(&status, "PodsProtected");
     assert_eq!(protected["status"], "False");
     assert_eq!(protected["reason"], "PodsNotInjected");

@@ -170,6 +170,40 @@ fn an_answer_without_usage_is_the_prompt_estimate_plus_one_per_chunk() {
     assert_eq!(u.total(), 40, "legacy /api/embeddings: the prompt");
 }
 
+#[test]
+fn an_all_zero_usage_is_no_count_and_the_answer_is_charged_the_estimate() {
+    // Ollama 0.17's OpenAI routes, when its runner stops a repeating model
+    // before the end: zeros, no finish reason.
+    let whole = r#"{"choices":[{"message":{"content":"More More"},"finish_reason":null}],"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}"#;
+    let mut m = UsageMeter::new(Shape::Json, false, 40);
+    let (_, u) = run(&mut m, &[whole]);
+    assert!(u.estimated && u.total() >= 40, "{u:?}");
+    // A completion stream: zeros in each chunk, then the real count...
+    let zeros = "data: {\"choices\":[{\"text\":\"a\"}],\"usage\":{\"prompt_tokens\":0,\"completion_tokens\":0,\"total_tokens\":0}}\n\n";
+    let real = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":2,\"total_tokens\":21}}\n\n";
+    let mut m = UsageMeter::new(Shape::Sse, false, 40);
+    let (_, u) = run(&mut m, &[zeros, zeros, real, "data: [DONE]\n\n"]);
+    assert_eq!(u, exact(19, 2));
+    // ...or, cut short, only the zeros: an estimate, never free.
+    let mut m = UsageMeter::new(Shape::Sse, false, 40);
+    let (_, u) = run(&mut m, &[zeros, zeros]);
+    assert_eq!(
+        u,
+        Usage {
+            prompt: 40,
+            completion: 2,
+            estimated: true
+        }
+    );
+    // Ollama's native final object with zero counts: the same.
+    let mut m = UsageMeter::new(Shape::NdJson, false, 40);
+    let (_, u) = run(
+        &mut m,
+        &["{\"done\":true,\"prompt_eval_count\":0,\"eval_count\":0}\n"],
+    );
+    assert!(u.estimated, "{u:?}");
+}
+
 const SSE: [&str; 4] = [
     "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
     "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\nda",
