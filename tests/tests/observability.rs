@@ -552,3 +552,133 @@ scrape_configs:
         empty.join("\n")
     );
 }
+
+/// The spans of one trace, by kind.
+fn of_trace<'a>(
+    spans: &'a [attach_tests::otelcol::Span],
+    trace_id: &str,
+) -> Vec<&'a attach_tests::otelcol::Span> {
+    spans.iter().filter(|s| s.trace_id == trace_id).collect()
+}
+
+#[tokio::test]
+async fn the_collector_receives_a_requests_trace_from_the_caller_through_the_gateway_to_the_model()
+{
+    let kc = common::world().keycloak().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(&otelcol_binary().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let model = MockModel::start().await.unwrap();
+    let mut config = common::gateway_config(&model);
+    config.tracing.endpoint = Some(collector.otlp_http_endpoint());
+    let gw = GatewayProcess::start(config).await.unwrap();
+    let bob = kc.token_for("bob").await.unwrap();
+
+    // The caller's own trace, which the gateway continues.
+    let trace_id = format!("{:032x}", rand::random::<u128>() | 1);
+    let caller_span = format!("{:016x}", rand::random::<u64>() | 1);
+    let streamed = json!({"model": "llama3.2:1b", "stream": true,
+                          "messages": [{"role": "user", "content": "hi"}]});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&bob)
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap(); // the stream ends: both spans end
+    // Two refusals, each a trace of its own with one span.
+    assert_eq!(
+        send(&gw, Some(&bob), "/api/pull", json!({"model": "x"})).await,
+        403
+    );
+    assert_eq!(send(&gw, None, "/api/chat", streamed.clone()).await, 401);
+
+    let spans = collector
+        .wait_for_spans(
+            |spans| {
+                of_trace(spans, &trace_id).len() >= 2
+                    && spans
+                        .iter()
+                        .filter(|s| s.str_attribute("attach.decision") == Some("deny"))
+                        .count()
+                        >= 2
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let traced = of_trace(&spans, &trace_id);
+    assert_eq!(traced.len(), 2, "{traced:#?}");
+    let server = traced.iter().find(|s| s.kind == SpanKind::Server).unwrap();
+    let client = traced.iter().find(|s| s.kind == SpanKind::Client).unwrap();
+    // caller -> gateway (server) -> gateway (client) -> model.
+    assert_eq!(server.parent_span_id.as_deref(), Some(caller_span.as_str()));
+    assert_eq!(
+        client.parent_span_id.as_deref(),
+        Some(server.span_id.as_str())
+    );
+    let seen = model.last().await.unwrap();
+    assert_eq!(
+        seen.headers["traceparent"],
+        format!("00-{trace_id}-{}-01", client.span_id).as_str(),
+        "the model was told the gateway's client span is its parent"
+    );
+    for span in [server, client] {
+        assert_eq!(span.service_name, "attach-gateway");
+        assert!(span.start_time_unix_nano > 0);
+    }
+    assert!(client.start_time_unix_nano >= server.start_time_unix_nano);
+    assert!(client.end_time_unix_nano <= server.end_time_unix_nano);
+
+    // What the audit line says, the server span says.
+    let user = seen.headers["x-attach-user"].to_str().unwrap();
+    assert_eq!(server.str_attribute("user.id"), Some(user));
+    assert_eq!(server.str_attribute("attach.decision"), Some("allow"));
+    assert_eq!(server.str_attribute("attach.reason"), Some("forwarded"));
+    assert_eq!(
+        server.str_attribute("gen_ai.request.model"),
+        Some("llama3.2:1b")
+    );
+    assert_eq!(server.int_attribute("http.response.status_code"), Some(200));
+    let output = server.int_attribute("gen_ai.usage.output_tokens").unwrap();
+    assert!(output > 0, "{server:#?}");
+    assert_eq!(
+        client.int_attribute("gen_ai.usage.output_tokens"),
+        Some(output)
+    );
+    assert_eq!(client.name, "chat llama3.2:1b");
+    assert_eq!(client.str_attribute("gen_ai.operation.name"), Some("chat"));
+    assert_eq!(client.str_attribute("gen_ai.provider.name"), Some("ollama"));
+
+    // The refusals: one server span each, no client span, the reason named.
+    let denied: Vec<_> = spans
+        .iter()
+        .filter(|s| s.str_attribute("attach.decision") == Some("deny"))
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:#?}");
+    for span in &denied {
+        assert_eq!(span.kind, SpanKind::Server);
+        assert_eq!(span.parent_span_id, None);
+        assert_eq!(of_trace(&spans, &span.trace_id).len(), 1, "{span:#?}");
+        assert!(span.str_attribute("attach.reason").is_some());
+    }
+    let unauthenticated = denied
+        .iter()
+        .find(|s| s.int_attribute("http.response.status_code") == Some(401))
+        .unwrap();
+    assert_eq!(unauthenticated.str_attribute("user.id"), None);
+    let forbidden = denied
+        .iter()
+        .find(|s| s.int_attribute("http.response.status_code") == Some(403))
+        .unwrap();
+    assert_eq!(forbidden.str_attribute("user.id"), Some(user));
+    let reached: Vec<String> = model.seen().await.into_iter().map(|r| r.path).collect();
+    assert!(
+        !reached.iter().any(|p| p == "/api/pull" || p == "/api/chat"),
+        "the refusals never reached the model: {reached:?}"
+    );
+}
