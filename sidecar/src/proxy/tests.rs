@@ -505,6 +505,34 @@ async fn the_genai_metrics_count_inference_answers_only_and_name_model_errors() 
     assert!(overhead.ends_with(" 3"), "{overhead}");
 }
 
+#[tokio::test]
+async fn a_request_id_is_made_up_only_for_a_request_that_is_audited_or_traced() {
+    let chat = r#"{"model":"tinyllama","stream":false}"#;
+    let mut quiet = base_config();
+    quiet.audit.enabled = false;
+    let mut gw = gateway(quiet).await;
+    let auth = bearer(&alice());
+    let (status, _) = gw
+        .send("POST", "/api/chat", &[("authorization", &auth)], chat)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        gw.last().headers.get("x-request-id"),
+        None,
+        "nothing records the request: no id is made up"
+    );
+    let mut audited = gateway(base_config()).await;
+    let (status, _) = audited
+        .send("POST", "/api/chat", &[("authorization", &auth)], chat)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = audited.last().headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+}
+
 mod traces {
     use opentelemetry::trace::{SpanKind, Status};
     use opentelemetry::{KeyValue, Value as OtelValue};
@@ -515,11 +543,15 @@ mod traces {
     const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
+    /// A gateway sending spans, with the audit log off: traces do not
+    /// depend on it.
     async fn traced(hash_user_id: bool) -> (Gateway, InMemorySpanExporter) {
         let mut shared = Shared::new();
         let (traces, spans) = crate::traces::Traces::in_memory(hash_user_id);
         shared.traces = traces;
-        (gateway_with(base_config(), shared).await, spans)
+        let mut config = base_config();
+        config.audit.enabled = false;
+        (gateway_with(config, shared).await, spans)
     }
 
     fn attribute(span: &SpanData, key: &str) -> Option<OtelValue> {
