@@ -22,6 +22,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body_util::{LengthLimitError, Limited};
 use tower::Service;
 
+use super::authenticate::Unauthenticated;
 use super::authorize::Authorized;
 use super::{BoxFuture, ClientAddr};
 use crate::audit::AuditTrail;
@@ -135,7 +136,11 @@ where
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if let Some(trail) = parts.extensions.get::<Arc<AuditTrail>>() {
+    // Probes on unauthenticated paths are not traced: their trail is
+    // skipped, and a span made here would outlive it.
+    if let Some(trail) = parts.extensions.get::<Arc<AuditTrail>>()
+        && parts.extensions.get::<Unauthenticated>().is_none()
+    {
         trail.leave_for(
             &traced_upstream(&runtime, parts.extensions.get::<Authorized>()),
             headers,

@@ -145,6 +145,7 @@ fn alice() -> String {
 struct Gateway {
     service: BoxCloneService<Request<Full<Bytes>>, Response<crate::body::Body>, Infallible>,
     upstream: Upstream,
+    current: Arc<ArcSwap<Runtime>>,
     metrics: Arc<crate::metrics::Metrics>,
     _jwks: tempfile::NamedTempFile,
 }
@@ -168,10 +169,11 @@ async fn gateway_with(mut config: GatewayConfig, shared: Shared) -> Gateway {
         cache.refresh("initial").await.unwrap();
     }
     let current = Arc::new(ArcSwap::from_pointee(runtime));
-    let service = BoxCloneService::new(super::stack(current, shared.metrics.clone()));
+    let service = BoxCloneService::new(super::stack(current.clone(), shared.metrics.clone()));
     Gateway {
         service,
         upstream,
+        current,
         metrics: shared.metrics.clone(),
         _jwks: jwks,
     }
@@ -505,6 +507,113 @@ async fn the_genai_metrics_count_inference_answers_only_and_name_model_errors() 
     assert!(overhead.ends_with(" 3"), "{overhead}");
 }
 
+/// A service that is never ready, in place of the layer below the one
+/// tested.
+struct NotReady<E>(std::marker::PhantomData<fn() -> E>);
+
+impl<E> Clone for NotReady<E> {
+    fn clone(&self) -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<E> NotReady<E> {
+    fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<E, B> Service<Request<B>> for NotReady<E> {
+    type Response = Response<crate::body::Body>;
+    type Error = E;
+    type Future = std::future::Pending<Result<Response<crate::body::Body>, E>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), E>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        std::future::pending()
+    }
+}
+
+/// Whether `service` says it is not ready yet.
+fn waits<S: Service<Request<crate::body::Body>>>(mut service: S) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    service.poll_ready(&mut cx).is_pending()
+}
+
+#[tokio::test]
+async fn every_layer_waits_while_the_layer_below_it_is_not_ready() {
+    use crate::error::GatewayError;
+    use tower::Layer;
+    let gw = gateway(base_config()).await;
+    // Above `rescue` errors are answers (Infallible); below, GatewayErrors.
+    let top = NotReady::<Infallible>::new;
+    let below = NotReady::<GatewayError>::new;
+    let layers = [
+        (
+            "snapshot",
+            waits(super::snapshot::SnapshotLayer::new(gw.current.clone()).layer(top())),
+        ),
+        (
+            "observe",
+            waits(super::observe::ObserveLayer::new(gw.metrics.clone()).layer(top())),
+        ),
+        (
+            "audit_trail",
+            waits(super::audit_trail::AuditLayer.layer(top())),
+        ),
+        ("rescue", waits(crate::rescue::RescueLayer.layer(below()))),
+        (
+            "catch_panic",
+            waits(super::catch_panic::CatchPanicLayer.layer(below())),
+        ),
+        (
+            "loadshed",
+            waits(super::loadshed::LoadShedLayer::default().layer(below())),
+        ),
+        (
+            "client_headers",
+            waits(super::client_headers::ClientHeadersLayer.layer(below())),
+        ),
+        (
+            "strip_identity",
+            waits(super::strip_identity::StripIdentityLayer.layer(below())),
+        ),
+        (
+            "protected_resource",
+            waits(super::protected_resource::ProtectedResourceLayer.layer(below())),
+        ),
+        (
+            "authenticate",
+            waits(super::authenticate::AuthenticateLayer.layer(below())),
+        ),
+        (
+            "authorize",
+            waits(super::authorize::AuthorizeLayer.layer(below())),
+        ),
+        (
+            "exchange",
+            waits(super::exchange::ExchangeLayer.layer(below())),
+        ),
+        ("admit", waits(super::admit::AdmitLayer.layer(below()))),
+        (
+            "identity_headers",
+            waits(super::identity_headers::IdentityHeadersLayer.layer(below())),
+        ),
+    ];
+    let eager: Vec<&str> = layers
+        .iter()
+        .filter(|(_, waits)| !waits)
+        .map(|(name, _)| *name)
+        .collect();
+    assert!(
+        eager.is_empty(),
+        "ready while the layer below is not (its backpressure is lost): {eager:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_request_id_is_made_up_only_for_a_request_that_is_audited_or_traced() {
     let chat = r#"{"model":"tinyllama","stream":false}"#;
@@ -720,6 +829,28 @@ mod traces {
             "the plain id appears nowhere: {:#?}",
             server.attributes
         );
+    }
+
+    #[tokio::test]
+    async fn a_probe_on_an_unauthenticated_path_is_not_traced() {
+        let mut shared = Shared::new();
+        let (traces, spans) = crate::traces::Traces::in_memory(false);
+        shared.traces = traces;
+        let mut config = base_config();
+        config.unauthenticated_paths = vec!["/api/tags".into()];
+        let mut gw = gateway_with(config, shared).await;
+        let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+        let (status, _) = gw
+            .send("GET", "/api/tags", &[("traceparent", &parent)], "")
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(gw.last().path, "/api/tags");
+        assert_eq!(
+            gw.last().headers["traceparent"],
+            parent.as_str(),
+            "a probe's trace is the caller's own"
+        );
+        assert_eq!(spans.get_finished_spans().unwrap().len(), 0);
     }
 
     #[tokio::test]

@@ -3,7 +3,12 @@
 //!
 //! The SDK exports from its own thread, outside any Tokio runtime; each
 //! export is spawned onto the gateway's runtime and awaited from there.
+//! Every export is counted in `attach_trace_exports_total{result}`, and a
+//! failed one is logged when it follows a success (the SDK itself logs
+//! nothing), so a collector that refuses or is gone is never silent.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +16,7 @@ use bytes::Bytes;
 use opentelemetry_http::{HttpClient, HttpError};
 
 use crate::idp_client::IdpClient;
+use crate::metrics::{Metrics, ResultLabels};
 
 /// Sends OTLP requests through the gateway's runtime.
 #[derive(Debug, Clone)]
@@ -18,15 +24,40 @@ pub struct HyperExport {
     client: IdpClient,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// Whether the last export failed (to log a failure once per outage).
+    failing: Arc<AtomicBool>,
 }
 
 impl HyperExport {
     /// Exports run on `runtime`; one that takes longer than `timeout` fails.
-    pub fn new(runtime: tokio::runtime::Handle, timeout: Duration) -> Self {
+    pub fn new(runtime: tokio::runtime::Handle, timeout: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             client: IdpClient::new(),
             runtime,
             timeout,
+            metrics,
+            failing: Arc::default(),
+        }
+    }
+
+    /// Counts an export, and logs a failure that follows a success and a
+    /// success that ends a run of failures.
+    fn record(&self, failure: Option<&str>) {
+        let result = if failure.is_some() { "error" } else { "ok" };
+        self.metrics
+            .trace_exports
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        let was_failing = self.failing.swap(failure.is_some(), Ordering::Relaxed);
+        match failure {
+            Some(why) if !was_failing => tracing::warn!(
+                error = why,
+                "the collector did not take a batch of spans; they are lost \
+                 (attach_trace_exports_total{{result=\"error\"}} counts each)"
+            ),
+            None if was_failing => tracing::info!("the collector takes spans again"),
+            _ => {}
         }
     }
 }
@@ -42,13 +73,19 @@ impl HttpClient for HyperExport {
         let sent = self.runtime.spawn(async move {
             tokio::time::timeout(timeout, client.send_request(request)).await
         });
-        match sent.await {
+        let result: Result<http::Response<Bytes>, HttpError> = match sent.await {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(e))) => Err(Box::new(e)),
             Ok(Err(_)) => Err(format!("no answer from the collector within {timeout:?}").into()),
             // The runtime is shutting down (or the task panicked).
             Err(e) => Err(Box::new(e)),
+        };
+        match &result {
+            Ok(response) if response.status().is_success() => self.record(None),
+            Ok(response) => self.record(Some(&format!("status {}", response.status()))),
+            Err(e) => self.record(Some(&e.to_string())),
         }
+        result
     }
 }
 
@@ -78,7 +115,12 @@ mod tests {
                 .expect("write");
             String::from_utf8_lossy(&seen).into_owned()
         });
-        let export = HyperExport::new(tokio::runtime::Handle::current(), Duration::from_secs(5));
+        let metrics = Arc::new(Metrics::new());
+        let export = HyperExport::new(
+            tokio::runtime::Handle::current(),
+            Duration::from_secs(5),
+            metrics.clone(),
+        );
         let request = http::Request::post(format!("http://{addr}/v1/traces"))
             .header("content-type", "application/x-protobuf")
             .body(Bytes::from_static(b"span-bytes"))
@@ -92,6 +134,12 @@ mod tests {
         .expect("sent");
         assert_eq!(response.status(), 503);
         assert_eq!(response.body().as_ref(), b"busy");
+        assert!(
+            metrics
+                .encode()
+                .contains("attach_trace_exports_total{result=\"error\"} 1"),
+            "a refused batch is counted"
+        );
         let seen = served.await.expect("server");
         assert!(seen.starts_with("POST /v1/traces HTTP/1.1\r\n"), "{seen}");
         assert!(
@@ -111,9 +159,11 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             drop(socket);
         });
+        let metrics = Arc::new(Metrics::new());
         let export = HyperExport::new(
             tokio::runtime::Handle::current(),
             Duration::from_millis(200),
+            metrics.clone(),
         );
         let request = http::Request::post(format!("http://{addr}/v1/traces"))
             .body(Bytes::new())
@@ -125,5 +175,10 @@ mod tests {
         .expect("join");
         let error = result.expect_err("timed out").to_string();
         assert!(error.contains("no answer from the collector"), "{error}");
+        assert!(
+            metrics
+                .encode()
+                .contains("attach_trace_exports_total{result=\"error\"} 1")
+        );
     }
 }

@@ -135,7 +135,10 @@ impl Traces {
 
     /// Starts exporting as `config` says (nothing without an endpoint).
     /// Spans are sent from the current Tokio runtime.
-    pub fn start(config: &TracingConfig) -> Result<Self, TracingError> {
+    pub fn start(
+        config: &TracingConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, TracingError> {
         let Some(endpoint) = &config.endpoint else {
             return Ok(Self::off());
         };
@@ -144,7 +147,7 @@ impl Traces {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| TracingError::NoRuntime)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(export::HyperExport::new(handle, EXPORT_TIMEOUT))
+            .with_http_client(export::HyperExport::new(handle, EXPORT_TIMEOUT, metrics))
             .with_endpoint(url)
             .with_timeout(EXPORT_TIMEOUT)
             .build()?;
@@ -279,7 +282,8 @@ mod tests {
 
     #[test]
     fn without_an_endpoint_nothing_starts_even_outside_a_runtime() {
-        let traces = Traces::start(&TracingConfig::default()).expect("off");
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let traces = Traces::start(&TracingConfig::default(), metrics).expect("off");
         assert!(!traces.is_on());
         assert!(
             traces
@@ -295,7 +299,7 @@ mod tests {
             ..TracingConfig::default()
         };
         assert!(matches!(
-            Traces::start(&config),
+            Traces::start(&config, Arc::new(crate::metrics::Metrics::new())),
             Err(TracingError::NoRuntime)
         ));
     }
