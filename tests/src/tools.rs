@@ -26,6 +26,8 @@ pub struct Versions {
     pub prometheus: String,
     /// The OpenTelemetry Collector's (`go.opentelemetry.io/collector/otelcol`).
     pub otelcol: String,
+    /// The Ollama module the real engine is built from.
+    pub ollama: String,
 }
 
 impl Versions {
@@ -55,6 +57,7 @@ impl Versions {
             buildkit: get("BUILDKIT_VERSION")?,
             prometheus: get("PROMETHEUS_VERSION")?,
             otelcol: get("OTELCOL_VERSION")?,
+            ollama: get("OLLAMA_VERSION")?,
         })
     }
 }
