@@ -8,7 +8,10 @@
 //! 200, 403, 429 with Keycloak tokens; a quota raised with `kubectl apply`
 //! reaches the running gateway through the ConfigMap volume's `..data` swap,
 //! without a restart and without cutting a stream in flight; the vLLM pod runs in a PodSecurity `restricted`
-//! namespace with its quotas in the world's Redis.
+//! namespace with its quotas in the world's Redis. The Ollama example runs
+//! once more on the real Ollama (the `attach-ollama` image built here): the
+//! injection binds it to loopback, its own `/` answers the moved probe, and
+//! the quota counts exactly the tokens it reports.
 
 mod common;
 
