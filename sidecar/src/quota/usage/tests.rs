@@ -411,6 +411,15 @@ fn the_kept_tail_of_a_large_answer_stays_within_two_edges() {
         assert!(m.tail.len() <= 2 * EDGE_BYTES, "tail {}", m.tail.len());
     }
     assert_eq!(m.finish().1, exact(3, 4));
+    // The head is the first EDGE_BYTES exactly, however the answer came.
+    for first in [100, EDGE_BYTES + 100, MAX_WHOLE_BYTES - 1] {
+        let mut m = UsageMeter::new(Shape::Json, false, 0);
+        m.feed(Bytes::copy_from_slice(&body.as_bytes()[..first]));
+        m.feed(Bytes::copy_from_slice(&body.as_bytes()[first..]));
+        assert_eq!(m.pending.len(), EDGE_BYTES, "first chunk {first}");
+        assert_eq!(&m.pending[..], &body.as_bytes()[..EDGE_BYTES]);
+        assert!(m.tail.len() <= 2 * EDGE_BYTES);
+    }
 }
 
 #[test]
@@ -490,6 +499,12 @@ fn ollama_final_line(len: usize) -> String {
 
 #[test]
 fn an_ollama_line_up_to_the_event_bound_is_read_and_one_past_it_is_not() {
+    // A long final line (Ollama's `/api/generate` writes its whole `context`
+    // there) is read.
+    let long = ollama_final_line(200 * 1024);
+    let mut m = UsageMeter::new(Shape::NdJson, false, 0);
+    let (_, usage) = run(&mut m, &[&long, "\n"]);
+    assert_eq!(usage, exact(5, 2), "a 200 KiB line");
     let line = ollama_final_line(MAX_EVENT_BYTES);
     assert_eq!(line.len(), MAX_EVENT_BYTES);
     let mut m = UsageMeter::new(Shape::NdJson, false, 0);
