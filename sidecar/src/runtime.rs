@@ -69,8 +69,12 @@ impl Shared {
     pub fn for_config(config: &crate::config::GatewayConfig) -> Result<Self, ConfigError> {
         let mut shared = Self::new();
         shared.memory.resize(config.quotas.max_keys);
-        shared.traces = crate::traces::Traces::start(&config.tracing, shared.metrics.clone())
-            .map_err(|e| ConfigError::invalid("tracing", e.to_string()))?;
+        shared.traces = crate::traces::Traces::start(
+            &config.tracing,
+            shared.idp.clone(),
+            shared.metrics.clone(),
+        )
+        .map_err(|e| ConfigError::invalid("tracing", e.to_string()))?;
         Ok(shared)
     }
 }

@@ -111,17 +111,20 @@ fn enqueue<K: Resource>(
 }
 
 /// Counts a controller's results: an object gone when its turn came left
-/// the queue without a reconcile.
-fn dequeue_missing<K: Resource, E>(
+/// the queue without a reconcile. Returns that object, if any.
+fn dequeue_missing<'r, K: Resource, E>(
     metrics: &Metrics,
     kind: &'static str,
-    result: &Result<(ObjectRef<K>, controller::Action), controller::Error<E, watcher::Error>>,
-) where
+    result: &'r Result<(ObjectRef<K>, controller::Action), controller::Error<E, watcher::Error>>,
+) -> Option<&'r ObjectRef<kube::api::DynamicObject>>
+where
     E: std::error::Error + 'static,
 {
-    if let Err(controller::Error::ObjectNotFound(gone)) = result {
-        metrics.dequeued(kind, &queue_key(gone));
-    }
+    let Err(controller::Error::ObjectNotFound(gone)) = result else {
+        return None;
+    };
+    metrics.dequeued(kind, &queue_key(gone));
+    Some(gone.as_ref())
 }
 
 /// One reconcile of everything, once: what the shared watches delivered
@@ -418,12 +421,11 @@ async fn backend_controller(
             ctx,
         )
         .for_each(move |result| {
-            dequeue_missing(&deleted, BACKEND, &result);
             // A deleted backend is looked up and not found: its series go.
-            if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = result {
+            if let Some(gone) = dequeue_missing(&deleted, BACKEND, &result) {
                 deleted.backend_deleted(&crate::metrics::BackendLabels {
-                    namespace: gone.namespace.unwrap_or_default(),
-                    backend: gone.name,
+                    namespace: gone.namespace.clone().unwrap_or_default(),
+                    backend: gone.name.clone(),
                 });
             }
             async {}

@@ -30,10 +30,16 @@ pub struct HyperExport {
 }
 
 impl HyperExport {
-    /// Exports run on `runtime`; one that takes longer than `timeout` fails.
-    pub fn new(runtime: tokio::runtime::Handle, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    /// Exports go through `client` and run on `runtime`; one that takes
+    /// longer than `timeout` fails.
+    pub fn new(
+        client: IdpClient,
+        runtime: tokio::runtime::Handle,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
-            client: IdpClient::new(),
+            client,
             runtime,
             timeout,
             metrics,
@@ -117,6 +123,7 @@ mod tests {
         });
         let metrics = Arc::new(Metrics::new());
         let export = HyperExport::new(
+            IdpClient::new(),
             tokio::runtime::Handle::current(),
             Duration::from_secs(5),
             metrics.clone(),
@@ -161,6 +168,7 @@ mod tests {
         });
         let metrics = Arc::new(Metrics::new());
         let export = HyperExport::new(
+            IdpClient::new(),
             tokio::runtime::Handle::current(),
             Duration::from_millis(200),
             metrics.clone(),

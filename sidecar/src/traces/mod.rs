@@ -137,6 +137,7 @@ impl Traces {
     /// Spans are sent from the current Tokio runtime.
     pub fn start(
         config: &TracingConfig,
+        client: crate::idp_client::IdpClient,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, TracingError> {
         let Some(endpoint) = &config.endpoint else {
@@ -147,7 +148,12 @@ impl Traces {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| TracingError::NoRuntime)?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(export::HyperExport::new(handle, EXPORT_TIMEOUT, metrics))
+            .with_http_client(export::HyperExport::new(
+                client,
+                handle,
+                EXPORT_TIMEOUT,
+                metrics,
+            ))
             .with_endpoint(url)
             .with_timeout(EXPORT_TIMEOUT)
             .build()?;
@@ -283,7 +289,12 @@ mod tests {
     #[test]
     fn without_an_endpoint_nothing_starts_even_outside_a_runtime() {
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let traces = Traces::start(&TracingConfig::default(), metrics).expect("off");
+        let traces = Traces::start(
+            &TracingConfig::default(),
+            crate::idp_client::IdpClient::new(),
+            metrics,
+        )
+        .expect("off");
         assert!(!traces.is_on());
         assert!(
             traces
@@ -299,7 +310,11 @@ mod tests {
             ..TracingConfig::default()
         };
         assert!(matches!(
-            Traces::start(&config, Arc::new(crate::metrics::Metrics::new())),
+            Traces::start(
+                &config,
+                crate::idp_client::IdpClient::new(),
+                Arc::new(crate::metrics::Metrics::new())
+            ),
             Err(TracingError::NoRuntime)
         ));
     }
