@@ -1,5 +1,5 @@
 //! The operator's Prometheus metrics, served at `/metrics`: reconciles,
-//! their errors and durations by kind, whether this replica leads, the
+//! their errors and durations by kind, the objects waiting for one, whether this replica leads, the
 //! webhook's admissions and their latency by result, and when its serving
 //! certificate expires.
 
@@ -48,6 +48,10 @@ pub struct Metrics {
     reconciles: Family<KindLabels, Counter>,
     errors: Family<KindLabels, Counter>,
     duration: Family<KindLabels, Histogram>,
+    queue_depth: Family<KindLabels, Gauge>,
+    /// The objects waiting for a reconcile, by kind (the controllers'
+    /// queues dedupe by object, and so does this set).
+    queued: std::sync::Mutex<std::collections::HashSet<(&'static str, String)>>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
     admissions: Family<AdmissionLabels, Counter>,
@@ -75,6 +79,12 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });
         let leader = Gauge::default();
+        let queue_depth = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Objects waiting for a reconcile (changed, or woken by what they watch, and not yet started), by kind; retries waiting out their backoff are not counted",
+            queue_depth.clone(),
+        );
         let admissions = Family::<AdmissionLabels, Counter>::default();
         let admission_duration = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
@@ -122,6 +132,8 @@ impl Metrics {
             reconciles,
             errors,
             duration,
+            queue_depth,
+            queued: std::sync::Mutex::default(),
             leader,
             admissions,
             admission_duration,
@@ -180,6 +192,37 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// An object of `kind` now waits for a reconcile.
+    pub fn queued(&self, kind: &'static str, key: String) {
+        self.queue_changed(kind, |queued| {
+            queued.insert((kind, key));
+        });
+    }
+
+    /// An object of `kind` left the queue: its reconcile started, or it was
+    /// gone when its turn came.
+    pub fn dequeued(&self, kind: &'static str, key: &str) {
+        self.queue_changed(kind, |queued| {
+            queued.remove(&(kind, key.to_owned()));
+        });
+    }
+
+    fn queue_changed(
+        &self,
+        kind: &'static str,
+        change: impl FnOnce(&mut std::collections::HashSet<(&'static str, String)>),
+    ) {
+        let mut queued = self
+            .queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut queued);
+        let depth = queued.iter().filter(|(k, _)| *k == kind).count();
+        self.queue_depth
+            .get_or_create(&KindLabels { kind })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
     /// Runs one reconcile of `kind`, counting and timing it.
     pub async fn measure<T, E>(
         &self,
@@ -219,6 +262,36 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_depth_counts_each_waiting_object_once_per_kind() {
+        let m = Metrics::new();
+        m.queued("LLMBackend", "ml/chat".into());
+        m.queued("LLMBackend", "ml/chat".into());
+        m.queued("LLMBackend", "ml/embed".into());
+        m.queued("Namespace", "ml".into());
+        let text = m.encode();
+        assert!(
+            text.contains("attach_operator_queue_depth{kind=\"LLMBackend\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("attach_operator_queue_depth{kind=\"Namespace\"} 1"),
+            "{text}"
+        );
+        m.dequeued("LLMBackend", "ml/chat");
+        m.dequeued("LLMBackend", "ml/chat");
+        m.dequeued("Namespace", "other");
+        let text = m.encode();
+        assert!(
+            text.contains("attach_operator_queue_depth{kind=\"LLMBackend\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("attach_operator_queue_depth{kind=\"Namespace\"} 1"),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn reconciles_are_counted_timed_and_errors_kept_apart() {

@@ -234,6 +234,14 @@ pub fn render(
         };
     }
     config.audit.enabled = spec.audit.as_ref().and_then(|a| a.enabled).unwrap_or(true);
+    if let Some(tracing) = &spec.tracing {
+        config.tracing = attach_sidecar::traces::TracingConfig {
+            endpoint: Some(tracing.endpoint.clone()),
+            sample_ratio: f64::from(tracing.sample_percent.unwrap_or(100).min(100)) / 100.0,
+            hash_user_id: tracing.hash_user_id.unwrap_or(false),
+            service_name: None,
+        };
+    }
     Rendered {
         config,
         unrenderable,
@@ -451,6 +459,39 @@ mod tests {
         namespace: "ml",
         name: "chat",
     };
+
+    #[test]
+    fn traces_are_off_unless_the_backend_names_a_collector() {
+        let plain = render(CHAT, &spec(), &[keycloak()], PORTS).config;
+        assert_eq!(
+            plain.tracing,
+            attach_sidecar::traces::TracingConfig::default()
+        );
+        assert_eq!(plain.tracing.endpoint, None);
+        let mut traced = spec();
+        traced.tracing = Some(crate::crd::llm_backend::Tracing {
+            endpoint: "http://otel-collector.monitoring:4318".into(),
+            sample_percent: Some(25),
+            hash_user_id: Some(true),
+        });
+        let rendered = render(CHAT, &traced, &[keycloak()], PORTS);
+        assert_eq!(rendered.problem(), None);
+        let tracing = &rendered.config.tracing;
+        assert_eq!(
+            tracing.endpoint.as_deref(),
+            Some("http://otel-collector.monitoring:4318")
+        );
+        assert!((tracing.sample_ratio - 0.25).abs() < f64::EPSILON);
+        assert!(tracing.hash_user_id);
+        // A collector URL the gateway cannot use is a problem the backend
+        // reports, not a config the gateway refuses later.
+        let mut bad = traced;
+        if let Some(t) = &mut bad.tracing {
+            t.endpoint = "http://collector:4318/?token=x".into();
+        }
+        let problem = render(CHAT, &bad, &[keycloak()], PORTS).problem();
+        assert!(problem.is_some_and(|p| p.contains("tracing")));
+    }
 
     #[test]
     fn a_backend_renders_into_a_valid_gateway_config() {

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::claims::Identity;
 use crate::quota::usage::Usage;
+use crate::traces::RequestSpan;
+use crate::traces::request_span::ModelCall;
 
 /// The longest text value an audit line holds, in characters.
 pub const MAX_VALUE_CHARS: usize = 256;
@@ -204,6 +206,9 @@ pub struct AuditTrail {
     deferred: std::sync::atomic::AtomicBool,
     /// Set once the line is written (or the request is not audited).
     written: std::sync::atomic::AtomicBool,
+    /// The request's spans, when traces are on: they end with the line and
+    /// say what it says.
+    span: Option<RequestSpan>,
 }
 
 impl Drop for AuditTrail {
@@ -227,15 +232,39 @@ impl AuditTrail {
             sink,
             deferred: std::sync::atomic::AtomicBool::new(false),
             written: std::sync::atomic::AtomicBool::new(false),
+            span: None,
         }
     }
 
-    fn with(&self, f: impl FnOnce(&mut AuditRecord)) {
+    /// Traces the request too.
+    #[must_use]
+    pub fn with_span(mut self, span: Option<RequestSpan>) -> Self {
+        self.span = span;
+        self
+    }
+
+    /// Marks a phase on the request's span (a no-op without traces).
+    pub fn event(&self, name: &'static str) {
+        if let Some(span) = &self.span {
+            span.event(name);
+        }
+    }
+
+    /// The request leaves for the model: starts its client span and puts
+    /// the trace context in `headers` (a no-op without traces).
+    pub fn leave_for(&self, upstream: &ModelCall, headers: &mut http::HeaderMap) {
+        if let Some(span) = &self.span {
+            let endpoint = self.with(|r| r.endpoint).unwrap_or("request");
+            span.leave_for(upstream, endpoint, headers);
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut AuditRecord) -> T) -> T {
         let mut record = self
             .record
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut record);
+        f(&mut record)
     }
 
     pub fn identity(&self, identity: &Identity) {
@@ -249,6 +278,7 @@ impl AuditTrail {
             r.pod = identity.pod.as_deref().map(bounded);
             r.node = identity.node.as_deref().map(bounded);
         });
+        self.event("authenticated");
     }
 
     pub fn authorized(&self, endpoint: &'static str, model: Option<&str>, rule: &str) {
@@ -257,6 +287,7 @@ impl AuditTrail {
             r.model = model.map(bounded);
             r.rule = Some(bounded(rule));
         });
+        self.event("authorized");
     }
 
     pub fn endpoint(&self, endpoint: &'static str, model: Option<&str>) {
@@ -270,12 +301,16 @@ impl AuditTrail {
     pub fn defer(&self) {
         self.deferred
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.event("answered");
     }
 
     /// The request is not audited (a probe): no line, even when dropped.
     pub fn skip(&self) {
         self.written
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(span) = &self.span {
+            span.discard();
+        }
     }
 
     pub fn is_deferred(&self) -> bool {
@@ -309,6 +344,9 @@ impl AuditTrail {
         }
         record.latency_ms = (latency_ms * 1000.0).round() / 1000.0;
         self.sink.write(&record);
+        if let Some(span) = &self.span {
+            span.finish(&record);
+        }
     }
 
     /// Remembers the status the answer started with (for deferred lines).

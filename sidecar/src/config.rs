@@ -96,6 +96,9 @@ pub struct GatewayConfig {
     /// Metric options.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Traces over OTLP (off unless an endpoint is set).
+    #[serde(default)]
+    pub tracing: crate::traces::TracingConfig,
     /// Size limits and timeouts.
     #[serde(default)]
     pub limits: Limits,
@@ -747,6 +750,7 @@ impl GatewayConfig {
             quotas: QuotaConfig::default(),
             audit: AuditConfig::default(),
             metrics: MetricsConfig::default(),
+            tracing: crate::traces::TracingConfig::default(),
             limits: Limits::default(),
             trusted_proxies: Vec::new(),
             deny_all: false,
@@ -810,6 +814,9 @@ impl GatewayConfig {
         if self.kind != KIND {
             return Err(ConfigError::Kind(self.kind.clone()));
         }
+        self.tracing
+            .validate()
+            .map_err(|m| ConfigError::invalid("tracing", m))?;
         let upstream = parse_url("upstream.url", &self.upstream.url)?;
         if upstream.scheme_str() != Some("http") {
             return Err(ConfigError::invalid(

@@ -185,6 +185,9 @@ impl Gateway {
             .quota_store
             .flush(std::time::Duration::from_secs(5))
             .await;
+        // Spans still batched go before the process does.
+        let traces = self.shared.traces.clone();
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
         joined.map(|_| ())
     }
 }

@@ -35,7 +35,8 @@ pub enum FetchError {
     Json { url: String, message: String },
 }
 
-/// A small pooled HTTPS client for IdP documents.
+/// The gateway's own small pooled HTTPS client: IdP documents, token
+/// exchange, and span export.
 #[derive(Clone, Debug)]
 pub struct IdpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -119,11 +120,35 @@ impl IdpClient {
         Ok((status, json))
     }
 
+    /// Sends `request` as it is and returns the answer whatever its status,
+    /// its body capped and the whole exchange timed out like a document's.
+    pub async fn send_request(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, FetchError> {
+        let url = request.uri().to_string();
+        let (parts, body) = request.into_parts();
+        let (head, body) = self
+            .send_parts(&url, http::Request::from_parts(parts, Full::new(body)))
+            .await?;
+        Ok(http::Response::from_parts(head, body))
+    }
+
     async fn send(
         &self,
         url: &str,
         request: http::Request<Full<Bytes>>,
     ) -> Result<(http::StatusCode, Bytes), FetchError> {
+        self.send_parts(url, request)
+            .await
+            .map(|(head, body)| (head.status, body))
+    }
+
+    async fn send_parts(
+        &self,
+        url: &str,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(http::response::Parts, Bytes), FetchError> {
         let fetch = async {
             let response =
                 self.client
@@ -133,11 +158,11 @@ impl IdpClient {
                         url: url.to_owned(),
                         message: error_chain(&e),
                     })?;
-            let status = response.status();
-            Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
+            let (head, body) = response.into_parts();
+            Limited::new(body, MAX_DOCUMENT_BYTES)
                 .collect()
                 .await
-                .map(|b| (status, b.to_bytes()))
+                .map(|b| (head, b.to_bytes()))
                 .map_err(|e| FetchError::Body {
                     url: url.to_owned(),
                     message: e.to_string(),

@@ -32,6 +32,7 @@ pub mod server;
 pub mod standalone;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod traces;
 
 /// The binary's name, as shown in `--help` and in logs.
 pub const BINARY_NAME: &str = "attach-gateway";

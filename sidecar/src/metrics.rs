@@ -147,6 +147,9 @@ pub struct Metrics {
     pub buffered_body_bytes: Gauge,
     /// Audit lines dropped because the writer fell behind.
     pub audit_dropped: Counter,
+    /// `attach_trace_exports_total{result}`: span batches sent to the
+    /// collector, `ok` or `error`.
+    pub trace_exports: Family<ResultLabels, Counter>,
     /// `attach_config_restart_required{setting}`: 1 while a changed setting
     /// waits for a restart.
     pub restart_required: Family<SettingLabels, Gauge>,
@@ -269,6 +272,12 @@ impl Metrics {
             "Audit lines dropped because the audit writer fell behind",
             audit_dropped.clone(),
         );
+        let trace_exports = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "trace_exports",
+            "Span batches sent to the OTLP collector, by result (error: not accepted, or no answer)",
+            trace_exports.clone(),
+        );
         let restart_required = Family::<SettingLabels, Gauge>::default();
         registry.register(
             "config_restart_required",
@@ -319,6 +328,7 @@ impl Metrics {
             load_shed,
             buffered_body_bytes,
             audit_dropped,
+            trace_exports,
             restart_required,
             token_cache_revoked,
             requests,

@@ -13,8 +13,8 @@
 //!
 //! The new generation owns what its config names: the quota store and the
 //! audit sink are rebuilt when their settings change and reused when not
-//! (in-memory budgets survive). Only the listen and admin addresses need a
-//! restart: `/readyz` lists them under `restartRequired` and
+//! (in-memory budgets survive). Only the listen and admin addresses and the
+//! `tracing` settings need a restart: `/readyz` lists them under `restartRequired` and
 //! `attach_config_restart_required{setting}` is 1 until then.
 //!
 //! Reading the path follows symlinks, so a ConfigMap volume's atomic
@@ -69,8 +69,12 @@ pub struct Reloader {
     last_digest: [u8; 32],
     /// A changed file seen once, waiting to be read the same again.
     settling: Option<[u8; 32]>,
-    /// The addresses the sockets were bound with.
-    bound: (crate::config::Listen, crate::config::Listen),
+    /// The addresses the sockets were bound with, and the tracer's settings.
+    bound: (
+        crate::config::Listen,
+        crate::config::Listen,
+        crate::traces::TracingConfig,
+    ),
 }
 
 /// Reads and validates a config file, with overrides applied.
@@ -96,7 +100,11 @@ impl Reloader {
         let last_digest = digest_of(&path).unwrap_or_default();
         let bound = {
             let config = &current.load().config;
-            (config.listen.clone(), config.admin.clone())
+            (
+                config.listen.clone(),
+                config.admin.clone(),
+                config.tracing.clone(),
+            )
         };
         Self {
             path,
@@ -136,7 +144,7 @@ impl Reloader {
         if !runtime.restart_required.is_empty() {
             tracing::warn!(
                 settings = ?runtime.restart_required,
-                "these settings change only on restart; keeping the current sockets"
+                "these settings change only on restart; keeping the current ones"
             );
         }
         self.current.store(Arc::new(runtime));
@@ -155,6 +163,7 @@ impl Reloader {
         for (setting, differs) in [
             ("listen", config.listen != self.bound.0),
             ("admin", config.admin != self.bound.1),
+            ("tracing", config.tracing != self.bound.2),
         ] {
             self.shared
                 .metrics

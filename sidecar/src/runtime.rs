@@ -36,6 +36,9 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     /// Request-body bytes buffered across all requests.
     pub body_budget: Arc<crate::proxy::body_budget::BodyBudget>,
+    /// The tracer, started once with the process (its settings need a
+    /// restart).
+    pub traces: crate::traces::Traces,
 }
 
 impl Shared {
@@ -52,6 +55,7 @@ impl Shared {
                 metrics.buffered_body_bytes.clone(),
             )),
             idp: IdpClient::new(),
+            traces: crate::traces::Traces::off(),
             memory: Arc::new(MemoryStore::new(
                 crate::config::QuotaConfig::default().max_keys,
                 clock.clone(),
@@ -63,8 +67,14 @@ impl Shared {
 
     /// Shared state sized as `config` says.
     pub fn for_config(config: &crate::config::GatewayConfig) -> Result<Self, ConfigError> {
-        let shared = Self::new();
+        let mut shared = Self::new();
         shared.memory.resize(config.quotas.max_keys);
+        shared.traces = crate::traces::Traces::start(
+            &config.tracing,
+            shared.idp.clone(),
+            shared.metrics.clone(),
+        )
+        .map_err(|e| ConfigError::invalid("tracing", e.to_string()))?;
         Ok(shared)
     }
 }
@@ -209,6 +219,8 @@ pub struct Runtime {
     /// generation).
     pub body_budget: Arc<crate::proxy::body_budget::BodyBudget>,
     pub metrics: Arc<Metrics>,
+    /// The process's tracer (off unless `tracing.endpoint` is set).
+    pub traces: crate::traces::Traces,
     /// Changed settings that take effect only on restart (shown by
     /// `/readyz`).
     pub restart_required: Vec<&'static str>,
@@ -291,6 +303,7 @@ impl Runtime {
                 .map(|p| p.restart_required.clone())
                 .unwrap_or_default(),
             metrics: shared.metrics.clone(),
+            traces: shared.traces.clone(),
         })
     }
 }

@@ -32,6 +32,10 @@
 //! | `TOKEN_EXCHANGE_AUDIENCE`, `TOKEN_EXCHANGE_RESOURCE`, `TOKEN_EXCHANGE_SCOPES` | what the downstream token is for |
 //! | `TOKEN_EXCHANGE_HEADER` | the header the downstream token goes in (default `Authorization`) |
 //!
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | send traces to this OTLP/HTTP collector (off when unset) |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` | must be `http/protobuf` (the default) when set |
+//! | `OTEL_TRACES_SAMPLER_ARG` | the share of new traces kept, 0 to 1 (default 1) |
+//!
 //! `--port` (default 8080) and `--admin-port` (default 9090) set the ports.
 
 use std::collections::HashMap;
@@ -44,6 +48,9 @@ use crate::quota::store::{FailMode, StoreConfig};
 use crate::reload::Overrides;
 
 pub const OIDC_ISSUER: &str = "OIDC_ISSUER";
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
 pub const OIDC_AUD: &str = "OIDC_AUD";
 pub const AUTH_BACKEND: &str = "AUTH_BACKEND";
 pub const OIDC_JWKS_URI: &str = "OIDC_JWKS_URI";
@@ -288,9 +295,33 @@ pub fn config_from_env(
             key_prefix: "attach:quota:".into(),
         };
     }
+    config.tracing = tracing_from_env(env)?;
     overrides.apply(&mut config);
     config.validate()?;
     Ok(config)
+}
+
+/// The OpenTelemetry variables the gateway honours; one it cannot honour
+/// is an error, not a silent default.
+fn tracing_from_env(env: &impl Env) -> Result<crate::traces::TracingConfig, ConfigError> {
+    let mut tracing = crate::traces::TracingConfig {
+        endpoint: non_empty(env, OTEL_EXPORTER_OTLP_ENDPOINT),
+        ..crate::traces::TracingConfig::default()
+    };
+    if let Some(protocol) = non_empty(env, OTEL_EXPORTER_OTLP_PROTOCOL)
+        && protocol != "http/protobuf"
+    {
+        return Err(ConfigError::invalid(
+            OTEL_EXPORTER_OTLP_PROTOCOL,
+            format!("{protocol:?}: only http/protobuf is supported (OTLP/HTTP, port 4318)"),
+        ));
+    }
+    if let Some(ratio) = non_empty(env, OTEL_TRACES_SAMPLER_ARG) {
+        tracing.sample_ratio = ratio.parse().map_err(|_| {
+            ConfigError::invalid(OTEL_TRACES_SAMPLER_ARG, "must be a number from 0 to 1")
+        })?;
+    }
+    Ok(tracing)
 }
 
 #[cfg(test)]
@@ -316,6 +347,43 @@ mod tests {
         assert_eq!(issuer.claims.preset, Preset::Auth0);
         assert_eq!(config.upstream.url, "http://127.0.0.1:11434");
         assert_eq!(config.listen.port, 8080);
+    }
+
+    #[test]
+    fn the_opentelemetry_variables_turn_traces_on_and_what_cannot_apply_is_refused() {
+        let base = [
+            (OIDC_ISSUER, "https://dev-123.us.auth0.com/"),
+            (OIDC_AUD, "ollama-local"),
+        ];
+        let off = config_from_env(&env(&base), &Overrides::default()).unwrap();
+        assert_eq!(off.tracing.endpoint, None, "traces are off by default");
+        let mut on = base.to_vec();
+        on.extend([
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "http://collector:4318"),
+            (OTEL_EXPORTER_OTLP_PROTOCOL, "http/protobuf"),
+            (OTEL_TRACES_SAMPLER_ARG, "0.25"),
+        ]);
+        let config = config_from_env(&env(&on), &Overrides::default()).unwrap();
+        assert_eq!(
+            config.tracing.endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        assert!((config.tracing.sample_ratio - 0.25).abs() < f64::EPSILON);
+        for (key, value, named) in [
+            (
+                OTEL_EXPORTER_OTLP_PROTOCOL,
+                "grpc",
+                OTEL_EXPORTER_OTLP_PROTOCOL,
+            ),
+            (OTEL_TRACES_SAMPLER_ARG, "half", OTEL_TRACES_SAMPLER_ARG),
+            (OTEL_TRACES_SAMPLER_ARG, "2", "sampleRatio"),
+            (OTEL_EXPORTER_OTLP_ENDPOINT, "collector:4318", "endpoint"),
+        ] {
+            let mut bad = base.to_vec();
+            bad.push((key, value));
+            let err = config_from_env(&env(&bad), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(named), "{key}={value}: {err}");
+        }
     }
 
     #[test]

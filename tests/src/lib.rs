@@ -24,6 +24,7 @@ pub mod machine_lock;
 pub mod mock_model;
 pub mod node;
 pub mod operator;
+pub mod otelcol;
 pub mod pki;
 pub mod pod_client;
 pub mod ports;

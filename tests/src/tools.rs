@@ -24,6 +24,10 @@ pub struct Versions {
     pub buildkit: String,
     /// Prometheus's Go module version (`v0.3XX.Y` is release 3.XX.Y).
     pub prometheus: String,
+    /// The OpenTelemetry Collector's (`go.opentelemetry.io/collector/otelcol`).
+    pub otelcol: String,
+    /// The Ollama module the real engine is built from.
+    pub ollama: String,
 }
 
 impl Versions {
@@ -52,6 +56,8 @@ impl Versions {
             registry: get("REGISTRY_VERSION")?,
             buildkit: get("BUILDKIT_VERSION")?,
             prometheus: get("PROMETHEUS_VERSION")?,
+            otelcol: get("OTELCOL_VERSION")?,
+            ollama: get("OLLAMA_VERSION")?,
         })
     }
 }
@@ -79,12 +85,40 @@ pub fn script_paths(script: &str) -> Result<HashMap<String, PathBuf>, String> {
 /// `pause-<first 12 hex digits of sha256(go.mod ++ main.go)>`, so a change
 /// to its source rebuilds it.
 pub fn pause_key() -> String {
+    source_key(&[
+        include_bytes!("../tools/pause/go.mod"),
+        include_bytes!("../tools/pause/main.go"),
+    ])
+}
+
+/// The first 12 hex digits of sha256 over `files` one after another: the
+/// key `tests/tools` build scripts cache the project's own commands under
+/// (`cat FILES | sha256sum | cut -c1-12`), so a change to their source
+/// rebuilds them.
+fn source_key(files: &[&[u8]]) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    hash.update(include_bytes!("../tools/pause/go.mod"));
-    hash.update(include_bytes!("../tools/pause/main.go"));
+    for file in files {
+        hash.update(file);
+    }
     let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     hex[..12].to_owned()
+}
+
+/// The key of the cached dashboard linter: `dashlint-<PROMETHEUS_VERSION>-<key>`.
+pub fn dashlint_key() -> String {
+    source_key(&[
+        include_bytes!("../tools/prometheus/go.mod"),
+        include_bytes!("../tools/prometheus/cmd/dashlint/main.go"),
+    ])
+}
+
+/// The key of the cached collector: `otelcol-<OTELCOL_VERSION>-<key>`.
+pub fn otelcol_key() -> String {
+    source_key(&[
+        include_bytes!("../tools/otelcol/go.mod"),
+        include_bytes!("../tools/otelcol/main.go"),
+    ])
 }
 
 /// The binaries of the real node, the image registry and the image builder,
@@ -253,6 +287,26 @@ pub fn promtool_binary() -> Result<PathBuf, HarnessError> {
     cached_binary("promtool", &versions.prometheus)
 }
 
+/// The cached OpenTelemetry Collector of `tests/tools/otelcol` (the OTLP
+/// receiver and the file exporter), built by `tests/tools/build.sh`.
+pub fn otelcol_binary() -> Result<PathBuf, HarnessError> {
+    let versions = Versions::pinned()?;
+    cached_binary(
+        "otelcol",
+        &format!("{}-{}", versions.otelcol, otelcol_key()),
+    )
+}
+
+/// The cached dashboard linter of `tests/tools/prometheus/cmd/dashlint`
+/// (built by `tests/tools/build.sh` with Prometheus's PromQL parser).
+pub fn dashlint_binary() -> Result<PathBuf, HarnessError> {
+    let versions = Versions::pinned()?;
+    cached_binary(
+        "dashlint",
+        &format!("{}-{}", versions.prometheus, dashlint_key()),
+    )
+}
+
 /// `$ATTACH_CACHE/bin/<name>-<version>`, if it exists.
 fn cached_binary(name: &str, version: &str) -> Result<PathBuf, HarnessError> {
     existing(
@@ -307,6 +361,7 @@ mod tests {
         assert!(v.registry.starts_with("v3.1."), "{}", v.registry);
         assert!(v.buildkit.starts_with("v0.34."), "{}", v.buildkit);
         assert!(v.prometheus.starts_with("v0.3"), "{}", v.prometheus);
+        assert!(v.otelcol.starts_with("v0.1"), "{}", v.otelcol);
     }
 
     #[test]
@@ -321,5 +376,27 @@ mod tests {
             .output()
             .expect("sh runs");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pause_key());
+    }
+
+    #[test]
+    fn own_command_keys_match_the_build_script() {
+        // build.sh: `source_key FILES` is `cat FILES | sha256sum | cut -c1-12`.
+        let tools = concat!(env!("CARGO_MANIFEST_DIR"), "/tools");
+        for (files, key) in [
+            (
+                "prometheus/go.mod prometheus/cmd/dashlint/main.go",
+                dashlint_key(),
+            ),
+            ("otelcol/go.mod otelcol/main.go", otelcol_key()),
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "cd {tools} && cat {files} | sha256sum | cut -c1-12"
+                ))
+                .output()
+                .expect("sh runs");
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), key, "{files}");
+        }
     }
 }

@@ -8,7 +8,10 @@
 //! 200, 403, 429 with Keycloak tokens; a quota raised with `kubectl apply`
 //! reaches the running gateway through the ConfigMap volume's `..data` swap,
 //! without a restart and without cutting a stream in flight; the vLLM pod runs in a PodSecurity `restricted`
-//! namespace with its quotas in the world's Redis.
+//! namespace with its quotas in the world's Redis. The Ollama example runs
+//! once more on the real Ollama (the `attach-ollama` image built here): the
+//! injection binds it to loopback, its own `/` answers the moved probe, and
+//! the quota counts exactly the tokens it reports.
 
 mod common;
 
@@ -508,5 +511,135 @@ async fn the_examples_run_injected_and_enforce_access_and_quotas() {
 
     // The restricted namespace admitted the injected pod: it runs.
     assert!(common::node::is_ready(&pod));
+    drop(release);
+}
+
+/// The real Ollama image (built here, with the tiny models under the
+/// example's names), pushed to the world's registry once per process.
+async fn ollama_image() -> String {
+    static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    IMAGE
+        .get_or_init(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let build = attach_tests::images::ollama::image_build(dir.path())
+                .await
+                .unwrap();
+            let images = common::world().images().unwrap().clone();
+            tokio::task::spawn_blocking(move || build.build_and_push(&images))
+                .await
+                .unwrap()
+                .unwrap()
+                .reference
+        })
+        .await
+        .clone()
+}
+
+/// A streamed chat to the real Ollama, cut at a few tokens (random
+/// weights need not ever stop on their own).
+async fn short_chat(client: &PodClient, url: &str, token: Option<&str>, model: &str) -> HttpResult {
+    let mut call = HttpCall::new("POST", &format!("{url}/api/chat")).json(&json!({
+        "model": model, "stream": true, "options": {"num_predict": 8},
+        "messages": [{"role": "user", "content": "hi"}],
+    }));
+    // The first answer loads the model into a runner.
+    call.timeout_ms = Some(60_000);
+    if let Some(token) = token {
+        call = call.bearer(token);
+    }
+    client.http(&call).await.unwrap()
+}
+
+/// The last NDJSON object of a streamed Ollama answer.
+fn last_line(body: &str) -> Value {
+    let line = body.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test]
+async fn the_ollama_example_runs_on_the_real_ollama_injected() {
+    let world = common::world();
+    let kube = world.client().await.unwrap();
+    let kc = world.keycloak().unwrap();
+    let image = ollama_image().await;
+    let release = install_release(&[]).await;
+    let idp = format!("keycloak-{}", release.label.1);
+    cluster_idp(&idp).await;
+    let (_client_ns, other) = client_pod().await;
+    let alice = kc.token_for("alice").await.unwrap();
+    let bob = kc.token_for("bob").await.unwrap();
+
+    // The example as the team applies it, with only the image changed: the
+    // real server, built here, not the stand-in.
+    let ml = covered_namespace(&release, "ml-ollama", &[]).await;
+    apply(&adapted("ml-team/llm-backend.yaml", &ml.name, &idp));
+    let backends: Api<LLMBackend> = Api::namespaced(kube.clone(), &ml.name);
+    common::wait_ready(&backends, "ollama", "True").await;
+    let mut docs = adapted("ml-team/ollama.yaml", &ml.name, &idp);
+    kind(&mut docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!(image);
+    apply(&docs);
+    let pod = model_pod(&ml.name, "ollama").await;
+    // Ollama itself took the loopback address the injection gave it
+    // (OLLAMA_HOST), and its own `/` answers the rewritten readiness probe.
+    check_running_pod(&pod, "ollama", 11434, &other).await;
+
+    let url = format!("http://ollama.{}.svc.cluster.local:11434", ml.name);
+    wait_for_service(&other, &url).await;
+    let r = short_chat(&other, &url, None, "llama3.2:1b").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    // Bob (staff) may not use the large model: refused before Ollama.
+    let r = short_chat(&other, &url, Some(&bob), "llama3.1:70b").await;
+    assert_eq!(r.status, 403, "{r:?}");
+    // Ollama's own case-insensitive lookup does not open it either.
+    let r = short_chat(&other, &url, Some(&bob), "Llama3.1:70B").await;
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // Alice (ai-power-users) and bob's small model: Ollama generates.
+    let ip = pod_ip(&pod);
+    let admin = admin_port(&pod);
+    let series = r#"attach_tokens_total{model="llama3.2:1b",kind="completion""#;
+    let before = gateway_metric(&ip, admin, series).await;
+    let r = short_chat(&other, &url, Some(&bob), "llama3.2:1b").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let done = last_line(&r.body);
+    assert_eq!(done["done"], true, "{}", r.body);
+    assert_eq!(done["model"], "llama3.2:1b");
+    let generated = done["eval_count"].as_f64().unwrap();
+    assert!(generated >= 1.0, "{done}");
+    // The quota counted exactly what Ollama reported.
+    let after = gateway_metric(&ip, admin, series).await;
+    assert!(
+        (after - before - generated).abs() < f64::EPSILON,
+        "counted {} for {generated} generated",
+        after - before
+    );
+    let r = short_chat(&other, &url, Some(&alice), "llama3.1:70b").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(last_line(&r.body)["model"], "llama3.1:70b");
+    // The model list shows bob only what he may use.
+    let tags = other
+        .http(&HttpCall::new("GET", &format!("{url}/api/tags")).bearer(&bob))
+        .await
+        .unwrap();
+    assert_eq!(tags.status, 200, "{tags:?}");
+    let names: Vec<String> = serde_json::from_str::<Value>(&tags.body).unwrap()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&"llama3.2:1b".to_owned()), "{names:?}");
+    assert!(!names.contains(&"llama3.1:70b".to_owned()), "{names:?}");
+    // Pulling is an admin endpoint: refused, whoever asks.
+    let pull = other
+        .http(
+            &HttpCall::new("POST", &format!("{url}/api/pull"))
+                .json(&json!({"model": "llama3.2:1b"}))
+                .bearer(&alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pull.status, 403, "{pull:?}");
     drop(release);
 }

@@ -193,14 +193,16 @@ async fn a_reload_rebuilds_the_quota_store_and_audit_sink_and_keeps_what_did_not
     until_status(&gw, &bob, small, 200).await;
 
     assert_eq!(gw.readyz().await.unwrap()["restartRequired"], json!([]));
-    // A new listen port needs a restart: said, not silently ignored.
+    // A new listen port and new trace settings need a restart: said, not
+    // silently ignored.
     let mut moved_listen = config.clone();
     moved_listen.listen.port = attach_tests::ports::free_port().unwrap();
+    moved_listen.tracing.endpoint = Some("http://127.0.0.1:4318".into());
     gw.write_config(&moved_listen).unwrap();
     let mut said = false;
     for _ in 0..100 {
         let ready = gw.readyz().await.unwrap();
-        if ready["restartRequired"] == json!(["listen"]) {
+        if ready["restartRequired"] == json!(["listen", "tracing"]) {
             said = true;
             break;
         }
@@ -208,13 +210,15 @@ async fn a_reload_rebuilds_the_quota_store_and_audit_sink_and_keeps_what_did_not
     }
     assert!(said, "{}", gw.readyz().await.unwrap());
     let metrics = gw.metrics().await.unwrap();
-    assert_eq!(
-        metric_sum(
-            &metrics,
-            "attach_config_restart_required{setting=\"listen\"}"
-        ),
-        1.0,
-        "{metrics}"
-    );
+    for setting in ["listen", "tracing"] {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                &format!("attach_config_restart_required{{setting=\"{setting}\"}}")
+            ),
+            1.0,
+            "{metrics}"
+        );
+    }
     gw.stop(Duration::from_secs(5));
 }

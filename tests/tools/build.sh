@@ -3,6 +3,7 @@
 # the clone:
 #   $ATTACH_CACHE/bin/etcd-<v>, kube-apiserver-<v>, kube-controller-manager-<v>, helm-<v>
 #   $ATTACH_CACHE/bin/prometheus-<v>, promtool-<v>
+#   $ATTACH_CACHE/bin/dashlint-<Prometheus v>-<hash>, otelcol-<v>-<hash>
 #   $ATTACH_CACHE/keycloak/keycloak-<v>/   (unpacked server distribution)
 #   $ATTACH_CACHE/java-home                (path of a JDK >= JAVA_MIN_VERSION)
 #   the real node, the registry, BuildKit and actionlint: see build-node.sh
@@ -51,6 +52,7 @@ build_go() { # [--tags tag,...] name dir version ldflags packages...
 require_module_version etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 require_module_version kube k8s.io/kubernetes "$KUBERNETES_VERSION"
 require_module_version prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION"
+require_module_version otelcol go.opentelemetry.io/collector/otelcol "$OTELCOL_VERSION"
 
 build_go etcd etcd "$ETCD_VERSION" "" .
 
@@ -73,6 +75,18 @@ for cmd in prometheus promtool; do
   build_go --tags remove_all_sd "$cmd" prometheus "$PROMETHEUS_VERSION" "$prom_ldflags" \
     "github.com/prometheus/prometheus/cmd/$cmd"
 done
+# Our own commands are keyed by their source too (the first 12 hex digits of
+# sha256 over the files named), so a change to them rebuilds them.
+source_key() { cat "$@" | sha256sum | cut -c1-12; }
+# The dashboard linter (tests/tools/prometheus/cmd/dashlint) parses queries
+# with this Prometheus's PromQL parser.
+dashlint_key=$(source_key "$here/prometheus/go.mod" "$here/prometheus/cmd/dashlint/main.go")
+build_go dashlint prometheus "$PROMETHEUS_VERSION-$dashlint_key" "" ./cmd/dashlint
+
+# A minimal OpenTelemetry Collector: OTLP in (gRPC and HTTP), OTLP JSON lines
+# out to a file (see tests/tools/otelcol/main.go).
+otelcol_key=$(source_key "$here/otelcol/go.mod" "$here/otelcol/main.go")
+build_go otelcol otelcol "$OTELCOL_VERSION-$otelcol_key" "-X main.version=$OTELCOL_VERSION" .
 
 helm="$bin/helm-$HELM_VERSION"
 if [[ -x "$helm" ]]; then

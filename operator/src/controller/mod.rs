@@ -33,6 +33,10 @@ use crate::reflectors::{Caches, Shared, changes};
 use conditions::is_true;
 use resolve::IdpStores;
 
+/// The kinds as the metrics name them.
+const BACKEND: &str = "LLMBackend";
+const NAMESPACE: &str = "Namespace";
+
 /// How the controllers schedule reconciles.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -85,6 +89,42 @@ impl LeaderCaches {
             && self.namespaces.store().wait_until_ready().await.is_ok()
             && self.config_maps.store().wait_until_ready().await.is_ok()
     }
+}
+
+/// How the queue-depth metric names an object.
+fn queue_key<K: Resource>(reference: &ObjectRef<K>) -> String {
+    match &reference.namespace {
+        Some(ns) => format!("{ns}/{}", reference.name),
+        None => reference.name.clone(),
+    }
+}
+
+/// `refs` join the queue of `kind` (for the metric), and pass on.
+fn enqueue<K: Resource>(
+    metrics: &Metrics,
+    kind: &'static str,
+    refs: impl IntoIterator<Item = ObjectRef<K>>,
+) -> Vec<ObjectRef<K>> {
+    refs.into_iter()
+        .inspect(|r| metrics.queued(kind, queue_key(r)))
+        .collect()
+}
+
+/// Counts a controller's results: an object gone when its turn came left
+/// the queue without a reconcile. Returns that object, if any.
+fn dequeue_missing<'r, K: Resource, E>(
+    metrics: &Metrics,
+    kind: &'static str,
+    result: &'r Result<(ObjectRef<K>, controller::Action), controller::Error<E, watcher::Error>>,
+) -> Option<&'r ObjectRef<kube::api::DynamicObject>>
+where
+    E: std::error::Error + 'static,
+{
+    let Err(controller::Error::ObjectNotFound(gone)) = result else {
+        return None;
+    };
+    metrics.dequeued(kind, &queue_key(gone));
+    Some(gone.as_ref())
 }
 
 /// One reconcile of everything, once: what the shared watches delivered
@@ -159,9 +199,12 @@ async fn idp_controller<K: identity_provider::IdpObject>(
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let store = shared.store();
+    let queue = metrics.clone();
     let triggers = changes(shared.subscribe(), store.clone(), |k: &K| {
         k.meta().generation
-    });
+    })
+    .inspect(move |k| queue.queued(K::KIND, queue_key(&ObjectRef::from_obj(k.as_ref()))));
+    let results = metrics.clone();
     Controller::for_shared_stream(triggers, store)
         .with_config(config)
         .reconcile_all_on(once())
@@ -169,6 +212,7 @@ async fn idp_controller<K: identity_provider::IdpObject>(
         .run(
             move |obj, ctx| {
                 let metrics = metrics.clone();
+                metrics.dequeued(K::KIND, &queue_key(&ObjectRef::from_obj(obj.as_ref())));
                 async move {
                     metrics
                         .measure(K::KIND, identity_provider::reconcile(obj, ctx))
@@ -178,7 +222,10 @@ async fn idp_controller<K: identity_provider::IdpObject>(
             identity_provider::error_policy::<K>,
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(move |result| {
+            dequeue_missing(&results, K::KIND, &result);
+            async {}
+        })
         .await;
 }
 
@@ -192,9 +239,13 @@ async fn namespace_label_controller(
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let namespaces = leader.namespaces.store();
+    let queue = metrics.clone();
     let triggers = changes(leader.namespaces.subscribe(), namespaces.clone(), |ns| {
         ns.labels().get(namespace_label::LABEL.0).cloned()
-    });
+    })
+    .inspect(move |ns| queue.queued(NAMESPACE, queue_key(&ObjectRef::from_obj(ns.as_ref()))));
+    let queue = metrics.clone();
+    let results = metrics.clone();
     let backends_in = changes(caches.backends.subscribe(), caches.backends.store(), |_| ());
     let ctx = Arc::new(namespace_label::Context {
         client: client.clone(),
@@ -205,24 +256,32 @@ async fn namespace_label_controller(
         .with_config(config)
         .reconcile_all_on(once())
         // A backend that comes or goes changes its namespace's label.
-        .watches_shared_stream(backends_in, |b: Arc<LLMBackend>| {
-            b.namespace()
-                .map(|ns| ObjectRef::<PartialObjectMeta<Namespace>>::new(&ns))
+        .watches_shared_stream(backends_in, move |b: Arc<LLMBackend>| {
+            enqueue(
+                &queue,
+                NAMESPACE,
+                b.namespace()
+                    .map(|ns| ObjectRef::<PartialObjectMeta<Namespace>>::new(&ns)),
+            )
         })
         .graceful_shutdown_on(shutdown)
         .run(
             move |ns, ctx| {
                 let metrics = metrics.clone();
+                metrics.dequeued(NAMESPACE, &queue_key(&ObjectRef::from_obj(ns.as_ref())));
                 async move {
                     metrics
-                        .measure("Namespace", namespace_label::reconcile(ns, ctx))
+                        .measure(NAMESPACE, namespace_label::reconcile(ns, ctx))
                         .await
                 }
             },
             namespace_label::error_policy,
             ctx,
         )
-        .for_each(|_| async {})
+        .for_each(move |result| {
+            dequeue_missing(&results, NAMESPACE, &result);
+            async {}
+        })
         .await;
 }
 
@@ -282,6 +341,9 @@ async fn backend_controller(
         woken.push(backend);
         futures::stream::iter(woken)
     });
+    let queue = metrics.clone();
+    let triggers = triggers
+        .inspect(move |b| queue.queued(BACKEND, queue_key(&ObjectRef::from_obj(b.as_ref()))));
     let idp_events = changes(caches.idps.subscribe(), caches.idps.store(), idp_state);
     let cluster_events = changes(
         caches.cluster_idps.subscribe(),
@@ -308,29 +370,32 @@ async fn backend_controller(
     let by_idp = backends.clone();
     let by_cluster_idp = backends.clone();
     let by_pod = backends.clone();
+    let (for_idp, for_cluster_idp, for_pod) = (metrics.clone(), metrics.clone(), metrics.clone());
     Controller::for_shared_stream(triggers, backends)
         .with_config(settings.controller_config())
         .reconcile_all_on(once())
         .owns_shared_stream(leader.config_maps.subscribe())
         .watches_shared_stream(idp_events, move |idp: Arc<IdentityProvider>| {
-            referring(
+            let refs = referring(
                 &by_idp,
                 IdentityProviderKind::IdentityProvider,
                 idp.namespace(),
                 &idp.name_any(),
-            )
+            );
+            enqueue(&for_idp, BACKEND, refs)
         })
         .watches_shared_stream(cluster_events, move |idp: Arc<ClusterIdentityProvider>| {
-            referring(
+            let refs = referring(
                 &by_cluster_idp,
                 IdentityProviderKind::ClusterIdentityProvider,
                 None,
                 &idp.name_any(),
-            )
+            );
+            enqueue(&for_cluster_idp, BACKEND, refs)
         })
         .watches_shared_stream(pod_events, move |pod: Arc<PartialObjectMeta<Pod>>| {
             let ns = pod.namespace().unwrap_or_default();
-            by_pod
+            let refs = by_pod
                 .state()
                 .iter()
                 .filter(|b| {
@@ -338,15 +403,17 @@ async fn backend_controller(
                         && selection::selects(&b.spec.selector, pod.labels())
                 })
                 .map(|b| ObjectRef::from_obj(b.as_ref()))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            enqueue(&for_pod, BACKEND, refs)
         })
         .graceful_shutdown_on(shutdown)
         .run(
             move |obj, ctx| {
                 let metrics = metrics.clone();
+                metrics.dequeued(BACKEND, &queue_key(&ObjectRef::from_obj(obj.as_ref())));
                 async move {
                     metrics
-                        .measure("LLMBackend", llm_backend::reconcile(obj, ctx))
+                        .measure(BACKEND, llm_backend::reconcile(obj, ctx))
                         .await
                 }
             },
@@ -355,10 +422,10 @@ async fn backend_controller(
         )
         .for_each(move |result| {
             // A deleted backend is looked up and not found: its series go.
-            if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = result {
+            if let Some(gone) = dequeue_missing(&deleted, BACKEND, &result) {
                 deleted.backend_deleted(&crate::metrics::BackendLabels {
-                    namespace: gone.namespace.unwrap_or_default(),
-                    backend: gone.name,
+                    namespace: gone.namespace.clone().unwrap_or_default(),
+                    backend: gone.name.clone(),
                 });
             }
             async {}

@@ -309,6 +309,24 @@ pub struct Audit {
     pub enabled: Option<bool>,
 }
 
+/// Where the gateway sends its spans, and how many.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP base URL, e.g.
+    /// `http://otel-collector.monitoring:4318` (spans go to `/v1/traces`).
+    #[schemars(length(max = 1024), regex(pattern = r"^https?://[^/?#]+"))]
+    pub endpoint: String,
+    /// The percentage of new traces kept (default 100). A caller's
+    /// `traceparent` decides for the traces it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub sample_percent: Option<u8>,
+    /// Put a SHA-256 of the user id in the spans instead of the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_user_id: Option<bool>,
+}
+
 /// CPU, memory and ephemeral storage, as quantities (`500m`, `128Mi`, `1`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -450,6 +468,11 @@ pub struct LLMBackendSpec {
     /// Audit log settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Audit>,
+    /// Traces of this backend's requests, over OTLP/HTTP (off when absent).
+    /// A change reaches running gateways when their pods restart (they say
+    /// so in `/readyz` and `attach_config_restart_required`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
     /// Overrides for the injected gateway container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarOverrides>,

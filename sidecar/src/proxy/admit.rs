@@ -120,6 +120,9 @@ where
                 Err(NotAdmitted::Unavailable) => return Err(GatewayError::QuotaUnavailable),
                 Err(NotAdmitted::Full) => return Err(GatewayError::QuotaStoreFull),
             };
+            if let Some(trail) = &trail {
+                trail.event("admitted");
+            }
             // From here the model has the prompt: a request dropped on any
             // path (client gone, cancelled, panicked) is charged for it.
             if let Some(admission) = &mut admission {

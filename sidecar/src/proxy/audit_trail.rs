@@ -1,6 +1,7 @@
 //! Gives every request an id and an audit trail, and writes the trail's line
-//! once the answer is known. Answers whose usage is metered are written by
-//! the meter when they end, with their token counts.
+//! (and ends its spans, when traces are on) once the answer is known.
+//! Answers whose usage is metered are written by the meter when they end,
+//! with their token counts.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -85,15 +86,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let sink = match super::runtime_of(&request) {
-            Ok(runtime) if runtime.audit.is_enabled() => runtime.audit.clone(),
+        let runtime = match super::runtime_of(&request) {
+            Ok(runtime) if runtime.audit.is_enabled() || runtime.traces.is_on() => runtime,
             _ => return Box::pin(self.inner.call(request)),
         };
         let id = request_id(request.headers());
         if let Ok(value) = HeaderValue::from_str(&id) {
             request.headers_mut().insert(REQUEST_ID, value);
         }
-        let trail = Arc::new(AuditTrail::new(id, sink));
+        let span = runtime.traces.request(request.headers(), request.method());
+        let trail = Arc::new(AuditTrail::new(id, runtime.audit.clone()).with_span(span));
         request.extensions_mut().insert(trail.clone());
         let future = self.inner.call(request);
         Box::pin(async move {

@@ -8,6 +8,8 @@
 //!   becomes the model's own address (Ollama refuses foreign `Host`s on
 //!   loopback), and the original goes in `X-Forwarded-Host` unless a trusted
 //!   proxy already said where the request came from.
+//! - With traces on, the request carries its client span's `traceparent`
+//!   (see [`crate::traces`]) in place of the caller's.
 //! - Connection refused: 502. Connect or response-header timeout: 504.
 //!   There is no total timeout: a stream runs as long as the model writes.
 
@@ -20,10 +22,16 @@ use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body_util::{LengthLimitError, Limited};
 use tower::Service;
 
+use super::authenticate::Unauthenticated;
+use super::authorize::Authorized;
 use super::{BoxFuture, ClientAddr};
+use crate::audit::AuditTrail;
 use crate::body::{Body, BoxError, boxed};
 use crate::error::GatewayError;
+use crate::metrics::gen_ai;
+use crate::policy::EndpointClass;
 use crate::runtime::Runtime;
+use crate::traces::request_span::ModelCall;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -128,6 +136,16 @@ where
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
+    // Probes on unauthenticated paths are not traced: their trail is
+    // skipped, and a span made here would outlive it.
+    if let Some(trail) = parts.extensions.get::<Arc<AuditTrail>>()
+        && parts.extensions.get::<Unauthenticated>().is_none()
+    {
+        trail.leave_for(
+            &traced_upstream(&runtime, parts.extensions.get::<Authorized>()),
+            headers,
+        );
+    }
     // Extensions are ours, not the model's.
     parts.extensions = http::Extensions::new();
 
@@ -159,6 +177,19 @@ where
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, boxed(body)))
+}
+
+/// What the client span says of the model's part.
+fn traced_upstream(runtime: &Runtime, authorized: Option<&Authorized>) -> ModelCall {
+    let inference = authorized.filter(|a| a.class == EndpointClass::Inference);
+    ModelCall {
+        operation: inference.map(|a| gen_ai::operation_name(&a.path)),
+        provider: gen_ai::provider_name(runtime.config.upstream.engine),
+        model: authorized
+            .and_then(|a| a.model.as_ref())
+            .map(|m| m.label().to_owned()),
+        address: runtime.upstream.authority.to_string(),
+    }
 }
 
 /// 413 when our own body cap tripped, 504 for a connect timeout, else 502.

@@ -145,11 +145,16 @@ fn alice() -> String {
 struct Gateway {
     service: BoxCloneService<Request<Full<Bytes>>, Response<crate::body::Body>, Infallible>,
     upstream: Upstream,
+    current: Arc<ArcSwap<Runtime>>,
     metrics: Arc<crate::metrics::Metrics>,
     _jwks: tempfile::NamedTempFile,
 }
 
-async fn gateway(mut config: GatewayConfig) -> Gateway {
+async fn gateway(config: GatewayConfig) -> Gateway {
+    gateway_with(config, Shared::new()).await
+}
+
+async fn gateway_with(mut config: GatewayConfig, shared: Shared) -> Gateway {
     let upstream = Upstream::start().await;
     let mut jwk = Jwk::from_encoding_key(&key(), Algorithm::RS256).unwrap();
     jwk.common.key_id = Some("k1".into());
@@ -159,16 +164,16 @@ async fn gateway(mut config: GatewayConfig) -> Gateway {
     issuer.jwks_file = Some(jwks.path().to_owned());
     config.issuers = vec![issuer];
     config.upstream.url = format!("http://{}", upstream.addr);
-    let shared = Shared::new();
     let runtime = Runtime::build(config, None, &shared).unwrap();
     for cache in runtime.verifier.key_caches() {
         cache.refresh("initial").await.unwrap();
     }
     let current = Arc::new(ArcSwap::from_pointee(runtime));
-    let service = BoxCloneService::new(super::stack(current, shared.metrics.clone()));
+    let service = BoxCloneService::new(super::stack(current.clone(), shared.metrics.clone()));
     Gateway {
         service,
         upstream,
+        current,
         metrics: shared.metrics.clone(),
         _jwks: jwks,
     }
@@ -500,4 +505,370 @@ async fn the_genai_metrics_count_inference_answers_only_and_name_model_errors() 
         .find(|l| l.starts_with("attach_request_overhead_seconds_count"))
         .unwrap();
     assert!(overhead.ends_with(" 3"), "{overhead}");
+}
+
+/// A service that is never ready, in place of the layer below the one
+/// tested.
+struct NotReady<E>(std::marker::PhantomData<fn() -> E>);
+
+impl<E> Clone for NotReady<E> {
+    fn clone(&self) -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<E> NotReady<E> {
+    fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<E, B> Service<Request<B>> for NotReady<E> {
+    type Response = Response<crate::body::Body>;
+    type Error = E;
+    type Future = std::future::Pending<Result<Response<crate::body::Body>, E>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), E>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        std::future::pending()
+    }
+}
+
+/// Whether `service` says it is not ready yet.
+fn waits<S: Service<Request<crate::body::Body>>>(mut service: S) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    service.poll_ready(&mut cx).is_pending()
+}
+
+#[tokio::test]
+async fn every_layer_waits_while_the_layer_below_it_is_not_ready() {
+    use crate::error::GatewayError;
+    use tower::Layer;
+    let gw = gateway(base_config()).await;
+    // Above `rescue` errors are answers (Infallible); below, GatewayErrors.
+    let top = NotReady::<Infallible>::new;
+    let below = NotReady::<GatewayError>::new;
+    let layers = [
+        (
+            "snapshot",
+            waits(super::snapshot::SnapshotLayer::new(gw.current.clone()).layer(top())),
+        ),
+        (
+            "observe",
+            waits(super::observe::ObserveLayer::new(gw.metrics.clone()).layer(top())),
+        ),
+        (
+            "audit_trail",
+            waits(super::audit_trail::AuditLayer.layer(top())),
+        ),
+        ("rescue", waits(crate::rescue::RescueLayer.layer(below()))),
+        (
+            "catch_panic",
+            waits(super::catch_panic::CatchPanicLayer.layer(below())),
+        ),
+        (
+            "loadshed",
+            waits(super::loadshed::LoadShedLayer::default().layer(below())),
+        ),
+        (
+            "client_headers",
+            waits(super::client_headers::ClientHeadersLayer.layer(below())),
+        ),
+        (
+            "strip_identity",
+            waits(super::strip_identity::StripIdentityLayer.layer(below())),
+        ),
+        (
+            "protected_resource",
+            waits(super::protected_resource::ProtectedResourceLayer.layer(below())),
+        ),
+        (
+            "authenticate",
+            waits(super::authenticate::AuthenticateLayer.layer(below())),
+        ),
+        (
+            "authorize",
+            waits(super::authorize::AuthorizeLayer.layer(below())),
+        ),
+        (
+            "exchange",
+            waits(super::exchange::ExchangeLayer.layer(below())),
+        ),
+        ("admit", waits(super::admit::AdmitLayer.layer(below()))),
+        (
+            "identity_headers",
+            waits(super::identity_headers::IdentityHeadersLayer.layer(below())),
+        ),
+    ];
+    let eager: Vec<&str> = layers
+        .iter()
+        .filter(|(_, waits)| !waits)
+        .map(|(name, _)| *name)
+        .collect();
+    assert!(
+        eager.is_empty(),
+        "ready while the layer below is not (its backpressure is lost): {eager:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_id_is_made_up_only_for_a_request_that_is_audited_or_traced() {
+    let chat = r#"{"model":"tinyllama","stream":false}"#;
+    let mut quiet = base_config();
+    quiet.audit.enabled = false;
+    let mut gw = gateway(quiet).await;
+    let auth = bearer(&alice());
+    let (status, _) = gw
+        .send("POST", "/api/chat", &[("authorization", &auth)], chat)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        gw.last().headers.get("x-request-id"),
+        None,
+        "nothing records the request: no id is made up"
+    );
+    let mut audited = gateway(base_config()).await;
+    let (status, _) = audited
+        .send("POST", "/api/chat", &[("authorization", &auth)], chat)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = audited.last().headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+}
+
+mod traces {
+    use opentelemetry::trace::{SpanKind, Status};
+    use opentelemetry::{KeyValue, Value as OtelValue};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+
+    use super::*;
+
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+    /// A gateway sending spans, with the audit log off: traces do not
+    /// depend on it.
+    async fn traced(hash_user_id: bool) -> (Gateway, InMemorySpanExporter) {
+        let mut shared = Shared::new();
+        let (traces, spans) = crate::traces::Traces::in_memory(hash_user_id);
+        shared.traces = traces;
+        let mut config = base_config();
+        config.audit.enabled = false;
+        (gateway_with(config, shared).await, spans)
+    }
+
+    fn attribute(span: &SpanData, key: &str) -> Option<OtelValue> {
+        span.attributes
+            .iter()
+            .find(|kv: &&KeyValue| kv.key.as_str() == key)
+            .map(|kv| kv.value.clone())
+    }
+
+    fn text(span: &SpanData, key: &str) -> String {
+        attribute(span, key).map_or_else(|| format!("<no {key}>"), |v| v.as_str().into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_request_is_traced_from_the_caller_through_the_gateway_to_the_model() {
+        let (mut gw, spans) = traced(false).await;
+        let auth = bearer(&alice());
+        let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/api/chat",
+                &[
+                    ("authorization", &auth),
+                    ("traceparent", &parent),
+                    ("tracestate", "vendor=kept"),
+                ],
+                r#"{"model":"tinyllama","stream":false}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let finished = spans.get_finished_spans().unwrap();
+        assert_eq!(finished.len(), 2, "{finished:#?}");
+        let server = finished
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Server)
+            .expect("a server span");
+        let client = finished
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Client)
+            .expect("a client span");
+        // The caller's trace, continued: caller -> server -> client -> model.
+        assert_eq!(server.span_context.trace_id().to_string(), CALLER_TRACE);
+        assert_eq!(server.parent_span_id.to_string(), CALLER_SPAN);
+        assert_eq!(client.span_context.trace_id().to_string(), CALLER_TRACE);
+        assert_eq!(client.parent_span_id, server.span_context.span_id());
+        let seen = gw.last();
+        assert_eq!(
+            seen.headers["traceparent"],
+            format!("00-{CALLER_TRACE}-{}-01", client.span_context.span_id()),
+            "the model is told the client span is its parent, not the caller's span"
+        );
+        assert_eq!(seen.headers["tracestate"], "vendor=kept");
+
+        assert_eq!(server.name, "POST inference");
+        assert_eq!(text(server, "user.id"), "alice");
+        assert_eq!(text(server, "attach.decision"), "allow");
+        assert_eq!(text(server, "attach.reason"), "forwarded");
+        assert_eq!(text(server, "attach.rule"), "authenticated");
+        assert_eq!(text(server, "gen_ai.request.model"), "tinyllama:latest");
+        assert_eq!(
+            attribute(server, "http.response.status_code"),
+            Some(OtelValue::I64(200))
+        );
+        for span in [server, client] {
+            assert_eq!(
+                attribute(span, "gen_ai.usage.input_tokens"),
+                Some(OtelValue::I64(1))
+            );
+            assert_eq!(
+                attribute(span, "gen_ai.usage.output_tokens"),
+                Some(OtelValue::I64(1))
+            );
+        }
+        let events: Vec<&str> = server.events.iter().map(|e| e.name.as_ref()).collect();
+        assert_eq!(
+            events,
+            ["authenticated", "authorized", "admitted", "answered"]
+        );
+
+        assert_eq!(client.name, "chat tinyllama:latest");
+        assert_eq!(text(client, "gen_ai.operation.name"), "chat");
+        assert_eq!(text(client, "gen_ai.provider.name"), "ollama");
+        assert_eq!(client.status, Status::Unset);
+        // The client span lies within the server span.
+        assert!(client.start_time >= server.start_time);
+        assert!(client.end_time <= server.end_time);
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_gets_one_span_that_says_why_and_nothing_reaches_the_model() {
+        let (mut gw, spans) = traced(false).await;
+        let (status, _) = gw
+            .send("POST", "/api/chat", &[], r#"{"model":"tinyllama"}"#)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = gw
+            .send(
+                "DELETE",
+                "/api/delete",
+                &[("authorization", &bearer(&alice()))],
+                r#"{"model":"tinyllama"}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(gw.reached(), 0);
+        let finished = spans.get_finished_spans().unwrap();
+        assert_eq!(finished.len(), 2, "{finished:#?}");
+        let [unauthenticated, forbidden] = &finished[..] else {
+            unreachable!()
+        };
+        for span in [unauthenticated, forbidden] {
+            assert_eq!(span.span_kind, SpanKind::Server);
+            assert_eq!(text(span, "attach.decision"), "deny");
+            assert_eq!(
+                span.parent_span_id,
+                opentelemetry::trace::SpanId::INVALID,
+                "no caller trace: a root"
+            );
+        }
+        assert_eq!(text(unauthenticated, "attach.reason"), "missing_token");
+        assert_eq!(
+            attribute(unauthenticated, "user.id"),
+            None,
+            "nobody was authenticated"
+        );
+        assert_eq!(text(forbidden, "user.id"), "alice");
+        assert_ne!(text(forbidden, "attach.reason"), "forwarded");
+        assert_eq!(
+            attribute(forbidden, "http.response.status_code"),
+            Some(OtelValue::I64(403))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_user_id_can_be_hashed_and_a_model_error_marks_both_spans() {
+        let (mut gw, spans) = traced(true).await;
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/api/generate",
+                &[("authorization", &bearer(&alice()))],
+                r#"{"model":"tinyllama","stream":false}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let finished = spans.get_finished_spans().unwrap();
+        assert_eq!(finished.len(), 2, "{finished:#?}");
+        for span in &finished {
+            assert!(matches!(span.status, Status::Error { .. }), "{span:#?}");
+        }
+        let server = finished
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Server)
+            .unwrap();
+        // sha256("alice")
+        assert_eq!(
+            text(server, "user.id"),
+            "2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db186d6e90"
+        );
+        assert!(
+            server
+                .attributes
+                .iter()
+                .all(|kv| kv.value.as_str() != "alice"),
+            "the plain id appears nowhere: {:#?}",
+            server.attributes
+        );
+    }
+
+    #[tokio::test]
+    async fn a_probe_on_an_unauthenticated_path_is_not_traced() {
+        let mut shared = Shared::new();
+        let (traces, spans) = crate::traces::Traces::in_memory(false);
+        shared.traces = traces;
+        let mut config = base_config();
+        config.unauthenticated_paths = vec!["/api/tags".into()];
+        let mut gw = gateway_with(config, shared).await;
+        let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+        let (status, _) = gw
+            .send("GET", "/api/tags", &[("traceparent", &parent)], "")
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(gw.last().path, "/api/tags");
+        assert_eq!(
+            gw.last().headers["traceparent"],
+            parent.as_str(),
+            "a probe's trace is the caller's own"
+        );
+        assert_eq!(spans.get_finished_spans().unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn without_traces_the_callers_traceparent_reaches_the_model_untouched() {
+        let mut gw = gateway(base_config()).await;
+        let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/api/chat",
+                &[
+                    ("authorization", &bearer(&alice())),
+                    ("traceparent", &parent),
+                ],
+                r#"{"model":"tinyllama","stream":false}"#,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(gw.last().headers["traceparent"], parent.as_str());
+    }
 }

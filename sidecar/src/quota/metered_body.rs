@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 
 use super::usage::{Usage, UsageMeter};
@@ -143,12 +143,8 @@ impl HttpBody for MeteredBody {
         self.tail.is_none() && self.on_done.is_none()
     }
 
-    fn size_hint(&self) -> SizeHint {
-        // Stripping an event changes the length: never claim an exact one.
-        let mut hint = SizeHint::new();
-        hint.set_lower(0);
-        hint
-    }
+    // `size_hint` is the trait's: no exact length is ever claimed, since
+    // stripping an event changes the length.
 }
 
 impl Drop for MeteredBody {

@@ -85,15 +85,12 @@ impl Reported {
     /// rerank or score answer that reports only the total) is charged too,
     /// as prompt.
     fn usage(&self) -> Usage {
-        let mut prompt = self.prompt.unwrap_or(0);
+        let prompt = self.prompt.unwrap_or(0);
         let completion = self.completion.unwrap_or(0);
         let total = self.total.unwrap_or(0);
         let sum = prompt.saturating_add(completion);
-        if total > sum {
-            prompt = prompt.saturating_add(total - sum);
-        }
         Usage {
-            prompt,
+            prompt: prompt.saturating_add(total.saturating_sub(sum)),
             completion,
             estimated: false,
         }
@@ -265,7 +262,8 @@ impl UsageMeter {
         let mut tail = Bytes::new();
         match self.shape {
             Shape::Json => self.read_json(),
-            Shape::NdJson if !self.skip_line => {
+            // After a line past the bound, nothing is pending.
+            Shape::NdJson => {
                 let rest = std::mem::take(&mut self.pending);
                 self.read_line(&rest);
             }
@@ -323,8 +321,13 @@ impl UsageMeter {
         }
         if !self.large {
             self.large = true;
+            // The head: the first EDGE_BYTES of what came before and, when
+            // that is less (one chunk over the bound at once), of this chunk.
             let all = std::mem::take(&mut self.pending);
-            self.pending = BytesMut::from(&all[..EDGE_BYTES.min(all.len())]);
+            let mut head = BytesMut::from(&all[..EDGE_BYTES.min(all.len())]);
+            let room = EDGE_BYTES - head.len();
+            head.extend_from_slice(&data[..room.min(data.len())]);
+            self.pending = head;
             self.push_tail(&all);
         }
         self.push_tail(data);
@@ -420,14 +423,12 @@ impl UsageMeter {
             self.chunks = self.chunks.saturating_add(1);
             return false;
         };
+        // From here usage is known, and chunks no longer count.
         self.report(reported);
         let usage_only = v
             .get("choices")
             .and_then(Value::as_array)
             .is_some_and(Vec::is_empty);
-        if !usage_only {
-            self.chunks = self.chunks.saturating_add(1);
-        }
         usage_only && self.strip_usage_event
     }
 }
@@ -493,7 +494,8 @@ fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 fn count(v: &Value) -> Option<u64> {
     v.as_u64().or_else(|| {
         v.as_f64()
-            .filter(|f| f.is_finite() && *f >= 0.0 && f.fract() == 0.0)
+            // An infinite or NaN count (not JSON, but) has no zero fraction.
+            .filter(|f| *f >= 0.0 && f.fract() == 0.0)
             // `as` saturates for floats past u64::MAX.
             .map(|f| f as u64)
     })

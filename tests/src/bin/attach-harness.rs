@@ -64,6 +64,10 @@ enum Cmd {
         /// The world's world.json (default: $ATTACH_WORLD).
         #[arg(long, env = "ATTACH_WORLD")]
         world: PathBuf,
+        /// Also the real Ollama with the tiny models (builds the engines
+        /// first if they are not cached; exports ATTACH_OLLAMA_IMAGE).
+        #[arg(long)]
+        ollama: bool,
     },
     /// List what a node left on this machine (processes, mounts, cgroups,
     /// network devices, iptables chains, state folders); fails if anything.
@@ -83,7 +87,7 @@ fn main() -> ExitCode {
         Cmd::Env { state_dir } => std::fs::read_to_string(state_dir.join("env.sh"))
             .map(|env| print!("{env}"))
             .map_err(|e| format!("no running world at {}: {e}", state_dir.display())),
-        Cmd::Images { world } => images(&world),
+        Cmd::Images { world, ollama } => images(&world, ollama),
         Cmd::NodeLeftovers => node_leftovers(),
     };
     match result {
@@ -209,13 +213,24 @@ fn down(state_dir: &Path, timeout: Duration) -> Result<(), String> {
     ))
 }
 
-fn images(world: &Path) -> Result<(), String> {
+fn images(world: &Path, with_ollama: bool) -> Result<(), String> {
     let info = WorldInfo::load(world).map_err(|e| e.to_string())?;
     let images = info
         .images
         .ok_or("that world runs no registry: start it with the images (or node) component")?;
     let started = Instant::now();
-    let built = build_project_images(&images).map_err(|e| e.to_string())?;
+    let mut built = build_project_images(&images).map_err(|e| e.to_string())?;
+    if with_ollama {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let build = runtime
+            .block_on(attach_tests::images::ollama::image_build(dir.path()))
+            .map_err(|e| e.to_string())?;
+        built.push(build.build_and_push(&images).map_err(|e| e.to_string())?);
+    }
     eprintln!(
         "[images] built and pushed in {:.1}s:",
         started.elapsed().as_secs_f64()
@@ -233,6 +248,7 @@ fn images(world: &Path) -> Result<(), String> {
             GATEWAY => "ATTACH_GATEWAY_IMAGE",
             OPERATOR => "ATTACH_OPERATOR_IMAGE",
             MOCK_MODEL => "ATTACH_MODEL_IMAGE",
+            attach_tests::images::ollama::OLLAMA => "ATTACH_OLLAMA_IMAGE",
             _ => continue,
         };
         println!("export {var}={}", image.reference);

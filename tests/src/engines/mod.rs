@@ -12,7 +12,7 @@
 
 pub mod clients;
 mod llamacpp;
-mod ollama;
+pub(crate) mod ollama;
 mod refusing_proxy;
 mod vllm;
 

@@ -81,7 +81,7 @@ pub(super) async fn start(
 }
 
 /// `ollama create <model> -f <modelfile>` against the server at `url`.
-async fn create(
+pub(crate) async fn create(
     ollama: &Path,
     url: &str,
     model: &str,

@@ -38,7 +38,8 @@ pub struct ImageBuild {
     /// The tag to push (the reference pods use carries the digest too).
     pub tag: String,
     pub dockerfile: PathBuf,
-    /// `(file, name)`: copied into `<os>/<arch>/<name>` of the context.
+    /// `(file or folder, name)`: copied into `<os>/<arch>/<name>` of the
+    /// context.
     pub binaries: Vec<(PathBuf, String)>,
     /// `--build-arg`s (VERSION and REVISION are always set).
     pub build_args: Vec<(String, String)>,
@@ -159,8 +160,7 @@ impl ImageBuild {
             std::fs::create_dir_all(dir).map_err(HarnessError::io(dir))?;
         }
         for (file, name) in &self.binaries {
-            let to = platform_dir.join(name);
-            std::fs::copy(file, &to).map_err(HarnessError::io(file))?;
+            copy_all(file, &platform_dir.join(name))?;
         }
         let (version, revision) = version_and_revision();
         let dockerfile_dir = self
@@ -233,6 +233,21 @@ impl ImageBuild {
             compressed_bytes,
         })
     }
+}
+
+/// Copies a file, or a folder with everything in it.
+fn copy_all(from: &Path, to: &Path) -> Result<(), HarnessError> {
+    let meta = std::fs::metadata(from).map_err(HarnessError::io(from))?;
+    if !meta.is_dir() {
+        std::fs::copy(from, to).map_err(HarnessError::io(from))?;
+        return Ok(());
+    }
+    std::fs::create_dir_all(to).map_err(HarnessError::io(to))?;
+    for entry in std::fs::read_dir(from).map_err(HarnessError::io(from))? {
+        let entry = entry.map_err(HarnessError::io(from))?;
+        copy_all(&entry.path(), &to.join(entry.file_name()))?;
+    }
+    Ok(())
 }
 
 /// The config and layer bytes a manifest in the registry names.

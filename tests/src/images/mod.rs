@@ -8,6 +8,7 @@
 
 pub mod build;
 pub mod buildkit;
+pub mod ollama;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

@@ -1,12 +1,17 @@
 // Wrapper module that builds Prometheus and promtool for the test harness,
 // with every dependency pinned by this go.sum. build.sh builds them with
 // `-tags remove_all_sd` (only the file and HTTP service discoveries remain;
-// the tests use static_configs) and without the web UI assets.
+// the tests use static_configs) and without the web UI assets. It also
+// builds cmd/dashlint, the dashboard linter, with Prometheus's PromQL parser
+// and the Grafana Foundation SDK's dashboard types (Apache-2.0).
 module attach.dev/tests/tools/prometheus
 
 go 1.26.8
 
-require github.com/prometheus/prometheus v0.316.0
+require (
+	github.com/grafana/grafana-foundation-sdk/go v0.0.22
+	github.com/prometheus/prometheus v0.316.0
+)
 
 require (
 	cloud.google.com/go/auth v0.24.1-0.20261001053825-dbc26066f70a // indirect

@@ -338,3 +338,228 @@ fn an_ndjson_line_that_never_ends_does_not_grow_memory() {
     ));
     assert_eq!(m.finish().1, exact(1, 2));
 }
+
+/// `{"a":"<before>","usage":{...},"b":"<after>"}` with fillers of these
+/// sizes around the usage.
+fn usage_between(before: usize, after: usize) -> String {
+    format!(
+        r#"{{"a":"{}","usage":{{"prompt_tokens":3,"completion_tokens":4}},"b":"{}"}}"#,
+        "x".repeat(before),
+        "y".repeat(after)
+    )
+}
+
+/// Meters `body` as one JSON answer arriving in chunks of `size` (or, with
+/// `size` 0, in a chunk of 100 bytes and then the rest at once).
+fn meter_json(body: &str, size: usize) -> Usage {
+    let mut m = UsageMeter::new(Shape::Json, false, 99);
+    let bytes = body.as_bytes();
+    let chunks: Vec<&[u8]> = if size == 0 {
+        vec![&bytes[..100], &bytes[100..]]
+    } else {
+        bytes.chunks(size).collect()
+    };
+    for chunk in chunks {
+        m.feed(Bytes::copy_from_slice(chunk));
+    }
+    m.finish().1
+}
+
+#[test]
+fn an_answer_up_to_a_mebibyte_is_read_whole_wherever_its_usage_is() {
+    // The usage sits more than EDGE_BYTES from either end: only reading the
+    // whole answer finds it.
+    let body = usage_between(300 * 1024, 300 * 1024);
+    assert!(body.len() < MAX_WHOLE_BYTES);
+    for size in [body.len(), 0, 100 * 1024, 4096] {
+        assert_eq!(meter_json(&body, size), exact(3, 4), "chunks of {size}");
+    }
+}
+
+#[test]
+fn past_a_mebibyte_the_usage_is_read_from_the_first_and_last_64_kib() {
+    let big = MAX_WHOLE_BYTES + 200 * 1024;
+    for (body, expected) in [
+        // Near the end, near the start: found, whole or in any chunking
+        // (one chunk over the bound at once included).
+        (usage_between(big, 10 * 1024), exact(3, 4)),
+        (usage_between(10 * 1024, big), exact(3, 4)),
+        // Further in than the edges (the tail keeps the last EDGE_BYTES at
+        // least, twice that at most): not kept, so the estimate.
+        (
+            usage_between(big, 3 * EDGE_BYTES),
+            Usage {
+                prompt: 99,
+                completion: 0,
+                estimated: true,
+            },
+        ),
+    ] {
+        for size in [body.len(), 0, 10_000, 64 * 1024] {
+            assert_eq!(meter_json(&body, size), expected, "chunks of {size}");
+        }
+    }
+}
+
+#[test]
+fn the_kept_tail_of_a_large_answer_stays_within_two_edges() {
+    let body = usage_between(3 * MAX_WHOLE_BYTES, 100);
+    let mut m = UsageMeter::new(Shape::Json, false, 0);
+    // Chunks that never add up to exactly two edges.
+    for chunk in body.as_bytes().chunks(10_000) {
+        m.feed(Bytes::copy_from_slice(chunk));
+        assert!(m.tail.len() <= 2 * EDGE_BYTES, "tail {}", m.tail.len());
+    }
+    assert_eq!(m.finish().1, exact(3, 4));
+    // The head is the first EDGE_BYTES exactly, however the answer came.
+    for first in [100, EDGE_BYTES + 100, MAX_WHOLE_BYTES - 1] {
+        let mut m = UsageMeter::new(Shape::Json, false, 0);
+        m.feed(Bytes::copy_from_slice(&body.as_bytes()[..first]));
+        m.feed(Bytes::copy_from_slice(&body.as_bytes()[first..]));
+        assert_eq!(m.pending.len(), EDGE_BYTES, "first chunk {first}");
+        assert_eq!(&m.pending[..], &body.as_bytes()[..EDGE_BYTES]);
+        assert!(m.tail.len() <= 2 * EDGE_BYTES);
+    }
+}
+
+#[test]
+fn a_large_answer_is_charged_its_last_usage_key_even_with_space_before_the_colon() {
+    // A nested "usage" object early in the tail, and the answer's own last,
+    // written with whitespace before its colon.
+    let body = format!(
+        r#"{{"a":"{}","choices":[{{"usage":{{"prompt_tokens":1,"completion_tokens":1}}}}],"usage" :  {{"prompt_tokens":6,"completion_tokens":9}}}}"#,
+        "x".repeat(MAX_WHOLE_BYTES + 1024)
+    );
+    for size in [body.len(), 8192] {
+        assert_eq!(meter_json(&body, size), exact(6, 9), "chunks of {size}");
+    }
+}
+
+#[test]
+fn a_total_above_prompt_and_completion_is_charged_as_prompt() {
+    let body = r#"{"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":10}}"#;
+    assert_eq!(meter_json(body, body.len()), exact(8, 2));
+}
+
+#[test]
+fn counts_are_whole_non_negative_numbers_integral_floats_included() {
+    let body = r#"{"usage":{"prompt_tokens":5.0,"completion_tokens":2.0}}"#;
+    assert_eq!(meter_json(body, body.len()), exact(5, 2));
+    // A negative or fractional prompt count is no count: the prompt is
+    // estimated, the completion taken.
+    for prompt in ["-3.0", "2.5", "-1"] {
+        let body = format!(r#"{{"usage":{{"prompt_tokens":{prompt},"completion_tokens":4}}}}"#);
+        assert_eq!(
+            meter_json(&body, body.len()),
+            Usage {
+                prompt: 99,
+                completion: 4,
+                estimated: true
+            },
+            "{prompt}"
+        );
+    }
+}
+
+#[test]
+fn an_ollama_chunk_that_is_not_done_reports_nothing_whatever_it_carries() {
+    let mut m = UsageMeter::new(Shape::NdJson, false, 11);
+    let (_, usage) = run(
+        &mut m,
+        &[
+            "{\"done\":false,\"prompt_eval_count\":5,\"eval_count\":1}\n",
+            "{\"done\":false}\n",
+        ],
+    );
+    assert_eq!(
+        usage,
+        Usage {
+            prompt: 11,
+            completion: 2,
+            estimated: true
+        }
+    );
+}
+
+#[test]
+fn an_ollama_stream_whose_last_line_has_no_newline_is_still_read() {
+    let mut m = UsageMeter::new(Shape::NdJson, false, 0);
+    let last = "{\"done\":true,\"prompt_eval_count\":3,\"eval_count\":4}";
+    let (out, usage) = run(&mut m, &["{\"done\":false}\n", last]);
+    assert_eq!(out, format!("{{\"done\":false}}\n{last}"));
+    assert_eq!(usage, exact(3, 4));
+}
+
+/// `{"done":true,...,"pad":"..."}` of exactly `len` bytes.
+fn ollama_final_line(len: usize) -> String {
+    let head = r#"{"done":true,"prompt_eval_count":5,"eval_count":2,"pad":""#;
+    let fill = len - head.len() - 2;
+    format!("{head}{}\"}}", "p".repeat(fill))
+}
+
+#[test]
+fn an_ollama_line_up_to_the_event_bound_is_read_and_one_past_it_is_not() {
+    // A long final line (Ollama's `/api/generate` writes its whole `context`
+    // there) is read.
+    let long = ollama_final_line(200 * 1024);
+    let mut m = UsageMeter::new(Shape::NdJson, false, 0);
+    let (_, usage) = run(&mut m, &[&long, "\n"]);
+    assert_eq!(usage, exact(5, 2), "a 200 KiB line");
+    let line = ollama_final_line(MAX_EVENT_BYTES);
+    assert_eq!(line.len(), MAX_EVENT_BYTES);
+    let mut m = UsageMeter::new(Shape::NdJson, false, 0);
+    let (_, usage) = run(&mut m, &[&line, "\n"]);
+    assert_eq!(usage, exact(5, 2), "exactly at the bound");
+    let longer = ollama_final_line(MAX_EVENT_BYTES + 1);
+    let mut m = UsageMeter::new(Shape::NdJson, false, 0);
+    let (_, usage) = run(&mut m, &[&longer, "\n"]);
+    assert!(usage.estimated, "past the bound: {usage:?}");
+}
+
+#[test]
+fn an_sse_event_up_to_the_event_bound_is_read_whether_stripping_or_not() {
+    let head =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2},\"pad\":\"";
+    let first = format!("{head}{}", "p".repeat(MAX_EVENT_BYTES - head.len()));
+    assert_eq!(first.len(), MAX_EVENT_BYTES);
+    for strip in [false, true] {
+        let mut m = UsageMeter::new(Shape::Sse, strip, 0);
+        let (_, usage) = run(&mut m, &[&first, "\"}\n\n", "data: [DONE]\n\n"]);
+        assert_eq!(usage, exact(5, 2), "strip: {strip}");
+    }
+}
+
+#[test]
+fn without_stripping_sse_bytes_go_out_as_they_come_and_exactly_once() {
+    let mut m = UsageMeter::new(Shape::Sse, false, 0);
+    assert_eq!(
+        m.feed(Bytes::from_static(b"data: {\"cho")),
+        Bytes::from_static(b"data: {\"cho"),
+        "half an event is not held back"
+    );
+    // A stream that ends without the last event's blank line.
+    let stream = [
+        "ices\":[{\"delta\":{}}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}",
+    ];
+    let (out, usage) = run(&mut m, &stream);
+    assert_eq!(out, stream.concat(), "nothing twice");
+    assert_eq!(usage, exact(1, 2));
+}
+
+#[test]
+fn the_done_marker_and_empty_events_are_not_chunks_of_the_answer() {
+    let mut m = UsageMeter::new(Shape::Sse, false, 7);
+    let (_, usage) = run(
+        &mut m,
+        &["data: {\"choices\":[{}]}\n\ndata:\n\ndata: {\"choices\":[{}]}\n\ndata: [DONE]\n\n"],
+    );
+    assert_eq!(
+        usage,
+        Usage {
+            prompt: 7,
+            completion: 2,
+            estimated: true
+        }
+    );
+}
