@@ -17,7 +17,7 @@ pub const MODEL_LOOPBACK_PORT: u16 = 15434;
 pub fn default_model_port(engine: Engine) -> u16 {
     match engine {
         Engine::Ollama => 11434,
-        Engine::Vllm | Engine::Openai => 8000,
+        Engine::Vllm | Engine::Openai | Engine::Mcp => 8000,
     }
 }
 

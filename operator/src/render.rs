@@ -234,6 +234,22 @@ pub fn render(
         };
     }
     config.audit.enabled = spec.audit.as_ref().and_then(|a| a.enabled).unwrap_or(true);
+    if let Some(server) = &spec.mcp {
+        // Tokens are for this resource (RFC 8707), whatever audiences the
+        // IdPs name for models (the CRD refuses per-reference audiences).
+        for issuer in &mut config.issuers {
+            issuer.audiences = vec![server.resource.clone()];
+        }
+        config.resource.resource = Some(server.resource.clone());
+        if let Some(path) = &server.path {
+            config.mcp.path.clone_from(path);
+        }
+        config
+            .mcp
+            .session_methods
+            .clone_from(&server.session_methods);
+        config.mcp.audit_arguments = server.audit_arguments.unwrap_or(false);
+    }
     if let Some(tracing) = &spec.tracing {
         config.tracing = attach_sidecar::traces::TracingConfig {
             endpoint: Some(tracing.endpoint.clone()),
@@ -358,6 +374,7 @@ fn engine(e: crate::crd::llm_backend::Engine) -> attach_sidecar::canonical::Engi
         E::Ollama => G::Ollama,
         E::Vllm => G::Vllm,
         E::Openai => G::Openai,
+        E::Mcp => G::Mcp,
     }
 }
 
@@ -848,6 +865,88 @@ mod tests {
             Some(Path::new("/etc/attach/secrets/exchange-client-secret-1"))
         );
         assert!(exchange.client_secret.is_empty());
+    }
+
+    #[test]
+    fn an_mcp_server_is_bound_to_its_resource_and_judged_by_target() {
+        use attach_sidecar::canonical::Engine as GatewayEngine;
+        let spec: LLMBackendSpec = serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": {"app": "tools"}},
+            "engine": "mcp",
+            "mcp": {"resource": "https://tools.example.com/mcp", "path": "/rpc",
+                    "sessionMethods": ["tasks/list"], "auditArguments": true,
+                    "env": {"PORT": "{port}"}},
+            "port": 8000,
+            "identityProviderRefs": [{"name": "corp"}],
+            "access": {"rules": [
+                {"name": "staff", "subjects": {"groups": ["staff"]},
+                 "models": ["tool:search_*", "resource:docs://*"], "endpoints": ["inference", "read"]},
+            ]},
+            "quotas": [{"name": "searches", "models": ["tool:search_*"], "requestsPerMinute": 30}],
+        }))
+        .unwrap();
+        let rendered = render(CHAT, &spec, &[keycloak()], PORTS);
+        assert_eq!(rendered.problem(), None);
+        let config = &rendered.config;
+        assert_eq!(config.upstream.engine, GatewayEngine::Mcp);
+        // Tokens must be issued for the server (RFC 8707), not for the
+        // IdP's model audience.
+        assert_eq!(
+            config.issuers[0].audiences,
+            ["https://tools.example.com/mcp"]
+        );
+        assert_eq!(
+            config.resource.resource.as_deref(),
+            Some("https://tools.example.com/mcp")
+        );
+        assert_eq!(config.mcp.path, "/rpc");
+        assert_eq!(config.mcp.session_methods, ["tasks/list"]);
+        assert!(config.mcp.audit_arguments);
+        assert_eq!(
+            &GatewayConfig::parse(&rendered.config_yaml()).unwrap(),
+            config
+        );
+
+        // A rule naming a model (not a tool, resource or prompt) is the
+        // backend's problem, reported, never dropped.
+        let mut bad = spec.clone();
+        bad.access.as_mut().unwrap().rules[0].models = vec!["llama3.2:1b".into()];
+        let problem = render(CHAT, &bad, &[keycloak()], PORTS).problem().unwrap();
+        assert!(problem.contains("MCP target"), "{problem}");
+    }
+
+    /// Every LLMBackend of `examples/` renders into a config the gateway
+    /// accepts (rules, targets and quotas in its engine's grammar), with
+    /// the platform's Keycloak (its `userClients` included).
+    #[test]
+    fn every_example_backend_renders_into_a_valid_gateway_config() {
+        use serde::Deserialize;
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut idp = keycloak();
+        idp.user_clients = vec!["attach-cli".into(), "mcp-clients".into()];
+        let mut rendered = 0;
+        for dir in std::fs::read_dir(&examples).unwrap() {
+            let dir = dir.unwrap().path();
+            if !dir.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(&dir).unwrap() {
+                let file = file.unwrap().path();
+                let text = std::fs::read_to_string(&file).unwrap();
+                for doc in serde_yaml::Deserializer::from_str(&text) {
+                    let doc = serde_yaml::Value::deserialize(doc).unwrap();
+                    if doc["kind"] != "LLMBackend" {
+                        continue;
+                    }
+                    let spec: LLMBackendSpec = serde_yaml::from_value(doc["spec"].clone()).unwrap();
+                    let ports = crate::ports::layout(crate::ports::default_model_port(spec.engine));
+                    let out = render(CHAT, &spec, std::slice::from_ref(&idp), ports);
+                    assert_eq!(out.problem(), None, "{}", file.display());
+                    rendered += 1;
+                }
+            }
+        }
+        assert!(rendered >= 5, "{rendered} backends in the examples");
     }
 
     #[test]

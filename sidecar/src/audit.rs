@@ -185,6 +185,12 @@ pub struct AuditRecord {
     pub node: Option<String>,
     pub model: Option<String>,
     pub endpoint: Option<&'static str>,
+    /// MCP: the JSON-RPC method(s), comma-separated for a batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mcp_method: Option<String>,
+    /// MCP: a `tools/call`'s arguments, only with `mcp.auditArguments`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
     pub decision: &'static str,
     pub reason: &'static str,
     pub rule: Option<String>,
@@ -294,6 +300,15 @@ impl AuditTrail {
         self.with(|r| {
             r.endpoint = Some(endpoint);
             r.model = model.map(bounded);
+        });
+    }
+
+    /// The MCP method(s) of the request, and (only when the config says so)
+    /// the arguments of its tool call.
+    pub fn mcp(&self, methods: &str, arguments: Option<&str>) {
+        self.with(|r| {
+            r.mcp_method = Some(bounded(methods));
+            r.arguments = arguments.map(bounded);
         });
     }
 

@@ -115,6 +115,9 @@ pub struct GatewayConfig {
     /// How often the config file is checked for changes.
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// The MCP server's endpoint and options (with `upstream.engine: mcp`).
+    #[serde(default, skip_serializing_if = "is_default_mcp")]
+    pub mcp: crate::mcp::McpConfig,
     /// Who may call which endpoints with which models. A config file
     /// without this section denies every request (a file cut short by a
     /// writer is never more permissive than the whole); `access:
@@ -123,6 +126,10 @@ pub struct GatewayConfig {
     /// before its end has none.
     #[serde(default)]
     pub access: AccessConfig,
+}
+
+fn is_default_mcp(mcp: &crate::mcp::McpConfig) -> bool {
+    *mcp == crate::mcp::McpConfig::default()
 }
 
 /// A listening socket.
@@ -755,6 +762,7 @@ impl GatewayConfig {
             trusted_proxies: Vec::new(),
             deny_all: false,
             reload_interval: default_reload_interval(),
+            mcp: crate::mcp::McpConfig::default(),
         }
     }
 
@@ -941,6 +949,7 @@ impl GatewayConfig {
             }
         }
         let engine = self.upstream.engine;
+        self.validate_mcp()?;
         crate::policy::rules::validate(&self.access.effective_rules(), engine)
             .map_err(|(i, message)| ConfigError::invalid(format!("access.rules[{i}]"), message))?;
         crate::quota::limits::validate(&self.quotas.limits, engine)
@@ -1042,6 +1051,42 @@ impl GatewayConfig {
 impl GatewayConfig {
     /// Names in rules and quotas belong to one issuer; human-only rules
     /// need each issuer's user clients (see [`crate::policy::scope`]).
+    /// The `mcp` section: only with engine mcp, a normalised path, method
+    /// names.
+    fn validate_mcp(&self) -> Result<(), ConfigError> {
+        let mcp = &self.mcp;
+        if self.upstream.engine != Engine::Mcp {
+            if !is_default_mcp(mcp) {
+                return Err(ConfigError::invalid(
+                    "mcp",
+                    "has no effect unless upstream.engine is mcp",
+                ));
+            }
+            return Ok(());
+        }
+        match crate::policy::normalize_path(&mcp.path) {
+            Ok(normal) if normal == mcp.path && mcp.path.starts_with('/') && mcp.path != "/" => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "mcp.path",
+                    "must be a normalised absolute path other than / (such as /mcp)",
+                ));
+            }
+        }
+        for (i, method) in mcp.session_methods.iter().enumerate() {
+            if method.is_empty()
+                || method.len() > 128
+                || method.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::invalid(
+                    format!("mcp.sessionMethods[{i}]"),
+                    "must be a JSON-RPC method name",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_identity_scopes(&self) -> Result<(), ConfigError> {
         use crate::policy::scope::{TrustedIssuer, check_human_only, check_subjects};
         let trusted: Vec<TrustedIssuer<'_>> = self

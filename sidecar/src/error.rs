@@ -15,6 +15,10 @@ pub enum GatewayError {
         error: AuthError,
         /// The RFC 9728 metadata URL for the `WWW-Authenticate` challenge.
         resource_metadata: Option<String>,
+        /// The scopes a 401's challenge names (RFC 6750 §3): for an MCP
+        /// server, those its metadata advertises, so a client knows what to
+        /// ask the IdP for.
+        scope: Option<String>,
     },
     /// The backend is configured to deny everything (fail closed): 403.
     #[error("this backend denies all requests: {0}")]
@@ -32,6 +36,10 @@ pub enum GatewayError {
     /// differently from the gateway, or not at all: 400.
     #[error("bad request: {0}")]
     BadBody(crate::canonical::BodyError),
+    /// An MCP request body that is not a JSON-RPC message the gateway can
+    /// judge, or whose MCP headers disagree with it: 400.
+    #[error("bad MCP request: {0}")]
+    BadMessage(crate::mcp::message::MessageError),
     /// A client header the gateway cannot forward safely: 400.
     #[error("bad request: {0}")]
     BadHeader(crate::proxy::client_headers::HeaderError),
@@ -96,6 +104,7 @@ impl GatewayError {
             },
             Self::BadRequest(_) => "bad_request",
             Self::BadBody(_) => "bad_body",
+            Self::BadMessage(_) => "bad_mcp_message",
             Self::BadHeader(_) => "bad_header",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UpstreamUnavailable => "upstream_unavailable",

@@ -91,6 +91,16 @@ pub struct StoreLabels {
     pub store: &'static str,
 }
 
+/// Labels of an MCP message: its method (`(unknown)` for a method the
+/// gateway does not know), the target of a call (a served one by name,
+/// else `(unlisted)`; empty for other messages), and the decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct McpLabels {
+    pub method: String,
+    pub target: String,
+    pub decision: &'static str,
+}
+
 /// Labels naming a config setting.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SettingLabels {
@@ -155,6 +165,8 @@ pub struct Metrics {
     pub restart_required: Family<SettingLabels, Gauge>,
     /// Cached verifications dropped because their key left the key set.
     pub token_cache_revoked: Counter,
+    /// `attach_mcp_messages_total{method,target,decision}`.
+    pub mcp_messages: Family<McpLabels, Counter>,
 }
 
 impl Metrics {
@@ -308,6 +320,12 @@ impl Metrics {
             "Time from a request's arrival to its forwarding to the model: what the gateway adds (authentication, authorization, token exchange, admission)",
             request_overhead.clone(),
         );
+        let mcp_messages = Family::<McpLabels, Counter>::default();
+        registry.register(
+            "mcp_messages",
+            "MCP JSON-RPC messages judged, by method, target (tool, resource or prompt) and decision",
+            mcp_messages.clone(),
+        );
         let mut gen_ai_registry = Registry::default();
         let gen_ai = gen_ai::GenAi::register(&mut gen_ai_registry);
         Self {
@@ -331,6 +349,7 @@ impl Metrics {
             trace_exports,
             restart_required,
             token_cache_revoked,
+            mcp_messages,
             requests,
             verify_duration,
             jwks_refreshes,
@@ -339,6 +358,17 @@ impl Metrics {
             config_reloads,
             in_flight,
         }
+    }
+
+    /// Counts one judged MCP message.
+    pub fn mcp_message(&self, method: &str, target: &str, allowed: bool) {
+        self.mcp_messages
+            .get_or_create(&McpLabels {
+                method: method.to_owned(),
+                target: target.to_owned(),
+                decision: if allowed { "allow" } else { "deny" },
+            })
+            .inc();
     }
 
     /// Sets whether the shared quota store answers.

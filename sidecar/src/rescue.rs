@@ -37,6 +37,7 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         GatewayError::BadPath(_)
         | GatewayError::BadRequest(_)
         | GatewayError::BadBody(_)
+        | GatewayError::BadMessage(_)
         | GatewayError::BadHeader(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         GatewayError::QuotaExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
         GatewayError::QuotaUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "quota_unavailable"),
@@ -67,6 +68,9 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         // What was wrong with the body, for the client to fix.
         body["reason"] = e.code().into();
     }
+    if let GatewayError::BadMessage(e) = error {
+        body["reason"] = e.code().into();
+    }
     if let GatewayError::BadHeader(_) = error {
         body["reason"] = "connection_names_gateway_header".into();
     }
@@ -82,9 +86,10 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
     if let GatewayError::Auth {
         error,
         resource_metadata,
+        scope,
     } = error
     {
-        if let Some(challenge) = challenge(error, resource_metadata.as_deref()) {
+        if let Some(challenge) = challenge(error, resource_metadata.as_deref(), scope.as_deref()) {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
         if matches!(error, AuthError::KeysUnavailable) {
@@ -143,10 +148,19 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
 /// The RFC 6750 §3 challenge. A request without a token gets no `error`
 /// attribute; a refused token gets `invalid_token` and a short description;
 /// a token without a required scope gets `insufficient_scope`.
-fn challenge(error: &AuthError, resource_metadata: Option<&str>) -> Option<HeaderValue> {
+fn challenge(
+    error: &AuthError,
+    resource_metadata: Option<&str>,
+    scope: Option<&str>,
+) -> Option<HeaderValue> {
     let mut value = String::from(r#"Bearer realm="attach-gateway""#);
+    // The scopes to ask for, where the challenge names none of its own.
+    let scope = scope
+        .filter(|s| !s.is_empty() && !matches!(error, AuthError::InsufficientScope { .. }))
+        .map(|s| format!(r#", scope="{}""#, quote_safe(s)))
+        .unwrap_or_default();
     match error {
-        AuthError::MissingToken => {}
+        AuthError::MissingToken => value.push_str(&scope),
         AuthError::KeysUnavailable => return None,
         AuthError::InsufficientScope { required } => {
             value.push_str(r#", error="insufficient_scope""#);
@@ -158,6 +172,7 @@ fn challenge(error: &AuthError, resource_metadata: Option<&str>) -> Option<Heade
                 r#", error_description="{}""#,
                 quote_safe(&other.to_string())
             ));
+            value.push_str(&scope);
         }
     }
     if let Some(url) = resource_metadata {
@@ -228,6 +243,7 @@ mod tests {
             resource_metadata: Some(
                 "https://llm.example/.well-known/oauth-protected-resource".into(),
             ),
+            scope: None,
         })
     }
 
@@ -260,6 +276,28 @@ mod tests {
         });
         assert_eq!(r.status(), 403);
         assert!(www(&r).contains(r#"error="insufficient_scope", scope="llm.invoke""#));
+    }
+
+    /// An MCP server's 401 names the scopes every token needs, so a
+    /// client's login asks for them; an `insufficient_scope` names only
+    /// its own.
+    #[test]
+    fn a_challenge_names_the_scopes_to_ask_for() {
+        let with_scope = |error| {
+            rescue(&GatewayError::Auth {
+                error,
+                resource_metadata: None,
+                scope: Some("mcp:use".into()),
+            })
+        };
+        let r = with_scope(AuthError::MissingToken);
+        assert_eq!(www(&r), r#"Bearer realm="attach-gateway", scope="mcp:use""#);
+        let r = with_scope(AuthError::Expired);
+        assert!(www(&r).ends_with(r#", scope="mcp:use""#), "{}", www(&r));
+        let r = with_scope(AuthError::InsufficientScope {
+            required: vec!["mcp:deploy".into()],
+        });
+        assert!(!www(&r).contains("mcp:use"), "{}", www(&r));
     }
 
     #[test]

@@ -97,6 +97,32 @@ impl ServedModels {
         true
     }
 
+    /// Adds the targets an MCP server listed (`tool:<name>`, ...) to what it
+    /// serves: its lists differ by session and by caller, so they add up
+    /// (at most [`MAX_SERVED_MODELS`] names). Declared lists are kept.
+    pub fn observe_targets(&self, targets: &[String]) {
+        if self.declared || targets.is_empty() {
+            return;
+        }
+        let names = self.names.load();
+        let new: Vec<ModelName> = targets
+            .iter()
+            .filter_map(|t| canonical_name(self.engine, t).ok())
+            .filter(|n| !names.contains(n))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let mut next = HashSet::clone(&names);
+        for name in new {
+            if next.len() >= MAX_SERVED_MODELS {
+                break;
+            }
+            next.insert(name);
+        }
+        self.names.store(Arc::new(next));
+    }
+
     /// Whether the backend serves `name`: from the list as it is, or, for a
     /// name not on it, from a fresh read if the list is older than
     /// [`MISS_REFRESH`] (waited for at most [`MISS_WAIT`]). Also keeps the
@@ -106,7 +132,8 @@ impl ServedModels {
             self.refresh_if_stale(upstream);
             return true;
         }
-        if self.declared {
+        // MCP servers have no list to read outside a session.
+        if self.declared || self.engine == Engine::Mcp {
             return false;
         }
         let _ = tokio::time::timeout(MISS_WAIT, self.read(upstream, MISS_REFRESH)).await;
@@ -149,6 +176,7 @@ impl ServedModels {
     /// runtime (the request path's); without one it does nothing.
     pub fn refresh_if_stale(self: &Arc<Self>, upstream: &Upstream) {
         if self.declared
+            || self.engine == Engine::Mcp
             || self.age().is_some_and(|age| age < self.refresh_interval)
             || tokio::runtime::Handle::try_current().is_err()
             || self.background.swap(true, Ordering::AcqRel)
@@ -194,6 +222,7 @@ async fn read_list(engine: Engine, upstream: &Upstream) -> Option<Bytes> {
     let path = match engine {
         Engine::Ollama => "/api/tags",
         Engine::Vllm | Engine::Openai => "/v1/models",
+        Engine::Mcp => return None,
     };
     let uri = http::Uri::builder()
         .scheme(upstream.scheme.clone())

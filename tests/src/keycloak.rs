@@ -60,6 +60,16 @@ pub struct Keycloak {
     pub info: KeycloakInfo,
 }
 
+/// Clients made by [`KeycloakInfo::resource_clients`].
+#[derive(Debug, Clone)]
+pub struct ResourceClients {
+    /// The public client people log in with.
+    pub user: String,
+    /// The confidential client that acts for itself.
+    pub machine: String,
+    pub secret: String,
+}
+
 /// Everything a test needs to talk to Keycloak.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeycloakInfo {
@@ -269,6 +279,123 @@ impl KeycloakInfo {
             what: "token response".into(),
             source,
         })
+    }
+
+    /// Creates this run's clients in the `attach` realm for `resource` (an
+    /// MCP server's resource URI, RFC 8707): a public one for people
+    /// (password grant) and a confidential one for a machine (client
+    /// credentials), both putting `resource` in `aud` and the groups in
+    /// `groups`, with `scopes` as optional client scopes (in a token only
+    /// when asked for; created in the realm when missing).
+    pub async fn resource_clients(
+        &self,
+        resource: &str,
+        scopes: &[&str],
+    ) -> Result<ResourceClients, HarnessError> {
+        use reqwest::Method;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let run = format!("{:x}{nanos:x}", std::process::id());
+        let existing = self
+            .admin(Method::GET, &format!("/{REALM}/client-scopes"), None)
+            .await?;
+        for scope in scopes {
+            let known = existing
+                .as_array()
+                .is_some_and(|all| all.iter().any(|s| s["name"] == *scope));
+            if !known {
+                let body = serde_json::json!({"name": scope, "protocol": "openid-connect",
+                    "attributes": {"include.in.token.scope": "true", "display.on.consent.screen": "false"}});
+                self.admin(
+                    Method::POST,
+                    &format!("/{REALM}/client-scopes"),
+                    Some(&body),
+                )
+                .await?;
+            }
+        }
+        let all_scopes = self
+            .admin(Method::GET, &format!("/{REALM}/client-scopes"), None)
+            .await?;
+        let mappers = serde_json::json!([
+            {"name": "audience-resource", "protocol": "openid-connect", "protocolMapper": "oidc-audience-mapper",
+             "config": {"included.custom.audience": resource, "access.token.claim": "true", "id.token.claim": "false"}},
+            {"name": "groups", "protocol": "openid-connect", "protocolMapper": "oidc-group-membership-mapper",
+             "config": {"claim.name": "groups", "full.path": "false", "access.token.claim": "true"}},
+        ]);
+        let clients = ResourceClients {
+            user: format!("resource-cli-{run}"),
+            machine: format!("resource-agent-{run}"),
+            secret: format!("resource-agent-secret-{run}"),
+        };
+        for client in [
+            serde_json::json!({"clientId": clients.user, "publicClient": true,
+                "directAccessGrantsEnabled": true, "standardFlowEnabled": false,
+                "fullScopeAllowed": true, "protocolMappers": mappers}),
+            serde_json::json!({"clientId": clients.machine, "publicClient": false,
+                "secret": clients.secret, "serviceAccountsEnabled": true,
+                "standardFlowEnabled": false, "fullScopeAllowed": true, "protocolMappers": mappers}),
+        ] {
+            self.admin(Method::POST, &format!("/{REALM}/clients"), Some(&client))
+                .await?;
+            let client_id = client["clientId"].as_str().unwrap_or_default();
+            let found = self
+                .admin(
+                    Method::GET,
+                    &format!("/{REALM}/clients?clientId={client_id}"),
+                    None,
+                )
+                .await?;
+            let id = found[0]["id"].as_str().unwrap_or_default().to_owned();
+            for scope in scopes {
+                let scope_id = all_scopes
+                    .as_array()
+                    .and_then(|all| all.iter().find(|s| s["name"] == *scope))
+                    .and_then(|s| s["id"].as_str())
+                    .unwrap_or_default();
+                self.admin(
+                    Method::PUT,
+                    &format!("/{REALM}/clients/{id}/optional-client-scopes/{scope_id}"),
+                    None,
+                )
+                .await?;
+            }
+        }
+        Ok(clients)
+    }
+
+    /// `user`'s token from `clients`' public client, asking for `scope`.
+    pub async fn resource_user_token(
+        &self,
+        clients: &ResourceClients,
+        user: &str,
+        scope: &str,
+    ) -> Result<String, HarnessError> {
+        let password = format!("{user}-password");
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", clients.user.as_str()),
+            ("username", user),
+            ("password", password.as_str()),
+            ("scope", scope),
+        ];
+        self.token(REALM, &form).await.map(|t| t.access_token)
+    }
+
+    /// The machine client's own token (client credentials), asking for `scope`.
+    pub async fn resource_machine_token(
+        &self,
+        clients: &ResourceClients,
+        scope: &str,
+    ) -> Result<String, HarnessError> {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", clients.machine.as_str()),
+            ("client_secret", clients.secret.as_str()),
+            ("scope", scope),
+        ];
+        self.token(REALM, &form).await.map(|t| t.access_token)
     }
 
     /// An admin access token (master realm, `admin-cli`).

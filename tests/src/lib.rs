@@ -21,6 +21,7 @@ pub mod images;
 pub mod injected_pod;
 pub mod keycloak;
 pub mod machine_lock;
+pub mod mcp;
 pub mod mock_model;
 pub mod node;
 pub mod operator;

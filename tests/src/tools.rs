@@ -28,6 +28,8 @@ pub struct Versions {
     pub otelcol: String,
     /// The Ollama module the real engine is built from.
     pub ollama: String,
+    /// The llama-cpp-python release whose server the llama.cpp engine is.
+    pub llama_cpp_python: String,
 }
 
 impl Versions {
@@ -58,6 +60,7 @@ impl Versions {
             prometheus: get("PROMETHEUS_VERSION")?,
             otelcol: get("OTELCOL_VERSION")?,
             ollama: get("OLLAMA_VERSION")?,
+            llama_cpp_python: get("LLAMA_CPP_PYTHON_VERSION")?,
         })
     }
 }

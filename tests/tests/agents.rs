@@ -21,19 +21,10 @@ use attach_tests::gateway::GatewayProcess;
 use attach_tests::keycloak::AUDIENCE;
 use attach_tests::mock_model::MockModel;
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, Header};
 use serde_json::json;
 
 const LOCAL_ISSUER: &str = "https://agents.attach.test";
-
-fn local_key() -> EncodingKey {
-    let pem = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../sidecar/testdata/keys/rsa-trusted.pem"
-    ))
-    .unwrap();
-    EncodingKey::from_rsa_pem(&pem).unwrap()
-}
 
 /// A token of the local issuer: alice (an admin), through `actors`.
 fn delegated(actors: &[&str]) -> String {
@@ -63,7 +54,7 @@ fn local_token(extra: serde_json::Value) -> String {
     }
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some("local-1".into());
-    jsonwebtoken::encode(&header, &claims, &local_key()).unwrap()
+    jsonwebtoken::encode(&header, &claims, &common::local_key()).unwrap()
 }
 
 #[tokio::test]
@@ -71,7 +62,7 @@ async fn agents_are_identified_authorised_limited_and_audited() {
     let kc = common::world().keycloak().unwrap();
     let model = MockModel::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut jwk = Jwk::from_encoding_key(&local_key(), Algorithm::RS256).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&common::local_key(), Algorithm::RS256).unwrap();
     jwk.common.key_id = Some("local-1".into());
     let jwks_file = dir.path().join("jwks.json");
     std::fs::write(&jwks_file, json!({"keys": [jwk]}).to_string()).unwrap();

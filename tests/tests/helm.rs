@@ -882,21 +882,24 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn the_examples_pass_server_side_dry_run() {
     common::install_crds();
     let examples = root().join("examples");
+    // Every folder, so that a new example cannot be left unchecked.
+    let mut dirs: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 5, "{dirs:?}");
     // Namespaces for real (dry-run of namespaced objects needs them).
-    for ns in [
-        "ml-team/namespace.yaml",
-        "vllm-team/namespace.yaml",
-        "agents-team/namespace.yaml",
-    ] {
-        kubectl(&["apply", "-f", examples.join(ns).to_str().unwrap()]);
+    for ns in dirs
+        .iter()
+        .map(|d| d.join("namespace.yaml"))
+        .filter(|p| p.exists())
+    {
+        kubectl(&["apply", "-f", ns.to_str().unwrap()]);
     }
-    for dir in ["platform", "ml-team", "vllm-team", "agents-team"] {
-        let out = kubectl(&[
-            "apply",
-            "--dry-run=server",
-            "-f",
-            examples.join(dir).to_str().unwrap(),
-        ]);
+    for dir in &dirs {
+        let out = kubectl(&["apply", "--dry-run=server", "-f", dir.to_str().unwrap()]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("(server dry run)"), "{text}");
     }

@@ -11,7 +11,12 @@
 //! namespace with its quotas in the world's Redis. The Ollama example runs
 //! once more on the real Ollama (the `attach-ollama` image built here): the
 //! injection binds it to loopback, its own `/` answers the moved probe, and
-//! the quota counts exactly the tokens it reports.
+//! the quota counts exactly the tokens it reports. The llama.cpp example
+//! (`engine: openai`, "any OpenAI-compatible server") runs on the real
+//! llama-cpp-python server (the `attach-llamacpp` image built here), moved
+//! to loopback through HOST and PORT. The MCP example (`engine: mcp`) runs
+//! on the official MCP Python SDK's server (the `attach-mcp-tools` image),
+//! judged tool by tool from another pod.
 
 mod common;
 
@@ -19,6 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use attach_operator::crd::{ClusterIdentityProvider, LLMBackend};
+use attach_tests::images::build::ImageBuild;
 use attach_tests::keycloak::{AUDIENCE, REALM};
 use attach_tests::node::inspect::{container_pids, listening_sockets, start_ticks};
 use attach_tests::pod_client::{HttpCall, HttpResult, PodClient};
@@ -227,13 +233,19 @@ async fn check_running_pod(pod: &Pod, model: &str, port: u16, other: &PodClient)
 
 /// Creates this run's ClusterIdentityProvider (the world's Keycloak).
 async fn cluster_idp(name: &str) {
+    cluster_idp_with(name, &[]).await;
+}
+
+/// [`cluster_idp`], with the clients whose tokens are people's own
+/// (`userClients`, which `humanOnly` rules need).
+async fn cluster_idp_with(name: &str, user_clients: &[&str]) {
     let client = common::world().client().await.unwrap();
     let kc = common::world().keycloak().unwrap();
     let cidp: ClusterIdentityProvider = serde_json::from_value(json!({
         "apiVersion": "attach.dev/v1alpha1", "kind": "ClusterIdentityProvider",
         "metadata": {"name": name},
         "spec": {"issuer": kc.issuer(REALM), "insecure": true, "audiences": [AUDIENCE],
-                 "preset": "keycloak", "algorithms": ["RS256"]},
+                 "preset": "keycloak", "algorithms": ["RS256"], "userClients": user_clients},
     }))
     .unwrap();
     let cidps: Api<ClusterIdentityProvider> = Api::all(client);
@@ -514,23 +526,52 @@ async fn the_examples_run_injected_and_enforce_access_and_quotas() {
     drop(release);
 }
 
+/// Applies an example to a new namespace the release covers, as a team
+/// would: its `LLMBackend` (`(file, name)`) first, waited Ready, then its
+/// workload (`(file, app label)`) with `image` as the model's. Returns the
+/// namespace and the workload's Ready pod.
+async fn deploy_example(
+    release: &Release,
+    prefix: &str,
+    idp: &str,
+    (backend_file, backend): (&str, &str),
+    (workload_file, app): (&str, &str),
+    image: &str,
+) -> (TestNamespace, Pod) {
+    let kube = common::world().client().await.unwrap();
+    let ns = covered_namespace(release, prefix, &[]).await;
+    apply(&adapted(backend_file, &ns.name, idp));
+    let backends: Api<LLMBackend> = Api::namespaced(kube, &ns.name);
+    common::wait_ready(&backends, backend, "True").await;
+    let mut docs = adapted(workload_file, &ns.name, idp);
+    kind(&mut docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!(image);
+    apply(&docs);
+    let pod = model_pod(&ns.name, app).await;
+    (ns, pod)
+}
+
+/// Prepares an image's files in a temporary folder with `build`, builds it
+/// and pushes it to the world's registry; returns its reference.
+async fn pushed(
+    build: impl AsyncFnOnce(&Path) -> Result<ImageBuild, attach_tests::HarnessError>,
+) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let build = build(dir.path()).await.unwrap();
+    let images = common::world().images().unwrap().clone();
+    tokio::task::spawn_blocking(move || build.build_and_push(&images))
+        .await
+        .unwrap()
+        .unwrap()
+        .reference
+}
+
 /// The real Ollama image (built here, with the tiny models under the
 /// example's names), pushed to the world's registry once per process.
 async fn ollama_image() -> String {
     static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     IMAGE
-        .get_or_init(|| async {
-            let dir = tempfile::tempdir().unwrap();
-            let build = attach_tests::images::ollama::image_build(dir.path())
-                .await
-                .unwrap();
-            let images = common::world().images().unwrap().clone();
-            tokio::task::spawn_blocking(move || build.build_and_push(&images))
-                .await
-                .unwrap()
-                .unwrap()
-                .reference
-        })
+        .get_or_init(|| pushed(async |dir| attach_tests::images::ollama::image_build(dir).await))
         .await
         .clone()
 }
@@ -559,7 +600,6 @@ fn last_line(body: &str) -> Value {
 #[tokio::test]
 async fn the_ollama_example_runs_on_the_real_ollama_injected() {
     let world = common::world();
-    let kube = world.client().await.unwrap();
     let kc = world.keycloak().unwrap();
     let image = ollama_image().await;
     let release = install_release(&[]).await;
@@ -571,15 +611,15 @@ async fn the_ollama_example_runs_on_the_real_ollama_injected() {
 
     // The example as the team applies it, with only the image changed: the
     // real server, built here, not the stand-in.
-    let ml = covered_namespace(&release, "ml-ollama", &[]).await;
-    apply(&adapted("ml-team/llm-backend.yaml", &ml.name, &idp));
-    let backends: Api<LLMBackend> = Api::namespaced(kube.clone(), &ml.name);
-    common::wait_ready(&backends, "ollama", "True").await;
-    let mut docs = adapted("ml-team/ollama.yaml", &ml.name, &idp);
-    kind(&mut docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] =
-        json!(image);
-    apply(&docs);
-    let pod = model_pod(&ml.name, "ollama").await;
+    let (ml, pod) = deploy_example(
+        &release,
+        "ml-ollama",
+        &idp,
+        ("ml-team/llm-backend.yaml", "ollama"),
+        ("ml-team/ollama.yaml", "ollama"),
+        &image,
+    )
+    .await;
     // Ollama itself took the loopback address the injection gave it
     // (OLLAMA_HOST), and its own `/` answers the rewritten readiness probe.
     check_running_pod(&pod, "ollama", 11434, &other).await;
@@ -641,5 +681,289 @@ async fn the_ollama_example_runs_on_the_real_ollama_injected() {
         .await
         .unwrap();
     assert_eq!(pull.status, 403, "{pull:?}");
+    drop(release);
+}
+
+/// The llama.cpp image (built here: llama-cpp-python's server and the tiny
+/// models under the file names the example's server config loads), pushed
+/// to the world's registry once per process.
+async fn llamacpp_image() -> String {
+    static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    IMAGE
+        .get_or_init(|| pushed(async |dir| attach_tests::images::llamacpp::image_build(dir).await))
+        .await
+        .clone()
+}
+
+/// A chat completion of a few tokens (random weights need not stop).
+async fn openai_chat(
+    client: &PodClient,
+    url: &str,
+    token: Option<&str>,
+    model: &str,
+) -> HttpResult {
+    let mut call = HttpCall::new("POST", &format!("{url}/v1/chat/completions")).json(&json!({
+        "model": model, "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+    }));
+    call.timeout_ms = Some(60_000);
+    if let Some(token) = token {
+        call = call.bearer(token);
+    }
+    client.http(&call).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_llamacpp_example_runs_on_the_real_llamacpp_server_injected() {
+    let world = common::world();
+    let kc = world.keycloak().unwrap();
+    let image = llamacpp_image().await;
+    let release = install_release(&[]).await;
+    let idp = format!("keycloak-{}", release.label.1);
+    cluster_idp(&idp).await;
+    let (_client_ns, other) = client_pod().await;
+    let alice = kc.token_for("alice").await.unwrap();
+    let bob = kc.token_for("bob").await.unwrap();
+
+    // "Any OpenAI-compatible server": the example as the team applies it
+    // (its server config in a ConfigMap, HOST and PORT as the rebinding),
+    // with only the image changed.
+    let (team, pod) = deploy_example(
+        &release,
+        "llamacpp",
+        &idp,
+        ("llamacpp-team/llm-backend.yaml", "llama-cpp"),
+        ("llamacpp-team/llamacpp.yaml", "llama-cpp"),
+        &image,
+    )
+    .await;
+    // The server took the loopback address the injection gave it through
+    // HOST and PORT, and its own /v1/models answers the moved probe.
+    check_running_pod(&pod, "llama-cpp", 8000, &other).await;
+
+    let url = format!("http://llama-cpp.{}.svc.cluster.local:8000", team.name);
+    wait_for_service(&other, &url).await;
+    let small = "llama-3.2-1b-instruct";
+    let big = "llama-3.1-70b-instruct";
+    let r = openai_chat(&other, &url, None, small).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.headers["www-authenticate"].starts_with("Bearer"), "{r:?}");
+    // Bob (staff) may not use the large model: refused before the server.
+    let r = openai_chat(&other, &url, Some(&bob), big).await;
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // Bob's small model: llama.cpp generates, and the quota counts exactly
+    // the usage the server reported.
+    let ip = pod_ip(&pod);
+    let admin = admin_port(&pod);
+    let series = format!(r#"attach_tokens_total{{model="{small}",kind="completion""#);
+    let before = gateway_metric(&ip, admin, &series).await;
+    let r = openai_chat(&other, &url, Some(&bob), small).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let answer: Value = serde_json::from_str(&r.body).unwrap();
+    let generated = answer["usage"]["completion_tokens"].as_f64().unwrap();
+    assert!(generated >= 1.0, "{answer}");
+    let after = gateway_metric(&ip, admin, &series).await;
+    assert!(
+        (after - before - generated).abs() < f64::EPSILON,
+        "counted {} for {generated} generated",
+        after - before
+    );
+    // Alice (ai-power-users) may use the large one.
+    let r = openai_chat(&other, &url, Some(&alice), big).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Bob may embed with the small embedding model.
+    let r = other
+        .http(
+            &HttpCall::new("POST", &format!("{url}/v1/embeddings"))
+                .json(&json!({"model": "nomic-embed-text-v1.5", "input": "hello"}))
+                .bearer(&bob),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let embedding: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(
+        !embedding["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{embedding}"
+    );
+    // The model list shows bob only what he may use.
+    let models = other
+        .http(&HttpCall::new("GET", &format!("{url}/v1/models")).bearer(&bob))
+        .await
+        .unwrap();
+    assert_eq!(models.status, 200, "{models:?}");
+    let ids: Vec<String> = serde_json::from_str::<Value>(&models.body).unwrap()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(ids.contains(&small.to_owned()), "{ids:?}");
+    assert!(!ids.contains(&big.to_owned()), "{ids:?}");
+    // llama-cpp-python's own tokenizer routes are not OpenAI endpoints: the
+    // gateway does not know them, so they are refused, whoever asks.
+    let r = other
+        .http(
+            &HttpCall::new("POST", &format!("{url}/extras/tokenize"))
+                .json(&json!({"model": small, "input": "hello"}))
+                .bearer(&alice),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{r:?}");
+    drop(release);
+}
+
+/// The MCP server image (built here: the official MCP Python SDK's server
+/// on its Python runtime), pushed to the world's registry once per process.
+async fn mcp_tools_image() -> String {
+    static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    IMAGE
+        .get_or_init(|| pushed(async |dir| attach_tests::images::mcp_tools::image_build(dir).await))
+        .await
+        .clone()
+}
+
+/// A JSON-RPC request of MCP protocol 2026-07-28 (no session: each request
+/// carries its version and capabilities, and its method and name in
+/// headers), sent from another pod.
+async fn mcp_call(
+    client: &PodClient,
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    params: Value,
+) -> (u16, Value) {
+    let mut params = params;
+    params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    let name = params["name"].as_str().map(str::to_owned);
+    let mut call = HttpCall::new("POST", url)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method);
+    if let Some(name) = &name {
+        call = call.header("mcp-name", name);
+    }
+    if let Some(token) = token {
+        call = call.bearer(token);
+    }
+    let r = client.http(&call).await.unwrap();
+    // A JSON answer, or an SSE stream whose last data line is the answer.
+    let text = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or(&r.body)
+        .to_owned();
+    (r.status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_mcp_example_runs_injected_and_is_judged_tool_by_tool() {
+    let world = common::world();
+    let kc = world.keycloak().unwrap();
+    let image = mcp_tools_image().await;
+    let release = install_release(&[]).await;
+    let docs = example("mcp-team/llm-backend.yaml");
+    let resource = docs[0]["spec"]["mcp"]["resource"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let clients = kc
+        .resource_clients(&resource, &["mcp:deploy"])
+        .await
+        .unwrap();
+    let idp = format!("keycloak-{}", release.label.1);
+    cluster_idp_with(&idp, &[clients.user.as_str()]).await;
+    let (_client_ns, other) = client_pod().await;
+    let bob = kc
+        .resource_user_token(&clients, "bob", "openid")
+        .await
+        .unwrap();
+
+    // The example as the team applies it, with only the image changed.
+    let (team, pod) = deploy_example(
+        &release,
+        "mcp",
+        &idp,
+        ("mcp-team/llm-backend.yaml", "docs-tools"),
+        ("mcp-team/docs-tools.yaml", "docs-tools"),
+        &image,
+    )
+    .await;
+    // The server took the loopback address the injection gave it (HOST,
+    // PORT), and its /healthz answers the moved probe.
+    check_running_pod(&pod, "tools", 8000, &other).await;
+
+    let base = format!("http://docs-tools.{}.svc.cluster.local:8000", team.name);
+    wait_for_service(&other, &base).await;
+    let url = format!("{base}/mcp");
+    let (status, _) = mcp_call(&other, &url, None, "tools/list", json!({})).await;
+    assert_eq!(status, 401);
+    // Bob (staff) sees and calls only what the example's rules give him.
+    let (status, answer) = mcp_call(&other, &url, Some(&bob), "tools/list", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut tools: Vec<&str> = answer["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    tools.sort_unstable();
+    assert_eq!(tools, ["search_docs", "whoami"], "{answer}");
+    let (status, answer) = mcp_call(
+        &other,
+        &url,
+        Some(&bob),
+        "tools/call",
+        json!({"name": "search_docs", "arguments": {"query": "pods"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["result"]["structuredContent"]["result"],
+        "found: pods"
+    );
+    let (status, answer) = mcp_call(
+        &other,
+        &url,
+        Some(&bob),
+        "tools/call",
+        json!({"name": "delete_all", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    // The deploy tool needs a scope bob's token does not have.
+    let (status, _) = mcp_call(
+        &other,
+        &url,
+        Some(&bob),
+        "tools/call",
+        json!({"name": "deploy_app", "arguments": {"name": "x"}}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // The server got bob's identity, not his token.
+    let (status, answer) = mcp_call(
+        &other,
+        &url,
+        Some(&bob),
+        "tools/call",
+        json!({"name": "whoami", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+    let who: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(who["authorization"], false, "{who}");
+    assert!(who["groups"].as_str().unwrap().contains("staff"), "{who}");
     drop(release);
 }

@@ -138,4 +138,6 @@ log "java: $best (major $best_major)"
 "$here/test-upstreams.sh" >/dev/null
 # The real engines, the tiny models and the client SDKs.
 "$here/engines.sh" >/dev/null
+# The official MCP SDKs (Python server and client, TypeScript client).
+"$here/mcp/build.sh" >/dev/null
 "$here/build-node.sh"

@@ -22,6 +22,48 @@ pub enum Engine {
     Vllm,
     /// Any OpenAI-compatible server: rebound as `spec.openai` says.
     Openai,
+    /// An MCP server (Streamable HTTP): rebound as `spec.mcp` says. Its
+    /// rules name targets as models: `tool:<glob>`, `resource:<glob>`,
+    /// `prompt:<glob>` (granted with `inference`; `read` grants the
+    /// session, the lists and the server's stream).
+    Mcp,
+}
+
+/// An MCP server behind the gateway: the resource its tokens are for, its
+/// endpoint, and how to bind it to loopback.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct McpServer {
+    /// The resource URI that tokens must be issued for (RFC 8707), as
+    /// clients name the server: `https://tools.example.com/mcp`. Every
+    /// token must carry it in `aud`; the gateway names it in its RFC 9728
+    /// metadata and challenges.
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^https?://"))]
+    pub resource: String,
+    /// The server's Streamable HTTP endpoint (default `/mcp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 256), regex(pattern = r"^/"))]
+    pub path: Option<String>,
+    /// Methods besides the built-in session ones (`initialize`, `ping`,
+    /// notifications, `logging/setLevel`) that need only `read`. Every
+    /// other method the gateway does not know is denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 128)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub session_methods: Vec<String>,
+    /// Write a tool call's arguments into its audit line (cut at 256
+    /// characters). Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_arguments: Option<bool>,
+    /// Environment variables to set on the server; `{port}` is replaced by
+    /// the loopback port.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::env_map")]
+    pub env: BTreeMap<String, String>,
+    /// Arguments to append; `{port}` is replaced by the loopback port.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
+    pub args: Vec<String>,
 }
 
 /// How to make a generic OpenAI-compatible server listen on loopback.
@@ -417,14 +459,21 @@ pub enum PodOptOut {
 #[x_kube(validation = Rule::new(schema::PORT_RULE).message(schema::PORT_MESSAGE).field_path(".port"))]
 #[x_kube(validation = Rule::new("self.engine != 'openai' || has(self.openai)").message("spec.openai is required when engine is openai: say how to bind the server to loopback").field_path(".openai"))]
 #[x_kube(validation = Rule::new("self.engine != 'ollama' || !has(self.defaultModel)").message("spec.defaultModel is for vllm and openai: Ollama has no default model").field_path(".defaultModel"))]
+#[x_kube(validation = Rule::new("self.engine != 'mcp' || has(self.mcp)").message("spec.mcp is required when engine is mcp: name the resource tokens are for and how to bind the server to loopback").field_path(".mcp"))]
+#[x_kube(validation = Rule::new("!has(self.mcp) || self.engine == 'mcp'").message("spec.mcp is for engine mcp").field_path(".mcp"))]
+#[x_kube(validation = Rule::new("self.engine != 'mcp' || !has(self.defaultModel)").message("spec.defaultModel is for vllm and openai: an MCP server has no default model").field_path(".defaultModel"))]
+#[x_kube(validation = Rule::new("self.engine != 'mcp' || self.identityProviderRefs.all(r, !has(r.audiences) || size(r.audiences) == 0)").message("with engine mcp, tokens must be issued for spec.mcp.resource: leave identityProviderRefs[].audiences unset").field_path(".identityProviderRefs"))]
 pub struct LLMBackendSpec {
     /// The model pods, by labels.
     pub selector: PodSelector,
-    /// ollama, vllm or openai.
+    /// ollama, vllm, openai or mcp.
     pub engine: Engine,
     /// For engine openai: how to bind the server to loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openai: Option<OpenAiRebind>,
+    /// For engine mcp: the MCP server's resource, endpoint and binding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpServer>,
     /// vllm and openai: the model the server runs when a request names none
     /// (its `--served-model-name`). Without it, such requests are refused
     /// (403 `missing_model`): the gateway never judges a model it cannot

@@ -1,6 +1,7 @@
 //! Moving the model onto loopback, per engine: Ollama by `OLLAMA_HOST`,
 //! vLLM by `--host 127.0.0.1 --port N` (in the args, or in the command line
-//! where the flags already are), a generic server as its LLMBackend says.
+//! where the flags already are), a generic OpenAI-compatible server or an
+//! MCP server as its LLMBackend says.
 
 use k8s_openapi::api::core::v1::{Container, EnvVar};
 
@@ -14,19 +15,28 @@ pub fn rebind(model: &mut Container, spec: &LLMBackendSpec, port: u16) {
         Engine::Vllm => rebind_vllm(model, port),
         Engine::Openai => {
             let rebind = spec.openai.clone().unwrap_or_default();
-            for (name, value) in &rebind.env {
-                set_env(model, name, &value.replace("{port}", &port.to_string()));
-            }
-            if !rebind.args.is_empty() {
-                let args = model.args.get_or_insert_with(Vec::new);
-                args.extend(
-                    rebind
-                        .args
-                        .iter()
-                        .map(|a| a.replace("{port}", &port.to_string())),
-                );
-            }
+            templated(model, &rebind.env, &rebind.args, port);
         }
+        Engine::Mcp => {
+            let server = spec.mcp.clone().unwrap_or_default();
+            templated(model, &server.env, &server.args, port);
+        }
+    }
+}
+
+/// Sets `env` and appends `args`, `{port}` replaced by `port`.
+fn templated(
+    model: &mut Container,
+    env: &std::collections::BTreeMap<String, String>,
+    args: &[String],
+    port: u16,
+) {
+    for (name, value) in env {
+        set_env(model, name, &value.replace("{port}", &port.to_string()));
+    }
+    if !args.is_empty() {
+        let to = model.args.get_or_insert_with(Vec::new);
+        to.extend(args.iter().map(|a| a.replace("{port}", &port.to_string())));
     }
 }
 

@@ -50,13 +50,18 @@ pub enum Engine {
     /// Any other OpenAI-compatible server: read as vLLM is, with only the
     /// common OpenAI endpoints known.
     Openai,
+    /// An MCP server (Streamable HTTP): JSON-RPC bodies, judged by the tool,
+    /// resource or prompt a message names (see [`crate::mcp`]). Its
+    /// "models" are those targets: `tool:<name>`, `resource:<uri>`,
+    /// `prompt:<name>`.
+    Mcp,
 }
 
 impl Engine {
     fn decoder(self) -> Decoder {
         match self {
             Self::Ollama => Decoder::Go,
-            Self::Vllm | Self::Openai => Decoder::Pydantic,
+            Self::Vllm | Self::Openai | Self::Mcp => Decoder::Pydantic,
         }
     }
 }
@@ -189,7 +194,9 @@ pub fn canonicalize(context: Context<'_>, body: &Bytes) -> Result<CanonicalBody,
     let engine = context.engine;
     let rules: Option<&dyn json::KeyRules> = match engine {
         Engine::Ollama => Some(&go_fold::GoFold),
-        Engine::Vllm | Engine::Openai => None,
+        // MCP bodies are JSON-RPC, read by `crate::mcp::message` (with Go's
+        // folding), never here.
+        Engine::Vllm | Engine::Openai | Engine::Mcp => None,
     };
     let mut value = json::parse_with(body, rules).map_err(|e| match e {
         JsonError::KeyCollision { first, second } => BodyError::KeyCollision { first, second },
@@ -217,7 +224,7 @@ pub fn canonicalize(context: Context<'_>, body: &Bytes) -> Result<CanonicalBody,
 fn find(engine: Engine, object: &Object, field: &str) -> Option<usize> {
     match engine {
         Engine::Ollama => object.position(|k| go_fold::matches(k, field)),
-        Engine::Vllm | Engine::Openai => object.position(|k| k == field),
+        Engine::Vllm | Engine::Openai | Engine::Mcp => object.position(|k| k == field),
     }
 }
 

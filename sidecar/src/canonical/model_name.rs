@@ -91,7 +91,33 @@ pub fn canonical_name(engine: Engine, raw: &str) -> Result<ModelName, NameError>
             }
             Ok(ModelName(Arc::from(raw)))
         }
+        Engine::Mcp => {
+            let (_, rest) = mcp_target(raw).ok_or_else(|| {
+                invalid("an MCP target is tool:<name>, resource:<uri> or prompt:<name>")
+            })?;
+            if rest.is_empty() {
+                return Err(invalid("it names no tool, resource or prompt"));
+            }
+            if rest.chars().any(char::is_control) {
+                return Err(invalid("it holds a control character"));
+            }
+            if rest.trim() != rest {
+                return Err(invalid("it starts or ends with white space"));
+            }
+            Ok(ModelName(Arc::from(raw)))
+        }
     }
+}
+
+/// The kinds of target an MCP message names, as the prefixes of their
+/// canonical names.
+pub const MCP_TARGET_KINDS: [&str; 3] = ["tool:", "resource:", "prompt:"];
+
+/// `(kind prefix, rest)` of an MCP target name or pattern.
+fn mcp_target(raw: &str) -> Option<(&'static str, &str)> {
+    MCP_TARGET_KINDS
+        .iter()
+        .find_map(|kind| raw.strip_prefix(kind).map(|rest| (*kind, rest)))
 }
 
 /// The four parts of an Ollama name, as written (defaults filled in).
@@ -275,6 +301,14 @@ impl ModelPattern {
                 ])))
             }
             Engine::Vllm | Engine::Openai => Ok(Self::Exact(WildMatch::new(pattern))),
+            // Case-sensitive, as MCP names are; the kind is never a glob, so
+            // `tool:*` cannot match a resource.
+            Engine::Mcp => match mcp_target(pattern) {
+                Some((_, rest)) if !rest.is_empty() => Ok(Self::Exact(WildMatch::new(pattern))),
+                _ => Err(format!(
+                    "pattern {pattern:?} is not an MCP target glob: tool:<glob>, resource:<glob> or prompt:<glob>"
+                )),
+            },
         }
     }
 
@@ -380,6 +414,46 @@ mod tests {
         let longest = "x".repeat(MAX_NAME_BYTES);
         assert!(pattern(Engine::Vllm, &longest).matches(&longest));
         assert!(matches!(pattern(Engine::Vllm, "*"), ModelPattern::Any));
+    }
+
+    /// MCP targets: a kind, then the name exactly as the server has it.
+    #[test]
+    fn mcp_targets_are_a_kind_and_an_exact_name() {
+        let name = |raw: &str| canonical_name(Engine::Mcp, raw).map(|n| n.to_string());
+        for good in [
+            "tool:search_docs",
+            "resource:file:///a b.txt",
+            "prompt:Summarize",
+            "tool:ß",
+        ] {
+            assert_eq!(name(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "search_docs",
+            "Tool:search",
+            "tool:",
+            "resource:",
+            "prompt:",
+            "tool:a\u{7}b",
+            "tool: a",
+            "tool:a ",
+            "",
+        ] {
+            assert!(name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(name(&format!("tool:{}", "x".repeat(MAX_NAME_BYTES))).is_err());
+        // Patterns: a kind that is never a glob, then a glob of the name.
+        let tools = pattern(Engine::Mcp, "tool:search*");
+        assert!(tools.matches("tool:search_docs"));
+        assert!(!tools.matches("tool:Search_docs"));
+        assert!(!pattern(Engine::Mcp, "tool:*").matches("resource:tool:x"));
+        assert!(pattern(Engine::Mcp, "*").matches("prompt:x"));
+        for bad in ["search*", "*:x", "tool:", "tools:x", "tool:a b"] {
+            assert!(
+                ModelPattern::parse(Engine::Mcp, bad).is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -469,6 +469,7 @@ async fn every_bad_token_is_refused_with_401_and_a_challenge() {
         let response = rescue(&GatewayError::Auth {
             error: err,
             resource_metadata: None,
+            scope: None,
         });
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
         let challenge = response.headers()[WWW_AUTHENTICATE].to_str().unwrap();
@@ -592,6 +593,7 @@ async fn a_missing_required_scope_is_403_insufficient_scope() {
     let response = rescue(&GatewayError::Auth {
         error: err,
         resource_metadata: None,
+        scope: None,
     });
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let cache = JwksCache::with_keys(ISSUER.into(), &jwks(), Arc::new(Metrics::new()));
@@ -750,6 +752,7 @@ async fn the_last_good_keys_survive_an_unreachable_idp_and_no_keys_fails_closed(
     let response = rescue(&GatewayError::Auth {
         error: err,
         resource_metadata: None,
+        scope: None,
     });
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(!verifier.is_ready());
@@ -897,6 +900,7 @@ async fn a_malformed_or_overlong_delegation_is_refused_with_401() {
         let response = rescue(&GatewayError::Auth {
             error: err,
             resource_metadata: None,
+            scope: None,
         });
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{act}");
     }
@@ -986,6 +990,7 @@ fn every_refusal_carries_its_documented_metric_and_audit_label() {
         let gateway_error = GatewayError::Auth {
             error: error.clone(),
             resource_metadata: None,
+            scope: None,
         };
         assert_eq!(gateway_error.reason(), *label, "{error:?}");
         let response = rescue(&gateway_error);

@@ -226,6 +226,7 @@ pub fn provider_name(engine: Engine) -> &'static str {
         Engine::Ollama => "ollama",
         Engine::Vllm => "vllm",
         Engine::Openai => "openai_compatible",
+        Engine::Mcp => "mcp",
     }
 }
 

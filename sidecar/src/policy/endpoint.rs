@@ -403,6 +403,9 @@ pub fn classify(engine: crate::canonical::Engine, method: &http::Method, path: &
         Engine::Ollama => OLLAMA,
         Engine::Vllm => VLLM,
         Engine::Openai => OPENAI,
+        // An MCP server's one endpoint is judged by its messages
+        // (`crate::mcp`), not by this table.
+        Engine::Mcp => &[],
     };
     for r in table {
         if path_matches(r.path, path) && r.methods.allows(method) {

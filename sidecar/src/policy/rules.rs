@@ -288,6 +288,54 @@ impl Policy {
         })
     }
 
+    /// The scopes named by the rules that grant `class` on `model` and would
+    /// apply to `identity` but for its scopes: a caller refused there may
+    /// ask for one of them (step-up authorization). Rules of another
+    /// issuer, and human-only rules for an agent, are left out.
+    pub fn scopes_granting(
+        &self,
+        identity: &Identity,
+        class: EndpointClass,
+        model: &str,
+    ) -> Vec<String> {
+        let mut scopes: Vec<String> = Vec::new();
+        for (rule, globs) in &self.rules {
+            let subjects = &rule.subjects;
+            if subjects
+                .issuer
+                .as_deref()
+                .is_some_and(|i| i != identity.iss)
+                || (rule.human_only && !identity.is_human())
+                || !rule.endpoints.contains(&class)
+                || !globs.iter().any(|g| g.matches(model))
+            {
+                continue;
+            }
+            for scope in &subjects.scopes {
+                if !scopes.contains(scope) {
+                    scopes.push(scope.clone());
+                }
+            }
+        }
+        scopes
+    }
+
+    /// Every scope a rule names, for the protected-resource metadata's
+    /// `scopes_supported`.
+    pub fn scopes(&self) -> Vec<String> {
+        let mut scopes: Vec<String> = Vec::new();
+        for scope in self
+            .rules
+            .iter()
+            .flat_map(|(rule, _)| &rule.subjects.scopes)
+        {
+            if !scopes.contains(scope) {
+                scopes.push(scope.clone());
+            }
+        }
+        scopes
+    }
+
     /// Whether `identity` may use the canonical `model` for inference (to
     /// filter model lists and judge endpoints that describe a model).
     pub fn may_use(&self, identity: &Identity, model: &str) -> bool {
@@ -523,6 +571,66 @@ mod tests {
                 .is_err()
         );
         assert!(validate_ollama(&[Rule::new("r", ok, &["*"], &[])]).is_err());
+    }
+
+    /// The scopes a refused caller may ask for: those of the rules that
+    /// would grant this class on this target, of its issuer, human-only
+    /// ones only for a human; each once.
+    #[test]
+    fn the_scopes_that_would_grant_a_target_are_named() {
+        use EndpointClass::*;
+        let scoped = |name: &str, scopes: &[&str], targets: &[&str], classes: &[EndpointClass]| {
+            Rule::new(
+                name,
+                Subjects {
+                    scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                    ..Subjects::default()
+                },
+                targets,
+                classes,
+            )
+        };
+        let mut human = scoped("human", &["t:human"], &["tool:deploy"], &[Inference]);
+        human.human_only = true;
+        let mut other_issuer = scoped("other", &["t:other"], &["tool:deploy"], &[Inference]);
+        other_issuer.subjects.issuer = Some("https://elsewhere".into());
+        let policy = Policy::new(
+            &[
+                scoped("a", &["t:deploy", "t:ops"], &["tool:deploy*"], &[Inference]),
+                scoped("b", &["t:deploy"], &["tool:deploy"], &[Inference, Read]),
+                scoped("read-only", &["t:read"], &["tool:deploy"], &[Read]),
+                scoped("elsewhere", &["t:search"], &["tool:search"], &[Inference]),
+                human,
+                other_issuer,
+            ],
+            false,
+            Engine::Mcp,
+        );
+        let person = who(json!({"iss": "https://idp", "sub": "bob"}));
+        assert_eq!(
+            policy.scopes_granting(&person, Inference, "tool:deploy"),
+            ["t:deploy", "t:ops", "t:human"]
+        );
+        let agent = who(json!({"iss": "https://idp", "sub": "bob", "act": {"sub": "bot"}}));
+        assert_eq!(
+            policy.scopes_granting(&agent, Inference, "tool:deploy"),
+            ["t:deploy", "t:ops"]
+        );
+        assert_eq!(
+            policy.scopes_granting(&person, Read, "tool:deploy"),
+            ["t:deploy", "t:read"]
+        );
+        assert!(
+            policy
+                .scopes_granting(&person, Inference, "tool:delete")
+                .is_empty()
+        );
+        assert_eq!(
+            policy.scopes(),
+            [
+                "t:deploy", "t:ops", "t:read", "t:search", "t:human", "t:other"
+            ]
+        );
     }
 
     #[test]

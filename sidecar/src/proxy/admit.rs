@@ -24,6 +24,7 @@ use super::observe::Arrived;
 use super::{BoxFuture, call_boxed, runtime_of};
 use crate::audit::AuditTrail;
 use crate::body::Body;
+use crate::canonical::Engine;
 use crate::claims::Identity;
 use crate::error::GatewayError;
 use crate::metrics::TokenLabels;
@@ -145,8 +146,11 @@ where
             };
             let (mut parts, body) = response.into_parts();
             let status = parts.status.as_u16();
-            // Only inference answers carry usage.
-            let shape = if authorized.class == EndpointClass::Inference {
+            // Only inference answers carry usage (an MCP tool's answer is
+            // not a model's: a `usage` member in it is the tool's data).
+            let model_answer = authorized.class == EndpointClass::Inference
+                && runtime.config.upstream.engine != Engine::Mcp;
+            let shape = if model_answer {
                 Shape::from_content_type(
                     parts
                         .headers
@@ -175,7 +179,7 @@ where
                 .as_ref()
                 .map(|m| m.label().to_owned())
                 .unwrap_or_default();
-            let gen_ai = (authorized.class == EndpointClass::Inference).then(|| {
+            let gen_ai = model_answer.then(|| {
                 let config = &runtime.config;
                 let operation = Operation {
                     gen_ai_operation_name: gen_ai::operation_name(&authorized.path),

@@ -16,7 +16,7 @@ use crate::body::Body;
 use crate::claims::Identity;
 use crate::error::GatewayError;
 use crate::jwt::AuthError;
-use crate::proxy::protected_resource::metadata_url;
+use crate::proxy::protected_resource::{challenge_scope, metadata_url};
 
 /// Marks a request forwarded without a token (an unauthenticated path).
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +120,7 @@ where
                     return Err(GatewayError::Auth {
                         error,
                         resource_metadata: metadata_url(&runtime, &request),
+                        scope: challenge_scope(&runtime),
                     });
                 }
             };

@@ -44,7 +44,7 @@ use crate::rescue::Reason;
 use crate::runtime::Runtime;
 
 /// The largest model list read for filtering.
-const MAX_MODEL_LIST_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const MAX_MODEL_LIST_BYTES: usize = 8 * 1024 * 1024;
 
 /// What the policy decided, for later layers (quotas, metering, audit).
 #[derive(Debug, Clone)]
@@ -112,6 +112,10 @@ where
                 .get::<Arc<Identity>>()
                 .cloned()
                 .ok_or(GatewayError::Internal)?;
+            if runtime.config.upstream.engine == Engine::Mcp {
+                return super::authorize_mcp::authorize(&mut inner, runtime, identity, request)
+                    .await;
+            }
 
             let (mut parts, body) = request.into_parts();
             let normalized = normalize_path(parts.uri.path()).map_err(GatewayError::BadPath)?;
@@ -247,7 +251,7 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b':')
     .remove(b'~');
 
-fn set_path(parts: &mut http::request::Parts, path: &str) -> Result<(), GatewayError> {
+pub(super) fn set_path(parts: &mut http::request::Parts, path: &str) -> Result<(), GatewayError> {
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     let path_and_query = match uri.path_and_query.as_ref().and_then(|p| p.query()) {
         Some(query) => format!("{path}?{query}"),
@@ -262,14 +266,14 @@ fn set_path(parts: &mut http::request::Parts, path: &str) -> Result<(), GatewayE
     Ok(())
 }
 
-/// Reads the whole body and puts it in canonical form.
-async fn read_canonical(
+/// Reads a whole request body, uncompressed, within the body limit, the
+/// read timeout and the global budget of buffered bytes.
+pub(super) async fn read_whole(
     runtime: &Runtime,
-    endpoint: &Endpoint,
     headers: &http::HeaderMap,
     body: Body,
     permit: &mut BodyPermit,
-) -> Result<CanonicalBody, GatewayError> {
+) -> Result<Bytes, GatewayError> {
     canonical::check_content_encoding(headers.get(CONTENT_ENCODING).map(HeaderValue::as_bytes))
         .map_err(GatewayError::BadBody)?;
     let limits = &runtime.config.limits;
@@ -291,6 +295,18 @@ async fn read_canonical(
             GatewayError::Overloaded("too many request bytes buffered")
         }
     })?;
+    Ok(bytes)
+}
+
+/// Reads the whole body and puts it in canonical form.
+async fn read_canonical(
+    runtime: &Runtime,
+    endpoint: &Endpoint,
+    headers: &http::HeaderMap,
+    body: Body,
+    permit: &mut BodyPermit,
+) -> Result<CanonicalBody, GatewayError> {
+    let bytes = read_whole(runtime, headers, body, permit).await?;
     let context = canonical::Context {
         engine: runtime.config.upstream.engine,
         endpoint,
@@ -313,7 +329,7 @@ fn not_found(engine: Engine, name: &ModelName) -> Response<Body> {
             "{{\"error\":{{\"message\":\"model '{name}' not found\",\"type\":\"api_error\",\"param\":null,\"code\":null}}}}\n"
         ),
         // Only Ollama has this route; others never classify it.
-        Engine::Vllm | Engine::Openai => r#"{"detail":"Not Found"}"#.to_owned(),
+        Engine::Vllm | Engine::Openai | Engine::Mcp => r#"{"detail":"Not Found"}"#.to_owned(),
     };
     let mut response = Response::new(full(body));
     *response.status_mut() = StatusCode::NOT_FOUND;
@@ -326,7 +342,7 @@ fn not_found(engine: Engine, name: &ModelName) -> Response<Body> {
 
 /// Why a body could not be read whole.
 #[derive(Debug, Clone, Copy)]
-enum ReadError {
+pub(super) enum ReadError {
     TooLarge,
     Failed,
     /// The global cap on buffered body bytes is reached.
@@ -347,7 +363,7 @@ fn count(runtime: &Runtime, reason: &'static str) {
 /// global body budget first (`permit`, capped at `max_buffered`). The
 /// future is boxed here, where its type is concrete, so callers stay `Send`
 /// without higher-ranked lifetime trouble.
-fn collect_limited<'a>(
+pub(super) fn collect_limited<'a>(
     mut body: Body,
     limit: u64,
     permit: &'a mut BodyPermit,

@@ -14,7 +14,8 @@
 //! protected_resource   RFC 9728 metadata, served without a token
 //! authenticate         bearer token -> verified Identity, or refuse
 //! authorize            endpoint, canonical body and model, allow rules;
-//!                      trims model lists
+//!                      trims model lists (MCP: each JSON-RPC message by
+//!                      its tool, resource or prompt; trims their lists)
 //! exchange             RFC 8693 token exchange, before any quota slot is held
 //! admit                quota admission (429); usage metered and charged
 //! identity_headers     X-Attach-* from the Identity; drop Authorization and
@@ -26,6 +27,7 @@ pub mod admit;
 pub mod audit_trail;
 pub mod authenticate;
 pub mod authorize;
+mod authorize_mcp;
 pub mod body_budget;
 pub mod catch_panic;
 pub mod client_headers;

@@ -36,12 +36,32 @@ pub fn resource_url<B>(runtime: &Runtime, request: &Request<B>) -> Option<String
     plain.then(|| format!("http://{host}"))
 }
 
-/// The metadata URL named in `WWW-Authenticate` challenges.
+/// The metadata URL named in `WWW-Authenticate` challenges: the
+/// well-known path inserted between the resource's host and its path
+/// (RFC 9728 §3.1), so `https://tools.example/mcp` has its metadata at
+/// `https://tools.example/.well-known/oauth-protected-resource/mcp`.
 pub fn metadata_url<B>(runtime: &Runtime, request: &Request<B>) -> Option<String> {
-    resource_url(runtime, request).map(|r| format!("{r}{PATH}"))
+    resource_url(runtime, request).map(|r| well_known(&r))
 }
 
-fn document(runtime: &Runtime, resource: Option<String>) -> serde_json::Value {
+fn well_known(resource: &str) -> String {
+    match resource.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme().is_some() && uri.authority().is_some() => {
+            let path = uri.path().trim_end_matches('/');
+            format!(
+                "{}://{}{PATH}{path}",
+                uri.scheme_str().unwrap_or("https"),
+                uri.authority().map_or("", |a| a.as_str())
+            )
+        }
+        _ => format!("{resource}{PATH}"),
+    }
+}
+
+/// The scopes the metadata advertises: the configured ones, else the
+/// issuers' required scopes (and, for an MCP server, the scopes its rules
+/// name).
+pub fn scopes_supported(runtime: &Runtime) -> Vec<String> {
     let config = &runtime.config;
     let mut scopes = config.resource.scopes_supported.clone();
     if scopes.is_empty() {
@@ -53,6 +73,40 @@ fn document(runtime: &Runtime, resource: Option<String>) -> serde_json::Value {
             }
         }
     }
+    // An MCP server's clients learn here which scopes its tools need.
+    if config.resource.scopes_supported.is_empty()
+        && config.upstream.engine == crate::canonical::Engine::Mcp
+    {
+        for scope in runtime.policy.scopes() {
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+    }
+    scopes
+}
+
+/// The scopes an MCP server's 401 challenges name: those every token must
+/// carry (the issuers' `requiredScopes`). A tool's own scope is asked for
+/// when that tool is called (`insufficient_scope`), so that a login asks
+/// for no more than basic access needs.
+pub fn challenge_scope(runtime: &Runtime) -> Option<String> {
+    let config = &runtime.config;
+    if config.upstream.engine != crate::canonical::Engine::Mcp {
+        return None;
+    }
+    let mut scopes: Vec<&str> = Vec::new();
+    for scope in config.issuers.iter().flat_map(|i| &i.required_scopes) {
+        if !scopes.contains(&scope.as_str()) {
+            scopes.push(scope);
+        }
+    }
+    (!scopes.is_empty()).then(|| scopes.join(" "))
+}
+
+fn document(runtime: &Runtime, resource: Option<String>) -> serde_json::Value {
+    let config = &runtime.config;
+    let scopes = scopes_supported(runtime);
     let servers: Vec<&str> = config.issuers.iter().map(|i| i.issuer.as_str()).collect();
     serde_json::json!({
         "resource": resource,
@@ -92,8 +146,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let wanted =
-            request.uri().path() == PATH && matches!(*request.method(), Method::GET | Method::HEAD);
+        // The gateway fronts one resource: its metadata is served at the
+        // well-known path, with or without the resource's path after it.
+        let path = request.uri().path();
+        let wanted = (path == PATH || path.strip_prefix(PATH).is_some_and(|p| p.starts_with('/')))
+            && matches!(*request.method(), Method::GET | Method::HEAD);
         if !wanted {
             return Box::pin(self.inner.call(request));
         }

@@ -79,13 +79,17 @@ impl Upstream {
                                     .headers
                                     .get("user-agent")
                                     .is_some_and(|ua| ua == crate::served_models::USER_AGENT);
+                                let sse = parts.headers.contains_key("x-answer-sse");
                                 if !list_read {
                                     record.lock().unwrap().push(Seen {
                                         method: parts.method.to_string(),
                                         path: path.clone(),
                                         headers: parts.headers,
-                                        body,
+                                        body: body.clone(),
                                     });
+                                }
+                                if path == "/mcp" {
+                                    return Ok::<_, Infallible>(mcp_answer(&body, sse));
                                 }
                                 let answer = if path == "/api/tags" {
                                     json!({"models": [{"name": "tinyllama:latest"}, {"name": "llama3.1:70b"}]})
@@ -116,6 +120,48 @@ impl Upstream {
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// An MCP server's answer to `body` (a JSON-RPC request): `tools/list`
+/// lists three tools, anything else gets an empty result; as JSON, or as
+/// an SSE stream (a progress notification, then the answer).
+fn mcp_answer(body: &[u8], sse: bool) -> Response<Full<Bytes>> {
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let answer = match &request {
+        Value::Array(batch) => Value::Array(batch.iter().map(mcp_result).collect()),
+        single => mcp_result(single),
+    };
+    let (content_type, text) = if sse {
+        let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": 1, "progress": 1}});
+        (
+            "text/event-stream",
+            format!(
+                "event: message\r\ndata: {progress}\r\n\r\nevent: message\r\ndata: {answer}\r\n\r\n"
+            ),
+        )
+    } else {
+        ("application/json", answer.to_string())
+    };
+    Response::builder()
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(text)))
+        .unwrap()
+}
+
+/// The answer to one JSON-RPC request.
+fn mcp_result(request: &Value) -> Value {
+    let result = match request["method"].as_str() {
+        Some("tools/list") => {
+            json!({"tools": [{"name": "search"}, {"name": "delete_all"}, {"name": "deploy"}]})
+        }
+        // A tool's result may hold anything, a member named `usage` too.
+        Some("tools/call") => {
+            json!({"content": [], "usage": {"prompt_tokens": 100, "completion_tokens": 100}})
+        }
+        _ => json!({}),
+    };
+    json!({"jsonrpc": "2.0", "id": request["id"], "result": result})
 }
 
 fn key() -> EncodingKey {
@@ -191,6 +237,23 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (StatusCode, Value) {
+        let response = self.respond(method, path, headers, body).await;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// The whole answer to a request, headers and all.
+    async fn respond(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Response<crate::body::Body> {
         let mut request = Request::builder().method(method).uri(path);
         for (k, v) in headers {
             request = request.header(*k, *v);
@@ -201,20 +264,13 @@ impl Gateway {
         request
             .extensions_mut()
             .insert(ClientAddr("192.0.2.7:50000".parse().unwrap()));
-        let response = self
-            .service
+        self.service
             .ready()
             .await
             .unwrap()
             .call(request)
             .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+            .unwrap()
     }
 
     fn last(&self) -> Seen {
@@ -870,5 +926,327 @@ mod traces {
             .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(gw.last().headers["traceparent"], parent.as_str());
+    }
+}
+
+/// An MCP server behind the whole stack (`engine: mcp`): what reaches it,
+/// and what comes back.
+mod mcp {
+    use super::*;
+    use crate::canonical::Engine;
+    use crate::policy::{EndpointClass, Rule, Subjects};
+
+    fn config() -> GatewayConfig {
+        let mut config = base_config();
+        config.upstream.engine = Engine::Mcp;
+        config.resource.resource = Some("https://tools.test/mcp".into());
+        let mut deploy = Rule::new(
+            "deployers",
+            Subjects {
+                scopes: vec!["tools:deploy".into()],
+                ..Subjects::default()
+            },
+            &["tool:deploy"],
+            &[EndpointClass::Inference, EndpointClass::Read],
+        );
+        deploy.human_only = false;
+        config.access.rules = vec![
+            Rule::new(
+                "staff",
+                Subjects::groups(&["staff"]),
+                &["tool:search"],
+                &[EndpointClass::Inference, EndpointClass::Read],
+            ),
+            deploy,
+        ];
+        config
+    }
+
+    fn call(tool: &str) -> String {
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool}})
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn an_allowed_call_reaches_the_server_canonical_without_the_token() {
+        let mut gw = gateway(config()).await;
+        let auth = bearer(&alice());
+        let body = r#"{"jsonrpc":"2.0", "id":7, "Method":"tools/call", "params":{"Name":"search", "arguments":{"Q":1}}}"#;
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/mcp",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let seen = gw.last();
+        assert_eq!(
+            std::str::from_utf8(&seen.body).unwrap(),
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search","arguments":{"Q":1}}}"#
+        );
+        assert_eq!(seen.headers["content-length"], seen.body.len().to_string());
+        assert!(seen.headers.get("authorization").is_none());
+        assert_eq!(seen.headers["x-attach-user"], "alice");
+    }
+
+    #[tokio::test]
+    async fn refused_calls_never_reach_the_server() {
+        let mut gw = gateway(config()).await;
+        let auth = bearer(&alice());
+        let h = [("authorization", auth.as_str())];
+        // No token: 401 naming the metadata.
+        let (status, _) = gw.send("POST", "/mcp", &[], &call("search")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // A tool no rule names; an unknown method; a batch with one refusal.
+        let (status, body) = gw.send("POST", "/mcp", &h, &call("delete_all")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["denied_by"], "model");
+        let unknown = json!({"jsonrpc": "2.0", "id": 1, "method": "tasks/list"}).to_string();
+        let (status, body) = gw.send("POST", "/mcp", &h, &unknown).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["denied_by"], "unknown_endpoint");
+        let batch = format!(
+            "[{},{}]",
+            call("search").replace("7", "1"),
+            call("delete_all")
+        );
+        let (status, _) = gw.send("POST", "/mcp", &h, &batch).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // What a server could read differently: 400 with the reason.
+        let forked = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","NAME":"delete_all"}}"#;
+        let (status, body) = gw.send("POST", "/mcp", &h, forked).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["reason"], "key_collision");
+        // Routing headers that disagree with the body.
+        let (status, body) = gw
+            .send(
+                "POST",
+                "/mcp",
+                &[
+                    h[0],
+                    ("mcp-method", "tools/call"),
+                    ("mcp-name", "delete_all"),
+                ],
+                &call("search"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["reason"], "header_mismatch");
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/mcp",
+                &[h[0], ("mcp-method", "tools/list")],
+                &call("search"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        // Other paths and methods are unknown endpoints.
+        for (method, path) in [("POST", "/admin"), ("PUT", "/mcp"), ("GET", "/mcp/x")] {
+            let (status, _) = gw.send(method, path, &h, "").await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+        }
+        assert_eq!(gw.reached(), 0, "{:?}", gw.upstream.seen());
+        // The server's stream and the end of a session need `read` only.
+        let (status, _) = gw.send("GET", "/mcp", &h, "").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = gw.send("DELETE", "/mcp", &h, "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(gw.reached(), 2);
+        // Each is counted, unknown methods under one label.
+        let metrics = gw.metrics.encode();
+        for series in [
+            r#"attach_mcp_messages_total{method="GET",target="",decision="allow"} 1"#,
+            r#"attach_mcp_messages_total{method="DELETE",target="",decision="allow"} 1"#,
+            r#"attach_mcp_messages_total{method="(unknown)",target="",decision="deny"} 4"#,
+            // delete_all, and both calls of the refused batch.
+            r#"attach_mcp_messages_total{method="tools/call",target="(unlisted)",decision="deny"} 3"#,
+        ] {
+            assert!(metrics.contains(series), "{series} in {metrics}");
+        }
+    }
+
+    #[tokio::test]
+    async fn matching_routing_headers_pass() {
+        let mut gw = gateway(config()).await;
+        let auth = bearer(&alice());
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/mcp",
+                &[
+                    ("authorization", &auth),
+                    ("mcp-method", "tools/call"),
+                    ("mcp-name", "search"),
+                ],
+                &call("search"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_scope_gated_tool_names_its_scope_and_the_metadata_lists_it() {
+        let mut gw = gateway(config()).await;
+        let auth = bearer(&alice());
+        let response = gw
+            .respond("POST", "/mcp", &[("authorization", &auth)], &call("deploy"))
+            .await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+        assert!(
+            challenge.contains(r#"error="insufficient_scope", scope="tools:deploy""#),
+            "{challenge}"
+        );
+        assert!(
+            challenge.contains(
+                r#"resource_metadata="https://tools.test/.well-known/oauth-protected-resource/mcp""#
+            ),
+            "{challenge}"
+        );
+        let (status, doc) = gw
+            .send("GET", "/.well-known/oauth-protected-resource/mcp", &[], "")
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(doc["resource"], "https://tools.test/mcp");
+        assert_eq!(doc["scopes_supported"], json!(["tools:deploy"]));
+        assert_eq!(gw.reached(), 0);
+    }
+
+    #[tokio::test]
+    async fn tool_lists_are_trimmed_in_json_and_sse_answers() {
+        let mut gw = gateway(config()).await;
+        let auth = bearer(&alice());
+        let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).to_string();
+        let (status, body) = gw
+            .send("POST", "/mcp", &[("authorization", &auth)], &list)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["result"]["tools"], json!([{"name": "search"}]));
+        // In an SSE answer too, every event kept, the list trimmed.
+        let response = gw
+            .respond(
+                "POST",
+                "/mcp",
+                &[("authorization", &auth), ("x-answer-sse", "1")],
+                &list,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let length: usize = response.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(length, text.len());
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(text.contains("notifications/progress"), "{text}");
+        assert!(text.contains(r#""tools":[{"name":"search"}]"#), "{text}");
+        assert!(!text.contains("delete_all"), "{text}");
+        // The calls and lists are counted by method, target and decision.
+        let (status, _) = gw
+            .send(
+                "POST",
+                "/mcp",
+                &[("authorization", &auth)],
+                &call("delete_all"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let metrics = gw.metrics.encode();
+        assert!(
+            metrics.contains(
+                r#"attach_mcp_messages_total{method="tools/list",target="",decision="allow"} 2"#
+            ),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"attach_mcp_messages_total{method="tools/call",target="tool:delete_all",decision="deny"} 1"#),
+            "{metrics}"
+        );
+    }
+
+    /// In a batch, the list request's answer is trimmed, found by its id;
+    /// the call's answer is left as it is.
+    #[tokio::test]
+    async fn a_batchs_list_answer_is_trimmed_by_id() {
+        let mut gw = gateway(config()).await;
+        let auth = bearer(&alice());
+        let batch = json!([
+            {"jsonrpc": "2.0", "id": "l", "method": "tools/list"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "search"}},
+        ])
+        .to_string();
+        let (status, body) = gw
+            .send("POST", "/mcp", &[("authorization", &auth)], &batch)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body[0]["result"]["tools"], json!([{"name": "search"}]));
+        assert_eq!(body[1]["result"]["usage"]["prompt_tokens"], 100);
+    }
+
+    /// Audit lines name the method and the target, and a tool call's
+    /// arguments only when the config asks for them.
+    #[tokio::test]
+    async fn arguments_are_audited_only_when_asked() {
+        for audited in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("audit.jsonl");
+            let mut config = config();
+            config.audit.path = Some(path.clone());
+            config.mcp.audit_arguments = audited;
+            let mut gw = gateway(config).await;
+            let auth = bearer(&alice());
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "search", "arguments": {"q": "secret plans"}}})
+            .to_string();
+            let (status, _) = gw
+                .send("POST", "/mcp", &[("authorization", &auth)], &body)
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            let mut line = String::new();
+            for _ in 0..100 {
+                line = std::fs::read_to_string(&path).unwrap_or_default();
+                if !line.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let line: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+            assert_eq!(line["mcp_method"], "tools/call");
+            assert_eq!(line["model"], "tool:search");
+            assert_eq!(line["rule"], "staff");
+            if audited {
+                assert_eq!(line["arguments"], r#"{"q":"secret plans"}"#);
+            } else {
+                assert!(line.get("arguments").is_none(), "{line}");
+            }
+        }
+    }
+
+    /// An MCP answer is a tool's, not a model's: it is never metered.
+    #[tokio::test]
+    async fn a_tools_usage_member_is_not_charged_as_llm_tokens() {
+        let mut config = config();
+        config.quotas.limits = vec![crate::quota::QuotaLimit {
+            tokens_per_minute: Some(10),
+            ..crate::quota::QuotaLimit::named("tokens")
+        }];
+        let mut gw = gateway(config).await;
+        let auth = bearer(&alice());
+        // Each answer says `usage: 200 tokens` against a budget of 10 a
+        // minute: none is charged, so none is refused.
+        for _ in 0..3 {
+            let (status, body) = gw
+                .send("POST", "/mcp", &[("authorization", &auth)], &call("search"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
     }
 }

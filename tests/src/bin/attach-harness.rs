@@ -68,6 +68,10 @@ enum Cmd {
         /// first if they are not cached; exports ATTACH_OLLAMA_IMAGE).
         #[arg(long)]
         ollama: bool,
+        /// Also llama.cpp's server with the tiny models (exports
+        /// ATTACH_LLAMACPP_IMAGE).
+        #[arg(long)]
+        llamacpp: bool,
     },
     /// List what a node left on this machine (processes, mounts, cgroups,
     /// network devices, iptables chains, state folders); fails if anything.
@@ -87,7 +91,11 @@ fn main() -> ExitCode {
         Cmd::Env { state_dir } => std::fs::read_to_string(state_dir.join("env.sh"))
             .map(|env| print!("{env}"))
             .map_err(|e| format!("no running world at {}: {e}", state_dir.display())),
-        Cmd::Images { world, ollama } => images(&world, ollama),
+        Cmd::Images {
+            world,
+            ollama,
+            llamacpp,
+        } => images(&world, ollama, llamacpp),
         Cmd::NodeLeftovers => node_leftovers(),
     };
     match result {
@@ -213,23 +221,32 @@ fn down(state_dir: &Path, timeout: Duration) -> Result<(), String> {
     ))
 }
 
-fn images(world: &Path, with_ollama: bool) -> Result<(), String> {
+fn images(world: &Path, with_ollama: bool, with_llamacpp: bool) -> Result<(), String> {
     let info = WorldInfo::load(world).map_err(|e| e.to_string())?;
     let images = info
         .images
         .ok_or("that world runs no registry: start it with the images (or node) component")?;
     let started = Instant::now();
     let mut built = build_project_images(&images).map_err(|e| e.to_string())?;
-    if with_ollama {
+    if with_ollama || with_llamacpp {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let build = runtime
-            .block_on(attach_tests::images::ollama::image_build(dir.path()))
-            .map_err(|e| e.to_string())?;
-        built.push(build.build_and_push(&images).map_err(|e| e.to_string())?);
+        let mut builds = Vec::new();
+        if with_ollama {
+            let at = dir.path().join("ollama");
+            builds.push(runtime.block_on(attach_tests::images::ollama::image_build(&at)));
+        }
+        if with_llamacpp {
+            let at = dir.path().join("llamacpp");
+            builds.push(runtime.block_on(attach_tests::images::llamacpp::image_build(&at)));
+        }
+        for build in builds {
+            let build = build.map_err(|e| e.to_string())?;
+            built.push(build.build_and_push(&images).map_err(|e| e.to_string())?);
+        }
     }
     eprintln!(
         "[images] built and pushed in {:.1}s:",
@@ -249,6 +266,7 @@ fn images(world: &Path, with_ollama: bool) -> Result<(), String> {
             OPERATOR => "ATTACH_OPERATOR_IMAGE",
             MOCK_MODEL => "ATTACH_MODEL_IMAGE",
             attach_tests::images::ollama::OLLAMA => "ATTACH_OLLAMA_IMAGE",
+            attach_tests::images::llamacpp::LLAMACPP => "ATTACH_LLAMACPP_IMAGE",
             _ => continue,
         };
         println!("export {var}={}", image.reference);

@@ -8,8 +8,12 @@
 
 pub mod build;
 pub mod buildkit;
+pub mod llamacpp;
+pub mod mcp_tools;
 pub mod ollama;
+pub mod python;
 pub mod registry;
+pub mod rootfs;
 
 use std::path::{Path, PathBuf};
 

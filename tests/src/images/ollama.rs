@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::build::{ImageBuild, repo_root};
+use super::rootfs::copy_linked_libraries;
 use crate::HarnessError;
 use crate::engines::{CHAT_MODEL, EMBED_MODEL, RefusingProxy};
 use crate::ports::free_port;
@@ -59,14 +60,7 @@ async fn rootfs(built: &crate::engines::Built, dir: &Path) -> Result<PathBuf, Ha
     }
     let binary = root.join("bin/ollama");
     std::fs::copy(&built.ollama, &binary).map_err(HarnessError::io(&built.ollama))?;
-    for library in linked_libraries(&built.ollama)? {
-        // The file itself, at the path the binary names (not a link).
-        let to = root.join(library.strip_prefix("/").unwrap_or(&library));
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent).map_err(HarnessError::io(parent))?;
-        }
-        std::fs::copy(&library, &to).map_err(HarnessError::io(&library))?;
-    }
+    copy_linked_libraries(&built.ollama, &root, &[])?;
     make_store(built, &root.join("models"), dir).await?;
     Ok(root)
 }
@@ -100,71 +94,4 @@ async fn make_store(
     }
     server.stop(process::DEFAULT_GRACE);
     Ok(())
-}
-
-/// The shared libraries `binary` links, with the dynamic linker, as `ldd`
-/// lists them (the kernel's vDSO left out).
-fn linked_libraries(binary: &Path) -> Result<Vec<PathBuf>, HarnessError> {
-    let out = std::process::Command::new("ldd")
-        .arg(binary)
-        .output()
-        .map_err(|source| HarnessError::Spawn {
-            program: "ldd".into(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(HarnessError::Other(format!(
-            "ldd {}: {}",
-            binary.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    parse_ldd(&String::from_utf8_lossy(&out.stdout))
-        .map_err(|missing| HarnessError::Other(format!("{}: {missing}", binary.display())))
-}
-
-/// The absolute paths in `ldd` output: `name => /path (0x...)` and the
-/// linker's own `/path (0x...)`. A library `ldd` did not find is an error:
-/// the image would not start.
-fn parse_ldd(text: &str) -> Result<Vec<PathBuf>, String> {
-    let mut paths = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.ends_with("not found") {
-            return Err(format!("a linked library is missing: {line}"));
-        }
-        let path = line
-            .split_once("=>")
-            .map_or(line, |(_, right)| right.trim());
-        if let Some(path) = path.split_whitespace().next()
-            && path.starts_with('/')
-        {
-            paths.push(PathBuf::from(path));
-        }
-    }
-    Ok(paths)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ldd_output_gives_each_library_and_the_linker() {
-        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
-                    \tlibstdc++.so.6 => /lib/x86_64-linux-gnu/libstdc++.so.6 (0x00007f)\n\
-                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\
-                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
-        assert_eq!(
-            parse_ldd(text),
-            Ok([
-                "/lib/x86_64-linux-gnu/libstdc++.so.6",
-                "/lib/x86_64-linux-gnu/libc.so.6",
-                "/lib64/ld-linux-x86-64.so.2"
-            ]
-            .map(PathBuf::from)
-            .to_vec())
-        );
-        let missing = format!("{text}\tlibmissing.so => not found\n");
-        assert!(parse_ldd(&missing).is_err_and(|e| e.contains("libmissing.so")));
-    }
 }

@@ -152,3 +152,14 @@ pub async fn pod_of(client: &kube::Client, ns: &str, app: &str) -> k8s_openapi::
     }
     panic!("no pod for {app} in {ns}");
 }
+
+/// The key of the tests' own token issuer (`sidecar/testdata/keys`), for
+/// tokens Keycloak cannot make (an `act` chain).
+pub fn local_key() -> jsonwebtoken::EncodingKey {
+    let pem = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sidecar/testdata/keys/rsa-trusted.pem"
+    ))
+    .expect("the test key");
+    jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("an RSA key")
+}
