@@ -1049,8 +1049,6 @@ impl GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Names in rules and quotas belong to one issuer; human-only rules
-    /// need each issuer's user clients (see [`crate::policy::scope`]).
     /// The `mcp` section: only with engine mcp, a normalised path, method
     /// names.
     fn validate_mcp(&self) -> Result<(), ConfigError> {
@@ -1087,6 +1085,8 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// Names in rules and quotas belong to one issuer; human-only rules
+    /// need each issuer's user clients (see [`crate::policy::scope`]).
     fn validate_identity_scopes(&self) -> Result<(), ConfigError> {
         use crate::policy::scope::{TrustedIssuer, check_human_only, check_subjects};
         let trusted: Vec<TrustedIssuer<'_>> = self

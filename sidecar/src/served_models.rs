@@ -132,8 +132,7 @@ impl ServedModels {
             self.refresh_if_stale(upstream);
             return true;
         }
-        // MCP servers have no list to read outside a session.
-        if self.declared || self.engine == Engine::Mcp {
+        if self.declared {
             return false;
         }
         let _ = tokio::time::timeout(MISS_WAIT, self.read(upstream, MISS_REFRESH)).await;
@@ -176,7 +175,6 @@ impl ServedModels {
     /// runtime (the request path's); without one it does nothing.
     pub fn refresh_if_stale(self: &Arc<Self>, upstream: &Upstream) {
         if self.declared
-            || self.engine == Engine::Mcp
             || self.age().is_some_and(|age| age < self.refresh_interval)
             || tokio::runtime::Handle::try_current().is_err()
             || self.background.swap(true, Ordering::AcqRel)
@@ -222,6 +220,8 @@ async fn read_list(engine: Engine, upstream: &Upstream) -> Option<Bytes> {
     let path = match engine {
         Engine::Ollama => "/api/tags",
         Engine::Vllm | Engine::Openai => "/v1/models",
+        // MCP servers have no list to read outside a session: what they
+        // serve is what their lists said (`observe_targets`).
         Engine::Mcp => return None,
     };
     let uri = http::Uri::builder()

@@ -136,10 +136,9 @@ where
         .insert(CONTENT_LENGTH, HeaderValue::from(judged.bytes.len()));
     parts.headers.remove(TRANSFER_ENCODING);
     set_path(&mut parts, &path)?;
-    parts.extensions.insert(Authorized {
-        model,
-        ..authorized(class, None, rule, path)
-    });
+    parts
+        .extensions
+        .insert(authorized(class, model, rule, path));
     let response = call_boxed(inner, Request::from_parts(parts, full(judged.bytes))).await?;
     drop(permit);
     let Some(lists) = lists else {

@@ -58,25 +58,33 @@ fn well_known(resource: &str) -> String {
     }
 }
 
-/// The scopes the metadata advertises: the configured ones, else the
-/// issuers' required scopes (and, for an MCP server, the scopes its rules
-/// name).
-pub fn scopes_supported(runtime: &Runtime) -> Vec<String> {
-    let config = &runtime.config;
-    let mut scopes = config.resource.scopes_supported.clone();
-    if scopes.is_empty() {
-        for issuer in &config.issuers {
-            for scope in &issuer.required_scopes {
-                if !scopes.contains(scope) {
-                    scopes.push(scope.clone());
-                }
-            }
+/// The scopes every token must carry: the issuers' `requiredScopes`, each
+/// once.
+fn required_scopes(runtime: &Runtime) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in runtime
+        .config
+        .issuers
+        .iter()
+        .flat_map(|i| &i.required_scopes)
+    {
+        if !scopes.contains(scope) {
+            scopes.push(scope.clone());
         }
     }
-    // An MCP server's clients learn here which scopes its tools need.
-    if config.resource.scopes_supported.is_empty()
-        && config.upstream.engine == crate::canonical::Engine::Mcp
-    {
+    scopes
+}
+
+/// The scopes the metadata advertises: the configured ones, else the
+/// issuers' required scopes (and, for an MCP server, the scopes its rules
+/// name, so that its clients learn which scopes its tools need).
+pub fn scopes_supported(runtime: &Runtime) -> Vec<String> {
+    let config = &runtime.config;
+    if !config.resource.scopes_supported.is_empty() {
+        return config.resource.scopes_supported.clone();
+    }
+    let mut scopes = required_scopes(runtime);
+    if config.upstream.engine == crate::canonical::Engine::Mcp {
         for scope in runtime.policy.scopes() {
             if !scopes.contains(&scope) {
                 scopes.push(scope);
@@ -87,20 +95,14 @@ pub fn scopes_supported(runtime: &Runtime) -> Vec<String> {
 }
 
 /// The scopes an MCP server's 401 challenges name: those every token must
-/// carry (the issuers' `requiredScopes`). A tool's own scope is asked for
-/// when that tool is called (`insufficient_scope`), so that a login asks
-/// for no more than basic access needs.
+/// carry. A tool's own scope is asked for when that tool is called
+/// (`insufficient_scope`), so that a login asks for no more than basic
+/// access needs.
 pub fn challenge_scope(runtime: &Runtime) -> Option<String> {
-    let config = &runtime.config;
-    if config.upstream.engine != crate::canonical::Engine::Mcp {
+    if runtime.config.upstream.engine != crate::canonical::Engine::Mcp {
         return None;
     }
-    let mut scopes: Vec<&str> = Vec::new();
-    for scope in config.issuers.iter().flat_map(|i| &i.required_scopes) {
-        if !scopes.contains(&scope.as_str()) {
-            scopes.push(scope);
-        }
-    }
+    let scopes = required_scopes(runtime);
     (!scopes.is_empty()).then(|| scopes.join(" "))
 }
 
@@ -169,5 +171,68 @@ where
             response
         });
         Box::pin(std::future::ready(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+    use super::*;
+    use crate::canonical::Engine;
+    use crate::claims::Preset;
+    use crate::config::{GatewayConfig, IssuerConfig};
+    use crate::policy::{EndpointClass, Rule, Subjects};
+    use crate::runtime::Shared;
+
+    /// A runtime whose two issuers require `use` (one of them `use` twice
+    /// over: each scope is named once), with a rule naming `deploy`.
+    fn runtime(engine: Engine, configured: &[&str]) -> Runtime {
+        let issuer = |name: &str, required: &[&str]| {
+            let mut issuer = IssuerConfig::new(name, vec!["aud".into()], Preset::Generic);
+            issuer.jwks = Some(serde_json::json!({"keys": []}));
+            issuer.required_scopes = required.iter().map(|s| (*s).to_owned()).collect();
+            issuer
+        };
+        let mut config = GatewayConfig::new(vec![
+            issuer("https://a.test", &["use"]),
+            issuer("https://b.test", &["use", "read"]),
+        ]);
+        config.upstream.engine = engine;
+        config.resource.scopes_supported = configured.iter().map(|s| (*s).to_owned()).collect();
+        let rule = |subjects: Subjects, targets: &[&str]| {
+            Rule::new("deployers", subjects, targets, &[EndpointClass::Inference])
+        };
+        let deployers = Subjects {
+            scopes: vec!["deploy".into(), "use".into()],
+            ..Subjects::default()
+        };
+        config.access.rules = vec![match engine {
+            Engine::Mcp => rule(deployers.of_issuer("https://a.test"), &["tool:deploy"]),
+            _ => rule(deployers.of_issuer("https://a.test"), &["*"]),
+        }];
+        Runtime::build(config, None, &Shared::new()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_metadata_names_required_scopes_then_an_mcp_servers_rule_scopes() {
+        assert_eq!(
+            scopes_supported(&runtime(Engine::Vllm, &[])),
+            ["use", "read"]
+        );
+        assert_eq!(
+            scopes_supported(&runtime(Engine::Mcp, &[])),
+            ["use", "read", "deploy"]
+        );
+        // What the config says, when it says anything, whatever the engine.
+        assert_eq!(scopes_supported(&runtime(Engine::Mcp, &["x"])), ["x"]);
+    }
+
+    #[tokio::test]
+    async fn an_mcp_servers_challenge_names_only_the_required_scopes() {
+        assert_eq!(
+            challenge_scope(&runtime(Engine::Mcp, &["x"])).as_deref(),
+            Some("use read")
+        );
+        assert_eq!(challenge_scope(&runtime(Engine::Ollama, &[])), None);
     }
 }
