@@ -41,6 +41,21 @@ pub struct ResolvedIdp {
     pub token_exchange: Option<crate::crd::identity_provider::TokenExchange>,
 }
 
+/// What the caller's token is to the exchanging IdP: as written, else a
+/// workload's ServiceAccount token is a JWT of another issuer and anything
+/// else an access token.
+fn subject_token_type(
+    spec: &crate::crd::identity_provider::TokenExchange,
+    preset: Preset,
+) -> attach_sidecar::exchange::SubjectTokenType {
+    use crate::crd::identity_provider::SubjectTokenType as Written;
+    use attach_sidecar::exchange::SubjectTokenType as Rendered;
+    match (spec.subject_token_type, preset) {
+        (Some(Written::Jwt), _) | (None, Preset::Kubernetes) => Rendered::Jwt,
+        (Some(Written::AccessToken), _) | (None, _) => Rendered::AccessToken,
+    }
+}
+
 /// The file name, under [`SECRETS_DIR`], of the exchange client secret of
 /// the backend's `i`-th identity provider.
 pub fn exchange_secret_key(i: usize) -> String {
@@ -172,6 +187,8 @@ pub fn render(
             exchange.client_secret_file = Some(Path::new(SECRETS_DIR).join(exchange_secret_key(i)));
             exchange.audience.clone_from(&spec.audience);
             exchange.scopes.clone_from(&spec.scopes);
+            exchange.subject_issuer.clone_from(&spec.subject_issuer);
+            exchange.subject_token_type = subject_token_type(spec, idp.preset);
             config.issuers[i].token_exchange = Some(exchange);
         }
     }
@@ -430,6 +447,7 @@ fn subjects(s: &Subjects) -> GatewaySubjects {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use attach_sidecar::exchange::SubjectTokenType;
 
     fn spec() -> LLMBackendSpec {
         serde_json::from_value(serde_json::json!({
@@ -865,6 +883,45 @@ mod tests {
             Some(Path::new("/etc/attach/secrets/exchange-client-secret-1"))
         );
         assert!(exchange.client_secret.is_empty());
+        assert_eq!(exchange.subject_token_type, SubjectTokenType::AccessToken);
+        assert_eq!(exchange.subject_issuer, None);
+    }
+
+    #[test]
+    fn a_workload_token_is_exchanged_as_a_jwt_of_the_issuer_the_idp_federates() {
+        use crate::crd::identity_provider::SubjectTokenType as Written;
+        let exchange = |written: Option<Written>| {
+            let mut spec: crate::crd::identity_provider::TokenExchange =
+                serde_json::from_value(serde_json::json!({
+                    "tokenEndpoint": "https://kc.example/realms/corp/protocol/openid-connect/token",
+                    "clientId": "attach-gateway",
+                    "clientSecretRef": {"name": "gw", "key": "secret"},
+                    "audience": "llm-downstream",
+                    "subjectIssuer": "cluster",
+                }))
+                .unwrap();
+            spec.subject_token_type = written;
+            spec
+        };
+        let cases = [
+            (Preset::Kubernetes, None, SubjectTokenType::Jwt),
+            (Preset::Keycloak, None, SubjectTokenType::AccessToken),
+            (Preset::Generic, Some(Written::Jwt), SubjectTokenType::Jwt),
+            (
+                Preset::Kubernetes,
+                Some(Written::AccessToken),
+                SubjectTokenType::AccessToken,
+            ),
+        ];
+        for (preset, written, want) in cases {
+            let mut idp = keycloak();
+            idp.preset = preset;
+            idp.token_exchange = Some(exchange(written));
+            let rendered = render(CHAT, &spec(), &[idp], PORTS);
+            let got = rendered.config.issuers[0].token_exchange.as_ref().unwrap();
+            assert_eq!(got.subject_token_type, want, "{preset:?} {written:?}");
+            assert_eq!(got.subject_issuer.as_deref(), Some("cluster"));
+        }
     }
 
     #[test]

@@ -23,8 +23,34 @@ use crate::idp_client::{FetchError, IdpClient};
 
 /// `grant_type` of RFC 8693.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-/// The type of the inbound token and of the one asked for.
+/// The type of the token asked for, and of an inbound access token.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// The type of an inbound token that is a JWT but no access token of the
+/// IdP asked: a workload's ServiceAccount token, say.
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// What the verified inbound token is, as RFC 8693 `subject_token_type`
+/// names it to the IdP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SubjectTokenType {
+    /// An access token (of this IdP, or one it validates at its issuer).
+    #[default]
+    AccessToken,
+    /// A JWT the IdP validates by its signature: how an IdP takes a token of
+    /// an issuer it federates, such as a cluster's ServiceAccount tokens.
+    Jwt,
+}
+
+impl SubjectTokenType {
+    /// The RFC 8693 URI.
+    pub fn uri(self) -> &'static str {
+        match self {
+            Self::AccessToken => ACCESS_TOKEN_TYPE,
+            Self::Jwt => JWT_TOKEN_TYPE,
+        }
+    }
+}
 
 /// Token exchange for one issuer's tokens.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +81,15 @@ pub struct TokenExchangeConfig {
     /// The scopes asked for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// What the inbound token is to the IdP (`subject_token_type`).
+    #[serde(default)]
+    pub subject_token_type: SubjectTokenType,
+    /// The name the IdP knows the inbound token's issuer by, sent as
+    /// `subject_issuer`: Keycloak's extension for a token of another issuer
+    /// (the alias of the identity provider that federates it). Absent, the
+    /// IdP takes the token as its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_issuer: Option<String>,
     /// The request header that carries the exchanged token to the model
     /// (as `Bearer <token>`).
     #[serde(default = "default_header")]
@@ -82,6 +117,8 @@ impl std::fmt::Debug for TokenExchangeConfig {
             .field("audience", &self.audience)
             .field("resource", &self.resource)
             .field("scopes", &self.scopes)
+            .field("subject_token_type", &self.subject_token_type)
+            .field("subject_issuer", &self.subject_issuer)
             .field("header", &self.header)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -127,6 +164,8 @@ impl TokenExchangeConfig {
             audience: None,
             resource: None,
             scopes: Vec::new(),
+            subject_token_type: SubjectTokenType::default(),
+            subject_issuer: None,
             header: default_header(),
             cache_entries: default_cache_entries(),
             expiry_skew: default_skew(),
@@ -339,21 +378,7 @@ impl TokenExchanger {
     async fn request(&self, subject_token: &str) -> Result<(Arc<str>, Duration), ExchangeError> {
         let endpoint = self.token_endpoint().await?;
         let scope = self.config.scopes.join(" ");
-        let mut form = vec![
-            ("grant_type", GRANT_TYPE),
-            ("subject_token", subject_token),
-            ("subject_token_type", ACCESS_TOKEN_TYPE),
-            ("requested_token_type", ACCESS_TOKEN_TYPE),
-        ];
-        if let Some(audience) = &self.config.audience {
-            form.push(("audience", audience));
-        }
-        if let Some(resource) = &self.config.resource {
-            form.push(("resource", resource));
-        }
-        if !scope.is_empty() {
-            form.push(("scope", &scope));
-        }
+        let form = form(&self.config, subject_token, &scope);
         let (status, body) = self
             .http
             .post_form(
@@ -364,13 +389,7 @@ impl TokenExchanger {
             .await
             .map_err(|e| unavailable(&e))?;
         if !status.is_success() {
-            let code = body["error"].as_str().unwrap_or("invalid_response");
-            // Only the OAuth code, never a description that may echo input.
-            let code: String = code
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .take(64)
-                .collect();
+            let code = crate::oauth_answer::error_code(&body);
             tracing::info!(issuer = %self.issuer, status = status.as_u16(), error = %code, "token exchange refused");
             return match status.as_u16() {
                 400..=499 => Err(ExchangeError::Refused(code)),
@@ -385,22 +404,40 @@ impl TokenExchanger {
     }
 }
 
-/// The token's lifetime from `expires_in` (RFC 6749 §5.1: seconds, a
-/// positive integer): at most [`MAX_LIFETIME`], [`DEFAULT_LIFETIME`] when
-/// absent, and anything that is not a positive integer is a bad answer.
-fn lifetime(expires_in: &Value) -> Result<Duration, ExchangeError> {
-    match expires_in {
-        Value::Null => Ok(DEFAULT_LIFETIME),
-        Value::Number(n) => match n.as_u64() {
-            Some(0) | None => Err(ExchangeError::BadResponse(
-                "expires_in is not a positive integer".into(),
-            )),
-            Some(secs) => Ok(Duration::from_secs(secs).min(MAX_LIFETIME)),
-        },
-        _ => Err(ExchangeError::BadResponse(
-            "expires_in is not a number".into(),
-        )),
+/// The RFC 8693 request for `subject_token`, as `config` asks (`scope` is
+/// its scopes joined).
+fn form<'a>(
+    config: &'a TokenExchangeConfig,
+    subject_token: &'a str,
+    scope: &'a str,
+) -> Vec<(&'static str, &'a str)> {
+    let mut form = vec![
+        ("grant_type", GRANT_TYPE),
+        ("subject_token", subject_token),
+        ("subject_token_type", config.subject_token_type.uri()),
+        ("requested_token_type", ACCESS_TOKEN_TYPE),
+    ];
+    if let Some(issuer) = &config.subject_issuer {
+        form.push(("subject_issuer", issuer));
     }
+    if let Some(audience) = &config.audience {
+        form.push(("audience", audience));
+    }
+    if let Some(resource) = &config.resource {
+        form.push(("resource", resource));
+    }
+    if !scope.is_empty() {
+        form.push(("scope", scope));
+    }
+    form
+}
+
+/// The token's lifetime from `expires_in` (RFC 6749 §5.1): at most
+/// [`MAX_LIFETIME`], [`DEFAULT_LIFETIME`] when absent; anything that is not
+/// a positive integer is a bad answer.
+fn lifetime(expires_in: &Value) -> Result<Duration, ExchangeError> {
+    crate::oauth_answer::lifetime(expires_in, DEFAULT_LIFETIME, MAX_LIFETIME)
+        .map_err(|e| ExchangeError::BadResponse(e.to_string()))
 }
 
 fn discovery_failure(e: &crate::discovery::DiscoveryError) -> ExchangeError {
@@ -655,6 +692,72 @@ mod tests {
             "down"
         );
         assert_eq!(idp.calls(), 1);
+    }
+
+    #[test]
+    fn the_request_names_the_subject_as_configured() {
+        let base = || TokenExchangeConfig::new("gw", "s3cret");
+        let access = base();
+        let mut workload = base();
+        workload.subject_token_type = SubjectTokenType::Jwt;
+        workload.subject_issuer = Some("cluster".into());
+        workload.audience = Some("llm-downstream".into());
+        let mut scoped = base();
+        scoped.resource = Some("https://models.example".into());
+        type Fields = &'static [(&'static str, &'static str)];
+        let cases: [(&TokenExchangeConfig, &str, Fields); 3] = [
+            (&access, "", &[("subject_token_type", ACCESS_TOKEN_TYPE)]),
+            (
+                &workload,
+                "",
+                &[
+                    ("subject_token_type", JWT_TOKEN_TYPE),
+                    ("subject_issuer", "cluster"),
+                    ("audience", "llm-downstream"),
+                ],
+            ),
+            (
+                &scoped,
+                "models.read models.write",
+                &[
+                    ("subject_token_type", ACCESS_TOKEN_TYPE),
+                    ("resource", "https://models.example"),
+                    ("scope", "models.read models.write"),
+                ],
+            ),
+        ];
+        for (config, scope, extra) in cases {
+            let mut want = vec![
+                ("grant_type", GRANT_TYPE),
+                ("subject_token", "the-token"),
+                ("requested_token_type", ACCESS_TOKEN_TYPE),
+            ];
+            want.extend_from_slice(extra);
+            let mut got = form(config, "the-token", scope);
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "{config:?}");
+        }
+        // The secret authenticates the client; it is never a form field.
+        assert!(form(&access, "t", "").iter().all(|(_, v)| *v != "s3cret"));
+    }
+
+    #[test]
+    fn the_subject_token_type_reads_as_written() {
+        let config: TokenExchangeConfig = serde_json::from_value(
+            json!({"clientId": "gw", "subjectTokenType": "jwt", "subjectIssuer": "cluster"}),
+        )
+        .unwrap();
+        assert_eq!(config.subject_token_type, SubjectTokenType::Jwt);
+        let default: TokenExchangeConfig =
+            serde_json::from_value(json!({"clientId": "gw"})).unwrap();
+        assert_eq!(default.subject_token_type, SubjectTokenType::AccessToken);
+        assert!(
+            serde_json::from_value::<TokenExchangeConfig>(
+                json!({"clientId": "gw", "subjectTokenType": "id_token"})
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -92,27 +92,53 @@ impl IdpClient {
         form: &[(&str, &str)],
         client: (&str, &str),
     ) -> Result<(http::StatusCode, serde_json::Value), FetchError> {
+        self.post(url, form, Some(client)).await
+    }
+
+    /// POSTs a form to `url` as a public client, which names itself in the
+    /// form (`client_id`) and has no secret (RFC 6749 §2.3, §3.2.1): a CLI
+    /// on a person's machine. Otherwise as [`IdpClient::post_form`], but an
+    /// empty body is `null` (RFC 7009 revocation answers 200 with none).
+    pub async fn post_public_form(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+    ) -> Result<(http::StatusCode, serde_json::Value), FetchError> {
+        self.post(url, form, None).await
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        client: Option<(&str, &str)>,
+    ) -> Result<(http::StatusCode, serde_json::Value), FetchError> {
         use base64::Engine;
         let body = form
             .iter()
             .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
             .collect::<Vec<_>>()
             .join("&");
-        let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            form_encode(client.0),
-            form_encode(client.1)
-        ));
         let mut request = request(http::Method::POST, url, Some(Bytes::from(body)))?;
         let headers = request.headers_mut();
         headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        if let Ok(value) = http::HeaderValue::from_str(&format!("Basic {credentials}")) {
-            headers.insert(http::header::AUTHORIZATION, value);
+        if let Some((id, secret)) = client {
+            let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                form_encode(id),
+                form_encode(secret)
+            ));
+            if let Ok(value) = http::HeaderValue::from_str(&format!("Basic {credentials}")) {
+                headers.insert(http::header::AUTHORIZATION, value);
+            }
         }
         let (status, body) = self.send(url, request).await?;
+        if client.is_none() && body.is_empty() {
+            return Ok((status, serde_json::Value::Null));
+        }
         let json = serde_json::from_slice(&body).map_err(|e| FetchError::Json {
             url: url.to_owned(),
             message: e.to_string(),

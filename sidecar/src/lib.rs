@@ -22,6 +22,7 @@ pub mod idp_client;
 pub mod jwt;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth_answer;
 pub mod policy;
 pub mod proxy;
 pub mod quota;

@@ -31,6 +31,8 @@
 //! | `TOKEN_EXCHANGE_ENDPOINT` | the token endpoint (default: from the issuer's discovery) |
 //! | `TOKEN_EXCHANGE_AUDIENCE`, `TOKEN_EXCHANGE_RESOURCE`, `TOKEN_EXCHANGE_SCOPES` | what the downstream token is for |
 //! | `TOKEN_EXCHANGE_HEADER` | the header the downstream token goes in (default `Authorization`) |
+//! | `TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE` | `access_token` (default) or `jwt`: what the inbound token is to the IdP |
+//! | `TOKEN_EXCHANGE_SUBJECT_ISSUER` | the name the IdP knows the inbound token's issuer by (`subject_issuer`) |
 //!
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | send traces to this OTLP/HTTP collector (off when unset) |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | must be `http/protobuf` (the default) when set |
@@ -83,6 +85,8 @@ pub const TOKEN_EXCHANGE_AUDIENCE: &str = "TOKEN_EXCHANGE_AUDIENCE";
 pub const TOKEN_EXCHANGE_RESOURCE: &str = "TOKEN_EXCHANGE_RESOURCE";
 pub const TOKEN_EXCHANGE_SCOPES: &str = "TOKEN_EXCHANGE_SCOPES";
 pub const TOKEN_EXCHANGE_HEADER: &str = "TOKEN_EXCHANGE_HEADER";
+pub const TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE: &str = "TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE";
+pub const TOKEN_EXCHANGE_SUBJECT_ISSUER: &str = "TOKEN_EXCHANGE_SUBJECT_ISSUER";
 
 /// The token exchange the environment asks for, if any.
 fn exchange_from_env(
@@ -115,6 +119,18 @@ fn exchange_from_env(
     if let Some(header) = non_empty(env, TOKEN_EXCHANGE_HEADER) {
         exchange.header = header.to_ascii_lowercase();
     }
+    exchange.subject_token_type = match non_empty(env, TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE).as_deref()
+    {
+        None | Some("access_token") => crate::exchange::SubjectTokenType::AccessToken,
+        Some("jwt") => crate::exchange::SubjectTokenType::Jwt,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE,
+                format!("{other:?} is not access_token or jwt"),
+            ));
+        }
+    };
+    exchange.subject_issuer = non_empty(env, TOKEN_EXCHANGE_SUBJECT_ISSUER);
     Ok(Some(exchange))
 }
 
@@ -487,6 +503,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains(DESCOPE_CLIENT_SECRET), "{err}");
+        // A workload's token, exchanged at an IdP that federates its issuer.
+        let e = env(&[
+            (OIDC_ISSUER, "https://kubernetes.default.svc.cluster.local"),
+            (OIDC_AUD, "attach.dev/models/chat"),
+            (TOKEN_EXCHANGE_CLIENT_ID, "gateway"),
+            (TOKEN_EXCHANGE_CLIENT_SECRET, "s3cret"),
+            (TOKEN_EXCHANGE_ENDPOINT, "https://idp.example/token"),
+            (TOKEN_EXCHANGE_AUDIENCE, "llm-downstream"),
+            (TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE, "jwt"),
+            (TOKEN_EXCHANGE_SUBJECT_ISSUER, "cluster"),
+        ]);
+        let config = config_from_env(&e, &Overrides::default()).unwrap();
+        let exchange = config.issuers[0].token_exchange.as_ref().unwrap();
+        assert_eq!(
+            exchange.subject_token_type,
+            crate::exchange::SubjectTokenType::Jwt
+        );
+        assert_eq!(exchange.subject_issuer.as_deref(), Some("cluster"));
+        let mut bad = e.clone();
+        bad.insert(TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE, "id_token");
+        let err = config_from_env(&bad, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE), "{err}");
         // Off unless asked.
         let e = env(&[(OIDC_ISSUER, "https://idp.example"), (OIDC_AUD, "llm")]);
         assert!(

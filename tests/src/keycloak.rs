@@ -130,6 +130,11 @@ impl Keycloak {
             .arg(format!("--http-management-port={management_port}"))
             .arg("--import-realm")
             .arg("--db=dev-mem")
+            // Standard token exchange (v2) stays on for Keycloak's own
+            // tokens; the legacy one (v1, with its fine-grained permissions)
+            // is what exchanges an external token, such as a workload's
+            // ServiceAccount token, for a Keycloak token.
+            .arg("--features=token-exchange:v1,admin-fine-grained-authz:v1")
             .env("JAVA_HOME", &tools.java_home)
             .env("JAVA_OPTS_KC_HEAP", "-Xms128m -Xmx768m")
             .env("KC_BOOTSTRAP_ADMIN_USERNAME", "admin")
@@ -340,14 +345,7 @@ impl KeycloakInfo {
             self.admin(Method::POST, &format!("/{REALM}/clients"), Some(&client))
                 .await?;
             let client_id = client["clientId"].as_str().unwrap_or_default();
-            let found = self
-                .admin(
-                    Method::GET,
-                    &format!("/{REALM}/clients?clientId={client_id}"),
-                    None,
-                )
-                .await?;
-            let id = found[0]["id"].as_str().unwrap_or_default().to_owned();
+            let id = self.client(REALM, client_id).await?.0;
             for scope in scopes {
                 let scope_id = all_scopes
                     .as_array()
@@ -470,6 +468,153 @@ impl KeycloakInfo {
             .map(|_| ())
     }
 
+    /// Creates realm `name` that exchanges tokens of a foreign `issuer`
+    /// (Keycloak's external-to-internal token exchange): an OIDC identity
+    /// provider `alias` that checks their signatures with `public_key_pem`
+    /// (the issuer's key; a cluster's JWKS is not public) and no `typ` claim
+    /// (ServiceAccount tokens have none), the client
+    /// [`Federation::EXCHANGER`] allowed to exchange them for tokens of the
+    /// client [`Federation::AUDIENCE`], and the client
+    /// [`Federation::UNTRUSTED`], which may not.
+    pub async fn federate(
+        &self,
+        name: &str,
+        alias: &str,
+        issuer: &str,
+        public_key_pem: &str,
+    ) -> Result<Federation, HarnessError> {
+        use reqwest::Method;
+        let secret = format!("exchanger-{:016x}", rand::random::<u64>());
+        let clients = [
+            Federation::EXCHANGER,
+            Federation::UNTRUSTED,
+            Federation::AUDIENCE,
+        ]
+        .map(|client| {
+            serde_json::json!({
+                "clientId": client, "enabled": true, "publicClient": false, "secret": secret,
+                "standardFlowEnabled": false, "directAccessGrantsEnabled": false,
+            })
+        });
+        let realm = serde_json::json!({
+            "realm": name, "enabled": true, "sslRequired": "none",
+            "clients": clients,
+            "identityProviders": [{
+                "alias": alias, "providerId": "oidc", "enabled": true,
+                "config": {
+                    "issuer": issuer, "validateSignature": "true", "useJwksUrl": "false",
+                    "publicKeySignatureVerifier": public_key_pem, "disableTypeClaimCheck": "true",
+                    "syncMode": "IMPORT", "clientId": "unused", "clientSecret": "unused",
+                    "clientAuthMethod": "client_secret_post",
+                    // Never used: nobody signs in through the cluster.
+                    "authorizationUrl": format!("{issuer}/unused"), "tokenUrl": format!("{issuer}/unused"),
+                },
+            }],
+        });
+        self.admin(Method::POST, "", Some(&realm)).await?;
+        let exchanger = self.client(name, Federation::EXCHANGER).await?.0;
+        let audience = self.client(name, Federation::AUDIENCE).await?.0;
+        let management = self.client(name, "realm-management").await?.0;
+        let authz = format!("/{name}/clients/{management}/authz/resource-server");
+        // The exchanger may exchange the provider's tokens, and for the
+        // audience client: both are `token-exchange` permissions, made when
+        // permissions are turned on for each (which also makes the
+        // authorization server the policy lives in).
+        let mut permissions = Vec::new();
+        for resource in [
+            format!("/{name}/identity-provider/instances/{alias}"),
+            format!("/{name}/clients/{audience}"),
+        ] {
+            let made = self
+                .admin(
+                    Method::PUT,
+                    &format!("{resource}/management/permissions"),
+                    Some(&serde_json::json!({"enabled": true})),
+                )
+                .await?;
+            let Some(id) = made["scopePermissions"]["token-exchange"].as_str() else {
+                return Err(HarnessError::Other(format!(
+                    "{resource}: no token-exchange permission"
+                )));
+            };
+            permissions.push(format!("{authz}/permission/scope/{id}"));
+        }
+        let policy = self
+            .admin(
+                Method::POST,
+                &format!("{authz}/policy/client"),
+                Some(&serde_json::json!({"name": "the-gateway", "clients": [exchanger]})),
+            )
+            .await?;
+        for path in permissions {
+            let mut permission = self.admin(Method::GET, &path, None).await?;
+            permission["policies"] = serde_json::json!([policy["id"]]);
+            self.admin(Method::PUT, &path, Some(&permission)).await?;
+        }
+        Ok(Federation {
+            token_endpoint: self.token_endpoint(name),
+            issuer: self.issuer(name),
+            alias: alias.to_owned(),
+            secret,
+        })
+    }
+
+    /// The client `client_id` of `realm`: Keycloak's id for it, and its
+    /// representation.
+    async fn client(
+        &self,
+        realm: &str,
+        client_id: &str,
+    ) -> Result<(String, serde_json::Value), HarnessError> {
+        let found = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/{realm}/clients?clientId={client_id}"),
+                None,
+            )
+            .await?;
+        let rep = found[0].clone();
+        match rep["id"].as_str() {
+            Some(id) => Ok((id.to_owned(), rep)),
+            None => Err(HarnessError::Other(format!(
+                "realm {realm} has no client {client_id}"
+            ))),
+        }
+    }
+
+    /// Lets `client` of `realm` log people in with the device authorization
+    /// grant (RFC 8628), as a CLI does.
+    pub async fn enable_device_grant(&self, realm: &str, client: &str) -> Result<(), HarnessError> {
+        use reqwest::Method;
+        let (id, mut rep) = self.client(realm, client).await?;
+        rep["attributes"]["oauth2.device.authorization.grant.enabled"] = "true".into();
+        self.admin(Method::PUT, &format!("/{realm}/clients/{id}"), Some(&rep))
+            .await
+            .map(|_| ())
+    }
+
+    /// Ends every session of `user` in `realm`: its refresh tokens stop
+    /// working, as when a session times out or an administrator signs the
+    /// user out.
+    pub async fn end_sessions(&self, realm: &str, user: &str) -> Result<(), HarnessError> {
+        use reqwest::Method;
+        let found = self
+            .admin(
+                Method::GET,
+                &format!("/{realm}/users?username={user}&exact=true"),
+                None,
+            )
+            .await?;
+        let Some(id) = found[0]["id"].as_str() else {
+            return Err(HarnessError::Other(format!(
+                "realm {realm} has no user {user}"
+            )));
+        };
+        self.admin(Method::POST, &format!("/{realm}/users/{id}/logout"), None)
+            .await
+            .map(|_| ())
+    }
+
     /// Adds a new generated RSA signing key to `realm` with a priority above
     /// every existing one, so new tokens are signed with it (a key rotation).
     pub async fn rotate_key(&self, realm: &str) -> Result<(), HarnessError> {
@@ -495,4 +640,27 @@ impl KeycloakInfo {
         .await
         .map(|_| ())
     }
+}
+
+/// A realm that exchanges a foreign issuer's tokens: see
+/// [`KeycloakInfo::federate`].
+#[derive(Debug, Clone)]
+pub struct Federation {
+    /// The realm's token endpoint.
+    pub token_endpoint: String,
+    /// The realm's issuer: what exchanged tokens carry in `iss`.
+    pub issuer: String,
+    /// The identity provider's alias: the exchange's `subject_issuer`.
+    pub alias: String,
+    /// The secret of every client of the realm.
+    pub secret: String,
+}
+
+impl Federation {
+    /// The client allowed to exchange the foreign tokens.
+    pub const EXCHANGER: &'static str = "attach-exchanger";
+    /// A client of the same realm that may not.
+    pub const UNTRUSTED: &'static str = "untrusted";
+    /// The client exchanged tokens are for: their `aud`.
+    pub const AUDIENCE: &'static str = "llm-downstream";
 }

@@ -13,6 +13,7 @@
 
 pub mod binaries;
 pub mod control_plane;
+pub mod device_approval;
 pub mod engines;
 pub mod error;
 pub mod faithful;

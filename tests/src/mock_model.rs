@@ -250,6 +250,13 @@ async fn handle(
                 }))
             }
         }
+        // Anthropic's Messages API, as Ollama serves it (not streamed).
+        (Method::POST, "/v1/messages") => json_response(json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "hello ".repeat(plan.chunks as usize)}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 11, "output_tokens": plan.completion_tokens()},
+        })),
         (Method::POST, "/v1/embeddings" | "/api/embed" | "/api/embeddings") => {
             json_response(json!({
                 "object": "list", "model": model,

@@ -1,6 +1,10 @@
 //! A real Redis Cluster of three masters on loopback: three
 //! `redis-server --cluster-enabled yes`, joined by `redis-cli --cluster
 //! create` (no replicas), ready once every node says `cluster_state:ok`.
+//!
+//! Each node's cluster bus port is chosen like its client port. Left to
+//! Redis it would be the client port + 10000, which falls in the kernel's
+//! ephemeral range, where an outgoing connection may already hold it.
 
 use std::path::Path;
 use std::process::Command;
@@ -23,6 +27,7 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for i in 0..3 {
             let port = free_port()?;
+            let bus_port = free_port()?.to_string();
             let node_dir = dir.join(format!("node-{i}"));
             let conf = node_dir.join("nodes.conf");
             let conf = conf.to_string_lossy().into_owned();
@@ -38,6 +43,8 @@ impl RedisCluster {
                         &conf,
                         "--cluster-node-timeout",
                         "1000",
+                        "--cluster-port",
+                        &bus_port,
                     ],
                 )
                 .await?,

@@ -61,6 +61,15 @@ pub struct ControlPlaneInfo {
     pub kubeconfig: PathBuf,
 }
 
+impl ControlPlaneInfo {
+    /// The public key (PEM) the API server checks ServiceAccount tokens
+    /// with: what an IdP that federates the cluster's issuer is given.
+    pub fn service_account_public_key(&self) -> PathBuf {
+        // Beside the kubeconfig, as `ControlPlane::start` writes them.
+        self.kubeconfig.with_file_name("pki").join("sa.pub")
+    }
+}
+
 impl WorldInfo {
     /// Reads a `world.json`.
     pub fn load(path: &Path) -> Result<Self, HarnessError> {

@@ -9,6 +9,10 @@
 //! (403), workloads are never people (`humanOnly`), a quota per account
 //! (429), the identity headers, and what the gateway cannot see offline: a
 //! deleted account's token works until it expires, and it expires soon.
+//! And a workload's token exchanged (RFC 8693) at the real Keycloak, which
+//! federates the cluster's issuer, so that a model behind a second gateway
+//! sees a token the IdP issued: judged before the exchange, refused for a
+//! client the IdP does not trust, never logged.
 
 mod common;
 
@@ -407,5 +411,163 @@ async fn the_operator_relays_the_cluster_keys_and_binds_each_backend_to_its_audi
 
     for name in [&idp, &wrong] {
         let _ = idps.delete(name, &DeleteParams::default()).await;
+    }
+}
+
+/// The audience of a token the model behind the second gateway accepts.
+const DOWNSTREAM: &str = attach_tests::keycloak::Federation::AUDIENCE;
+
+#[tokio::test]
+async fn a_workload_token_is_exchanged_at_the_idp_so_the_next_gateway_sees_an_idp_token() {
+    use attach_sidecar::exchange::{SubjectTokenType, TokenExchangeConfig};
+    use attach_tests::gateway::metric_sum;
+    use attach_tests::keycloak::Federation;
+
+    let world = common::world();
+    let cluster = Cluster {
+        client: world.client().await.unwrap(),
+    };
+    let search = cluster.namespace("search").await;
+    let elsewhere = cluster.namespace("elsewhere").await;
+    cluster.service_account(&search, "rag-indexer").await;
+    cluster.service_account(&elsewhere, "rag-indexer").await;
+    let (issuer, keys) = cluster.issuer_and_keys().await;
+    let key_pem = world.control_plane().unwrap().service_account_public_key();
+    let key_pem = std::fs::read_to_string(&key_pem).unwrap();
+    let kc = world.keycloak().unwrap();
+    let realm = format!("workloads-{:08x}", rand_suffix());
+    let federation = kc
+        .federate(&realm, "cluster", &issuer, &key_pem)
+        .await
+        .unwrap();
+
+    // The second gateway, in front of the model: it trusts the IdP alone.
+    let model = MockModel::start().await.unwrap();
+    let idp_issuer = IssuerConfig::new(
+        &federation.issuer,
+        vec![DOWNSTREAM.into()],
+        Preset::Keycloak,
+    );
+    let mut inner = GatewayConfig::new(vec![idp_issuer]);
+    inner.upstream.url = model.url();
+    // So the test can read, at the model, the token the IdP issued.
+    inner.identity.forward_authorization = true;
+    inner.access.rules = vec![Rule::new(
+        "exchanged-workloads",
+        Subjects {
+            clients: vec![Federation::EXCHANGER.into()],
+            ..Subjects::default()
+        },
+        &["nomic-embed*"],
+        &[EndpointClass::Inference],
+    )];
+    let inner = GatewayProcess::start(inner).await.unwrap();
+
+    // The first gateway, where workloads call: it judges their own token,
+    // then exchanges it at the IdP as the client `client`.
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, keys.to_string()).unwrap();
+    let outer = |client: &str| {
+        let mut cluster_issuer =
+            IssuerConfig::new(&issuer, vec![AUDIENCE.into()], Preset::Kubernetes);
+        cluster_issuer.jwks_file = Some(jwks_file.clone());
+        let mut exchange = TokenExchangeConfig::new(client, federation.secret.as_str());
+        exchange.token_endpoint = Some(federation.token_endpoint.clone());
+        exchange.audience = Some(DOWNSTREAM.into());
+        exchange.subject_token_type = SubjectTokenType::Jwt;
+        exchange.subject_issuer = Some(federation.alias.clone());
+        cluster_issuer.token_exchange = Some(exchange);
+        let mut config = GatewayConfig::new(vec![cluster_issuer]);
+        config.upstream.url = inner.url.clone();
+        config.access.rules = vec![Rule::new(
+            "rag-indexer",
+            Subjects {
+                users: vec![format!("system:serviceaccount:{search}:rag-indexer")],
+                ..Subjects::default()
+            },
+            &["nomic-embed*"],
+            &[EndpointClass::Inference],
+        )];
+        GatewayProcess::start(config)
+    };
+    let gw = outer(Federation::EXCHANGER).await.unwrap();
+    let http = reqwest::Client::new();
+    let embed = |url: String, token: String| {
+        let http = http.clone();
+        async move {
+            http.post(format!("{url}/api/embed"))
+                .bearer_auth(token)
+                .json(&json!({"model": "nomic-embed-text", "input": "hello"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+
+    // The indexer calls with its ServiceAccount token; the model behind the
+    // second gateway gets a token the IdP issued for it, naming the account.
+    let token = cluster.token(&search, "rag-indexer", AUDIENCE).await;
+    assert_eq!(
+        embed(gw.url.clone(), token.clone()).await,
+        200,
+        "{}\n{}",
+        gw.log(),
+        inner.log()
+    );
+    let seen = model.last().await.unwrap();
+    let forwarded = seen.headers["authorization"].to_str().unwrap();
+    let exchanged = forwarded.strip_prefix("Bearer ").unwrap();
+    assert_ne!(exchanged, token, "the workload's own token goes no further");
+    let claims = payload(exchanged);
+    assert_eq!(claims["iss"], federation.issuer, "{claims}");
+    assert!(
+        claims["aud"]
+            .as_array()
+            .is_some_and(|aud| aud.iter().any(|a| a == DOWNSTREAM)),
+        "{claims}"
+    );
+    assert_eq!(
+        claims["preferred_username"],
+        format!("system:serviceaccount:{search}:rag-indexer"),
+        "the IdP's user is the workload"
+    );
+    assert_eq!(claims["azp"], Federation::EXCHANGER);
+    // The second gateway verified it, and says so to the model.
+    assert_eq!(seen.headers["x-attach-issuer"], federation.issuer.as_str());
+    assert_eq!(
+        seen.headers["x-attach-user"],
+        claims["sub"].as_str().unwrap()
+    );
+    // The second gateway takes IdP tokens only: not the workload's own.
+    assert_eq!(embed(inner.url.clone(), token.clone()).await, 401);
+
+    // Judged before any exchange: the same account name in another
+    // namespace is refused at the first gateway, and the IdP is not asked.
+    let exchanges = |metrics: &str| metric_sum(metrics, "attach_token_exchanges_total");
+    let before = exchanges(&gw.metrics().await.unwrap());
+    let lookalike = cluster.token(&elsewhere, "rag-indexer", AUDIENCE).await;
+    assert_eq!(embed(gw.url.clone(), lookalike).await, 403);
+    assert_eq!(exchanges(&gw.metrics().await.unwrap()), before);
+
+    // A client the IdP does not allow to exchange the cluster's tokens:
+    // the IdP refuses, and nothing is forwarded.
+    let calls = model.request_count();
+    let untrusted = outer(Federation::UNTRUSTED).await.unwrap();
+    assert_eq!(embed(untrusted.url.clone(), token.clone()).await, 403);
+    assert_eq!(model.request_count(), calls, "nothing reached the model");
+    let refused = metric_sum(
+        &untrusted.metrics().await.unwrap(),
+        "attach_token_exchanges_total{result=\"refused\"}",
+    );
+    assert_eq!(refused, 1.0, "the IdP refused it: {}", untrusted.log());
+
+    // No token, exchanged or not, in either log.
+    for log in [gw.log(), inner.log(), untrusted.log()] {
+        assert!(!log.contains(&token));
+        assert!(!log.contains(exchanged));
+        assert!(!log.contains(&federation.secret));
     }
 }

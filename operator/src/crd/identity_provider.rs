@@ -109,6 +109,30 @@ pub struct TokenExchange {
     #[schemars(inner(length(min = 1)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<String>,
+    /// What the caller's token is to the IdP at `tokenEndpoint`
+    /// (`subject_token_type`): `accessToken`, or `jwt` for a token it
+    /// validates by signature as another issuer's. Default: `jwt` for the
+    /// `kubernetes` preset (a workload's ServiceAccount token), else
+    /// `accessToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_token_type: Option<SubjectTokenType>,
+    /// The name the IdP at `tokenEndpoint` knows this issuer by, sent as
+    /// `subject_issuer`: with Keycloak, the alias of the identity provider
+    /// that trusts this issuer's keys (its external-to-internal exchange).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub subject_issuer: Option<String>,
+}
+
+/// How the IdP takes the caller's token in a token exchange (default:
+/// `jwt` for the `kubernetes` preset, else `accessToken`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SubjectTokenType {
+    /// One of its own access tokens.
+    AccessToken,
+    /// A JWT of an issuer it federates, checked by signature.
+    Jwt,
 }
 
 /// What an IdP reports once checked.

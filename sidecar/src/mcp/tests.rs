@@ -283,6 +283,9 @@ fn malformed_messages_are_refused_with_their_reason() {
         read(&format!("[{}]", many.join(","))).unwrap_err().code(),
         "batch_size"
     );
+    // One fewer is the largest batch, and it is read whole.
+    let largest = read(&format!("[{}]", many[1..].join(","))).unwrap();
+    assert_eq!(largest.messages.len(), message::MAX_BATCH);
 }
 
 fn who(claims: serde_json::Value) -> Identity {

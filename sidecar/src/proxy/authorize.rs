@@ -43,6 +43,13 @@ use crate::policy::{DenyKind, EndpointClass, classify, normalize_path};
 use crate::rescue::Reason;
 use crate::runtime::Runtime;
 
+/// Marks a request whose body the gateway read whole (within the body
+/// limit) and rebuilt. Its canonical form may be a little longer than what
+/// the client sent (a model's `:latest`, an added `stream_options`), so
+/// forwarding does not measure it against the limit again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyReadWhole;
+
 /// The largest model list read for filtering.
 pub(super) const MAX_MODEL_LIST_BYTES: usize = 8 * 1024 * 1024;
 
@@ -138,6 +145,7 @@ where
                         .insert(CONTENT_LENGTH, HeaderValue::from(canonical.bytes.len()));
                     parts.headers.remove(TRANSFER_ENCODING);
                     parts.headers.remove(CONTENT_ENCODING);
+                    parts.extensions.insert(BodyReadWhole);
                     let name = canonical.model.clone();
                     (
                         full(canonical.bytes.clone()),

@@ -9,7 +9,9 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 
 use super::authorize::set_path;
-use super::authorize::{Authorized, MAX_MODEL_LIST_BYTES, collect_limited, read_whole};
+use super::authorize::{
+    Authorized, BodyReadWhole, MAX_MODEL_LIST_BYTES, collect_limited, read_whole,
+};
 use super::call_boxed;
 use super::protected_resource::metadata_url;
 use crate::audit::AuditTrail;
@@ -139,6 +141,7 @@ where
     parts
         .extensions
         .insert(authorized(class, model, rule, path));
+    parts.extensions.insert(BodyReadWhole);
     let response = call_boxed(inner, Request::from_parts(parts, full(judged.bytes))).await?;
     drop(permit);
     let Some(lists) = lists else {

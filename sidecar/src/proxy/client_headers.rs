@@ -218,6 +218,10 @@ mod tests {
             "x-forwarded-for",
             "X_Forwarded_Host",
             "forwarded",
+            // Upper case with nothing else to normalise: still read as
+            // the name it is.
+            "FORWARDED",
+            "HOST",
             "x-request-id",
             "x-downstream-token",
         ] {
@@ -233,7 +237,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_first() {
         let mut h = headers(&[
-            ("connection", "keep-alive, x-secret-hop"),
+            ("connection", "keep-alive, x-secret-hop, SECRETHOP, __"),
+            ("secrethop", "1"),
+            // `_` is read as `-` wherever it is, a name of nothing else too.
+            ("--", "1"),
             ("keep-alive", "timeout=5"),
             ("x-secret-hop", "1"),
             ("x_secret_hop", "1"),

@@ -111,3 +111,19 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exchanged_token_stays_out_of_debug() {
+        let exchanged = Exchanged {
+            header: HeaderName::from_static("x-downstream-token"),
+            value: HeaderValue::from_static("Bearer s3cret-token"),
+        };
+        let text = format!("{exchanged:?}");
+        assert!(text.contains("x-downstream-token"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+}

@@ -23,7 +23,7 @@ use http_body_util::{LengthLimitError, Limited};
 use tower::Service;
 
 use super::authenticate::Unauthenticated;
-use super::authorize::Authorized;
+use super::authorize::{Authorized, BodyReadWhole};
 use super::{BoxFuture, ClientAddr};
 use crate::audit::AuditTrail;
 use crate::body::{Body, BoxError, boxed};
@@ -96,7 +96,12 @@ where
 {
     let runtime: Arc<Runtime> = super::runtime_of(&request)?;
     let arrived = super::observe::Arrived::of(&request);
-    let limit = runtime.config.limits.max_request_body_bytes;
+    // A body the gateway read whole was bounded when it was read.
+    let limit = if request.extensions().get::<BodyReadWhole>().is_some() {
+        u64::MAX
+    } else {
+        runtime.config.limits.max_request_body_bytes
+    };
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)

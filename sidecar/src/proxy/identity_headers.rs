@@ -14,7 +14,10 @@
 //! Text values are percent-encoded where they hold `%`, `,`, control or
 //! non-ASCII characters, so any value is header-safe and lists split cleanly
 //! on `,`. The caller's `Authorization` header is removed unless
-//! `identity.forwardAuthorization` is set, and so is every header a token
+//! `identity.forwardAuthorization` is set, and with it the API-key headers
+//! clients also put their credential in ([`API_KEY_HEADERS`]: Anthropic's
+//! SDK and Claude Code's `apiKeyHelper` send the token in `X-Api-Key` too,
+//! Azure OpenAI clients in `Api-Key`); so is every header a token
 //! exchange of any issuer writes (`tokenExchange.header`), on every request
 //! (those with no exchange, and probes, too): only the gateway sets it, with
 //! the token it exchanged.
@@ -40,6 +43,13 @@ pub const TENANT: HeaderName = HeaderName::from_static("x-attach-tenant");
 pub const CLIENT: HeaderName = HeaderName::from_static("x-attach-client");
 pub const CLAIMS: HeaderName = HeaderName::from_static("x-attach-claims");
 pub const AGENT: HeaderName = HeaderName::from_static("x-attach-agent");
+
+/// Headers clients carry their API key or token in besides
+/// `Authorization`: the model never gets the caller's credential in them.
+pub const API_KEY_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+];
 
 /// Encoded in header text: controls (and, implicitly, non-ASCII), `%` so
 /// that decoding is unambiguous, and `,` which separates list items.
@@ -137,6 +147,9 @@ where
         let headers = request.headers_mut();
         if !forward_authorization {
             headers.remove(AUTHORIZATION);
+            for name in API_KEY_HEADERS {
+                headers.remove(name);
+            }
         }
         if let Some(runtime) = &runtime {
             // Downstream-token headers come only from the gateway's own

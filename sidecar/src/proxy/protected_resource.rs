@@ -182,6 +182,32 @@ mod tests {
     use crate::claims::Preset;
     use crate::config::{GatewayConfig, IssuerConfig};
     use crate::policy::{EndpointClass, Rule, Subjects};
+
+    #[test]
+    fn the_well_known_path_goes_between_the_host_and_the_resources_path() {
+        for (resource, want) in [
+            (
+                "https://tools.example/mcp",
+                "https://tools.example/.well-known/oauth-protected-resource/mcp",
+            ),
+            (
+                "https://tools.example/",
+                "https://tools.example/.well-known/oauth-protected-resource",
+            ),
+            (
+                "http://127.0.0.1:8080",
+                "http://127.0.0.1:8080/.well-known/oauth-protected-resource",
+            ),
+            // Not an absolute URL: the path is put after it as it is.
+            ("tools", "tools/.well-known/oauth-protected-resource"),
+            (
+                "tools.example:8080",
+                "tools.example:8080/.well-known/oauth-protected-resource",
+            ),
+        ] {
+            assert_eq!(well_known(resource), want, "{resource}");
+        }
+    }
     use crate::runtime::Shared;
 
     /// A runtime whose two issuers require `use` (one of them `use` twice

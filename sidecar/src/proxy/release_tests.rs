@@ -141,7 +141,46 @@ async fn an_upstream_error_and_a_timeout_free_the_slot() {
     );
     gw.all_released().await;
     assert_eq!(status_of(gw.addr, &[]).await, 200);
+    // Each admission asked the quota store once, and was timed.
+    let timed = gw.runtime().metrics.encode().lines().find_map(|l| {
+        l.strip_prefix("attach_quota_store_duration_seconds_count ")?
+            .parse::<u64>()
+            .ok()
+    });
+    assert_eq!(timed, Some(3));
     gw.stop().await;
+}
+
+/// A model that failed generated nothing, and is charged nothing; one that
+/// timed out had the prompt, and its estimate is charged ("hello": 2, plus
+/// 4 for the message): with a budget of 6 tokens a minute, the request
+/// after a failure passes and the one after a timeout does not.
+#[tokio::test]
+async fn a_model_that_timed_out_is_charged_the_prompt_and_one_that_failed_nothing() {
+    use crate::quota::clock::{Clock, SystemClock};
+    let minute = || SystemClock.now() / 60;
+    for _ in 0..3 {
+        let model = model().await;
+        let gw = start(&model, |c| {
+            c.upstream.response_header_timeout = Duration::from_millis(200);
+            c.quotas.limits[0].tokens_per_minute = Some(6);
+        })
+        .await;
+        let before = minute();
+        let failed = status_of(gw.addr, &[("x-close", "1")]).await;
+        gw.all_released().await;
+        let after_failure = status_of(gw.addr, &[("x-header-delay-ms", "2000")]).await;
+        gw.all_released().await;
+        let after_timeout = status_of(gw.addr, &[]).await;
+        gw.stop().await;
+        // A window that rolled over mid-test proves nothing: again.
+        if minute() != before {
+            continue;
+        }
+        assert_eq!((failed, after_failure, after_timeout), (502, 504, 429));
+        return;
+    }
+    panic!("three minute boundaries in a row");
 }
 
 #[tokio::test]

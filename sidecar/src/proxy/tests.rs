@@ -80,6 +80,12 @@ impl Upstream {
                                     .get("user-agent")
                                     .is_some_and(|ua| ua == crate::served_models::USER_AGENT);
                                 let sse = parts.headers.contains_key("x-answer-sse");
+                                // `x-answer-models: N` adds N more models.
+                                let more: usize = parts
+                                    .headers
+                                    .get("x-answer-models")
+                                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                                    .unwrap_or(0);
                                 if !list_read {
                                     record.lock().unwrap().push(Seen {
                                         method: parts.method.to_string(),
@@ -91,8 +97,19 @@ impl Upstream {
                                 if path == "/mcp" {
                                     return Ok::<_, Infallible>(mcp_answer(&body, sse));
                                 }
+                                if path == "/v1/chat/completions" && sse {
+                                    return Ok::<_, Infallible>(openai_stream());
+                                }
                                 let answer = if path == "/api/tags" {
-                                    json!({"models": [{"name": "tinyllama:latest"}, {"name": "llama3.1:70b"}]})
+                                    let mut models = vec![
+                                        json!({"name": "tinyllama:latest"}),
+                                        json!({"name": "llama3.1:70b"}),
+                                    ];
+                                    models
+                                        .extend((0..more).map(
+                                            |i| json!({"name": format!("filler-{i}:latest")}),
+                                        ));
+                                    json!({"models": models})
                                 } else {
                                     json!({"model": "x", "done": true, "prompt_eval_count": 1, "eval_count": 1})
                                 };
@@ -123,7 +140,8 @@ impl Upstream {
 }
 
 /// An MCP server's answer to `body` (a JSON-RPC request): `tools/list`
-/// lists three tools, anything else gets an empty result; as JSON, or as
+/// lists three tools, `prompts/list` two prompts, anything else gets an
+/// empty result; as JSON, or as
 /// an SSE stream (a progress notification, then the answer).
 fn mcp_answer(body: &[u8], sse: bool) -> Response<Full<Bytes>> {
     let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
@@ -149,12 +167,29 @@ fn mcp_answer(body: &[u8], sse: bool) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
+/// A streamed OpenAI chat answer whose last event is the usage, as a
+/// server sends it when asked for `stream_options.include_usage`; with its
+/// `Content-Length`, as a whole body has one.
+fn openai_stream() -> Response<Full<Bytes>> {
+    let text = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("content-length", text.len())
+        .body(Full::new(Bytes::from(text)))
+        .unwrap()
+}
+
 /// The answer to one JSON-RPC request.
 fn mcp_result(request: &Value) -> Value {
     let result = match request["method"].as_str() {
         Some("tools/list") => {
             json!({"tools": [{"name": "search"}, {"name": "delete_all"}, {"name": "deploy"}]})
         }
+        Some("prompts/list") => json!({"prompts": [{"name": "summarize"}, {"name": "leak"}]}),
         // A tool's result may hold anything, a member named `usage` too.
         Some("tools/call") => {
             json!({"content": [], "usage": {"prompt_tokens": 100, "completion_tokens": 100}})
@@ -208,6 +243,11 @@ async fn gateway_with(mut config: GatewayConfig, shared: Shared) -> Gateway {
     std::fs::write(jwks.path(), json!({"keys": [jwk]}).to_string()).unwrap();
     let mut issuer = IssuerConfig::new(ISSUER, vec![AUDIENCE.into()], Preset::Keycloak);
     issuer.jwks_file = Some(jwks.path().to_owned());
+    // A test may give the issuer a token exchange; the rest is the test key's.
+    issuer.token_exchange = config
+        .issuers
+        .first()
+        .and_then(|i| i.token_exchange.clone());
     config.issuers = vec![issuer];
     config.upstream.url = format!("http://{}", upstream.addr);
     let runtime = Runtime::build(config, None, &shared).unwrap();
@@ -227,6 +267,21 @@ async fn gateway_with(mut config: GatewayConfig, shared: Shared) -> Gateway {
 
 fn base_config() -> GatewayConfig {
     GatewayConfig::new(Vec::new())
+}
+
+/// Staff may use `tinyllama` and read: the rule most stack tests judge by.
+fn staff_tiny() -> GatewayConfig {
+    let mut config = base_config();
+    config.access.rules = vec![crate::policy::Rule::new(
+        "staff-tiny",
+        crate::policy::Subjects::groups(&["staff"]),
+        &["tinyllama"],
+        &[
+            crate::policy::EndpointClass::Inference,
+            crate::policy::EndpointClass::Read,
+        ],
+    )];
+    config
 }
 
 impl Gateway {
@@ -333,28 +388,31 @@ async fn client_identity_headers_never_reach_the_model_in_any_spelling() {
 async fn the_callers_authorization_is_not_forwarded_unless_configured() {
     let mut gw = gateway(base_config()).await;
     let auth = bearer(&alice());
+    // As Claude Code's apiKeyHelper sends it: the token in `X-Api-Key`
+    // too (and Azure OpenAI clients' `Api-Key`).
+    let token = auth.trim_start_matches("Bearer ");
+    let with_keys = [
+        ("authorization", auth.as_str()),
+        ("x-api-key", token),
+        ("api-key", token),
+    ];
     let (status, _) = gw
-        .send(
-            "POST",
-            "/api/chat",
-            &[("authorization", &auth)],
-            r#"{"model":"tinyllama"}"#,
-        )
+        .send("POST", "/api/chat", &with_keys, r#"{"model":"tinyllama"}"#)
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(!gw.last().headers.contains_key("authorization"));
+    let seen = gw.last().headers;
+    for name in ["authorization", "x-api-key", "api-key"] {
+        assert!(!seen.contains_key(name), "{name} reached the model");
+    }
 
     let mut config = base_config();
     config.identity.forward_authorization = true;
     let mut gw = gateway(config).await;
-    gw.send(
-        "POST",
-        "/api/chat",
-        &[("authorization", &auth)],
-        r#"{"model":"tinyllama"}"#,
-    )
-    .await;
-    assert_eq!(gw.last().headers["authorization"], auth.as_str());
+    gw.send("POST", "/api/chat", &with_keys, r#"{"model":"tinyllama"}"#)
+        .await;
+    let seen = gw.last().headers;
+    assert_eq!(seen["authorization"], auth.as_str());
+    assert_eq!(seen["x-api-key"], token);
 }
 
 #[tokio::test]
@@ -446,17 +504,7 @@ async fn hop_by_hop_headers_go_before_the_gateway_sets_its_own() {
 
 #[tokio::test]
 async fn the_model_receives_the_canonical_body_that_was_judged() {
-    let mut config = base_config();
-    config.access.rules = vec![crate::policy::Rule::new(
-        "staff-tiny",
-        crate::policy::Subjects::groups(&["staff"]),
-        &["tinyllama"],
-        &[
-            crate::policy::EndpointClass::Inference,
-            crate::policy::EndpointClass::Read,
-        ],
-    )];
-    let mut gw = gateway(config).await;
+    let mut gw = gateway(staff_tiny()).await;
     let auth = bearer(&alice());
     let (status, _) = gw
         .send(
@@ -954,7 +1002,7 @@ mod mcp {
             Rule::new(
                 "staff",
                 Subjects::groups(&["staff"]),
-                &["tool:search"],
+                &["tool:search", "prompt:summarize"],
                 &[EndpointClass::Inference, EndpointClass::Read],
             ),
             deploy,
@@ -1189,6 +1237,19 @@ mod mcp {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body[0]["result"]["tools"], json!([{"name": "search"}]));
         assert_eq!(body[1]["result"]["usage"]["prompt_tokens"], 100);
+        // Lists of two kinds in one batch: each answer trimmed as its own
+        // kind, never both as the first one's.
+        let batch = json!([
+            {"jsonrpc": "2.0", "id": "p", "method": "prompts/list"},
+            {"jsonrpc": "2.0", "id": "t", "method": "tools/list"},
+        ])
+        .to_string();
+        let (status, body) = gw
+            .send("POST", "/mcp", &[("authorization", &auth)], &batch)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body[0]["result"]["prompts"], json!([{"name": "summarize"}]));
+        assert_eq!(body[1]["result"]["tools"], json!([{"name": "search"}]));
     }
 
     /// Audit lines name the method and the target, and a tool call's
@@ -1203,23 +1264,38 @@ mod mcp {
             config.mcp.audit_arguments = audited;
             let mut gw = gateway(config).await;
             let auth = bearer(&alice());
-            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                "params": {"name": "search", "arguments": {"q": "secret plans"}}})
+            // The call's arguments are found in a batch, behind a list.
+            let body = json!([
+                {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                 "params": {"name": "search", "arguments": {"q": "secret plans"}}},
+            ])
             .to_string();
-            let (status, _) = gw
-                .send("POST", "/mcp", &[("authorization", &auth)], &body)
-                .await;
-            assert_eq!(status, StatusCode::OK);
-            let mut line = String::new();
+            let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).to_string();
+            for body in [body, list] {
+                let (status, _) = gw
+                    .send("POST", "/mcp", &[("authorization", &auth)], &body)
+                    .await;
+                assert_eq!(status, StatusCode::OK);
+            }
+            let mut text = String::new();
             for _ in 0..100 {
-                line = std::fs::read_to_string(&path).unwrap_or_default();
-                if !line.is_empty() {
+                text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.lines().count() == 2 {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            let line: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
-            assert_eq!(line["mcp_method"], "tools/call");
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            // A lone list is a read.
+            assert_eq!(lines[1]["endpoint"], "read", "{}", lines[1]);
+            assert_eq!(lines[1]["mcp_method"], "tools/list");
+            let line = &lines[0];
+            assert_eq!(line["endpoint"], "inference", "{line}");
+            assert_eq!(line["mcp_method"], "tools/list,tools/call");
             assert_eq!(line["model"], "tool:search");
             assert_eq!(line["rule"], "staff");
             if audited {
@@ -1249,4 +1325,431 @@ mod mcp {
             assert_eq!(status, StatusCode::OK, "{body}");
         }
     }
+}
+
+/// Where the gateway asked for usage the client did not, the usage event
+/// is taken out of the stream: the upstream's `Content-Length` no longer
+/// holds, so it is dropped, and what the client gets is what it asked for.
+#[tokio::test]
+async fn an_added_usage_event_is_removed_with_the_length_that_counted_it() {
+    let mut config = base_config();
+    config.upstream.engine = crate::canonical::Engine::Openai;
+    config.access.rules = vec![crate::policy::Rule::new(
+        "staff",
+        crate::policy::Subjects::groups(&["staff"]),
+        &["*"],
+        &[crate::policy::EndpointClass::Inference],
+    )];
+    let mut gw = gateway(config).await;
+    let auth = bearer(&alice());
+    for (asked, usage_shown) in [(false, false), (true, true)] {
+        let body = if asked {
+            json!({"model": "m", "stream": true, "stream_options": {"include_usage": true}, "messages": []})
+        } else {
+            json!({"model": "m", "stream": true, "messages": []})
+        };
+        let response = gw
+            .respond(
+                "POST",
+                "/v1/chat/completions",
+                &[("authorization", &auth), ("x-answer-sse", "1")],
+                &body.to_string(),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let length = response
+            .headers()
+            .get("content-length")
+            .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&text).unwrap();
+        if let Some(length) = length {
+            assert_eq!(length, text.len(), "asked {asked}: a length that holds");
+        }
+        assert!(
+            !asked || length.is_some(),
+            "nothing removed, the length stays"
+        );
+        assert_eq!(
+            text.contains("\"usage\""),
+            usage_shown,
+            "asked {asked}: {text}"
+        );
+        assert!(text.contains("\"hi\"") && text.contains("[DONE]"), "{text}");
+    }
+}
+
+/// A model list of megabytes, well within the bound the gateway reads, is
+/// filtered whole; past the bound it is never passed on unfiltered.
+#[tokio::test]
+async fn a_large_model_list_is_filtered_whole_and_one_past_the_bound_refused() {
+    let mut gw = gateway(staff_tiny()).await;
+    let auth = bearer(&alice());
+    // About 33 bytes a model: 1.7 MB, then 10 MB (the bound is 8 MiB).
+    let (status, list) = gw
+        .send(
+            "GET",
+            "/api/tags",
+            &[("authorization", &auth), ("x-answer-models", "52000")],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list, json!({"models": [{"name": "tinyllama:latest"}]}));
+    let (status, list) = gw
+        .send(
+            "GET",
+            "/api/tags",
+            &[("authorization", &auth), ("x-answer-models", "300000")],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{list}");
+}
+
+/// An endpoint that describes one model (`/api/show`, `/v1/models/{id}`)
+/// is a read, but it shows only a model the caller may use: reading the
+/// catalogue is not a licence to learn about every model in it.
+#[tokio::test]
+async fn describing_a_model_needs_the_right_to_use_it() {
+    use crate::policy::{EndpointClass, Rule, Subjects};
+    let rules = vec![
+        Rule::new(
+            "staff-read",
+            Subjects::groups(&["staff"]),
+            &["*"],
+            &[EndpointClass::Read],
+        ),
+        Rule::new(
+            "staff-tiny",
+            Subjects::groups(&["staff"]),
+            &["tinyllama"],
+            &[EndpointClass::Inference],
+        ),
+    ];
+    let mut config = base_config();
+    config.access.rules = rules;
+    let mut gw = gateway(config).await;
+    let auth = bearer(&alice());
+    for (model, status) in [
+        ("tinyllama", StatusCode::OK),
+        ("llama3.1:70b", StatusCode::FORBIDDEN),
+    ] {
+        let body = json!({"model": model}).to_string();
+        let (got, _) = gw
+            .send("POST", "/api/show", &[("authorization", &auth)], &body)
+            .await;
+        assert_eq!(got, status, "/api/show {model}");
+    }
+    // Ollama's OpenAI route answers a model it may not show as one that is
+    // not there.
+    let reached = gw.reached();
+    let (got, _) = gw
+        .send(
+            "GET",
+            "/v1/models/llama3.1:70b",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+    assert_eq!(got, StatusCode::NOT_FOUND);
+    assert_eq!(gw.reached(), reached, "never asked of the model");
+    let (got, _) = gw
+        .send(
+            "GET",
+            "/v1/models/tinyllama",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+    assert_eq!(got, StatusCode::OK);
+}
+
+/// Only the model lists are filtered, and only when asked; an endpoint that
+/// names a model without describing it (`/api/pull`) is judged by its own
+/// class alone.
+#[tokio::test]
+async fn only_model_lists_are_filtered_and_an_admin_needs_no_inference_grant() {
+    use crate::policy::{EndpointClass, Rule, Subjects};
+    let mut config = base_config();
+    config.access.rules = vec![
+        Rule::new(
+            "staff-tiny",
+            Subjects::groups(&["staff"]),
+            &["tinyllama"],
+            &[EndpointClass::Inference, EndpointClass::Read],
+        ),
+        Rule::new(
+            "staff-pull",
+            Subjects::groups(&["staff"]),
+            &["*"],
+            &[EndpointClass::Admin],
+        ),
+    ];
+    let mut gw = gateway(config.clone()).await;
+    let auth = bearer(&alice());
+    // Another GET passes as the model answered it.
+    let (status, body) = gw
+        .send("GET", "/api/version", &[("authorization", &auth)], "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["model"], "x", "{body}");
+    // Pulling a model it may not chat with is an admin's job, not a use.
+    let (status, _) = gw
+        .send(
+            "POST",
+            "/api/pull",
+            &[("authorization", &auth)],
+            r#"{"model": "llama3.1:70b"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // With filtering off, the list comes whole.
+    config.access.filter_model_lists = false;
+    let mut gw = gateway(config).await;
+    let (status, list) = gw
+        .send("GET", "/api/tags", &[("authorization", &auth)], "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["models"].as_array().map(Vec::len), Some(2), "{list}");
+}
+
+/// The request body limit is a size a body may have: exactly the limit is
+/// read, one byte more is 413, and nothing over it reaches the model. What
+/// the gateway forwards may be longer (here `tinyllama` is forwarded as
+/// `tinyllama:latest`): the client is not refused for the gateway's words.
+#[tokio::test]
+async fn a_body_of_exactly_the_limit_passes_and_one_byte_more_is_refused() {
+    let body = |content: &str| {
+        json!({"model": "tinyllama", "stream": false,
+            "messages": [{"role": "user", "content": content}]})
+        .to_string()
+    };
+    let limit = body("12345678").len();
+    let mut config = staff_tiny();
+    config.limits.max_request_body_bytes = limit as u64;
+    let mut gw = gateway(config).await;
+    let auth = bearer(&alice());
+    let (status, _) = gw
+        .send(
+            "POST",
+            "/api/chat",
+            &[("authorization", &auth)],
+            &body("12345678"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(gw.last().body.len() > limit, "forwarded longer than read");
+    let reached = gw.reached();
+    let (status, answer) = gw
+        .send(
+            "POST",
+            "/api/chat",
+            &[("authorization", &auth)],
+            &body("123456789"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(gw.reached(), reached);
+}
+
+/// Forwarding headers are believed only from a trusted proxy (by its
+/// address), and the model always learns the client's host, address and
+/// scheme.
+#[tokio::test]
+async fn forwarding_headers_are_kept_from_trusted_proxies_only_and_always_set() {
+    let sent = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+    ];
+    // The test client is 192.0.2.7.
+    for (proxies, trusted) in [
+        (vec![], false),
+        (vec!["10.0.0.0/8"], false),
+        (vec!["192.0.2.0/24"], true),
+    ] {
+        let mut config = staff_tiny();
+        config.trusted_proxies = proxies.iter().map(|p| p.parse().unwrap()).collect();
+        let mut gw = gateway(config).await;
+        let auth = bearer(&alice());
+        let mut headers = vec![("authorization", auth.as_str()), ("host", "llm.example")];
+        headers.extend(sent);
+        let (status, _) = gw
+            .send("POST", "/api/chat", &headers, r#"{"model":"tinyllama"}"#)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let seen = gw.last().headers;
+        let (xff, proto) = if trusted {
+            ("6.6.6.6, 192.0.2.7", "https")
+        } else {
+            ("192.0.2.7", "http")
+        };
+        assert_eq!(seen["x-forwarded-for"], xff, "{proxies:?}");
+        assert_eq!(seen["x-forwarded-proto"], proto, "{proxies:?}");
+        assert_eq!(seen["x-forwarded-host"], "llm.example", "{proxies:?}");
+    }
+}
+
+/// `config` with a token exchange that writes `x-downstream-token` (its
+/// IdP is never asked in the tests that use it).
+fn with_exchange_header(mut config: GatewayConfig) -> GatewayConfig {
+    let mut exchange = crate::exchange::TokenExchangeConfig::new("gw", "s3cret");
+    exchange.token_endpoint = Some("https://idp.invalid/token".into());
+    exchange.header = "x-downstream-token".into();
+    exchange.audience = Some("llm-downstream".into());
+    let mut issuer = IssuerConfig::new(ISSUER, vec![AUDIENCE.into()], Preset::Keycloak);
+    issuer.token_exchange = Some(exchange);
+    config.issuers = vec![issuer];
+    config
+}
+
+/// A token exchange's header is the gateway's: a client may not have it
+/// dropped by naming it in `Connection`, nor send its own.
+#[tokio::test]
+async fn a_token_exchange_header_is_the_gateways_own() {
+    let config = with_exchange_header(staff_tiny());
+    let mut gw = gateway(config).await;
+    let auth = bearer(&alice());
+    let (status, body) = gw
+        .send(
+            "POST",
+            "/api/chat",
+            &[
+                ("authorization", &auth),
+                ("connection", "x-downstream-token"),
+            ],
+            r#"{"model":"tinyllama"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+/// A body the gateway does not read (an upload) is measured by what it
+/// declares: exactly the limit passes, one byte more is 413 before the
+/// model is asked.
+#[tokio::test]
+async fn a_streamed_body_of_exactly_the_limit_passes() {
+    let mut config = base_config();
+    config.access.rules = vec![crate::policy::Rule::new(
+        "staff-admin",
+        crate::policy::Subjects::groups(&["staff"]),
+        &["*"],
+        &[crate::policy::EndpointClass::Admin],
+    )];
+    config.limits.max_request_body_bytes = 16;
+    let mut gw = gateway(config).await;
+    let auth = bearer(&alice());
+    let blob = "0123456789abcdef";
+    let (status, _) = gw
+        .send(
+            "POST",
+            "/api/blobs/sha256:abc",
+            &[("authorization", &auth), ("content-length", "16")],
+            blob,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&gw.last().body[..], blob.as_bytes());
+    let reached = gw.reached();
+    let (status, _) = gw
+        .send(
+            "POST",
+            "/api/blobs/sha256:abc",
+            &[("authorization", &auth), ("content-length", "17")],
+            "0123456789abcdefg",
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(gw.reached(), reached);
+}
+
+/// A model that refuses the connection is 502 (504 is for one that does
+/// not answer in time).
+#[tokio::test]
+async fn a_refused_connection_is_a_bad_gateway() {
+    let mut gw = gateway(staff_tiny()).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut config = staff_tiny();
+    config.issuers = gw.current.load().config.issuers.clone();
+    config.upstream.url = format!("http://{addr}");
+    let runtime = Runtime::build(config, None, &Shared::new()).unwrap();
+    for cache in runtime.verifier.key_caches() {
+        cache.refresh("initial").await.unwrap();
+    }
+    gw.current.store(Arc::new(runtime));
+    let (status, body) = gw
+        .send(
+            "POST",
+            "/api/chat",
+            &[("authorization", &bearer(&alice()))],
+            r#"{"model":"tinyllama"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+}
+
+/// The resource the metadata names comes from `Host` only when that is a
+/// plain host name (and port): anything else is not echoed.
+#[tokio::test]
+async fn only_a_plain_host_is_echoed_as_the_resource() {
+    let gw = gateway(staff_tiny()).await;
+    let runtime = gw.current.load_full();
+    let long = format!("{}.example", "a".repeat(250));
+    for (host, want) in [
+        ("llm.example", Some("http://llm.example")),
+        ("llm.example:8080", Some("http://llm.example:8080")),
+        ("[::1]:8080", Some("http://[::1]:8080")),
+        ("", None),
+        ("llm.example/evil", None),
+        ("llm.example?x", None),
+        ("llm example", None),
+        (&*long, None),
+    ] {
+        let request = Request::get("/").header("host", host).body(()).unwrap();
+        assert_eq!(
+            super::protected_resource::resource_url(&runtime, &request).as_deref(),
+            want,
+            "{host:?}"
+        );
+    }
+    // 255 bytes is still a host.
+    let longest = format!("{}.example", "a".repeat(247));
+    assert_eq!(longest.len(), 255);
+    let request = Request::get("/")
+        .header("host", &*longest)
+        .body(())
+        .unwrap();
+    assert!(super::protected_resource::resource_url(&runtime, &request).is_some());
+}
+
+/// The header a token exchange writes is the gateway's on every request,
+/// also one that no exchange runs for (an unauthenticated probe): a
+/// client's copy never reaches the model.
+#[tokio::test]
+async fn a_clients_copy_of_the_exchange_header_never_reaches_the_model() {
+    let mut config = with_exchange_header(staff_tiny());
+    config.unauthenticated_paths = vec!["/api/tags".into()];
+    let mut gw = gateway(config).await;
+    let (status, _) = gw
+        .send(
+            "GET",
+            "/api/tags",
+            &[("x-downstream-token", "Bearer forged")],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(gw.last().headers.get("x-downstream-token").is_none());
+    // Naming another header in `Connection` is no offence.
+    let (status, _) = gw
+        .send(
+            "GET",
+            "/api/tags",
+            &[("connection", "keep-alive, x-hop")],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }
