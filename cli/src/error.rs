@@ -20,6 +20,13 @@ pub enum CliError {
         endpoint: &'static str,
         code: String,
     },
+    /// The backend's gateway refused a key request.
+    #[error("the gateway answered {status} {code}: {message}")]
+    Gateway {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// The IdP's answer is not what the protocol says.
     #[error("{endpoint} answered something unusable: {problem}")]
     BadAnswer {

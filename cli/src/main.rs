@@ -5,6 +5,7 @@
 mod device;
 mod endpoints;
 mod error;
+mod keys;
 mod session;
 mod store;
 mod tokens;
@@ -72,6 +73,41 @@ enum Command {
     Whoami,
     /// Revoke the login's refresh token at the IdP and forget the login.
     Logout,
+    /// Personal API keys, for clients that take only a static key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Mint a key acting as you; printed once, on stdout.
+    Create {
+        /// The backend's URL, e.g. https://llm.example.com.
+        #[arg(long)]
+        backend: String,
+        /// A name to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+        /// Its lifetime, e.g. 30d (default: the backend's).
+        #[arg(long)]
+        expires: Option<String>,
+        /// The only models it may use, comma-separated names or globs.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+    },
+    /// List your keys (every user's with --all, for administrators).
+    List {
+        #[arg(long)]
+        backend: String,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a key by its id.
+    Revoke {
+        #[arg(long)]
+        backend: String,
+        id: String,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -168,6 +204,20 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
+        Command::Keys(command) => {
+            let mut credentials = store.load()?;
+            let login = credentials.profiles.get_mut(&cli.profile).ok_or_else(|| {
+                CliError::NotLoggedIn {
+                    profile: cli.profile.clone(),
+                }
+            })?;
+            let renewed = session::keep_fresh(&http, login, Duration::from_secs(60)).await?;
+            let token = login.access_token.clone();
+            if renewed {
+                store.save(&credentials)?;
+            }
+            run_keys(&http, &token, command).await
+        }
         Command::Logout => {
             let mut credentials = store.load()?;
             let Some(login) = credentials.profiles.remove(&cli.profile) else {
@@ -181,6 +231,48 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// One `attach keys` command, with `token`.
+async fn run_keys(http: &IdpClient, token: &str, command: KeysCommand) -> Result<(), CliError> {
+    match command {
+        KeysCommand::Create {
+            backend,
+            name,
+            expires,
+            models,
+        } => {
+            let body = keys::mint_request(name.as_deref(), expires.as_deref(), &models);
+            let url = keys::collection(&backend);
+            let minted = keys::send(http, http::Method::POST, &url, token, Some(&body)).await?;
+            let key = minted["key"].as_str().ok_or_else(|| CliError::BadAnswer {
+                endpoint: "/.attach/keys",
+                problem: "no key in the answer".into(),
+            })?;
+            eprintln!(
+                "key {} minted; it is shown only this once",
+                minted["id"].as_str().unwrap_or("?")
+            );
+            println!("{key}");
+        }
+        KeysCommand::List { backend, all } => {
+            let mut url = keys::collection(&backend);
+            if all {
+                url.push_str("?all=true");
+            }
+            let listed = keys::send(http, http::Method::GET, &url, token, None).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&listed["keys"]).unwrap_or_default()
+            );
+        }
+        KeysCommand::Revoke { backend, id } => {
+            let url = format!("{}/{id}", keys::collection(&backend));
+            keys::send(http, http::Method::DELETE, &url, token, None).await?;
+            eprintln!("key {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 /// The device flow at `issuer`, stored as `profile`.

@@ -6,6 +6,7 @@ use attach_sidecar::claims::{ClaimMapping, Preset as GatewayPreset};
 use attach_sidecar::config::{
     AccessConfig, Algorithm as GatewayAlgorithm, GatewayConfig, IssuerConfig,
 };
+use attach_sidecar::keys::ApiKeysConfig;
 use attach_sidecar::policy::{EndpointClass as GatewayClass, Rule, Subjects as GatewaySubjects};
 use attach_sidecar::quota::store::{FailMode as GatewayFailMode, StoreConfig};
 use attach_sidecar::quota::{QuotaKey as GatewayQuotaKey, QuotaLimit};
@@ -14,7 +15,8 @@ use std::path::Path;
 
 use crate::crd::identity_provider::{Algorithm, Preset};
 use crate::crd::llm_backend::{
-    EndpointClass, FailMode, LLMBackendSpec, QuotaKey, QuotaStoreType, Subjects,
+    ApiKeyAdmins, ApiKeys, EndpointClass, FailMode, LLMBackendSpec, QuotaKey, QuotaStoreType,
+    Subjects,
 };
 
 /// The fields of an identity provider the gateway needs, whichever its kind.
@@ -82,6 +84,8 @@ pub const CONFIG_KEY: &str = "gateway.yaml";
 pub const SECRETS_DIR: &str = "/etc/attach/secrets";
 /// The file holding the Redis URL, under [`SECRETS_DIR`].
 pub const REDIS_URL_KEY: &str = "redis-url";
+/// The file holding the API keys' signing key, under [`SECRETS_DIR`].
+pub const API_KEYS_SIGNING_KEY: &str = "api-keys-signing-key";
 
 /// Which backend a config is for: its Redis keys are namespaced by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,11 +211,19 @@ pub fn render(
         .clone_from(&spec.served_models);
     // The CRD refuses non-CIDRs; one that gets past it is reported by
     // `Rendered::problem`, never dropped.
-    let (trusted, unrenderable) = match trusted_proxies(spec) {
+    let (trusted, mut unrenderable) = match trusted_proxies(spec) {
         Ok(trusted) => (trusted, None),
         Err(message) => (Vec::new(), Some(message)),
     };
     config.trusted_proxies = trusted;
+    // Likewise an apiKeys section the CRD should have refused: reported,
+    // and the keys stay off.
+    if let Some(keys) = &spec.api_keys {
+        match api_keys(keys) {
+            Ok(keys) => config.api_keys = keys,
+            Err(message) => unrenderable = unrenderable.or(Some(message)),
+        }
+    }
     config.unauthenticated_paths = spec.unauthenticated_paths.clone();
     config.access = access(spec.access.as_ref());
     config.quotas.limits = spec
@@ -322,6 +334,57 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         .is_empty()
         .then_some(std::time::Duration::from_secs(total))
         .filter(|_| !text.is_empty())
+}
+
+/// The `apiKeys` section. The signing key is named by the file the pod
+/// mounts from the user's Secret, and only while keys are enabled (the
+/// operator never reads it). Unset durations take the gateway's defaults,
+/// except that the default lifetime never exceeds a shorter `maxLifetime`.
+fn api_keys(spec: &ApiKeys) -> Result<ApiKeysConfig, String> {
+    let defaults = ApiKeysConfig::default();
+    if spec.enabled && spec.signing_key().is_none() {
+        return Err("spec.apiKeys.signingKeySecretRef is required when enabled".into());
+    }
+    let max_lifetime =
+        key_duration("maxLifetime", spec.max_lifetime.as_deref())?.unwrap_or(defaults.max_lifetime);
+    let default_lifetime = key_duration("defaultLifetime", spec.default_lifetime.as_deref())?
+        .unwrap_or_else(|| defaults.default_lifetime.min(max_lifetime));
+    Ok(ApiKeysConfig {
+        enabled: spec.enabled,
+        signing_key_file: spec
+            .signing_key()
+            .map(|_| Path::new(SECRETS_DIR).join(API_KEYS_SIGNING_KEY)),
+        max_lifetime,
+        default_lifetime,
+        cache_ttl: key_duration("cacheTtl", spec.cache_ttl.as_deref())?
+            .unwrap_or(defaults.cache_ttl),
+        max_keys_per_user: spec.max_keys_per_user.unwrap_or(defaults.max_keys_per_user),
+        admins: spec.admins.as_ref().map(key_admins).unwrap_or_default(),
+        ..defaults
+    })
+}
+
+/// A duration of `spec.apiKeys.<field>`, if set; an error naming the field
+/// for one the CRD should have refused.
+fn key_duration(field: &str, text: Option<&str>) -> Result<Option<std::time::Duration>, String> {
+    text.map(|t| {
+        parse_duration(t).ok_or_else(|| {
+            format!("spec.apiKeys.{field}: {t:?} is not a duration such as 720h or 1h30m")
+        })
+    })
+    .transpose()
+}
+
+/// The key administrators as the gateway's subjects: names only. Never
+/// `anyAuthenticated`, which would let every caller revoke every key.
+fn key_admins(admins: &ApiKeyAdmins) -> GatewaySubjects {
+    GatewaySubjects {
+        issuer: admins.issuer.clone(),
+        users: admins.users.clone(),
+        groups: admins.groups.clone(),
+        roles: admins.roles.clone(),
+        ..GatewaySubjects::default()
+    }
 }
 
 fn issuer(idp: &ResolvedIdp) -> IssuerConfig {
@@ -1033,5 +1096,218 @@ mod tests {
         for bad in ["", "5", "m", "5 m", "1.5h", "5d", "-5m"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    /// `spec` with `apiKeys` set to `keys`.
+    fn with_keys(keys: serde_json::Value) -> LLMBackendSpec {
+        let mut spec = spec();
+        spec.api_keys = Some(serde_json::from_value(keys).unwrap());
+        spec
+    }
+
+    /// The API keys section reaches the gateway as declared, the signing
+    /// key named by the file the pod mounts (never read by the operator),
+    /// and survives the YAML the gateway reads.
+    #[test]
+    fn api_keys_reach_the_gateway_with_the_signing_key_named_by_file() {
+        let spec = with_keys(serde_json::json!({
+            "enabled": true,
+            "signingKeySecretRef": {"name": "keys", "key": "signing-key"},
+            "maxLifetime": "720h", "defaultLifetime": "24h", "cacheTtl": "30s",
+            "maxKeysPerUser": 5,
+            "admins": {"issuer": "https://kc.example/realms/corp", "users": ["root"],
+                       "groups": ["ops"], "roles": ["key-admin"]},
+        }));
+        let rendered = render(CHAT, &spec, &[keycloak()], PORTS);
+        assert_eq!(rendered.problem(), None);
+        let keys = &rendered.config.api_keys;
+        assert!(keys.enabled);
+        assert_eq!(
+            keys.signing_key_file.as_deref(),
+            Some(Path::new("/etc/attach/secrets/api-keys-signing-key"))
+        );
+        assert!(keys.signing_key.is_empty(), "the operator never knows it");
+        assert_eq!(keys.max_lifetime.as_secs(), 720 * 3600);
+        assert_eq!(keys.default_lifetime.as_secs(), 24 * 3600);
+        assert_eq!(keys.cache_ttl.as_secs(), 30);
+        assert_eq!(keys.max_keys_per_user, 5);
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            keys.admins,
+            GatewaySubjects {
+                issuer: Some("https://kc.example/realms/corp".into()),
+                users: strings(&["root"]),
+                groups: strings(&["ops"]),
+                roles: strings(&["key-admin"]),
+                ..GatewaySubjects::default()
+            }
+        );
+        let yaml = rendered.config_yaml();
+        assert!(
+            yaml.contains("signingKeyFile: /etc/attach/secrets/api-keys-signing-key"),
+            "{yaml}"
+        );
+        assert_eq!(
+            &GatewayConfig::parse(&yaml).unwrap(),
+            &rendered.config,
+            "{yaml}"
+        );
+    }
+
+    /// Each apiKeys setting renders into a config the gateway accepts, or
+    /// into a problem naming the field (the backend then fails closed):
+    /// what the CRD's rules refuse, should it get past them, and what only
+    /// the gateway can judge.
+    #[test]
+    fn api_keys_settings_render_or_name_their_problem() {
+        type Change = fn(&mut LLMBackendSpec);
+        let signed = serde_json::json!({"enabled": true,
+            "signingKeySecretRef": {"name": "keys", "key": "k"}});
+        let with = |extra: serde_json::Value| {
+            let mut keys = signed.clone();
+            if let (Some(keys), Some(extra)) = (keys.as_object_mut(), extra.as_object()) {
+                keys.extend(extra.clone());
+            }
+            keys
+        };
+        let two_issuers: Change = |s| {
+            s.access = None;
+            s.quotas.clear();
+        };
+        let memory: Change = |s| s.quota_store = None;
+        let cases: Vec<(&str, serde_json::Value, Change, usize, Option<&str>)> = vec![
+            ("enabled", signed.clone(), |_| {}, 1, None),
+            ("off", serde_json::json!({}), |_| {}, 1, None),
+            (
+                "off, with a Secret",
+                serde_json::json!({"signingKeySecretRef": {"name": "keys", "key": "k"}}),
+                |_| {},
+                1,
+                None,
+            ),
+            (
+                "admins of the one issuer",
+                with(serde_json::json!({"admins": {"groups": ["ops"]}})),
+                |_| {},
+                1,
+                None,
+            ),
+            (
+                "admins naming their issuer among two",
+                with(
+                    serde_json::json!({"admins": {"issuer": "https://kc.example/realms/corp",
+                                                   "groups": ["ops"]}}),
+                ),
+                two_issuers,
+                2,
+                None,
+            ),
+            (
+                "admins without an issuer among two",
+                with(serde_json::json!({"admins": {"groups": ["ops"]}})),
+                two_issuers,
+                2,
+                Some("apiKeys.admins.issuer"),
+            ),
+            (
+                "enabled without a signing key",
+                serde_json::json!({"enabled": true}),
+                |_| {},
+                1,
+                Some("spec.apiKeys.signingKeySecretRef"),
+            ),
+            (
+                "enabled with the memory store",
+                signed.clone(),
+                memory,
+                1,
+                Some("apiKeys.enabled"),
+            ),
+            (
+                "a lifetime in days",
+                with(serde_json::json!({"maxLifetime": "30d"})),
+                |_| {},
+                1,
+                Some("spec.apiKeys.maxLifetime"),
+            ),
+            (
+                "a default above the maximum",
+                with(serde_json::json!({"maxLifetime": "1h", "defaultLifetime": "2h"})),
+                |_| {},
+                1,
+                Some("apiKeys.defaultLifetime"),
+            ),
+            (
+                "a cache longer than 5m",
+                with(serde_json::json!({"cacheTtl": "10m"})),
+                |_| {},
+                1,
+                Some("apiKeys.cacheTtl"),
+            ),
+            (
+                "no key per user",
+                with(serde_json::json!({"maxKeysPerUser": 0})),
+                |_| {},
+                1,
+                Some("apiKeys.maxKeysPerUser"),
+            ),
+        ];
+        let mut other = keycloak();
+        other.issuer = "https://kc.example/realms/other".into();
+        let idps = [keycloak(), other];
+        for (name, keys, change, issuers, want) in cases {
+            let mut spec = with_keys(keys);
+            change(&mut spec);
+            let rendered = render(CHAT, &spec, &idps[..issuers], PORTS);
+            let problem = rendered.problem();
+            match want {
+                None => {
+                    assert_eq!(problem, None, "{name}");
+                    let yaml = rendered.config_yaml();
+                    assert_eq!(
+                        GatewayConfig::parse(&yaml).unwrap(),
+                        rendered.config,
+                        "{name}"
+                    );
+                }
+                Some(field) => assert!(
+                    problem.as_deref().is_some_and(|p| p.contains(field)),
+                    "{name}: {problem:?}"
+                ),
+            }
+        }
+    }
+
+    /// The default lifetime never exceeds a shorter maximum; a section
+    /// that enables nothing renders as none (no config change, no restart),
+    /// and a disabled one names no signing key file (its Secret need not
+    /// exist).
+    #[test]
+    fn unset_api_key_settings_take_the_gateways_defaults() {
+        let short = with_keys(serde_json::json!({"enabled": true,
+            "signingKeySecretRef": {"name": "keys", "key": "k"}, "maxLifetime": "48h"}));
+        let keys = render(CHAT, &short, &[keycloak()], PORTS).config.api_keys;
+        assert_eq!(keys.max_lifetime.as_secs(), 48 * 3600);
+        assert_eq!(keys.default_lifetime, keys.max_lifetime);
+        let plain = render(CHAT, &spec(), &[keycloak()], PORTS);
+        let empty = render(
+            CHAT,
+            &with_keys(serde_json::json!({})),
+            &[keycloak()],
+            PORTS,
+        );
+        assert_eq!(plain.hash(), empty.hash());
+        assert!(!plain.config_yaml().contains("apiKeys"));
+        let off = with_keys(serde_json::json!({
+            "signingKeySecretRef": {"name": "keys", "key": "k"}, "maxKeysPerUser": 3}));
+        let keys = render(CHAT, &off, &[keycloak()], PORTS).config.api_keys;
+        assert!(!keys.enabled);
+        assert_eq!(keys.signing_key_file, None);
+        assert_eq!(keys.max_keys_per_user, 3);
+        // The maximum the CRD checks an unset one against is the gateway's.
+        assert_eq!(
+            parse_duration(crate::crd::llm_backend::DEFAULT_MAX_KEY_LIFETIME),
+            Some(ApiKeysConfig::default().max_lifetime)
+        );
     }
 }

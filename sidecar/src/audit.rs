@@ -183,6 +183,10 @@ pub struct AuditRecord {
     pub pod: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The personal API key the caller used, or minted or revoked: its
+    /// public id, never the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
     pub model: Option<String>,
     pub endpoint: Option<&'static str>,
     /// MCP: the JSON-RPC method(s), comma-separated for a batch.
@@ -285,6 +289,11 @@ impl AuditTrail {
             r.node = identity.node.as_deref().map(bounded);
         });
         self.event("authenticated");
+    }
+
+    /// The personal API key this request came with, minted or revoked.
+    pub fn api_key(&self, id: &str) {
+        self.with(|r| r.api_key_id = Some(bounded(id)));
     }
 
     pub fn authorized(&self, endpoint: &'static str, model: Option<&str>, rule: &str) {

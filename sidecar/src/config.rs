@@ -118,6 +118,9 @@ pub struct GatewayConfig {
     /// The MCP server's endpoint and options (with `upstream.engine: mcp`).
     #[serde(default, skip_serializing_if = "is_default_mcp")]
     pub mcp: crate::mcp::McpConfig,
+    /// Personal API keys (off by default).
+    #[serde(default, skip_serializing_if = "is_default_api_keys")]
+    pub api_keys: crate::keys::ApiKeysConfig,
     /// Who may call which endpoints with which models. A config file
     /// without this section denies every request (a file cut short by a
     /// writer is never more permissive than the whole); `access:
@@ -130,6 +133,10 @@ pub struct GatewayConfig {
 
 fn is_default_mcp(mcp: &crate::mcp::McpConfig) -> bool {
     *mcp == crate::mcp::McpConfig::default()
+}
+
+fn is_default_api_keys(keys: &crate::keys::ApiKeysConfig) -> bool {
+    *keys == crate::keys::ApiKeysConfig::default()
 }
 
 /// A listening socket.
@@ -763,6 +770,7 @@ impl GatewayConfig {
             deny_all: false,
             reload_interval: default_reload_interval(),
             mcp: crate::mcp::McpConfig::default(),
+            api_keys: crate::keys::ApiKeysConfig::default(),
         }
     }
 
@@ -803,6 +811,26 @@ impl GatewayConfig {
                 source,
             })?;
             *url = text.trim().to_owned();
+        }
+        if let Some(path) = &self.api_keys.signing_key_file {
+            let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            // A trailing newline from `echo` or an editor is not key material.
+            let end = bytes.len()
+                - bytes
+                    .iter()
+                    .rev()
+                    .take_while(|b| b.is_ascii_whitespace())
+                    .count();
+            if end < crate::keys::config::MIN_SIGNING_KEY_BYTES {
+                return Err(ConfigError::invalid(
+                    "apiKeys.signingKeyFile",
+                    format!("{} holds fewer than 32 bytes", path.display()),
+                ));
+            }
+            self.api_keys.signing_key = bytes[..end].to_vec();
         }
         Ok(())
     }
@@ -947,6 +975,12 @@ impl GatewayConfig {
                     "must start with /",
                 ));
             }
+            if path.starts_with(crate::proxy::keys::PATH) {
+                return Err(ConfigError::invalid(
+                    format!("unauthenticatedPaths[{i}]"),
+                    "the API key endpoints always need a token",
+                ));
+            }
         }
         let engine = self.upstream.engine;
         self.validate_mcp()?;
@@ -955,6 +989,12 @@ impl GatewayConfig {
         crate::quota::limits::validate(&self.quotas.limits, engine)
             .map_err(|(i, message)| ConfigError::invalid(format!("quotas.limits[{i}]"), message))?;
         self.validate_identity_scopes()?;
+        self.api_keys
+            .validate(
+                matches!(self.quotas.store, StoreConfig::Redis { .. }),
+                self.issuers.len(),
+            )
+            .map_err(|(field, message)| ConfigError::invalid(field, message))?;
         self.upstream.default_model()?;
         self.upstream.served_models()?;
         if self.upstream.model_list_refresh < Duration::from_secs(1) {
@@ -1233,6 +1273,14 @@ issuers:
             (
                 minimal() + "unauthenticatedPaths: [health]\n",
                 "unauthenticatedPaths[0]",
+            ),
+            (
+                minimal() + "unauthenticatedPaths: [/health, /.attach/keys]\n",
+                "unauthenticatedPaths[1]: the API key endpoints",
+            ),
+            (
+                minimal() + "apiKeys: {enabled: true, signingKeyFile: /k}\n",
+                "apiKeys.enabled: needs quotas.store type redis",
             ),
             (minimal() + "surprise: true\n", "unknown field"),
             (

@@ -74,6 +74,9 @@ pub enum GatewayError {
     /// The token exchange failed; nothing was forwarded.
     #[error("{0}")]
     Exchange(crate::exchange::ExchangeError),
+    /// A `/.attach/keys` request refused or failed.
+    #[error("{0}")]
+    Keys(crate::keys::KeysError),
 }
 
 impl GatewayError {
@@ -110,6 +113,7 @@ impl GatewayError {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::Internal => "internal",
+            Self::Keys(e) => e.status().1,
             Self::Exchange(e) => match e {
                 crate::exchange::ExchangeError::Refused(_) => "token_exchange_refused",
                 crate::exchange::ExchangeError::Unavailable => "token_exchange_unavailable",

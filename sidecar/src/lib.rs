@@ -20,6 +20,7 @@ pub mod exchange;
 pub mod gateway;
 pub mod idp_client;
 pub mod jwt;
+pub mod keys;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth_answer;

@@ -24,7 +24,7 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
     use crate::exchange::ExchangeError;
     let (status, code) = match error {
         GatewayError::Auth { error, .. } => match error {
-            AuthError::KeysUnavailable => {
+            AuthError::KeysUnavailable | AuthError::ApiKeyStoreUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
             }
             AuthError::InsufficientScope { .. } => (StatusCode::FORBIDDEN, "insufficient_scope"),
@@ -50,6 +50,7 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         GatewayError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
         GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
         GatewayError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        GatewayError::Keys(e) => e.status(),
         GatewayError::Exchange(e) => match e {
             ExchangeError::Refused(_) => (StatusCode::FORBIDDEN, "token_exchange_refused"),
             ExchangeError::Unavailable => (
@@ -92,7 +93,10 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
         if let Some(challenge) = challenge(error, resource_metadata.as_deref(), scope.as_deref()) {
             headers.insert(WWW_AUTHENTICATE, challenge);
         }
-        if matches!(error, AuthError::KeysUnavailable) {
+        if matches!(
+            error,
+            AuthError::KeysUnavailable | AuthError::ApiKeyStoreUnavailable
+        ) {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
         }
     }
@@ -112,6 +116,7 @@ pub fn rescue(error: &GatewayError) -> Response<Body> {
     if matches!(
         error,
         GatewayError::QuotaUnavailable
+            | GatewayError::Keys(crate::keys::KeysError::Unavailable)
             | GatewayError::Overloaded(_)
             | GatewayError::Exchange(ExchangeError::Unavailable)
     ) {
@@ -161,7 +166,7 @@ fn challenge(
         .unwrap_or_default();
     match error {
         AuthError::MissingToken => value.push_str(&scope),
-        AuthError::KeysUnavailable => return None,
+        AuthError::KeysUnavailable | AuthError::ApiKeyStoreUnavailable => return None,
         AuthError::InsufficientScope { required } => {
             value.push_str(r#", error="insufficient_scope""#);
             value.push_str(&format!(r#", scope="{}""#, quote_safe(&required.join(" "))));

@@ -230,6 +230,8 @@ pub struct Runtime {
     pub default_model: Option<crate::canonical::ModelName>,
     /// The models the backend serves (metric labels, per-model budgets).
     pub served_models: Arc<crate::served_models::ServedModels>,
+    /// Personal API keys, when `apiKeys.enabled`.
+    pub keys: Option<Arc<crate::keys::KeyStore>>,
 }
 
 impl Runtime {
@@ -282,7 +284,9 @@ impl Runtime {
             .collect();
         let default_model = config.upstream.default_model()?;
         let served_models = reuse_served_models(&config, previous)?;
+        let keys = key_store(&config, &quota_store, shared)?;
         Ok(Self {
+            keys,
             exchangers,
             default_model,
             served_models,
@@ -306,6 +310,40 @@ impl Runtime {
             traces: shared.traces.clone(),
         })
     }
+}
+
+/// The API key store `config` enables, on the Redis quota store's
+/// connection. Built afresh on each reload: its cache is short-lived by
+/// design, and the records live in Redis.
+fn key_store(
+    config: &GatewayConfig,
+    quota_store: &QuotaStore,
+    shared: &Shared,
+) -> Result<Option<Arc<crate::keys::KeyStore>>, ConfigError> {
+    if !config.api_keys.enabled {
+        return Ok(None);
+    }
+    let Some((redis, _)) = quota_store.shared() else {
+        return Err(ConfigError::invalid(
+            "apiKeys.enabled",
+            "needs quotas.store type redis",
+        ));
+    };
+    // Keys are bound to the backend's name; standalone, to the store's
+    // key prefix (the backend's namespace in Redis).
+    let backend = match (&config.metrics.backend, &config.quotas.store) {
+        (Some(backend), _) => backend.clone(),
+        (None, StoreConfig::Redis { key_prefix, .. }) => key_prefix.clone(),
+        (None, StoreConfig::Memory) => String::new(),
+    };
+    Ok(Some(Arc::new(crate::keys::KeyStore::new(
+        &config.api_keys,
+        crate::keys::records::Records::redis(redis.clone()),
+        backend,
+        config.upstream.engine,
+        config.limits.token_cache_entries,
+        shared.clock.clone(),
+    ))))
 }
 
 /// The served-model list, carried over from `previous` when the model

@@ -33,6 +33,9 @@
 //! | `TOKEN_EXCHANGE_HEADER` | the header the downstream token goes in (default `Authorization`) |
 //! | `TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE` | `access_token` (default) or `jwt`: what the inbound token is to the IdP |
 //! | `TOKEN_EXCHANGE_SUBJECT_ISSUER` | the name the IdP knows the inbound token's issuer by (`subject_issuer`) |
+//! | `API_KEYS_SIGNING_KEY_FILE` | turn personal API keys on, sealed with the key in this file (32 bytes or more; needs `REDIS_URL`) |
+//! | `API_KEYS_MAX_LIFETIME` | the longest a key may live (default `90d`) |
+//! | `API_KEYS_ADMIN_GROUPS` | groups whose members may list and revoke every key, comma-separated |
 //!
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | send traces to this OTLP/HTTP collector (off when unset) |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | must be `http/protobuf` (the default) when set |
@@ -87,6 +90,38 @@ pub const TOKEN_EXCHANGE_SCOPES: &str = "TOKEN_EXCHANGE_SCOPES";
 pub const TOKEN_EXCHANGE_HEADER: &str = "TOKEN_EXCHANGE_HEADER";
 pub const TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE: &str = "TOKEN_EXCHANGE_SUBJECT_TOKEN_TYPE";
 pub const TOKEN_EXCHANGE_SUBJECT_ISSUER: &str = "TOKEN_EXCHANGE_SUBJECT_ISSUER";
+pub const API_KEYS_SIGNING_KEY_FILE: &str = "API_KEYS_SIGNING_KEY_FILE";
+pub const API_KEYS_MAX_LIFETIME: &str = "API_KEYS_MAX_LIFETIME";
+pub const API_KEYS_ADMIN_GROUPS: &str = "API_KEYS_ADMIN_GROUPS";
+
+/// Personal API keys, on when the environment names a signing key file.
+fn api_keys_from_env(env: &impl Env) -> Result<crate::keys::ApiKeysConfig, ConfigError> {
+    let mut keys = crate::keys::ApiKeysConfig::default();
+    let Some(file) = non_empty(env, API_KEYS_SIGNING_KEY_FILE) else {
+        for unused in [API_KEYS_MAX_LIFETIME, API_KEYS_ADMIN_GROUPS] {
+            if non_empty(env, unused).is_some() {
+                return Err(ConfigError::invalid(
+                    unused,
+                    format!("has no effect without {API_KEYS_SIGNING_KEY_FILE}"),
+                ));
+            }
+        }
+        return Ok(keys);
+    };
+    keys.enabled = true;
+    keys.signing_key_file = Some(file.into());
+    if let Some(max) = non_empty(env, API_KEYS_MAX_LIFETIME) {
+        keys.max_lifetime = humantime::parse_duration(&max).map_err(|_| {
+            ConfigError::invalid(
+                API_KEYS_MAX_LIFETIME,
+                format!("{max:?} is not a duration such as 90d"),
+            )
+        })?;
+        keys.default_lifetime = keys.default_lifetime.min(keys.max_lifetime);
+    }
+    keys.admins.groups = list(env, API_KEYS_ADMIN_GROUPS);
+    Ok(keys)
+}
 
 /// The token exchange the environment asks for, if any.
 fn exchange_from_env(
@@ -312,7 +347,9 @@ pub fn config_from_env(
         };
     }
     config.tracing = tracing_from_env(env)?;
+    config.api_keys = api_keys_from_env(env)?;
     overrides.apply(&mut config);
+    config.read_files()?;
     config.validate()?;
     Ok(config)
 }
@@ -363,6 +400,70 @@ mod tests {
         assert_eq!(issuer.claims.preset, Preset::Auth0);
         assert_eq!(config.upstream.url, "http://127.0.0.1:11434");
         assert_eq!(config.listen.port, 8080);
+    }
+
+    #[test]
+    fn the_api_key_variables_turn_keys_on_and_what_cannot_apply_is_refused() {
+        let key = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(key.path(), format!("{}\n", "k".repeat(32))).unwrap();
+        let path: &'static str =
+            Box::leak(key.path().to_string_lossy().into_owned().into_boxed_str());
+        let base = [
+            (OIDC_ISSUER, "https://dev-123.us.auth0.com/"),
+            (OIDC_AUD, "ollama-local"),
+            (REDIS_URL, "redis://redis:6379/"),
+        ];
+        let off = config_from_env(&env(&base), &Overrides::default()).unwrap();
+        assert!(!off.api_keys.enabled, "off unless a signing key is named");
+        let mut on = base.to_vec();
+        on.extend([
+            (API_KEYS_SIGNING_KEY_FILE, path),
+            (API_KEYS_MAX_LIFETIME, "7d"),
+            (API_KEYS_ADMIN_GROUPS, "ops, sec"),
+        ]);
+        let config = config_from_env(&env(&on), &Overrides::default()).unwrap();
+        let keys = &config.api_keys;
+        assert!(keys.enabled);
+        assert_eq!(
+            keys.signing_key,
+            "k".repeat(32).as_bytes(),
+            "read, its newline trimmed"
+        );
+        assert_eq!(keys.max_lifetime, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            keys.default_lifetime,
+            Duration::from_secs(7 * 86_400),
+            "at most the maximum"
+        );
+        assert_eq!(keys.admins.groups, ["ops", "sec"]);
+        let refused = |pairs: &[(&'static str, &'static str)]| {
+            config_from_env(&env(pairs), &Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let without_file = [base[0], base[1], base[2], (API_KEYS_ADMIN_GROUPS, "ops")];
+        assert!(refused(&without_file).contains(API_KEYS_ADMIN_GROUPS));
+        let without_redis = [base[0], base[1], (API_KEYS_SIGNING_KEY_FILE, path)];
+        assert!(refused(&without_redis).contains("apiKeys.enabled"));
+        let bad_lifetime = [
+            base[0],
+            base[1],
+            base[2],
+            (API_KEYS_SIGNING_KEY_FILE, path),
+            (API_KEYS_MAX_LIFETIME, "a while"),
+        ];
+        assert!(refused(&bad_lifetime).contains(API_KEYS_MAX_LIFETIME));
+        let short = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(short.path(), "too short").unwrap();
+        let short_path: &'static str =
+            Box::leak(short.path().to_string_lossy().into_owned().into_boxed_str());
+        let short_key = [
+            base[0],
+            base[1],
+            base[2],
+            (API_KEYS_SIGNING_KEY_FILE, short_path),
+        ];
+        assert!(refused(&short_key).contains("fewer than 32 bytes"));
     }
 
     #[test]

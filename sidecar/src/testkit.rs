@@ -280,3 +280,24 @@ pub(crate) async fn status_of(addr: std::net::SocketAddr, extra: &[(&str, &str)]
     let (_, text) = send_raw(addr, &chat(extra), "\r\n\r\n").await;
     text.split(' ').nth(1).unwrap().parse().unwrap()
 }
+
+/// A person's verified identity: `user` in `groups`, of [`ISSUER`].
+pub(crate) fn identity(user: &str, groups: &[&str]) -> crate::claims::Identity {
+    crate::claims::Identity {
+        iss: ISSUER.into(),
+        sub: format!("sub-{user}"),
+        user: user.into(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        roles: Vec::new(),
+        scopes: Vec::new(),
+        tenant: None,
+        client: None,
+        actors: Vec::new(),
+        machine: false,
+        exp: 0,
+        pod: None,
+        node: None,
+        claims: serde_json::Map::new(),
+        rendered_headers: Default::default(),
+    }
+}

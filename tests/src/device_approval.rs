@@ -1,8 +1,10 @@
-//! A person approving a device login (RFC 8628) in Keycloak's own pages,
-//! driven over HTTP as a browser would: open the verification address,
-//! sign in on the login form, then accept (or refuse) on the consent page.
-//! Cookies are kept by hand and redirects followed one by one, so every
-//! step is Keycloak's real page and form.
+//! A person in Keycloak's own pages, driven over HTTP as a browser would:
+//! approving a device login (RFC 8628: open the verification address, sign
+//! in on the login form, then accept or refuse on the consent page), or
+//! signing in to a web application (the authorization code flow, up to the
+//! redirect back to the application with the code). Cookies are kept by
+//! hand and redirects followed one by one, so every step is Keycloak's real
+//! page and form.
 
 use std::collections::BTreeMap;
 
@@ -46,12 +48,43 @@ pub async fn approve(
     Ok(())
 }
 
+/// Signs `user` in at `authorize_url` (an authorization request), and
+/// returns the address Keycloak sends the browser back to, which starts
+/// with `redirect_uri` and carries the `code` (not followed: the
+/// application is not running).
+pub async fn sign_in(
+    authorize_url: &str,
+    redirect_uri: &str,
+    user: &str,
+    password: &str,
+) -> Result<reqwest::Url, HarnessError> {
+    let mut browser = Browser::new()?;
+    browser.stop_at = Some(redirect_uri.to_owned());
+    let login = browser.get(authorize_url).await?;
+    let action = form_action(&login)
+        .ok_or_else(|| HarnessError::Other(format!("no login form: {}", text(&login))))?;
+    let after = browser
+        .post(&action, &[("username", user), ("password", password)])
+        .await?;
+    match browser.stopped.take() {
+        Some(back) => Ok(back),
+        None => Err(HarnessError::Other(format!(
+            "not sent back to the application after signing in: {}",
+            text(&after)
+        ))),
+    }
+}
+
 /// A cookie jar and manual redirects.
 struct Browser {
     http: reqwest::Client,
     cookies: BTreeMap<String, String>,
     /// The address of the last page, which relative form actions are of.
     at: Option<reqwest::Url>,
+    /// A redirect to an address starting with this is not followed...
+    stop_at: Option<String>,
+    /// ...but kept here.
+    stopped: Option<reqwest::Url>,
 }
 
 impl Browser {
@@ -67,6 +100,8 @@ impl Browser {
             http,
             cookies: BTreeMap::new(),
             at: None,
+            stop_at: None,
+            stopped: None,
         })
     }
 
@@ -141,6 +176,12 @@ impl Browser {
                     .join(location)
                     .map_err(|e| HarnessError::Other(e.to_string()))?
                     .to_string();
+                if let Some(stop) = &self.stop_at
+                    && url.starts_with(stop.as_str())
+                {
+                    self.stopped = reqwest::Url::parse(&url).ok();
+                    return Ok(String::new());
+                }
                 method = reqwest::Method::GET;
                 continue;
             }

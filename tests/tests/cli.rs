@@ -14,35 +14,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use attach_sidecar::claims::Preset;
-use attach_sidecar::config::{GatewayConfig, IssuerConfig};
-use attach_sidecar::policy::{EndpointClass, Rule, Subjects};
 use attach_tests::device_approval::{self, Decision};
 use attach_tests::keycloak::{AUDIENCE, USER_CLIENT};
 use attach_tests::mock_model::MockModel;
+use common::clients::{attach, cli, people_may_use, sse_events};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const USER: &str = "dana";
-
-fn cli() -> std::path::PathBuf {
-    attach_tests::binaries::build("attach-cli", "attach").unwrap()
-}
-
-/// Runs `attach --config-dir <dir> <args>`: status, stdout, stderr.
-async fn attach(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(cli())
-        .arg("--config-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// `attach login <args>`, with the person doing `decision` in the browser:
 /// status and stderr.
@@ -99,21 +77,7 @@ async fn a_person_logs_in_once_and_every_client_gets_a_fresh_token() {
     let issuer = kc.issuer(&realm);
 
     let model = MockModel::start().await.unwrap();
-    let mut config = GatewayConfig::new(vec![IssuerConfig::new(
-        &issuer,
-        vec![AUDIENCE.into()],
-        Preset::Keycloak,
-    )]);
-    config.upstream.url = model.url();
-    config.access.rules = vec![Rule::new(
-        "people",
-        Subjects {
-            any_authenticated: true,
-            ..Subjects::default()
-        },
-        &["*"],
-        &[EndpointClass::Read, EndpointClass::Inference],
-    )];
+    let config = people_may_use(&issuer, &model, &["*"]);
     let gw = attach_tests::gateway::GatewayProcess::start(config)
         .await
         .unwrap();
@@ -185,6 +149,7 @@ async fn a_person_logs_in_once_and_every_client_gets_a_fresh_token() {
     for (program, snippet) in [
         (clients_python.as_path(), "openai_sdk.py"),
         (clients_python.as_path(), "ollama_sdk.py"),
+        (clients_python.as_path(), "langchain_chat.py"),
         (Path::new("bash"), "curl.sh"),
     ] {
         let before = model.request_count();
@@ -257,6 +222,49 @@ async fn a_person_logs_in_once_and_every_client_gets_a_fresh_token() {
         seen.headers.get("x-api-key").is_none(),
         "the key reached the model"
     );
+    assert!(seen.headers.get("authorization").is_none());
+
+    // Continue: its config.yaml parsed, and the chat request it sends for
+    // that model replayed (its openai adapter: `POST {apiBase}/chat/completions`
+    // with the key as `Authorization: Bearer`, streamed, usage asked for).
+    // The key, a secret in the file, is the token from the login; the
+    // example backend's URL is swapped for the gateway's.
+    let continue_config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(docs.join("continue-config.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(continue_config["schema"], "v1");
+    let entry = &continue_config["models"][0];
+    assert_eq!(entry["provider"], "openai");
+    assert_eq!(entry["apiKey"], "${{ secrets.ATTACH_API_KEY }}");
+    let api_base = entry["apiBase"]
+        .as_str()
+        .unwrap()
+        .replace("https://llm.example.com", &gw.url);
+    assert!(api_base.ends_with("/v1"), "{api_base}");
+    let model_name = entry["model"].as_str().unwrap();
+    let before = model.request_count();
+    let answer = http
+        .post(format!("{api_base}/chat/completions"))
+        .bearer_auth(&token)
+        .json(
+            &serde_json::json!({"model": model_name, "max_tokens": 32, "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "Say hello."}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", gw.log());
+    let (events, answer) = sse_events(answer).await;
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{answer}"
+    );
+    assert!(answer.contains("hello"), "{answer}");
+    assert_eq!(model.request_count(), before + 1);
+    let seen = model.last().await.unwrap();
+    assert_eq!(seen.headers["x-attach-user"], sub.as_str());
     assert!(seen.headers.get("authorization").is_none());
 
     // whoami: the identity as the gateway maps it.

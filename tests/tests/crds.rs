@@ -62,6 +62,14 @@ spec:
   quotas:
     - {name: per-user, tokensPerMinute: 20000, concurrent: 4}
   quotaStore: {type: redis, urlSecretRef: {name: redis, key: url}, failMode: open}
+  apiKeys:
+    enabled: true
+    signingKeySecretRef: {name: api-keys, key: signing-key}
+    maxLifetime: 720h
+    defaultLifetime: 168h
+    cacheTtl: 30s
+    maxKeysPerUser: 10
+    admins: {issuer: "http://127.0.0.1:8080/realms/attach", groups: [llm-admins]}
   unauthenticatedPaths: ["/"]
 "#;
 

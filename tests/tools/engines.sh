@@ -93,7 +93,7 @@ if [[ ! -x "$clients_venv/bin/python" ]]; then
   rm -rf "$clients_venv.tmp"
   python3 -m venv "$clients_venv.tmp"
   "$clients_venv.tmp/bin/python" -m pip install --quiet --no-deps -r "$here/clients/requirements.txt"
-  "$clients_venv.tmp/bin/python" -c 'import openai, ollama'
+  "$clients_venv.tmp/bin/python" -c 'import openai, ollama, langchain_openai'
   mv "$clients_venv.tmp" "$clients_venv"
 fi
 

@@ -342,6 +342,108 @@ pub struct QuotaStore {
     pub key_prefix: Option<String>,
 }
 
+/// The longest a key may live unless `maxLifetime` says otherwise (the
+/// gateway's default: 90 days). The CRD checks `defaultLifetime` against it.
+pub const DEFAULT_MAX_KEY_LIFETIME: &str = "2160h";
+
+/// Who may list and revoke every user's API keys. Only names: there is no
+/// `anyAuthenticated`, since it would let every caller revoke (and read the
+/// metadata of) everyone's keys; and no clients, scopes or agents, since a
+/// client id or scope is held by every user of that client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.users) + size(self.groups) + size(self.roles) > 0").message("spec.apiKeys.admins must name users, groups or roles (leave admins out for no administrators)"))]
+pub struct ApiKeyAdmins {
+    /// The issuer whose tokens these names come from (its exact URL, as one
+    /// of the backend's identity providers declares it). Required with
+    /// several identity providers: names are unique only within their
+    /// issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("spec.apiKeys.admins.issuer must be an issuer URL"))]
+    pub issuer: Option<String>,
+    /// User names (the mapped user claim).
+    #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub users: Vec<String>,
+    /// Group names.
+    #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub groups: Vec<String>,
+    /// Role names.
+    #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 512)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub roles: Vec<String>,
+}
+
+/// Personal API keys: static keys a user mints at the gateway
+/// (`/.attach/keys`) for clients that take nothing else, each judged as the
+/// identity it was minted for. They live in the Redis quota store, so that
+/// every replica sees the same keys and revocations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.enabled) || !self.enabled || has(self.signingKeySecretRef)").message("spec.apiKeys.signingKeySecretRef is required when enabled").field_path(".signingKeySecretRef"))]
+#[x_kube(validation = Rule::new(format!("!has(self.defaultLifetime) || duration(self.defaultLifetime) <= (has(self.maxLifetime) ? duration(self.maxLifetime) : duration('{DEFAULT_MAX_KEY_LIFETIME}'))")).message(format!("spec.apiKeys.defaultLifetime must not exceed maxLifetime (default {DEFAULT_MAX_KEY_LIFETIME})").as_str()).field_path(".defaultLifetime"))]
+pub struct ApiKeys {
+    /// Accept API keys and serve `/.attach/keys` (default false). Needs
+    /// `spec.quotaStore` of type redis and `signingKeySecretRef`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The Secret key holding the key that seals every stored key record
+    /// (HMAC-SHA-256), at least 32 bytes: without it, whoever can write to
+    /// the Redis could forge a key for anyone. The injected pod mounts it
+    /// (the operator never reads it); the gateway refuses a shorter key.
+    /// Required when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_secret_ref: Option<SecretKeyRef>,
+    /// The longest a key may live, a duration such as `720h` or `1h30m`
+    /// (units `s`, `m`, `h`; 1m to 8760h; default 2160h, 90 days). A key
+    /// keeps the groups and roles its user had when it was minted: this
+    /// bounds how long someone who leaves a group keeps its access through
+    /// a key (an admin can revoke it sooner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('8760h')").message("spec.apiKeys.maxLifetime must be between 1m and 8760h"))]
+    pub max_lifetime: Option<String>,
+    /// A new key's lifetime when its request names none (units `s`, `m`,
+    /// `h`; 1m to 8760h; default 720h, 30 days, or `maxLifetime` when that
+    /// is shorter). At most `maxLifetime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('8760h')").message("spec.apiKeys.defaultLifetime must be between 1m and 8760h"))]
+    pub default_lifetime: Option<String>,
+    /// How long a gateway trusts a key it has checked before reading it
+    /// again (units `s`, `m`, `h`; 0s to 5m; default 10s): the longest a
+    /// revoked key still works at another replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+(s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('5m')").message("spec.apiKeys.cacheTtl must be at most 5m: it is how long a revoked key keeps working"))]
+    pub cache_ttl: Option<String>,
+    /// The most live keys one user may hold on this backend (1 to 1000;
+    /// default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_keys_per_user: Option<u32>,
+    /// Who may list and revoke every user's keys (default: nobody; each
+    /// user manages their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admins: Option<ApiKeyAdmins>,
+}
+
+impl ApiKeys {
+    /// The Secret key the gateway's signing key is read from: only while
+    /// keys are enabled, so that a disabled section never needs its Secret
+    /// to exist for the pod to start.
+    pub fn signing_key(&self) -> Option<&SecretKeyRef> {
+        self.signing_key_secret_ref
+            .as_ref()
+            .filter(|_| self.enabled)
+    }
+}
+
 /// Audit log settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -463,6 +565,7 @@ pub enum PodOptOut {
 #[x_kube(validation = Rule::new("!has(self.mcp) || self.engine == 'mcp'").message("spec.mcp is for engine mcp").field_path(".mcp"))]
 #[x_kube(validation = Rule::new("self.engine != 'mcp' || !has(self.defaultModel)").message("spec.defaultModel is for vllm and openai: an MCP server has no default model").field_path(".defaultModel"))]
 #[x_kube(validation = Rule::new("self.engine != 'mcp' || self.identityProviderRefs.all(r, !has(r.audiences) || size(r.audiences) == 0)").message("with engine mcp, tokens must be issued for spec.mcp.resource: leave identityProviderRefs[].audiences unset").field_path(".identityProviderRefs"))]
+#[x_kube(validation = Rule::new("!has(self.apiKeys) || !has(self.apiKeys.enabled) || !self.apiKeys.enabled || (has(self.quotaStore) && self.quotaStore.type == 'redis')").message("spec.apiKeys.enabled needs spec.quotaStore of type redis: every gateway replica must see the same keys and revocations").field_path(".apiKeys.enabled"))]
 pub struct LLMBackendSpec {
     /// The model pods, by labels.
     pub selector: PodSelector,
@@ -514,6 +617,10 @@ pub struct LLMBackendSpec {
     /// Where quota counters live.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_store: Option<QuotaStore>,
+    /// Personal API keys that users mint for clients taking only a static
+    /// key (off when absent). Needs `quotaStore` of type redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<ApiKeys>,
     /// Audit log settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Audit>,

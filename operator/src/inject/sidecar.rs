@@ -1,10 +1,10 @@
 //! The injected gateway: a native sidecar (an init container with
 //! `restartPolicy: Always`, so it starts before the model and stops after
 //! it), locked down, reading the backend's rendered ConfigMap, and the
-//! Secrets the backend names (the Redis URL, exchange client secrets)
-//! straight from the user's Secrets, from one read-only projected volume.
-//! The kubelet keeps the files current; the operator never reads the
-//! Secrets.
+//! Secrets the backend names (the Redis URL, the API keys' signing key,
+//! exchange client secrets) straight from the user's Secrets, from one
+//! read-only projected volume. The kubelet keeps the files current; the
+//! operator never reads the Secrets.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +24,7 @@ use crate::controller::owned;
 use crate::crd::LLMBackend;
 use crate::crd::identity_provider::SecretKeyRef;
 use crate::crd::llm_backend::{GatewayResources, QuotaStoreType};
-use crate::render::{CONFIG_KEY, Ports, REDIS_URL_KEY, exchange_secret_key};
+use crate::render::{API_KEYS_SIGNING_KEY, CONFIG_KEY, Ports, REDIS_URL_KEY, exchange_secret_key};
 
 /// Where the projected volume is mounted (`config/`, `secrets/` inside).
 const MOUNT: &str = "/etc/attach";
@@ -206,6 +206,16 @@ pub fn volume(backend: &LLMBackend, exchange: &[Option<SecretKeyRef>]) -> Volume
         && let Some(url) = &store.url_secret_ref
     {
         sources.push(secret(url, REDIS_URL_KEY.to_owned()));
+    }
+    // Only while keys are enabled, as the config names the file only then:
+    // a disabled section never keeps the pod from starting.
+    if let Some(key) = backend
+        .spec
+        .api_keys
+        .as_ref()
+        .and_then(|keys| keys.signing_key())
+    {
+        sources.push(secret(key, API_KEYS_SIGNING_KEY.to_owned()));
     }
     for (i, client_secret) in exchange.iter().enumerate() {
         if let Some(client_secret) = client_secret {

@@ -357,7 +357,7 @@ pub struct Mapped {
 }
 
 /// The verified caller, as the rest of the gateway sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// The token's issuer: names below are unique only within it.
     pub iss: String,
@@ -390,7 +390,7 @@ pub struct Identity {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// Raw claims chosen by `identity.forwardClaims`.
-    #[serde(skip_serializing_if = "Map::is_empty")]
+    #[serde(skip_serializing_if = "Map::is_empty", default)]
     pub claims: Map<String, Value>,
     /// The identity headers, rendered once per verified token (the identity
     /// is shared through the token cache) rather than once per request.

@@ -60,6 +60,30 @@ pub enum AuthError {
     /// The issuer's keys have never been loaded: 503, fail closed.
     #[error("signing keys are not available yet")]
     KeysUnavailable,
+    /// `Authorization` and `X-Api-Key`/`Api-Key` carry different
+    /// credentials: which one is meant cannot be told, so neither is used.
+    #[error("the Authorization and API key headers carry different credentials")]
+    ConflictingCredentials,
+    /// A personal API key, on a backend with `apiKeys` off.
+    #[error("API keys are off for this backend")]
+    ApiKeysDisabled,
+    /// Not a key this backend minted, or revoked.
+    #[error("unknown or revoked API key")]
+    ApiKeyUnknown,
+    #[error("API key expired")]
+    ApiKeyExpired,
+    /// A key minted on another backend.
+    #[error("API key of another backend")]
+    ApiKeyOtherBackend,
+    /// The key's issuer has the gateway exchange tokens for the model,
+    /// which needs the caller's own token.
+    #[error(
+        "this backend exchanges tokens for the model: use a token from the identity provider, not an API key"
+    )]
+    ApiKeyNotExchangeable,
+    /// The key store cannot be read: 503, fail closed.
+    #[error("API keys cannot be checked right now")]
+    ApiKeyStoreUnavailable,
 }
 
 impl AuthError {
@@ -85,6 +109,13 @@ impl AuthError {
             Self::ActorChainTooLong => "actor_chain_too_long",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::ConflictingCredentials => "conflicting_credentials",
+            Self::ApiKeysDisabled => "api_keys_disabled",
+            Self::ApiKeyUnknown => "api_key_unknown",
+            Self::ApiKeyExpired => "api_key_expired",
+            Self::ApiKeyOtherBackend => "api_key_other_backend",
+            Self::ApiKeyNotExchangeable => "api_key_not_exchangeable",
+            Self::ApiKeyStoreUnavailable => "api_key_store_unavailable",
         }
     }
 }

@@ -962,6 +962,16 @@ fn every_refusal_carries_its_documented_metric_and_audit_label() {
             "insufficient_scope",
         ),
         (AuthError::KeysUnavailable, "keys_unavailable"),
+        (AuthError::ConflictingCredentials, "conflicting_credentials"),
+        (AuthError::ApiKeysDisabled, "api_keys_disabled"),
+        (AuthError::ApiKeyUnknown, "api_key_unknown"),
+        (AuthError::ApiKeyExpired, "api_key_expired"),
+        (AuthError::ApiKeyOtherBackend, "api_key_other_backend"),
+        (AuthError::ApiKeyNotExchangeable, "api_key_not_exchangeable"),
+        (
+            AuthError::ApiKeyStoreUnavailable,
+            "api_key_store_unavailable",
+        ),
     ];
     for (error, label) in &table {
         // No wildcard: a new refusal does not compile until it is in the table.
@@ -984,7 +994,14 @@ fn every_refusal_carries_its_documented_metric_and_audit_label() {
             | AuthError::NoUser
             | AuthError::ActorChainTooLong
             | AuthError::InsufficientScope { .. }
-            | AuthError::KeysUnavailable => {}
+            | AuthError::KeysUnavailable
+            | AuthError::ConflictingCredentials
+            | AuthError::ApiKeysDisabled
+            | AuthError::ApiKeyUnknown
+            | AuthError::ApiKeyExpired
+            | AuthError::ApiKeyOtherBackend
+            | AuthError::ApiKeyNotExchangeable
+            | AuthError::ApiKeyStoreUnavailable => {}
         }
         assert_eq!(error.reason(), *label, "{error:?}");
         let gateway_error = GatewayError::Auth {

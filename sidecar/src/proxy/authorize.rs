@@ -37,6 +37,7 @@ use crate::canonical::{
 };
 use crate::claims::Identity;
 use crate::error::GatewayError;
+use crate::keys::KeyGrant;
 use crate::policy::endpoint::{Endpoint, ModelSource};
 use crate::policy::model_list::filter_models;
 use crate::policy::{DenyKind, EndpointClass, classify, normalize_path};
@@ -180,6 +181,9 @@ where
             if let Some(trail) = &trail {
                 trail.endpoint(class.as_str(), model_name);
             }
+            // A personal API key narrows its identity to some models.
+            let grant = parts.extensions.get::<KeyGrant>().cloned();
+            let key_allows = |m: &str| grant.as_ref().is_none_or(|g| g.allows(m));
             let decided = runtime
                 .policy
                 .decide(&identity, class, model_name)
@@ -191,6 +195,7 @@ where
                         ModelSource::BodyOrName | ModelSource::PathSegment
                     );
                     match model_name {
+                        Some(m) if !key_allows(m) => Err(DenyKind::Model),
                         Some(m) if describes && !runtime.policy.may_use(&identity, m) => {
                             Err(DenyKind::Model)
                         }
@@ -239,8 +244,9 @@ where
             // names are judged in their canonical form, and a name outside
             // the engine's grammar is never shown.
             let filtered = filter_models(&bytes, |listed| {
-                canonical_name(engine, listed)
-                    .is_ok_and(|name| runtime.policy.may_use(&identity, name.as_str()))
+                canonical_name(engine, listed).is_ok_and(|name| {
+                    runtime.policy.may_use(&identity, name.as_str()) && key_allows(name.as_str())
+                })
             })
             .ok_or(GatewayError::UpstreamUnavailable)?;
             parts

@@ -20,20 +20,24 @@
 //! Azure OpenAI clients in `Api-Key`); so is every header a token
 //! exchange of any issuer writes (`tokenExchange.header`), on every request
 //! (those with no exchange, and probes, too): only the gateway sets it, with
-//! the token it exchanged.
+//! the token it exchanged. `Cookie` is always removed: the gateway judges
+//! tokens, never cookies, and a browser's cookies are credentials for
+//! another site (Open WebUI, forwarding its user's token, sends its own
+//! session cookie along), which no model server reads.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tower::{Layer, Service};
 
 use super::exchange::Exchanged;
 use crate::claims::Identity;
+use crate::keys::KeyGrant;
 use crate::runtime::Runtime;
 
 pub const ISSUER: HeaderName = HeaderName::from_static("x-attach-issuer");
@@ -43,6 +47,9 @@ pub const TENANT: HeaderName = HeaderName::from_static("x-attach-tenant");
 pub const CLIENT: HeaderName = HeaderName::from_static("x-attach-client");
 pub const CLAIMS: HeaderName = HeaderName::from_static("x-attach-claims");
 pub const AGENT: HeaderName = HeaderName::from_static("x-attach-agent");
+
+/// Names the personal API key a request was authenticated with.
+pub const KEY_ID_HEADER: HeaderName = HeaderName::from_static("x-attach-key-id");
 
 /// Headers clients carry their API key or token in besides
 /// `Authorization`: the model never gets the caller's credential in them.
@@ -141,10 +148,14 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let runtime = request.extensions().get::<Arc<Runtime>>().cloned();
+        // A personal API key is never forwarded: unlike a token, it is no
+        // credential the model could check, and it does not expire soon.
         let forward_authorization = runtime
             .as_ref()
-            .is_some_and(|r| r.config.identity.forward_authorization);
+            .is_some_and(|r| r.config.identity.forward_authorization)
+            && request.extensions().get::<KeyGrant>().is_none();
         let headers = request.headers_mut();
+        headers.remove(COOKIE);
         if !forward_authorization {
             headers.remove(AUTHORIZATION);
             for name in API_KEY_HEADERS {
@@ -165,6 +176,12 @@ where
         }
         if let Some(identity) = request.extensions().get::<Arc<Identity>>().cloned() {
             set_identity(request.headers_mut(), &identity);
+        }
+        if let Some(grant) = request.extensions().get::<KeyGrant>()
+            && let Ok(id) = HeaderValue::from_str(&grant.id)
+        {
+            // The id only (public, base62): which key the identity came by.
+            request.headers_mut().insert(KEY_ID_HEADER, id);
         }
         self.inner.call(request)
     }

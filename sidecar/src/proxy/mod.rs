@@ -12,7 +12,9 @@
 //!                      trusted proxies
 //! strip_identity       drop every client-sent X-Attach-* header, any spelling
 //! protected_resource   RFC 9728 metadata, served without a token
-//! authenticate         bearer token -> verified Identity, or refuse
+//! authenticate         bearer token or API key -> verified Identity, or
+//!                      refuse
+//! keys                 /.attach/keys: mint, list, revoke personal API keys
 //! authorize            endpoint, canonical body and model, allow rules;
 //!                      trims model lists (MCP: each JSON-RPC message by
 //!                      its tool, resource or prompt; trims their lists)
@@ -34,6 +36,7 @@ pub mod client_headers;
 pub mod exchange;
 pub mod forward;
 pub mod identity_headers;
+pub mod keys;
 pub mod loadshed;
 pub mod observe;
 pub mod protected_resource;
@@ -108,6 +111,7 @@ where
         .layer(strip_identity::StripIdentityLayer)
         .layer(protected_resource::ProtectedResourceLayer)
         .layer(authenticate::AuthenticateLayer)
+        .layer(keys::KeysLayer)
         .layer(authorize::AuthorizeLayer)
         .layer(exchange::ExchangeLayer)
         .layer(admit::AdmitLayer)

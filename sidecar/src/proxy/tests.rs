@@ -235,7 +235,16 @@ async fn gateway(config: GatewayConfig) -> Gateway {
     gateway_with(config, Shared::new()).await
 }
 
-async fn gateway_with(mut config: GatewayConfig, shared: Shared) -> Gateway {
+async fn gateway_with(config: GatewayConfig, shared: Shared) -> Gateway {
+    gateway_tweaked(config, shared, |_| {}).await
+}
+
+/// [`gateway_with`], with `tweak` applied to the runtime once built.
+async fn gateway_tweaked(
+    mut config: GatewayConfig,
+    shared: Shared,
+    tweak: impl FnOnce(&mut Runtime),
+) -> Gateway {
     let upstream = Upstream::start().await;
     let mut jwk = Jwk::from_encoding_key(&key(), Algorithm::RS256).unwrap();
     jwk.common.key_id = Some("k1".into());
@@ -250,7 +259,8 @@ async fn gateway_with(mut config: GatewayConfig, shared: Shared) -> Gateway {
         .and_then(|i| i.token_exchange.clone());
     config.issuers = vec![issuer];
     config.upstream.url = format!("http://{}", upstream.addr);
-    let runtime = Runtime::build(config, None, &shared).unwrap();
+    let mut runtime = Runtime::build(config, None, &shared).unwrap();
+    tweak(&mut runtime);
     for cache in runtime.verifier.key_caches() {
         cache.refresh("initial").await.unwrap();
     }
@@ -413,6 +423,38 @@ async fn the_callers_authorization_is_not_forwarded_unless_configured() {
     let seen = gw.last().headers;
     assert_eq!(seen["authorization"], auth.as_str());
     assert_eq!(seen["x-api-key"], token);
+}
+
+#[tokio::test]
+async fn the_browsers_cookies_never_reach_the_model() {
+    // Open WebUI, forwarding its user's OAuth token, sends the browser's
+    // cookies along: its own session (`token`), which would let the model
+    // act in Open WebUI as that user. Forwarding the token does not change
+    // that: cookies are credentials for another site.
+    for forward_authorization in [false, true] {
+        let mut config = base_config();
+        config.identity.forward_authorization = forward_authorization;
+        let mut gw = gateway(config).await;
+        let auth = bearer(&alice());
+        let cookies = [
+            ("authorization", auth.as_str()),
+            (
+                "cookie",
+                "token=eyJhbGciOiJIUzI1NiJ9.e30.sig; oauth_session_id=1",
+            ),
+            ("cookie", "other=1"),
+        ];
+        let (status, _) = gw
+            .send("POST", "/api/chat", &cookies, r#"{"model":"tinyllama"}"#)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let seen = gw.last().headers;
+        assert!(
+            !seen.contains_key("cookie"),
+            "a cookie reached the model (forwardAuthorization {forward_authorization})"
+        );
+        assert_eq!(seen["x-attach-user"], "alice");
+    }
 }
 
 #[tokio::test]
@@ -689,6 +731,7 @@ async fn every_layer_waits_while_the_layer_below_it_is_not_ready() {
             "protected_resource",
             waits(super::protected_resource::ProtectedResourceLayer.layer(below())),
         ),
+        ("keys", waits(super::keys::KeysLayer.layer(below()))),
         (
             "authenticate",
             waits(super::authenticate::AuthenticateLayer.layer(below())),
@@ -745,6 +788,8 @@ async fn a_request_id_is_made_up_only_for_a_request_that_is_audited_or_traced() 
         .to_owned();
     assert_eq!(id.len(), 36, "a UUID: {id}");
 }
+
+mod keys;
 
 mod traces {
     use opentelemetry::trace::{SpanKind, Status};

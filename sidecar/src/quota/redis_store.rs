@@ -277,7 +277,32 @@ impl RedisStore {
             .cloned()
     }
 
-    async fn invoke<T: redis::FromRedisValue>(
+    /// The hash-tagged prefix every key of this store starts with.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Runs `cmd` on this store's connection (for the API key store, which
+    /// shares it).
+    pub(crate) async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> RedisResult<T> {
+        match self.connection().await? {
+            Connection::Single(mut c) => cmd.query_async(&mut c).await,
+            Connection::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    /// Runs `pipe` on this store's connection.
+    pub(crate) async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> RedisResult<T> {
+        match self.connection().await? {
+            Connection::Single(mut c) => pipe.query_async(&mut c).await,
+            Connection::Cluster(mut c) => pipe.query_async(&mut c).await,
+        }
+    }
+
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> RedisResult<T> {
@@ -477,5 +502,14 @@ mod tests {
         assert_eq!(tag("x:{team}:"), "x:{team}:", "an explicit tag is kept");
         assert_eq!(tag("x:{}:"), "{x:{}:}", "an empty tag is no tag");
         assert_eq!(tag("x:{team"), "{x:{team}");
+    }
+
+    #[test]
+    fn the_stores_sharing_its_connection_see_the_tagged_prefix() {
+        // The API key records live beside the counters, in the same slot.
+        let clock: Arc<dyn Clock> = Arc::new(super::super::clock::ManualClock::at(0));
+        let store = RedisStore::new("redis://127.0.0.1:1", "ns/name:", clock, Default::default())
+            .expect("a well-formed URL");
+        assert_eq!(store.prefix(), "{ns/name:}");
     }
 }

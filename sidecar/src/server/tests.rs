@@ -308,5 +308,17 @@ async fn past_max_in_flight_requests_the_answer_is_503_at_once() {
     assert!(started.elapsed() < Duration::from_secs(2), "not queued");
     until_counted(&gw, "load_shed", "in_flight", 1).await;
     model.release.notify_waiters();
+    // Once the held answer ends, its place (and the refused request's) is
+    // free again: a leaked permit would shed every request from now on.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = status_of(gw.addr, &[]).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "the in-flight count came back down");
+    assert_eq!(status_of(gw.addr, &[]).await, 200);
     gw.stop().await;
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod chart;
+pub mod clients;
 pub mod node;
 #[allow(unused_imports)] // each test binary uses its own subset
 pub use chart::{install_chart, kubectl, kubectl_apply};

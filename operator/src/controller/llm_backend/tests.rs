@@ -458,6 +458,58 @@ async fn secrets_are_named_never_read() {
     run.await.unwrap().unwrap();
 }
 
+/// An apiKeys section the CRD's rules accept but the gateway would refuse
+/// (key admins named without their issuer, with two identity providers):
+/// the backend fails closed, and its conditions name the field and why.
+#[tokio::test]
+async fn api_key_admins_without_their_issuer_fail_closed_naming_the_field() {
+    let corp = "https://idp.example.com/";
+    let chat = backend(
+        "chat",
+        "2026-01-01T00:00:00Z",
+        json!({
+            "identityProviderRefs": [{"name": "corp"}, {"name": "partner"}],
+            "access": {"rules": [{"name": "staff", "subjects": {"issuer": corp, "groups": ["staff"]},
+                                  "endpoints": ["inference"]}]},
+            "quotaStore": {"type": "redis", "urlSecretRef": {"name": "redis", "key": "url"}},
+            "apiKeys": {"enabled": true, "signingKeySecretRef": {"name": "keys", "key": "k"},
+                        "admins": {"groups": ["ops"]}},
+        }),
+    );
+    let mut partner = idp(true);
+    partner.metadata.name = Some("partner".into());
+    partner.spec.issuer = "https://partner.example.com/".into();
+    let Fixture {
+        mut server,
+        ctx,
+        _writers,
+    } = fixture(vec![chat.clone()], vec![idp(true), partner]);
+    let run = tokio::spawn(reconcile(Arc::new(chat), ctx));
+    let cm = expect(&mut server, Method::POST, CONFIG_MAPS, None).await;
+    assert!(config_of(&cm).deny_all, "never open");
+    let status = expect(&mut server, Method::PATCH, STATUS, None).await;
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "InvalidConfig");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("apiKeys.admins.issuer") && message.contains("several issuers"),
+        "{message}"
+    );
+    let rendered = condition(&status, "ConfigRendered");
+    assert_eq!(rendered["reason"], "DenyAll");
+    assert!(
+        rendered["message"]
+            .as_str()
+            .unwrap()
+            .contains("apiKeys.admins.issuer"),
+        "{rendered}"
+    );
+    let event = expect(&mut server, Method::POST, EVENTS, None).await;
+    assert_eq!(event["reason"], "InvalidConfig");
+    run.await.unwrap().unwrap();
+}
+
 /// A selected pod without the gateway (created before the backend): not
 /// Ready, naming the pod and the fix.
 #[tokio::test]

@@ -309,16 +309,7 @@ fn the_exchange_client_secret_of_the_backends_idp_is_mounted() {
     };
     let (response, _) = answer(&review_of(ollama_pod(json!({}), json!({})), "ml"), &f.index);
     assert_eq!(response["allowed"], true);
-    let patch = patch_of(&response);
-    let volumes: Vec<&Value> = patch
-        .iter()
-        .filter(|op| {
-            op["path"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("/spec/volumes"))
-        })
-        .collect();
-    let mounted = serde_json::to_string(&volumes).unwrap();
+    let mounted = mounted_volumes(&response);
     assert!(
         mounted.contains("\"corp-exchange\"") && mounted.contains("\"client-secret\""),
         "the exchange Secret is not in the gateway's volume: {mounted}"
@@ -331,6 +322,57 @@ fn the_exchange_client_secret_of_the_backends_idp_is_mounted() {
     );
     let patch = serde_json::to_string(&patch_of(&response)).unwrap();
     assert!(!patch.contains("corp-exchange"), "{patch}");
+}
+
+/// The volumes a review's patch adds, as JSON text.
+fn mounted_volumes(response: &Value) -> String {
+    let patch = patch_of(response);
+    let volumes: Vec<&Value> = patch
+        .iter()
+        .filter(|op| {
+            op["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/spec/volumes"))
+        })
+        .collect();
+    serde_json::to_string(&volumes).unwrap()
+}
+
+/// With API keys enabled, the signing key Secret is mounted where the
+/// rendered config names it: without it, the gateway cannot seal or check
+/// a key record. A disabled section mounts nothing (its Secret need not
+/// exist for the pod to start).
+#[test]
+fn the_api_keys_signing_key_is_mounted_while_keys_are_enabled() {
+    let keys = |enabled: bool| {
+        backend(json!({
+            "quotaStore": {"type": "redis", "urlSecretRef": {"name": "redis", "key": "url"}},
+            "apiKeys": {"enabled": enabled,
+                        "signingKeySecretRef": {"name": "chat-keys", "key": "signing-key"}},
+        }))
+    };
+    let enabled = index(vec![keys(true)]);
+    let (response, _) = answer(
+        &review_of(ollama_pod(json!({}), json!({})), "ml"),
+        &enabled.index,
+    );
+    assert_eq!(response["allowed"], true);
+    let mounted = mounted_volumes(&response);
+    assert!(
+        mounted.contains("\"chat-keys\"")
+            && mounted.contains("\"signing-key\"")
+            && mounted.contains("\"secrets/api-keys-signing-key\""),
+        "the signing key Secret is not in the gateway's volume: {mounted}"
+    );
+    assert!(mounted.contains("\"secrets/redis-url\""), "{mounted}");
+    let disabled = index(vec![keys(false)]);
+    let (response, _) = answer(
+        &review_of(ollama_pod(json!({}), json!({})), "ml"),
+        &disabled.index,
+    );
+    let mounted = mounted_volumes(&response);
+    assert!(!mounted.contains("chat-keys"), "{mounted}");
+    assert!(mounted.contains("\"secrets/redis-url\""), "{mounted}");
 }
 
 /// Every answer is counted under its result and reason: refusals and
