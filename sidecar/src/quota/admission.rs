@@ -45,11 +45,6 @@ impl Admission {
         }
     }
 
-    /// Tokens reserved at admission.
-    pub fn reserved(&self) -> u64 {
-        self.ticket.as_ref().map_or(0, |t| t.reserved)
-    }
-
     /// What to charge if this is dropped unsettled (the prompt, once the
     /// request has gone to the model).
     pub fn charge_on_drop(&mut self, tokens: u64) {

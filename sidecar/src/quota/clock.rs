@@ -17,9 +17,7 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Whole seconds.
     fn now(&self) -> u64;
     /// Milliseconds (lease deadlines).
-    fn now_millis(&self) -> u64 {
-        self.now().saturating_mul(1000)
-    }
+    fn now_millis(&self) -> u64;
 }
 
 /// The system clock.
@@ -93,4 +91,29 @@ pub fn test_clock() -> Option<Arc<ManualClock>> {
             Some(Arc::new(ManualClock::at(secs)))
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_clock_reads_the_time_since_the_epoch() {
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let (secs, millis) = (SystemClock.now(), SystemClock.now_millis());
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        assert!((before.as_secs()..=after.as_secs()).contains(&secs));
+        let (lo, hi) = (before.as_millis(), after.as_millis());
+        assert!((lo..=hi).contains(&u128::from(millis)));
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told() {
+        let clock = ManualClock::at(60);
+        assert_eq!((clock.now(), clock.now_millis()), (60, 60_000));
+        clock.advance_millis(999);
+        assert_eq!((clock.now(), clock.now_millis()), (60, 60_999));
+        clock.advance(2);
+        assert_eq!((clock.now(), clock.now_millis()), (62, 62_999));
+    }
 }

@@ -364,6 +364,46 @@ mod tests {
     }
 
     #[test]
+    fn token_ids_are_the_numbers_of_a_prompt_or_an_input_only() {
+        // A list of strings is text even under `prompt`/`input`...
+        assert_eq!(
+            est("/v1/embeddings", json!({"input": ["abcdefghi"]})).prompt,
+            3
+        );
+        assert_eq!(
+            est("/v1/completions", json!({"prompt": ["abcdefghi"]})).prompt,
+            3
+        );
+        // ...and numbers under other keys are neither text nor token ids.
+        let other = est(
+            "/v1/embeddings",
+            json!({"dimensions_list": [1, 2, 3, 4, 5, 6]}),
+        );
+        assert_eq!(other.prompt, 0);
+        assert_eq!(
+            est("/v1/embeddings", json!({"input": [[1, 2], [3]]})).prompt,
+            3
+        );
+    }
+
+    #[test]
+    fn counts_are_read_exactly_and_never_from_a_negative_number() {
+        let parsed =
+            |raw: &'static [u8]| crate::canonical::json::parse(&Bytes::from_static(raw)).unwrap();
+        // An integer past f64's 2^53 is read as written, not rounded.
+        assert_eq!(
+            count(&parsed(b"9007199254740993")),
+            Some(9_007_199_254_740_993)
+        );
+        // An integer literal past u64::MAX saturates; a negative one (minus zero
+        // included: `-0`) is no count at all.
+        assert_eq!(count(&parsed(b"100000000000000000000")), Some(u64::MAX));
+        assert_eq!(count(&parsed(b"-5")), None);
+        assert_eq!(count(&parsed(b"-0")), None);
+        assert_eq!(count(&parsed(b"0")), Some(0));
+    }
+
+    #[test]
     fn nothing_overflows() {
         let e = Estimate {
             prompt: u64::MAX,

@@ -72,8 +72,10 @@ impl Budget {
         }
     }
 
+    /// Admissions in flight (their reservations are theirs: `reserved` is
+    /// 0 whenever `in_flight` is).
     fn in_use(&self) -> bool {
-        self.in_flight > 0 || self.reserved > 0
+        self.in_flight > 0
     }
 
     /// Forgetting it changes nothing: nothing counted now, nothing in flight.
@@ -237,17 +239,13 @@ impl MemoryStore {
             .sum()
     }
 
-    /// How many budgets are remembered.
-    pub fn len(&self) -> usize {
+    /// How many budgets are remembered (the tests' view of the bound).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().map_or(0, |m| m.len()))
             .sum()
-    }
-
-    /// Whether no budget is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -355,4 +353,142 @@ fn refusal(check: &Check, budget: &Budget, reserve: u64, now: u64) -> Option<Ref
             retry_after: 1,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A time well into day 100, 30 s into its minute, so that `/`, `%`
+    /// and `*` give different windows.
+    const NOW: u64 = 100 * DAY + 7 * MINUTE + 30;
+
+    fn budget(edit: impl FnOnce(&mut Budget)) -> Budget {
+        let mut b = Budget {
+            minute: NOW / MINUTE,
+            day: NOW / DAY,
+            ..Budget::default()
+        };
+        edit(&mut b);
+        b
+    }
+
+    #[test]
+    fn a_budget_is_empty_when_nothing_counts_now_and_nothing_is_in_flight() {
+        let cases = [
+            ("fresh", budget(|_| {}), true),
+            ("tokens this minute", budget(|b| b.minute_tokens = 1), false),
+            (
+                "requests this minute",
+                budget(|b| b.minute_requests = 1),
+                false,
+            ),
+            ("tokens today", budget(|b| b.day_tokens = 1), false),
+            (
+                "tokens and requests of an earlier minute",
+                budget(|b| {
+                    b.minute -= 1;
+                    b.minute_tokens = 5;
+                    b.minute_requests = 5;
+                }),
+                true,
+            ),
+            (
+                "tokens of an earlier day",
+                budget(|b| {
+                    b.day -= 1;
+                    b.day_tokens = 5;
+                }),
+                true,
+            ),
+            (
+                "in flight",
+                budget(|b| {
+                    b.in_flight = 1;
+                    b.reserved = 10;
+                }),
+                false,
+            ),
+        ];
+        for (what, b, empty) in cases {
+            assert_eq!(b.is_empty_at(NOW), empty, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_budget_is_spent_at_a_limit_of_a_current_window_only() {
+        let limited = |edit: fn(&mut Budget)| {
+            budget(|b| {
+                b.tokens_per_minute = Some(10);
+                b.requests_per_minute = Some(2);
+                b.tokens_per_day = Some(100);
+                edit(b);
+            })
+        };
+        let cases: [(&str, Budget, bool); 7] = [
+            ("unused", limited(|_| {}), false),
+            ("tokens per minute", limited(|b| b.minute_tokens = 10), true),
+            (
+                "requests per minute",
+                limited(|b| b.minute_requests = 2),
+                true,
+            ),
+            ("tokens per day", limited(|b| b.day_tokens = 100), true),
+            (
+                "under every limit",
+                limited(|b| {
+                    b.minute_tokens = 9;
+                    b.minute_requests = 1;
+                    b.day_tokens = 99;
+                }),
+                false,
+            ),
+            (
+                "spent in an earlier minute",
+                limited(|b| {
+                    b.minute -= 1;
+                    b.minute_tokens = 10;
+                    b.minute_requests = 2;
+                }),
+                false,
+            ),
+            (
+                "spent on an earlier day",
+                limited(|b| {
+                    b.day -= 1;
+                    b.day_tokens = 100;
+                }),
+                false,
+            ),
+        ];
+        for (what, b, spent) in cases {
+            assert_eq!(b.is_spent_at(NOW), spent, "{what}");
+        }
+    }
+
+    #[test]
+    fn windows_roll_at_the_minute_and_the_day_and_not_before() {
+        let mut b = budget(|b| {
+            b.minute_tokens = 5;
+            b.minute_requests = 5;
+            b.day_tokens = 5;
+        });
+        // Later in the same minute: nothing resets.
+        b.roll(NOW + 29);
+        assert_eq!(
+            (b.minute_tokens, b.minute_requests, b.day_tokens),
+            (5, 5, 5)
+        );
+        // The next minute, same day: the minute resets.
+        b.roll(NOW + 30);
+        assert_eq!((b.minute, b.day), ((NOW + 30) / MINUTE, NOW / DAY));
+        assert_eq!(
+            (b.minute_tokens, b.minute_requests, b.day_tokens),
+            (0, 0, 5)
+        );
+        // The next day.
+        b.roll(101 * DAY);
+        assert_eq!((b.minute, b.day), (101 * DAY / MINUTE, 101));
+        assert_eq!(b.day_tokens, 0);
+    }
 }

@@ -103,4 +103,6 @@ pub fn checks(
 }
 
 #[cfg(test)]
+mod redis_tests;
+#[cfg(test)]
 mod tests;

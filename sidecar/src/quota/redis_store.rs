@@ -331,7 +331,7 @@ impl RedisStore {
 
     fn keep_ms(&self) -> u64 {
         u64::try_from(self.settings.ttl.as_millis())
-            .unwrap_or(u64::MAX / 4)
+            .unwrap_or(u64::MAX)
             .saturating_mul(2)
             .max(1000)
     }
@@ -339,7 +339,7 @@ impl RedisStore {
     fn deadline(&self) -> u64 {
         self.clock
             .now_millis()
-            .saturating_add(u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX / 4))
+            .saturating_add(u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX))
     }
 
     /// Admits a request against every check with `reserve` tokens under
@@ -371,8 +371,9 @@ impl RedisStore {
                 .key(lk)
                 .key(vk)
                 .key(format!("{}{owner}:i", self.prefix));
-            let or_none =
-                |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v.min(1 << 52)).unwrap_or(-1));
+            // A limit is at most 2^52 (Lua's numbers are doubles), which
+            // fits an i64; -1 is none.
+            let or_none = |v: Option<u64>| v.map_or(-1, |v| v.min(1 << 52) as i64);
             invocation
                 .arg(or_none(check.tokens_per_minute))
                 .arg(or_none(check.requests_per_minute))
@@ -502,6 +503,64 @@ mod tests {
         assert_eq!(tag("x:{team}:"), "x:{team}:", "an explicit tag is kept");
         assert_eq!(tag("x:{}:"), "{x:{}:}", "an empty tag is no tag");
         assert_eq!(tag("x:{team"), "{x:{team}");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_store_only_when_url_prefix_and_settings_are_the_same() {
+        let clock: Arc<dyn Clock> = Arc::new(super::super::clock::ManualClock::at(0));
+        let settings = LeaseSettings {
+            ttl: Duration::from_secs(30),
+            max_models_per_owner: 8,
+        };
+        let store =
+            RedisStore::new("redis://127.0.0.1:1", "ns/name:", clock, settings).expect("a URL");
+        let (ttl, models) = (store.settings().ttl, store.settings().max_models_per_owner);
+        assert_eq!((ttl, models), (Duration::from_secs(30), 8));
+        let url = "redis://127.0.0.1:1";
+        assert!(store.is(url, "ns/name:", &settings));
+        assert!(store.is(url, "{ns/name:}", &settings), "the same tag");
+        let cases = [
+            ("redis://127.0.0.1:2", "ns/name:", settings),
+            (url, "ns/other:", settings),
+            (
+                url,
+                "ns/name:",
+                LeaseSettings {
+                    ttl: Duration::from_secs(31),
+                    ..settings
+                },
+            ),
+            (
+                url,
+                "ns/name:",
+                LeaseSettings {
+                    max_models_per_owner: 9,
+                    ..settings
+                },
+            ),
+        ];
+        for (url, prefix, other) in cases {
+            assert!(!store.is(url, prefix, &other), "{url} {prefix} {other:?}");
+        }
+    }
+
+    #[test]
+    fn debug_output_names_the_prefix_and_never_the_url() {
+        let clock: Arc<dyn Clock> = Arc::new(super::super::clock::ManualClock::at(0));
+        let store = RedisStore::new(
+            "redis://:hunter2-password@127.0.0.1:1",
+            "ns/name:",
+            clock,
+            LeaseSettings::default(),
+        )
+        .expect("a URL");
+        let printed = format!("{store:?}");
+        assert!(printed.starts_with("RedisStore {"), "{printed}");
+        assert!(
+            printed.contains("{ns/name:}") && printed.contains("ttl: 60s"),
+            "{printed}"
+        );
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 
     #[test]

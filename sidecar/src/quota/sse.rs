@@ -159,14 +159,17 @@ impl SseParser {
             self.field(content);
             return;
         }
+        // A blank line always ends an event: its raw bytes hold the blank
+        // line at least (or went to the passthrough, when the event was
+        // shed), and a comment-only event is the client's too.
         let raw = std::mem::take(&mut self.raw).freeze();
-        let shed = std::mem::take(&mut self.raw_shed);
+        self.raw_shed = false;
         self.data_dropped = false;
-        let data = std::mem::take(&mut self.data);
-        let name = self.name.take();
-        if !data.is_empty() || name.is_some() || !raw.is_empty() || shed {
-            events.push(Event { name, data, raw });
-        }
+        events.push(Event {
+            name: self.name.take(),
+            data: std::mem::take(&mut self.data),
+            raw,
+        });
     }
 
     fn push_raw(&mut self, bytes: &[u8]) {
@@ -255,6 +258,74 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(payload(&events[0]), "{\"usage\":1}");
         assert_eq!(events[0].raw, &b"data: {\"usage\":1}\r"[..]);
+    }
+
+    #[test]
+    fn what_a_stream_ends_on_is_handed_back_whatever_it_is() {
+        // A comment with no data and no name: no usage in it, but its
+        // bytes are the client's and must not be lost.
+        for tail in [&b": keep-alive"[..], b": keep-alive\n", b"retry: 10"] {
+            let events = parse_all(&[b"data: 1\n\n", tail]);
+            assert_eq!(events.len(), 2, "{events:?}");
+            assert_eq!((events[1].name.as_deref(), payload(&events[1])), (None, ""));
+            assert_eq!(events[1].raw, tail);
+        }
+        let named = parse_all(&[b"event: done"]);
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].name.as_deref(), Some("done"));
+        assert_eq!(
+            parse_all(&[b"data: 1\n\n"]).len(),
+            1,
+            "nothing after the blank line"
+        );
+    }
+
+    #[test]
+    fn after_a_shed_an_unterminated_events_data_is_still_read_at_the_end() {
+        // The held bytes were handed on by `shed`, so the event has no raw
+        // bytes left; its data (the usage, say) is still read.
+        let mut p = SseParser::new(1024);
+        assert!(p.feed(b"data: a\n").is_empty());
+        assert_eq!(p.shed(), &b"data: a\n"[..]);
+        assert!(p.feed(b"data: {\"usage\":1}").is_empty());
+        let events = p.finish();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(payload(&events[0]), "a\n{\"usage\":1}");
+        assert!(events[0].raw.is_empty());
+        assert_eq!(p.take_passthrough(), &b"data: {\"usage\":1}"[..]);
+    }
+
+    #[test]
+    fn a_comment_only_event_is_handed_back_whole() {
+        let events = parse_all(&[b": ping\n\ndata: 1\n\n"]);
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!((events[0].name.as_deref(), payload(&events[0])), (None, ""));
+        assert_eq!(events[0].raw, &b": ping\n\n"[..]);
+        assert_eq!(payload(&events[1]), "1");
+    }
+
+    #[test]
+    fn data_past_the_bound_is_dropped_for_the_whole_event() {
+        let parse = |stream: &[u8]| {
+            let mut p = SseParser::new(10);
+            let mut events = p.feed(stream);
+            events.extend(p.finish());
+            events
+        };
+        // Exactly the bound is kept; one byte more drops the event's data,
+        // and what follows in the same event is dropped too. The next event
+        // starts afresh.
+        let kept = parse(b"data: 0123456789\n\n");
+        assert_eq!(payload(&kept[0]), "0123456789");
+        let dropped = parse(b"data: 01234567890\ndata: a\n\ndata: b\n\n");
+        assert_eq!(payload(&dropped[0]), "");
+        assert_eq!(dropped[0].raw, &b"data: 01234567890\ndata: a\n\n"[..]);
+        assert_eq!(payload(&dropped[1]), "b");
+        // Lines are joined with their LF, which counts.
+        let joined = parse(b"data: 01234\ndata: 56789\n\n");
+        assert_eq!(payload(&joined[0]), "");
+        let joined = parse(b"data: 01234\ndata: 5678\n\n");
+        assert_eq!(payload(&joined[0]), "01234\n5678");
     }
 
     #[test]

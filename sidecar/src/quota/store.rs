@@ -361,4 +361,97 @@ mod tests {
         store.mark_healthy(None);
         assert_eq!(up(&metrics).as_deref(), Some("1"));
     }
+
+    #[test]
+    fn a_redis_store_defaults_to_its_documented_prefix_and_fails_closed() {
+        let parsed: StoreConfig =
+            serde_json::from_value(serde_json::json!({"type": "redis", "url": "redis://r:6379"}))
+                .unwrap();
+        assert_eq!(
+            parsed,
+            StoreConfig::Redis {
+                url: "redis://r:6379".into(),
+                url_file: None,
+                fail_mode: FailMode::Closed,
+                key_prefix: "attach:quota:".into(),
+            }
+        );
+        let memory: StoreConfig =
+            serde_json::from_value(serde_json::json!({"type": "memory"})).unwrap();
+        assert_eq!(memory, StoreConfig::Memory);
+        let misspelt = serde_json::json!({"type": "redis", "url": "redis://r", "keyprefix": "x"});
+        let error = serde_json::from_value::<StoreConfig>(misspelt).unwrap_err();
+        assert!(error.to_string().contains("keyprefix"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn each_outage_and_each_recovery_is_logged_once_with_its_cause() {
+        use std::sync::Mutex;
+        use tracing_subscriber::fmt::MakeWriter;
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> MakeWriter<'a> for Lines {
+            type Writer = Lines;
+            fn make_writer(&'a self) -> Self::Writer {
+                self.clone()
+            }
+        }
+
+        let server = crate::quota::redis_tests::Server::start();
+        let mut redis = server.raw().await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg("1")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let oom = redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query_async::<()>(&mut redis)
+            .await
+            .unwrap_err();
+        let refused = redis::RedisError::from((redis::ErrorKind::Io, "connection refused"));
+
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(lines.clone())
+            .with_ansi(false)
+            .finish();
+        let store = QuotaStore::memory(
+            Arc::new(MemoryStore::new(10, Arc::new(SystemClock))),
+            Arc::new(Metrics::new()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            store.mark_healthy(None);
+            store.mark_unhealthy(&refused);
+            store.mark_unhealthy(&refused);
+            store.mark_healthy(None);
+            store.mark_healthy(None);
+            store.mark_unhealthy(&oom);
+            store.mark_unhealthy(&oom);
+        });
+        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        // In order: the refused connection, the recovery, the full Redis;
+        // each once.
+        let lines: Vec<&str> = logged.lines().collect();
+        assert_eq!(lines.len(), 3, "{logged}");
+        for (line, says) in lines
+            .iter()
+            .zip(["is unreachable", "is back", "is out of memory"])
+        {
+            assert!(line.contains(says), "{line:?} should say {says:?}");
+        }
+    }
 }

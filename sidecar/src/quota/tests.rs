@@ -235,6 +235,7 @@ fn forty_concurrent_requests_cannot_outrun_a_token_budget() {
     let admitted: Vec<bool> = (0..40).map(|_| s.admit(&c, RESERVE).is_ok()).collect();
     let n = admitted.iter().filter(|a| **a).count() as u64;
     assert_eq!(n, 100 / RESERVE, "only what fits is admitted at once");
+    assert_eq!((s.reserved(), s.in_flight()), (n * RESERVE, n));
     for _ in 0..n {
         s.settle(&c, RESERVE, USED);
     }
@@ -421,33 +422,72 @@ async fn an_admission_is_released_when_dropped_and_charges_what_it_was_told() {
 }
 
 #[test]
-fn bad_limits_are_refused() {
-    assert!(
-        limits::validate(
-            &[QuotaLimit {
-                tokens_per_minute: Some(1),
-                ..QuotaLimit::named("a")
-            }],
-            Engine::Ollama
-        )
-        .is_ok()
-    );
-    assert!(limits::validate(&[QuotaLimit::named("empty")], Engine::Ollama).is_err());
-    assert!(
-        limits::validate(
-            &[QuotaLimit {
-                tokens_per_minute: Some(0),
-                ..QuotaLimit::named("a")
-            }],
-            Engine::Ollama
-        )
-        .is_err()
-    );
-    let one = QuotaLimit {
-        concurrent: Some(1),
-        ..QuotaLimit::named("a")
+fn bad_limits_are_refused_each_with_its_index_and_reason() {
+    let rpm = |name: &str| QuotaLimit {
+        requests_per_minute: Some(1),
+        ..QuotaLimit::named(name)
     };
-    assert!(limits::validate(&[one.clone(), one], Engine::Ollama).is_err());
+    assert_eq!(
+        limits::validate(&[rpm("a"), rpm("b")], Engine::Ollama),
+        Ok(())
+    );
+    let name_rule = "name must be non-empty and must not contain '|'".to_owned();
+    let cases: Vec<(Vec<QuotaLimit>, (usize, String))> = vec![
+        (vec![rpm("a"), rpm(" ")], (1, name_rule.clone())),
+        (vec![rpm("")], (0, name_rule.clone())),
+        // A `|` would let one limit's keys pass for another's.
+        (vec![rpm("a|iss=x")], (0, name_rule)),
+        (
+            vec![rpm("a"), rpm("a")],
+            (1, "name \"a\" is used twice".into()),
+        ),
+        (
+            vec![QuotaLimit::named("empty")],
+            (0, "sets no limit".into()),
+        ),
+        (
+            vec![QuotaLimit {
+                tokens_per_minute: Some(0),
+                ..rpm("a")
+            }],
+            (0, "tokensPerMinute must be at least 1".into()),
+        ),
+        (
+            vec![QuotaLimit {
+                requests_per_minute: Some(0),
+                concurrent: Some(1),
+                ..QuotaLimit::named("a")
+            }],
+            (0, "requestsPerMinute must be at least 1".into()),
+        ),
+        (
+            vec![QuotaLimit {
+                concurrent: Some(0),
+                ..rpm("a")
+            }],
+            (0, "concurrent must be at least 1".into()),
+        ),
+        (
+            vec![QuotaLimit {
+                tokens_per_day: Some(0),
+                ..rpm("a")
+            }],
+            (0, "tokensPerDay must be at least 1".into()),
+        ),
+    ];
+    for (limits, expected) in cases {
+        assert_eq!(
+            limits::validate(&limits, Engine::Ollama),
+            Err(expected),
+            "{limits:?}"
+        );
+    }
+    let bad_model = QuotaLimit {
+        models: vec!["two words".into()],
+        ..rpm("a")
+    };
+    let (index, _) = limits::validate(&[bad_model], Engine::Ollama).unwrap_err();
+    assert_eq!(index, 0);
 }
 
 #[test]
@@ -484,4 +524,106 @@ fn per_model_budgets_key_on_canonical_served_names_only() {
         assert_eq!(key(unlisted), ["per-model|iss=|user=bob|model=(unlisted)"]);
     }
     assert!(key(served("llama3.2:1b")).is_empty(), "no pattern matches");
+}
+
+#[test]
+fn limit_kinds_have_their_documented_names() {
+    // The 429 body's `kind` and the metrics' label: the README's spelling.
+    for (kind, name) in [
+        (LimitKind::TokensPerMinute, "tokens_per_minute"),
+        (LimitKind::RequestsPerMinute, "requests_per_minute"),
+        (LimitKind::TokensPerDay, "tokens_per_day"),
+        (LimitKind::Concurrent, "concurrent"),
+        (LimitKind::DistinctModels, "distinct_models"),
+    ] {
+        assert_eq!(kind.as_str(), name, "{kind:?}");
+    }
+}
+
+#[test]
+fn a_budget_key_splits_into_its_owner_and_its_model() {
+    let bob = who(json!({"sub": "bob|model=x", "iss": "https://idp/|model=y"}));
+    let limits = [
+        QuotaLimit {
+            models: vec!["*".into()],
+            requests_per_minute: Some(1),
+            ..QuotaLimit::named("per-model")
+        },
+        QuotaLimit {
+            requests_per_minute: Some(1),
+            ..QuotaLimit::named("whole")
+        },
+    ];
+    let checks = checks(&limits, &bob, Engine::Ollama, Some(&served("tinyllama")));
+    let split: Vec<_> = checks.iter().map(Check::owner_and_scope).collect();
+    // A `|model=` in the owner's names is percent-encoded, so only the
+    // gateway's own separator splits the key: the Redis store counts the
+    // models of the right owner.
+    assert_eq!(
+        split,
+        [
+            (
+                "per-model|iss=https://idp/%7Cmodel%3Dy|user=bob%7Cmodel%3Dx",
+                Some("tinyllama:latest")
+            ),
+            (
+                "whole|iss=https://idp/%7Cmodel%3Dy|user=bob%7Cmodel%3Dx",
+                None
+            ),
+        ]
+    );
+}
+
+#[test]
+fn budgets_spread_over_the_shards_so_the_whole_bound_is_usable() {
+    // 1,600 budgets is 100 a shard. 800 busy ones (which are never evicted)
+    // are about 50 a shard: the chance that a random spread puts 100 in one
+    // shard is below 1e-9. In one shard, the 101st would be refused.
+    let clock = Arc::new(ManualClock::at(86_400 * 100 + 1));
+    let s = MemoryStore::new(1_600, clock);
+    assert_eq!(s.max_keys(), 1_600);
+    let limits = [QuotaLimit {
+        concurrent: Some(1),
+        ..QuotaLimit::named("c")
+    }];
+    for i in 0..800 {
+        let u = who(json!({"sub": format!("user-{i}")}));
+        s.admit(&checks(&limits, &u, Engine::Ollama, None), 0)
+            .unwrap_or_else(|e| panic!("user {i}: {e:?}"));
+    }
+    assert_eq!((s.len(), s.in_flight()), (800, 800));
+}
+
+#[test]
+fn a_reservation_that_fills_a_budget_exactly_is_admitted_and_nothing_after_it() {
+    let clock = Arc::new(ManualClock::at(86_400 * 100 + 1));
+    let s = store(&clock);
+    let u = who(json!({"sub": "u"}));
+    for limit in [
+        QuotaLimit {
+            tokens_per_minute: Some(100),
+            ..QuotaLimit::named("m")
+        },
+        QuotaLimit {
+            tokens_per_day: Some(100),
+            ..QuotaLimit::named("d")
+        },
+    ] {
+        let c = checks(std::slice::from_ref(&limit), &u, Engine::Ollama, None);
+        let refused = |reserve| match s.admit(&c, reserve) {
+            Err(MemoryRefusal::Refused(r)) => (r.kind, r.retry_after),
+            other => panic!("{}: {other:?}", limit.name),
+        };
+        let kind = if limit.tokens_per_day.is_some() {
+            LimitKind::TokensPerDay
+        } else {
+            LimitKind::TokensPerMinute
+        };
+        s.admit(&c, 60).unwrap();
+        assert_eq!(refused(60), (kind, 1), "60 more do not fit beside 60");
+        s.admit(&c, 40).unwrap();
+        assert_eq!(refused(0), (kind, 1), "all of it is reserved");
+        s.settle(&c, 60, 60);
+        s.settle(&c, 40, 40);
+    }
 }
