@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
+
 use super::clock::ManualClock;
 use super::redis_store::{LeaseSettings, RedisStore, is_out_of_memory};
 use super::{Check, LimitKind, Refusal};
@@ -56,13 +58,34 @@ impl Server {
         RedisStore::new(&self.url(), "test:", clock.clone(), settings).expect("a well-formed URL")
     }
 
-    pub(super) async fn raw(&self) -> redis::aio::MultiplexedConnection {
+    pub(super) async fn raw(&self) -> MultiplexedConnection {
         redis::Client::open(self.url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
             .unwrap()
     }
+
+    /// The error this server answers a write with once it is full (its
+    /// memory limit set to one byte).
+    pub(super) async fn out_of_memory(&self) -> redis::RedisError {
+        let mut redis = self.raw().await;
+        ask::<()>(&mut redis, &["CONFIG", "SET", "maxmemory", "1"])
+            .await
+            .unwrap();
+        ask::<()>(&mut redis, &["SET", "oom", "x"])
+            .await
+            .unwrap_err()
+    }
+}
+
+/// Sends one command, given as its words, the way the tests read the keys.
+pub(super) async fn ask<T: redis::FromRedisValue>(
+    redis: &mut MultiplexedConnection,
+    words: &[&str],
+) -> redis::RedisResult<T> {
+    let (name, args) = words.split_first().expect("a command");
+    redis::cmd(name).arg(args).query_async(redis).await
 }
 
 impl Drop for Server {
@@ -282,10 +305,7 @@ async fn settling_charges_every_budget_under_the_documented_keys() {
     let mut redis = server.raw().await;
     let (minute, day) = (T / 60, T / 86_400);
     for budget in ["{test:}a|u", "{test:}b|u"] {
-        let deadline: Option<f64> = redis::cmd("ZSCORE")
-            .arg(format!("{budget}:l"))
-            .arg("lease-1")
-            .query_async(&mut redis)
+        let deadline: Option<f64> = ask(&mut redis, &["ZSCORE", &format!("{budget}:l"), "lease-1"])
             .await
             .unwrap();
         assert_eq!(
@@ -293,52 +313,36 @@ async fn settling_charges_every_budget_under_the_documented_keys() {
             Some((T * 1000 + 10_000) as f64),
             "{budget}: now + ttl"
         );
-        let reserved: Option<u64> = redis::cmd("HGET")
-            .arg(format!("{budget}:v"))
-            .arg("lease-1")
-            .query_async(&mut redis)
+        let reserved: Option<u64> = ask(&mut redis, &["HGET", &format!("{budget}:v"), "lease-1"])
             .await
             .unwrap();
         assert_eq!(reserved, Some(42));
         // Lease keys outlive two lease times.
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(format!("{budget}:l"))
-            .query_async(&mut redis)
+        let ttl: i64 = ask(&mut redis, &["PTTL", &format!("{budget}:l")])
             .await
             .unwrap();
         assert!((19_000..=20_000).contains(&ttl), "{budget}: {ttl} ms");
-        let requests: Option<u64> = redis::cmd("HGET")
-            .arg(format!("{budget}:m:{minute}"))
-            .arg("r")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        let requests: Option<u64> =
+            ask(&mut redis, &["HGET", &format!("{budget}:m:{minute}"), "r"])
+                .await
+                .unwrap();
         assert_eq!(requests, Some(1));
     }
 
     store.settle(&checks, "lease-1", 7).await.unwrap();
     assert_eq!(store.live_leases(), 0, "a settled lease is not renewed");
     for budget in ["{test:}a|u", "{test:}b|u"] {
-        let tokens: Option<u64> = redis::cmd("HGET")
-            .arg(format!("{budget}:m:{minute}"))
-            .arg("t")
-            .query_async(&mut redis)
+        let tokens: Option<u64> = ask(&mut redis, &["HGET", &format!("{budget}:m:{minute}"), "t"])
             .await
             .unwrap();
-        let today: Option<u64> = redis::cmd("GET")
-            .arg(format!("{budget}:d:{day}"))
-            .query_async(&mut redis)
+        let today: Option<u64> = ask(&mut redis, &["GET", &format!("{budget}:d:{day}")])
             .await
             .unwrap();
         assert_eq!((tokens, today), (Some(7), Some(7)), "{budget}");
-        let leases: u64 = redis::cmd("ZCARD")
-            .arg(format!("{budget}:l"))
-            .query_async(&mut redis)
+        let leases: u64 = ask(&mut redis, &["ZCARD", &format!("{budget}:l")])
             .await
             .unwrap();
-        let reservations: u64 = redis::cmd("HLEN")
-            .arg(format!("{budget}:v"))
-            .query_async(&mut redis)
+        let reservations: u64 = ask(&mut redis, &["HLEN", &format!("{budget}:v")])
             .await
             .unwrap();
         assert_eq!((leases, reservations), (0, 0), "{budget}");
@@ -353,11 +357,7 @@ async fn settling_charges_every_budget_under_the_documented_keys() {
         },
     );
     short.admit(&checks, "lease-2", 0).await.unwrap().unwrap();
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg("{test:}a|u:l")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let ttl: i64 = ask(&mut redis, &["PTTL", "{test:}a|u:l"]).await.unwrap();
     assert!((900..=1_000).contains(&ttl), "{ttl} ms");
 }
 
@@ -400,32 +400,12 @@ async fn a_lease_holds_its_slot_until_settled_expired_or_renewed() {
 async fn a_redis_out_of_memory_is_told_apart_from_other_errors() {
     let server = Server::start();
     let mut redis = server.raw().await;
-    let _: () = redis::cmd("SET")
-        .arg("s")
-        .arg("x")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let wrong_type = redis::cmd("HGET")
-        .arg("s")
-        .arg("f")
-        .query_async::<Option<String>>(&mut redis)
+    ask::<()>(&mut redis, &["SET", "s", "x"]).await.unwrap();
+    let wrong_type = ask::<Option<String>>(&mut redis, &["HGET", "s", "f"])
         .await
         .unwrap_err();
     assert!(!is_out_of_memory(&wrong_type), "{wrong_type}");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("1")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let full = redis::cmd("SET")
-        .arg("t")
-        .arg("y")
-        .query_async::<()>(&mut redis)
-        .await
-        .unwrap_err();
+    let full = server.out_of_memory().await;
     assert!(is_out_of_memory(&full), "{full}");
 }
 
@@ -460,12 +440,12 @@ async fn a_shared_admission_is_settled_in_redis_and_flush_waits_for_it() {
     // Settled in Redis (not in the local store, which never admitted it),
     // before flush returned.
     let mut redis = server.raw().await;
-    let tokens: Option<u64> = redis::cmd("HGET")
-        .arg(format!("{{test:}}c|u:m:{}", T / 60))
-        .arg("t")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let tokens: Option<u64> = ask(
+        &mut redis,
+        &["HGET", &format!("{{test:}}c|u:m:{}", T / 60), "t"],
+    )
+    .await
+    .unwrap();
     assert_eq!(tokens, Some(7));
     assert_eq!((local.in_flight(), local.reserved()), (0, 0));
     let again = store.admit(one(), 10).await.unwrap();
@@ -492,17 +472,15 @@ async fn running_requests_renew_their_leases_and_each_admission_has_its_own() {
         "two leases, two slots"
     );
     let mut redis = server.raw().await;
-    let deadlines = |redis: &mut redis::aio::MultiplexedConnection| {
+    let deadlines = |redis: &mut MultiplexedConnection| {
         let mut redis = redis.clone();
         async move {
-            redis::cmd("ZRANGE")
-                .arg("{test:}c|u:l")
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES")
-                .query_async::<Vec<(String, f64)>>(&mut redis)
-                .await
-                .unwrap()
+            ask::<Vec<(String, f64)>>(
+                &mut redis,
+                &["ZRANGE", "{test:}c|u:l", "0", "-1", "WITHSCORES"],
+            )
+            .await
+            .unwrap()
         }
     };
     let leases = deadlines(&mut redis).await;

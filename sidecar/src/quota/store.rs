@@ -407,21 +407,9 @@ mod tests {
             }
         }
 
-        let server = crate::quota::redis_tests::Server::start();
-        let mut redis = server.raw().await;
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg("1")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let oom = redis::cmd("SET")
-            .arg("k")
-            .arg("v")
-            .query_async::<()>(&mut redis)
-            .await
-            .unwrap_err();
+        let oom = crate::quota::redis_tests::Server::start()
+            .out_of_memory()
+            .await;
         let refused = redis::RedisError::from((redis::ErrorKind::Io, "connection refused"));
 
         let lines = Lines::default();
