@@ -215,6 +215,21 @@ impl GatewayProcess {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
+    /// The log once `found` holds for it, or after `timeout` (whichever
+    /// comes first; the caller asserts). A line the gateway writes after the
+    /// answer, such as a stream's audit line when it ends, can land a moment
+    /// after the client has read the last byte.
+    pub async fn log_until(&self, timeout: Duration, found: impl Fn(&str) -> bool) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let log = self.log();
+            if found(&log) || started.elapsed() >= timeout {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()

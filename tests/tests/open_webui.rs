@@ -23,6 +23,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use attach_tests::device_approval;
 use attach_tests::keycloak::AUDIENCE;
@@ -212,12 +213,13 @@ async fn open_webui_forwards_its_signed_in_users_token() {
         seen.headers.get("cookie").is_none(),
         "Open WebUI's session cookie reached the model"
     );
-    assert!(
-        gw.log().contains("\"client\":\"open-webui\"")
-            && gw.log().contains("\"decision\":\"allow\""),
-        "audited as Open WebUI's user: {}",
-        gw.log()
-    );
+    let audited = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("\"client\":\"open-webui\"") && l.contains("\"decision\":\"allow\"")
+        })
+    };
+    let log = gw.log_until(Duration::from_secs(10), audited).await;
+    assert!(audited(&log), "audited as Open WebUI's user: {log}");
 
     // A model outside the rule: refused, as for any client.
     let refused = chat(&base, &token, "mistral:7b").await;

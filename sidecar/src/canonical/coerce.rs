@@ -57,7 +57,10 @@ pub fn boolean(decoder: Decoder, value: &Value) -> Result<Option<bool>, Refused>
 pub fn integer(decoder: Decoder, value: &Value) -> Result<Option<i128>, Refused> {
     match (decoder, value) {
         (_, Value::Null) => Ok(None),
-        (Decoder::Go, Value::Number(n)) if n.is_integer_literal() => n
+        // `i64`'s parser takes exactly JSON's integer literals (a JSON number
+        // never starts with `+`) and refuses a fraction or an exponent, as
+        // Go does.
+        (Decoder::Go, Value::Number(n)) => n
             .as_str()
             .parse::<i64>()
             .map(|v| Some(i128::from(v)))
@@ -109,14 +112,16 @@ pub fn token_bound(n: Option<i128>) -> Option<u64> {
         .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
 }
 
-/// The JSON form of a decided integer.
+/// The JSON form of a decided integer, saturated to the 64-bit range (an
+/// engine reads a saturated bound as it reads the huge one: too large, or
+/// no limit).
 pub fn number_of(n: i128) -> Value {
     if let Ok(v) = i64::try_from(n) {
         Value::Number(Number::from_i64(v))
-    } else if n > 0 {
-        Value::Number(Number::from_u64(u64::try_from(n).unwrap_or(u64::MAX)))
-    } else {
+    } else if n.is_negative() {
         Value::Number(Number::from_i64(i64::MIN))
+    } else {
+        Value::Number(Number::from_u64(u64::try_from(n).unwrap_or(u64::MAX)))
     }
 }
 
@@ -210,7 +215,15 @@ mod tests {
     fn integers_as_each_decoder_reads_them() {
         assert_eq!(integer(Decoder::Go, &v("5")), Ok(Some(5)));
         assert_eq!(integer(Decoder::Go, &v("-5")), Ok(Some(-5)));
-        for refused in ["5.0", "1e3", "\"5\"", "true", "99999999999999999999"] {
+        for refused in [
+            "5.0",
+            "1e3",
+            "5E0",
+            "-0.0",
+            "\"5\"",
+            "true",
+            "99999999999999999999",
+        ] {
             assert_eq!(integer(Decoder::Go, &v(refused)), Err(Refused), "{refused}");
         }
         for (text, want) in [
@@ -244,10 +257,36 @@ mod tests {
     }
 
     #[test]
+    fn decided_integers_are_written_back_saturated_to_the_64_bit_range() {
+        for (n, text) in [
+            (5, "5"),
+            (-5, "-5"),
+            (i128::from(i64::MAX) + 1, "9223372036854775808"),
+            (i128::from(u64::MAX), "18446744073709551615"),
+            (i128::from(u64::MAX) + 1, "18446744073709551615"),
+            (i128::MAX, "18446744073709551615"),
+            (i128::from(i64::MIN) - 1, "-9223372036854775808"),
+            (i128::MIN, "-9223372036854775808"),
+        ] {
+            assert_eq!(number_of(n), v(text), "{n}");
+        }
+    }
+
+    #[test]
     fn ollama_options_truncate() {
         assert_eq!(ollama_option_int(&v("5.9")), Ok(Some(5)));
         assert_eq!(ollama_option_int(&v("-1")), Ok(Some(-1)));
         assert_eq!(ollama_option_int(&v("1e300")), Err(Refused));
+        // Past 9.2e18 (the int64 range ends at 9.22e18) Go's conversion is
+        // platform-defined: refused from exactly there.
+        assert_eq!(
+            ollama_option_int(&v("9.1e18")),
+            Ok(Some(9_100_000_000_000_000_000))
+        );
+        assert_eq!(ollama_option_int(&v("9.2e18")), Err(Refused));
+        assert_eq!(ollama_option_int(&v("-9.2e18")), Err(Refused));
+        // Ollama skips a null option: the engine's default applies.
+        assert_eq!(ollama_option_int(&v("null")), Ok(None));
         assert_eq!(ollama_option_int(&v("\"5\"")), Err(Refused));
         assert_eq!(token_bound(Some(-1)), None);
         assert_eq!(token_bound(Some(0)), None);

@@ -128,7 +128,12 @@ mod tests {
         // Dotless and dotted i fold outside ASCII in Go: no match.
         assert!(!matches("num_pred\u{131}ct", "num_predict"));
         assert!(!matches("num_pred\u{130}ct", "num_predict"));
+        // A rune past ASCII is never cut to its low byte: U+014D would be `M`.
+        assert!(!matches("\u{14D}odel", "model"));
+        assert!(!matches("\u{14D}ODEL", "model"));
         assert_eq!(fold("\u{17F}tream"), "STREAM");
+        assert_eq!(fold("max_to\u{212A}ens"), "MAX_TOKENS");
+        assert_eq!(fold("\u{14D}odel"), "\u{14D}ODEL");
     }
 
     #[test]
@@ -145,6 +150,7 @@ mod tests {
             Some(("k3".into(), "K3".into()))
         );
         assert!(collision(r#"{"stream":true,"\u017ftream":false}"#).is_some());
+        assert!(collision(r#"{"max_tokens":1,"max_to\u212aens":9}"#).is_some());
         assert!(collision(r#"{"messages":[{"role":"user","Role":"system"}]}"#).is_some());
         assert!(
             collision(r#"{"stream_options":{"include_usage":true,"INCLUDE_USAGE":false}}"#)

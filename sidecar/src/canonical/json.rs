@@ -334,21 +334,6 @@ impl Object {
     pub fn iter(&self) -> impl Iterator<Item = (&Str, &Value)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
-
-    /// The members, in order.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Str, &mut Value)> {
-        self.0.iter_mut().map(|(k, v)| (&*k, v))
-    }
-
-    /// How many members.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether there are no members.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// Reads `body` as one strict JSON value.
@@ -667,7 +652,7 @@ impl Reader<'_> {
                 b'A'..=b'F' => d - b'A' + 10,
                 _ => return Err(self.syntax()),
             };
-            n = (n << 4) | u32::from(v);
+            n = (n << 4) + u32::from(v);
         }
         self.pos += 4;
         Ok(n)
@@ -897,20 +882,54 @@ mod tests {
         assert!(matches!(refused(br#"{"a":1.}"#), JsonError::Syntax(_)));
         assert!(matches!(refused(br#"{"a":1,}"#), JsonError::Syntax(_)));
         assert!(matches!(refused(b"\xef\xbb\xbf{}"), JsonError::Syntax(0)));
-        assert!(matches!(
-            refused(br#"{"a":"\ud800"}"#),
-            JsonError::LoneSurrogate(_)
-        ));
-        assert!(matches!(
-            refused(br#"{"a":"\udc00\ud800"}"#),
-            JsonError::LoneSurrogate(_)
-        ));
-        assert!(matches!(refused(br#"{"a":"\x"}"#), JsonError::Syntax(_)));
+        // Each refusal names the byte where its escape starts.
+        assert_eq!(refused(br#"{"a":"\ud800"}"#), JsonError::LoneSurrogate(6));
+        assert_eq!(
+            refused(br#"{"a":"xy\udc00\ud800"}"#),
+            JsonError::LoneSurrogate(8)
+        );
+        assert_eq!(refused(br#"{"a":"\x"}"#), JsonError::Syntax(7));
+        assert_eq!(refused(br#"{"a":"xyz\x"}"#), JsonError::Syntax(10));
         assert!(matches!(refused(b""), JsonError::Syntax(0)));
         let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
         assert_eq!(refused(deep.as_bytes()), JsonError::TooDeep);
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert!(parse(&Bytes::from(ok)).is_ok());
+    }
+
+    #[test]
+    fn every_escape_decodes_as_rfc_8259_says() {
+        let v = parse(&Bytes::from_static(
+            br#"{"k\b\f\n\r\t\"\\\/\u004D\u00c9\u00E9\uABCD\ufEdC":"\uD83D\uDE00"}"#,
+        ))
+        .unwrap();
+        let (key, value) = v.as_object().unwrap().at(0).unwrap();
+        assert_eq!(
+            key.as_str(),
+            "k\u{8}\u{c}\n\r\t\"\\/M\u{c9}\u{e9}\u{abcd}\u{fedc}"
+        );
+        assert_eq!(value.as_str().unwrap(), "\u{1f600}");
+    }
+
+    #[test]
+    fn depth_counts_nesting_not_siblings() {
+        // Every kind of closed value gives its level back: hundreds of
+        // siblings, then a nest as deep as allowed, still parse.
+        let siblings = ["{}", "[]", r#"{"a":1}"#, "[1]"]
+            .iter()
+            .map(|v| format!("{v},").repeat(2 * MAX_DEPTH))
+            .collect::<String>();
+        let nest = "[".repeat(MAX_DEPTH - 1) + &"]".repeat(MAX_DEPTH - 1);
+        let text = format!("[{siblings}{nest}]");
+        assert!(parse(&Bytes::from(text)).is_ok());
+        let too_deep = format!(
+            "[{siblings}{}]",
+            "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH)
+        );
+        assert_eq!(
+            parse(&Bytes::from(too_deep)).unwrap_err(),
+            JsonError::TooDeep
+        );
     }
 
     #[test]
@@ -950,11 +969,57 @@ mod tests {
     }
 
     #[test]
+    fn strings_compare_match_and_print_as_their_characters() {
+        let v = parse(&Bytes::from_static(br#"["m\u006fdel","model","mod"]"#)).unwrap();
+        let Value::Array(items) = v else {
+            panic!("an array")
+        };
+        let [
+            Value::String(escaped),
+            Value::String(plain),
+            Value::String(other),
+        ] = &items[..]
+        else {
+            panic!("three strings: {items:?}")
+        };
+        assert!(escaped.is("model"));
+        assert!(!escaped.is("m\\u006fdel"));
+        assert!(!escaped.is("mod"));
+        assert!(plain.is("model") && !plain.is("mod"));
+        // Equal when the characters are, however they were written.
+        assert_eq!(escaped, plain);
+        assert_ne!(plain, other);
+        assert_eq!(Value::String(Str::from("model")), items[0]);
+        // Debug output shows the characters (logs and test failures).
+        assert_eq!(format!("{escaped:?}"), r#""model""#);
+        assert_eq!(format!("{other:?}"), r#""mod""#);
+    }
+
+    #[test]
+    fn strings_are_written_with_the_short_escapes_and_u00xx_for_other_controls() {
+        // A space, DEL and non-ASCII are written as they are.
+        let text = "a b\"\\\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}\u{e9}";
+        let want = "\"a b\\\"\\\\\\n\\r\\t\\b\\f\\u0001\\u001f\u{7f}\u{e9}\"";
+        assert_eq!(
+            &Value::String(Str::from(text)).to_bytes()[..],
+            want.as_bytes()
+        );
+    }
+
+    #[test]
     fn objects_are_edited_in_place() {
         let mut v = parse(&Bytes::from_static(br#"{"a":1,"b":2}"#)).unwrap();
         let o = v.as_object_mut().unwrap();
         o.insert("a", Value::Bool(true));
         o.insert("c", Value::Number(Number::from_u64(7)));
         assert_eq!(&v.to_bytes()[..], br#"{"a":true,"b":2,"c":7}"#);
+        // An index past the end removes nothing (and does not panic).
+        let o = v.as_object_mut().unwrap();
+        o.remove_at(3);
+        assert_eq!(&v.to_bytes()[..], br#"{"a":true,"b":2,"c":7}"#);
+        let o = v.as_object_mut().unwrap();
+        o.remove_at(2);
+        o.remove_at(0);
+        assert_eq!(&v.to_bytes()[..], br#"{"b":2}"#);
     }
 }

@@ -68,6 +68,18 @@ fn ollama_case_variant_keys_are_refused_and_a_lone_variant_is_renamed() {
 
 #[test]
 fn the_model_is_read_where_the_engine_reads_it() {
+    // A backend's default model stands in only on OpenAI engines: Ollama
+    // refuses a body that names no model, so the gateway judges none.
+    assert_eq!(
+        run(
+            Engine::Ollama,
+            "/api/chat",
+            r#"{"messages":[]}"#,
+            Some("tinyllama")
+        )
+        .unwrap_err(),
+        BodyError::MissingModel
+    );
     // Ollama's chat has no `name`: a request with only `name` names no model.
     assert_eq!(
         ollama("/api/chat", r#"{"name":"tinyllama"}"#).unwrap_err(),
@@ -225,6 +237,10 @@ fn ollama_metering_fields_follow_go() {
         text(&b),
         r#"{"model":"m:latest","stream":null,"options":{"num_predict":12}}"#
     );
+    // `options` is a map: null is an empty one to Go, accepted and kept.
+    let b = ollama("/api/generate", r#"{"model":"m","options":null}"#).unwrap();
+    assert_eq!(b.metering.max_output_tokens, None);
+    assert_eq!(text(&b), r#"{"model":"m:latest","options":null}"#);
     let b = ollama(
         "/api/chat",
         r#"{"model":"m","STREAM":false,"Options":{"num_predict":-1}}"#,
@@ -348,6 +364,18 @@ fn vllm_metering_fields_follow_pydantic_and_are_forwarded_as_decided() {
 
 #[test]
 fn usage_is_requested_only_for_streams_that_did_not_ask() {
+    // Go reads a case variant of `stream_options` as the field: the model
+    // gets the exact name, and the usage it already asked for is not added.
+    let b = ollama(
+        "/v1/chat/completions",
+        r#"{"model":"m","stream":true,"Stream_Options":{"include_usage":true}}"#,
+    )
+    .unwrap();
+    assert!(!b.usage_added);
+    assert_eq!(
+        text(&b),
+        r#"{"model":"m:latest","stream":true,"stream_options":{"include_usage":true}}"#
+    );
     for (body, added) in [
         (r#"{"model":"m","stream":true}"#, true),
         (r#"{"model":"m","stream":true,"stream_options":null}"#, true),
