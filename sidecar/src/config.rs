@@ -177,7 +177,12 @@ pub struct Upstream {
     /// Bodies, streams included, have no total timeout.
     #[serde(default = "default_response_header_timeout", with = "humantime_serde")]
     pub response_header_timeout: Duration,
-    /// How long an idle pooled connection to the model is kept.
+    /// How long an idle pooled connection to the model is kept. The default
+    /// (3s) is below the 5s keep-alive of uvicorn (vLLM, llama-cpp-python,
+    /// the MCP Python SDK) and of cpp-httplib (llama.cpp's server): a
+    /// connection the model is about to close is never picked for a
+    /// request, which the model would drop unread (a 502). Keep it below
+    /// the model server's own idle timeout.
     #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     /// The model server: `ollama` (default), `vllm`, or `openai` (another
@@ -714,7 +719,7 @@ fn default_response_header_timeout() -> Duration {
     Duration::from_secs(300)
 }
 fn default_pool_idle_timeout() -> Duration {
-    Duration::from_secs(90)
+    Duration::from_secs(3)
 }
 fn default_model_list_refresh() -> Duration {
     Duration::from_secs(30)
