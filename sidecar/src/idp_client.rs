@@ -10,13 +10,18 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 
 /// The largest discovery or JWKS document read.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 /// How long one fetch may take, connection included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled connection is kept: below the 5s keep-alive of
+/// many servers (and the idle timeouts of the load balancers in front of
+/// IdPs), so that a connection the server is closing is never picked for a
+/// request it would drop unread.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a document could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +67,10 @@ impl IdpClient {
                 .wrap_connector(http),
         };
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .build(connector),
         }
     }
 
@@ -250,4 +258,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_the_server_is_closing_for_idleness_is_never_reused() {
+        // With hyper-util's 90s default, the second fetch went out on the
+        // connection the server was closing, and failed.
+        let (addr, dropped) = crate::testkit::keep_alive_server().await;
+        let client = IdpClient::new();
+        let url = format!("http://{addr}/jwks");
+        client.get_json::<serde_json::Value>(&url).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(4_200)).await;
+        let second = client.get_json::<serde_json::Value>(&url).await;
+        assert_eq!(dropped.load(Ordering::SeqCst), 0);
+        assert_eq!(second.unwrap(), serde_json::json!({}));
+    }
 }

@@ -520,50 +520,11 @@ mod tests {
         assert_eq!(key_cache(&rotated).refresh("initial").await.unwrap(), 2);
     }
 
-    /// A model server closing connections idle for its keep-alive (5s, as
-    /// uvicorn and cpp-httplib do). The close and a request sent just then
-    /// cross: the server drops the request unread. It is played here as
-    /// any request arriving on a connection idle for 4s or more being
-    /// dropped, so the race is hit every time, not once in a while.
-    async fn keep_alive_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        const CLOSING: Duration = Duration::from_secs(4);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = dropped.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let dropped = counter.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut idle_since = None::<std::time::Instant>;
-                    // One GET per read: the client sends no body.
-                    while let Ok(n) = socket.read(&mut buf).await {
-                        if n == 0 {
-                            return;
-                        }
-                        if idle_since.is_some_and(|at| at.elapsed() >= CLOSING) {
-                            dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            return;
-                        }
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if socket.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        idle_since = Some(std::time::Instant::now());
-                    }
-                });
-            }
-        });
-        (addr, dropped)
-    }
-
     #[tokio::test]
     async fn a_connection_the_model_is_closing_for_idleness_is_never_reused() {
         // With the former 90s pool timeout, the second request went out on
         // the connection the server was closing: a 502 to the caller.
-        let (addr, dropped) = keep_alive_server().await;
+        let (addr, dropped) = crate::testkit::keep_alive_server().await;
         let mut config = GatewayConfig::new(Vec::new());
         config.upstream.url = format!("http://{addr}");
         let upstream = build_upstream(&config).unwrap();

@@ -301,3 +301,42 @@ pub(crate) fn identity(user: &str, groups: &[&str]) -> crate::claims::Identity {
         rendered_headers: Default::default(),
     }
 }
+
+/// A server closing connections idle for its keep-alive (5s, as uvicorn
+/// and cpp-httplib do), answering `{}` otherwise. The close and a request
+/// sent just then cross: the server drops the request unread. It is played
+/// here as any request arriving on a connection idle for 4s or more being
+/// dropped, so the race is hit every time, not once in a while. Returns
+/// its address and how many requests it dropped.
+pub(crate) async fn keep_alive_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    const CLOSING: Duration = Duration::from_secs(4);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let counter = dropped.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let dropped = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut idle_since = None::<std::time::Instant>;
+                // One GET per read: the clients send no body.
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if idle_since.is_some_and(|at| at.elapsed() >= CLOSING) {
+                        dropped.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if socket.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    idle_since = Some(std::time::Instant::now());
+                }
+            });
+        }
+    });
+    (addr, dropped)
+}
