@@ -14,7 +14,7 @@ use std::time::Duration;
 use attach_tests::images::build::registry_get_json;
 use attach_tests::node::{API_SERVICE_IP, BRIDGE, FORWARD_CHAIN};
 use attach_tests::pod_client::HttpCall;
-use common::node::{client_pod, images, namespace, pod_ip, ready_pods};
+use common::node::{client_pod, first_answer, images, namespace, pod_ip, ready_pods};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 
@@ -128,13 +128,14 @@ async fn pods_reach_the_cluster_and_nothing_beyond() {
     }
 
     // A Service, through kube-proxy, by name.
-    let version = client
-        .http(&HttpCall::new(
+    let version = first_answer(
+        &client,
+        &HttpCall::new(
             "GET",
             &format!("http://model.{ns}.svc.cluster.local:11434/api/version"),
-        ))
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(version.status, 200, "{version:?}");
     // The API server through the `kubernetes` Service.
     let api = client

@@ -29,8 +29,8 @@ use attach_tests::keycloak::{AUDIENCE, REALM};
 use attach_tests::node::inspect::{container_pids, listening_sockets, start_ticks};
 use attach_tests::pod_client::{HttpCall, HttpResult, PodClient};
 use common::node::{
-    Release, TestNamespace, admin_port, client_pod, container_id, env_of, gateway_metric, images,
-    install_release, namespace, pod_ip, ready_pods,
+    Release, TestNamespace, admin_port, client_pod, container_id, env_of, first_answer,
+    gateway_metric, images, install_release, namespace, pod_ip, ready_pods,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::ResourceExt;
@@ -117,20 +117,6 @@ async fn chat(
         call = call.header(k, v);
     }
     client.http(&call).await.unwrap()
-}
-
-/// Waits until the Service at `url` answers `client` (kube-proxy programs a
-/// new endpoint a moment after the pod turns Ready).
-async fn wait_for_service(client: &PodClient, url: &str) {
-    let mut last = None;
-    for _ in 0..120 {
-        match client.http(&HttpCall::new("GET", &format!("{url}/"))).await {
-            Ok(_) => return,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{url} never answered: {last:?}");
 }
 
 /// The one model pod of `app` in `ns`, Ready.
@@ -339,7 +325,7 @@ async fn the_examples_run_injected_and_enforce_access_and_quotas() {
     check_running_pod(&pod, "ollama", 11434, &other).await;
 
     let url = format!("http://ollama.{}.svc.cluster.local:11434", ml.name);
-    wait_for_service(&other, &url).await;
+    first_answer(&other, &HttpCall::new("GET", &format!("{url}/"))).await;
     // No token.
     let r = chat(&other, &url, None, "llama3.2:1b", &[]).await;
     assert_eq!(r.status, 401, "{r:?}");
@@ -491,7 +477,7 @@ async fn the_examples_run_injected_and_enforce_access_and_quotas() {
     let pod = model_pod(&vllm.name, "vllm").await;
     check_running_pod(&pod, "vllm", 8000, &other).await;
     let url = format!("http://vllm.{}.svc.cluster.local:8000", vllm.name);
-    wait_for_service(&other, &url).await;
+    first_answer(&other, &HttpCall::new("GET", &format!("{url}/"))).await;
     let completion = |token: Option<&str>| {
         let mut call = HttpCall::new("POST", &format!("{url}/v1/chat/completions")).json(&json!({
             "model": "meta-llama/Llama-3.2-1B-Instruct",
@@ -625,7 +611,7 @@ async fn the_ollama_example_runs_on_the_real_ollama_injected() {
     check_running_pod(&pod, "ollama", 11434, &other).await;
 
     let url = format!("http://ollama.{}.svc.cluster.local:11434", ml.name);
-    wait_for_service(&other, &url).await;
+    first_answer(&other, &HttpCall::new("GET", &format!("{url}/"))).await;
     let r = short_chat(&other, &url, None, "llama3.2:1b").await;
     assert_eq!(r.status, 401, "{r:?}");
     // Bob (staff) may not use the large model: refused before Ollama.
@@ -742,7 +728,7 @@ async fn the_llamacpp_example_runs_on_the_real_llamacpp_server_injected() {
     check_running_pod(&pod, "llama-cpp", 8000, &other).await;
 
     let url = format!("http://llama-cpp.{}.svc.cluster.local:8000", team.name);
-    wait_for_service(&other, &url).await;
+    first_answer(&other, &HttpCall::new("GET", &format!("{url}/"))).await;
     let small = "llama-3.2-1b-instruct";
     let big = "llama-3.1-70b-instruct";
     let r = openai_chat(&other, &url, None, small).await;
@@ -904,7 +890,7 @@ async fn the_mcp_example_runs_injected_and_is_judged_tool_by_tool() {
     check_running_pod(&pod, "tools", 8000, &other).await;
 
     let base = format!("http://docs-tools.{}.svc.cluster.local:8000", team.name);
-    wait_for_service(&other, &base).await;
+    first_answer(&other, &HttpCall::new("GET", &format!("{base}/"))).await;
     let url = format!("{base}/mcp");
     let (status, _) = mcp_call(&other, &url, None, "tools/list", json!({})).await;
     assert_eq!(status, 401);

@@ -11,11 +11,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use attach_operator::crd::{ClusterIdentityProvider, LLMBackend};
 use attach_tests::pod_client::{HttpCall, HttpResult, PodClient};
-use common::node::{WORKLOAD_TOKEN, client_pod_as, images, install_release, namespace};
+use common::node::{
+    WORKLOAD_TOKEN, client_pod_as, first_answer, images, install_release, namespace,
+};
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -59,20 +59,6 @@ async fn embed(client: &PodClient, url: &str) -> HttpResult {
 async fn tags(client: &PodClient, url: &str) -> HttpResult {
     let call = HttpCall::new("GET", &format!("{url}/api/tags")).bearer_file(WORKLOAD_TOKEN);
     client.http(&call).await.unwrap()
-}
-
-/// Waits until the Service answers (kube-proxy programs a new endpoint a
-/// moment after the pod turns Ready); the answer.
-async fn first_answer(client: &PodClient, url: &str) -> HttpResult {
-    let mut last = None;
-    for _ in 0..120 {
-        match client.http(&embed_call(url)).await {
-            Ok(r) => return r,
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{url} never answered: {last:?}");
 }
 
 #[tokio::test]
@@ -124,7 +110,7 @@ async fn an_agent_pod_reaches_the_model_with_its_projected_token_only() {
 
     // The indexer: its projected token for this backend.
     let indexer = client_pod_as(&team.name, "indexer", "rag-indexer", &audience).await;
-    let r = first_answer(&indexer, &url).await;
+    let r = first_answer(&indexer, &embed_call(&url)).await;
     assert_eq!(r.status, 200, "{r:?}");
     let r = embed(&indexer, &url).await;
     assert_eq!(r.status, 200, "{r:?}");

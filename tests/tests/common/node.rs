@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use attach_tests::images::build::build_project_images;
 pub use attach_tests::images::build::split_reference;
-use attach_tests::pod_client::PodClient;
+use attach_tests::pod_client::{HttpCall, HttpResult, PodClient};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
@@ -369,4 +369,21 @@ pub fn process_identity(pid: i32) -> (String, String, bool) {
         .find(|l| l.split(' ').nth(4) == Some("/"))
         .is_some_and(|l| l.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"));
     (field("Uid:"), field("CapEff:"), root_ro)
+}
+
+/// `call` from `client`, retried until it gets an answer: a Service
+/// reaches a pod only once kube-proxy has programmed its new endpoint, a
+/// moment after the pod turns Ready (until then, a connection to the
+/// cluster IP is refused or has no route). The first answer, whatever
+/// its status.
+pub async fn first_answer(client: &PodClient, call: &HttpCall) -> HttpResult {
+    let mut last = None;
+    for _ in 0..120 {
+        match client.http(call).await {
+            Ok(answer) => return answer,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{} never answered: {last:?}", call.url);
 }
