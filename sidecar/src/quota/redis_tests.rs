@@ -41,13 +41,15 @@ impl Server {
             socket,
             _dir: dir,
         };
+        // Connectable, not merely present: the socket file appears at
+        // bind(), and connections are refused until listen().
         for _ in 0..500 {
-            if server.socket.exists() {
+            if std::os::unix::net::UnixStream::connect(&server.socket).is_ok() {
                 return server;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("redis-server did not open {}", server.socket.display());
+        panic!("redis-server did not listen on {}", server.socket.display());
     }
 
     pub(super) fn url(&self) -> String {
