@@ -23,6 +23,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
+/// Pods the prober must have had admitted across a leader change before the
+/// test says anything about it.
+const ENOUGH_ATTEMPTS: usize = 20;
+
 /// A namespace this release injects, with an IdentityProvider (the world's
 /// Keycloak, which the operator pods reach on the bridge) and a Ready
 /// backend selecting `app=model`.
@@ -225,13 +229,23 @@ async fn the_operator_runs_in_the_cluster_and_its_webhook_survives_the_leader() 
         live.contains(&new_leader),
         "{new_leader} is not a live replica: {live:?}"
     );
+    // Probe on for a while after the change, and long enough to have
+    // admitted a fair number of pods: a fast change must not leave the
+    // count too small, and a prober stuck on a hanging admission still
+    // falls short of it and fails below.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let enough_by = std::time::Instant::now() + Duration::from_secs(60);
+    while attempts.load(Ordering::SeqCst) <= ENOUGH_ATTEMPTS
+        && std::time::Instant::now() < enough_by
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     let errors = prober.await.unwrap();
     let attempts = attempts.load(Ordering::SeqCst);
     eprintln!("{attempts} pods admitted while the leader was replaced");
     assert!(
-        attempts > 20,
+        attempts > ENOUGH_ATTEMPTS,
         "too few attempts ({attempts}) to show anything"
     );
     assert_eq!(
