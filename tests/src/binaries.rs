@@ -37,7 +37,7 @@ fn cargo_build(package: &str, bin: &str) -> Result<PathBuf, String> {
     let status = Command::new(cargo)
         .args(["build", "--quiet", "-p", package, "--bin", bin])
         .args(test_features(package))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(crate::source_tree::tests_dir())
         .status()
         .map_err(|e| format!("cargo build {bin}: {e}"))?;
     if !status.success() {

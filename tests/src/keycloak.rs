@@ -47,7 +47,7 @@ pub const LOOKALIKE_USER: &str = "service-account-attach-cli";
 
 /// Where the committed realm fixtures live.
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    crate::source_tree::tests_dir()
         .join("fixtures")
         .join("keycloak")
 }

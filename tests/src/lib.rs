@@ -35,6 +35,7 @@ pub mod prometheus;
 pub mod raw_http;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod source_tree;
 pub mod supervisor;
 pub mod tools;
 pub mod wait;

@@ -370,7 +370,8 @@ mod tests {
     #[test]
     fn pause_key_matches_the_build_script() {
         // build-node.sh: `cat go.mod main.go | sha256sum | cut -c1-12`.
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/pause");
+        let dir = crate::source_tree::tests_dir().join("tools/pause");
+        let dir = dir.display();
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -384,7 +385,8 @@ mod tests {
     #[test]
     fn own_command_keys_match_the_build_script() {
         // build.sh: `source_key FILES` is `cat FILES | sha256sum | cut -c1-12`.
-        let tools = concat!(env!("CARGO_MANIFEST_DIR"), "/tools");
+        let tools = crate::source_tree::tests_dir().join("tools");
+        let tools = tools.display();
         for (files, key) in [
             (
                 "prometheus/go.mod prometheus/cmd/dashlint/main.go",

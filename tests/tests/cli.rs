@@ -140,7 +140,7 @@ async fn a_person_logs_in_once_and_every_client_gets_a_fresh_token() {
     // The cookbook's snippets, run as they are with the official SDKs:
     // each reaches the model as the person who logged in.
     let clients_python = attach_tests::engines::built().unwrap().clients_python;
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/clients");
+    let docs = attach_tests::source_tree::repo_root().join("docs/clients");
     let path = format!(
         "{}:{}",
         cli().parent().unwrap().display(),

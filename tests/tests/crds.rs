@@ -164,9 +164,9 @@ async fn invalid_objects_are_refused_naming_the_field() {
     let world = common::world();
     common::install_crds();
     let ns = world.namespace("crds").await.unwrap();
-    let table = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/crds/invalid.yaml");
+    let table = attach_tests::source_tree::tests_dir().join("fixtures/crds/invalid.yaml");
     let cases: Vec<InvalidCase> =
-        serde_yaml::from_str(&std::fs::read_to_string(table).unwrap()).unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(&table).unwrap()).unwrap();
     assert!(cases.len() >= 40, "{} cases", cases.len());
     let manifest = |kind: &str, name: &str, spec: serde_json::Value| {
         let mut metadata = serde_json::json!({"name": name});

@@ -163,10 +163,10 @@ async fn every_unauthenticated_request_is_refused_before_the_model() {
     // Keycloak's issuer and audience, signed by a key Keycloak never had.
     let forged = {
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(
-            &std::fs::read(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../sidecar/testdata/keys/rsa-attacker.pem"
-            ))
+            &std::fs::read(
+                attach_tests::source_tree::repo_root()
+                    .join("sidecar/testdata/keys/rsa-attacker.pem"),
+            )
             .unwrap(),
         )
         .unwrap();

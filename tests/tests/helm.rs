@@ -22,7 +22,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    attach_tests::source_tree::repo_root()
 }
 
 fn chart() -> PathBuf {

@@ -445,7 +445,8 @@ async fn a_restarted_operator_writes_nothing_that_is_already_right() {
         )
         .unwrap(),
     ));
-    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+    let crds = attach_tests::source_tree::repo_root().join("crds");
+    let crds = crds.to_str().expect("a UTF-8 path");
     for args in [
         vec!["apply", "--server-side", "-f", crds],
         vec![

@@ -40,8 +40,8 @@ use serde_json::{Value, json};
 /// The YAML documents of an example, as JSON.
 fn example(path: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples")
+        attach_tests::source_tree::repo_root()
+            .join("examples")
             .join(path),
     )
     .unwrap();

@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 /// image by the stand-in, and the identity provider renamed to `idp`.
 fn adapted_example(path: &str, ns: &str, idp: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/agents-team")
+        attach_tests::source_tree::repo_root()
+            .join("examples/agents-team")
             .join(path),
     )
     .unwrap()

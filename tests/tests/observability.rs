@@ -29,7 +29,7 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    attach_tests::source_tree::repo_root()
 }
 
 fn alerts_file() -> PathBuf {

@@ -22,7 +22,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use attach_tests::device_approval;
@@ -37,7 +36,7 @@ const SESSION_COOKIE: &str = "token=eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZCI
                               oauth_session_id=5b0e1b2c-6a43-4d2e-9d7c-3c1f7f9f2a11";
 
 fn docs() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/clients")
+    attach_tests::source_tree::repo_root().join("docs/clients")
 }
 
 /// Creates the cookbook's Keycloak client in `realm` as `client_id`, with

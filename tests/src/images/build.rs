@@ -23,12 +23,7 @@ pub const MOCK_MODEL: &str = "attach-mock-model";
 /// The node's sandbox image.
 pub const PAUSE: &str = "pause";
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from(".."), Path::to_owned)
-}
+pub use crate::source_tree::repo_root;
 
 /// One image to build: a Dockerfile and the files of its `binaries` context.
 #[derive(Debug, Clone)]

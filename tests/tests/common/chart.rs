@@ -256,7 +256,8 @@ pub async fn install_chart_in(world: &'static World, extra: &[&str]) -> Installe
     let run = release_namespace.rsplit('-').next().unwrap().to_owned();
     let port = attach_tests::ports::free_port().unwrap();
     let release = format!("attach-{run}");
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/attach");
+    let chart = attach_tests::source_tree::repo_root().join("charts/attach");
+    let chart = chart.to_str().expect("a UTF-8 path");
     let label = ("attach.dev/chart-test".to_owned(), run.clone());
     let out = world
         .helm()

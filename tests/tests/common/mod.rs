@@ -41,7 +41,8 @@ pub fn gateway_config(model: &MockModel) -> GatewayConfig {
 pub fn install_crds() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
-        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+        let crds = attach_tests::source_tree::repo_root().join("crds");
+        let crds = crds.to_str().expect("a UTF-8 path");
         let kubectl = |args: &[&str]| {
             let out = world()
                 .kubectl()
@@ -157,10 +158,9 @@ pub async fn pod_of(client: &kube::Client, ns: &str, app: &str) -> k8s_openapi::
 /// The key of the tests' own token issuer (`sidecar/testdata/keys`), for
 /// tokens Keycloak cannot make (an `act` chain).
 pub fn local_key() -> jsonwebtoken::EncodingKey {
-    let pem = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../sidecar/testdata/keys/rsa-trusted.pem"
-    ))
+    let pem = std::fs::read(
+        attach_tests::source_tree::repo_root().join("sidecar/testdata/keys/rsa-trusted.pem"),
+    )
     .expect("the test key");
     jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("an RSA key")
 }

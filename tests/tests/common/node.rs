@@ -252,7 +252,8 @@ pub async fn install_release(extra_values: &[&str]) -> Release {
     let name = format!("attach-{run}");
     let images = images();
     let (repository, tag) = split_reference(&images.operator);
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/attach");
+    let chart = attach_tests::source_tree::repo_root().join("charts/attach");
+    let chart = chart.to_str().expect("a UTF-8 path");
     let mut helm = world().helm().unwrap();
     helm.args(["install", &name, chart, "--namespace", &namespace.name])
         .args(["--set", &format!("image.repository={repository}")])
