@@ -13,6 +13,8 @@ pub mod ports;
 pub mod reflectors;
 pub mod render;
 pub mod serve;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod webhook;
 
 /// The binary's name, as shown in `--help` and in logs.

@@ -1041,7 +1041,7 @@ mod tests {
     #[test]
     fn every_example_backend_renders_into_a_valid_gateway_config() {
         use serde::Deserialize;
-        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let examples = crate::testkit::crate_dir().join("../examples");
         let mut idp = keycloak();
         idp.user_clients = vec!["attach-cli".into(), "mcp-clients".into()];
         let mut rendered = 0;

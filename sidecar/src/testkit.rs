@@ -26,12 +26,24 @@ use crate::runtime::Runtime;
 pub(crate) const ISSUER: &str = "https://idp.test/";
 pub(crate) const AUDIENCE: &str = "attach-gateway";
 
+/// This crate's folder in the clone under test: the run-time
+/// `CARGO_MANIFEST_DIR` that cargo sets for the tests it runs, over the one
+/// compiled in, which names the clone the binary was built in (a target
+/// directory shared between clones can hand one clone another's build).
+pub(crate) fn crate_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
+/// A key in `testdata/keys`.
+pub(crate) fn pem(name: &str) -> Vec<u8> {
+    let path = crate_dir().join(format!("testdata/keys/{name}.pem"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 pub(crate) fn rsa_key() -> EncodingKey {
-    let path = format!(
-        "{}/testdata/keys/rsa-trusted.pem",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    EncodingKey::from_rsa_pem(&std::fs::read(path).unwrap()).unwrap()
+    EncodingKey::from_rsa_pem(&pem("rsa-trusted")).unwrap()
 }
 
 pub(crate) fn token(sub: &str) -> String {

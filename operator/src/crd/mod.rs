@@ -56,11 +56,9 @@ pub fn to_chart_template(crd: &CustomResourceDefinition) -> Result<String, serde
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     #[test]
     fn committed_crds_match_the_types() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        let dir = crate::testkit::crate_dir().join("../crds");
         for (file, crd) in super::all() {
             let generated = super::to_yaml(&crd).expect("serialises");
             let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
@@ -73,7 +71,7 @@ mod tests {
 
     #[test]
     fn the_charts_crd_templates_are_the_types() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        let dir = crate::testkit::crate_dir()
             .join("..")
             .join(super::CHART_CRDS);
         for (file, crd) in super::all() {
@@ -104,7 +102,7 @@ mod tests {
 
     #[test]
     fn the_committed_reference_matches_the_types() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/crd-reference.md");
+        let path = crate::testkit::crate_dir().join("../docs/crd-reference.md");
         let crds: Vec<_> = super::all().into_iter().map(|(_, crd)| crd).collect();
         let generated = super::reference::markdown(&crds);
         assert!(

@@ -6,7 +6,7 @@
 //! to run with that variable set.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -34,7 +34,7 @@ impl ExchangeSecrets for BTreeMap<String, SecretKeyRef> {
 }
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/inject")
+    crate::testkit::crate_dir().join("testdata/inject")
 }
 
 fn defaults() -> Defaults {

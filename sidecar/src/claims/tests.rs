@@ -25,9 +25,9 @@ fn mapped(mapping: &ResolvedMapping, claims: Value) -> Mapped {
 /// must make of them.
 #[test]
 fn documented_tokens_of_every_preset_map_as_their_idp_says() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tokens");
+    let dir = crate::testkit::crate_dir().join("testdata/tokens");
     let mut seen = std::collections::BTreeSet::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();

@@ -26,10 +26,7 @@ use crate::rescue::rescue;
 const ISSUER: &str = "https://idp.test/realms/attach";
 const AUDIENCE: &str = "attach-gateway";
 
-fn pem(name: &str) -> Vec<u8> {
-    let path = format!("{}/testdata/keys/{name}.pem", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
+use crate::testkit::pem;
 
 fn rsa_key() -> EncodingKey {
     EncodingKey::from_rsa_pem(&pem("rsa-trusted")).unwrap()

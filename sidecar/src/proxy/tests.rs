@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use jsonwebtoken::{Algorithm, Header, encode};
 use serde_json::{Value, json};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
@@ -199,18 +199,10 @@ fn mcp_result(request: &Value) -> Value {
     json!({"jsonrpc": "2.0", "id": request["id"], "result": result})
 }
 
-fn key() -> EncodingKey {
-    let path = format!(
-        "{}/testdata/keys/rsa-trusted.pem",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    EncodingKey::from_rsa_pem(&std::fs::read(path).unwrap()).unwrap()
-}
-
 fn token(claims: Value) -> String {
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some("k1".into());
-    encode(&header, &claims, &key()).unwrap()
+    encode(&header, &claims, &crate::testkit::rsa_key()).unwrap()
 }
 
 fn alice() -> String {
@@ -246,7 +238,7 @@ async fn gateway_tweaked(
     tweak: impl FnOnce(&mut Runtime),
 ) -> Gateway {
     let upstream = Upstream::start().await;
-    let mut jwk = Jwk::from_encoding_key(&key(), Algorithm::RS256).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&crate::testkit::rsa_key(), Algorithm::RS256).unwrap();
     jwk.common.key_id = Some("k1".into());
     let jwks = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(jwks.path(), json!({"keys": [jwk]}).to_string()).unwrap();
