@@ -26,9 +26,8 @@ pub fn built() -> Result<Built, HarnessError> {
     static BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let script = crate::source_tree::tests_dir().join("tools/mcp/build.sh");
-            let script = script.to_string_lossy();
-            let paths = crate::tools::script_paths(&script)?;
+            let script = "tools/mcp/build.sh";
+            let paths = crate::tools::script_paths(script)?;
             let get = |key: &str| {
                 paths
                     .get(key)

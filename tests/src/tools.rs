@@ -65,10 +65,11 @@ impl Versions {
     }
 }
 
-/// Runs a build script of `tests/tools` that prints where it put things as
-/// `KEY=path` lines (a no-op when all of it is cached), and returns them.
+/// Runs a build script of `tests/tools` (`script` is its path under `tests/`
+/// of the clone under test) that prints where it put things as `KEY=path`
+/// lines (a no-op when all of it is cached), and returns them.
 pub fn script_paths(script: &str) -> Result<HashMap<String, PathBuf>, String> {
-    let out = std::process::Command::new(script)
+    let out = std::process::Command::new(crate::source_tree::tests_dir().join(script))
         .output()
         .map_err(|e| format!("{script}: {e}"))?;
     if !out.status.success() {

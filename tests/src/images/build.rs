@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ImagesInfo;
 use crate::HarnessError;
+use crate::source_tree::repo_root;
 
 /// The gateway image (sidecar/Dockerfile).
 pub const GATEWAY: &str = "attach-gateway";
@@ -22,8 +23,6 @@ pub const OPERATOR: &str = "attach-operator";
 pub const MOCK_MODEL: &str = "attach-mock-model";
 /// The node's sandbox image.
 pub const PAUSE: &str = "pause";
-
-pub use crate::source_tree::repo_root;
 
 /// One image to build: a Dockerfile and the files of its `binaries` context.
 #[derive(Debug, Clone)]

@@ -7,9 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::build::{ImageBuild, repo_root};
+use super::build::ImageBuild;
 use crate::HarnessError;
 use crate::engines::{Built, CHAT_MODEL, EMBED_MODEL};
+use crate::source_tree::repo_root;
 
 /// The image's name.
 pub const LLAMACPP: &str = "attach-llamacpp";

@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::build::{ImageBuild, repo_root};
+use super::build::ImageBuild;
 use crate::HarnessError;
+use crate::source_tree::repo_root;
 
 /// The image's name.
 pub const MCP_TOOLS: &str = "attach-mcp-tools";

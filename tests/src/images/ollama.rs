@@ -7,12 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::build::{ImageBuild, repo_root};
+use super::build::ImageBuild;
 use super::rootfs::copy_linked_libraries;
 use crate::HarnessError;
 use crate::engines::{CHAT_MODEL, EMBED_MODEL, RefusingProxy};
 use crate::ports::free_port;
 use crate::process::{self, Supervised};
+use crate::source_tree::repo_root;
 use crate::wait::until_http_ok;
 
 /// The image's name.

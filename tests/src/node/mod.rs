@@ -28,9 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::HarnessError;
 use crate::control_plane::{ApiServing, ControlPlane, write_kubeconfig};
 use crate::images::ImagesInfo;
-use crate::images::build::{ImageBuild, PAUSE, repo_root};
+use crate::images::build::{ImageBuild, PAUSE};
 use crate::machine_lock::MachineLock;
 use crate::pki::{ClientIdentity, PkiOptions};
+use crate::source_tree::repo_root;
 use crate::tools::NodeTools;
 
 /// The bridge pods attach to; its address is the pods' gateway, and the
